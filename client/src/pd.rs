@@ -1,0 +1,326 @@
+//! The placement driver client: finds the serving member, learns the cluster id, and retries
+//! unreachable members within a deadline.
+
+use crate::backoff::Backoff;
+use crate::{ClientError, Result};
+use parking_lot::Mutex;
+use ringkv_proto::limits::GRPC_MESSAGE_BYTES_MAX;
+use ringkv_proto::metapb::{Peer, Region, Store};
+use ringkv_proto::pdpb::placement_client::PlacementClient;
+use ringkv_proto::pdpb::*;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long one call to the placement driver keeps retrying by default.
+const PD_TIMEOUT: Duration = Duration::from_secs(10);
+/// One attempt's limit.
+const PD_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A client of the placement driver. Cheap to clone.
+#[derive(Clone)]
+pub struct PdClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    state: Mutex<State>,
+}
+
+struct State {
+    cluster_id: u64,
+    channel: Option<(usize, Channel)>,
+    next_endpoint: usize,
+}
+
+/// The region holding a key, with its leader if one has reported.
+#[derive(Debug, Clone)]
+pub struct RegionRoute {
+    pub region: Region,
+    pub leader: Option<Peer>,
+}
+
+pub fn channel_to(addr: &str) -> Result<Channel> {
+    let uri = if addr.starts_with("http://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|e| ClientError::InvalidArgument(format!("bad address {addr:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+fn check_header(header: Option<&ResponseHeader>) -> Result<()> {
+    match header.and_then(|h| h.error.as_ref()) {
+        Some(e) if e.r#type != ErrorType::Ok as i32 => Err(ClientError::Placement {
+            kind: e.r#type,
+            message: e.message.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl PdClient {
+    /// Connects to the placement driver at any of `endpoints` (host:port) and learns the
+    /// cluster id.
+    pub async fn connect(endpoints: &[impl AsRef<str>]) -> Result<Self> {
+        let endpoints: Vec<String> = endpoints.iter().map(|e| e.as_ref().to_string()).collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "no placement endpoints given".into(),
+            ));
+        }
+        for e in &endpoints {
+            channel_to(e)?;
+        }
+        let client = PdClient {
+            inner: Arc::new(Inner {
+                endpoints,
+                state: Mutex::new(State {
+                    cluster_id: 0,
+                    channel: None,
+                    next_endpoint: 0,
+                }),
+            }),
+        };
+        let members = client
+            .call("get_members", |mut c, h| async move {
+                let r = c.get_members(GetMembersRequest { header: Some(h) }).await?.into_inner();
+                Ok(r)
+            })
+            .await?;
+        let cluster_id = members.header.map(|h| h.cluster_id).unwrap_or(0);
+        client.inner.state.lock().cluster_id = cluster_id;
+        Ok(client)
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.state.lock().cluster_id
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    fn channel(&self) -> Result<(usize, Channel, u64)> {
+        let mut state = self.inner.state.lock();
+        if let Some((i, ch)) = &state.channel {
+            return Ok((*i, ch.clone(), state.cluster_id));
+        }
+        let i = state.next_endpoint % self.inner.endpoints.len();
+        state.next_endpoint += 1;
+        let ch = channel_to(&self.inner.endpoints[i])?;
+        state.channel = Some((i, ch.clone()));
+        Ok((i, ch, state.cluster_id))
+    }
+
+    fn drop_channel(&self, index: usize) {
+        let mut state = self.inner.state.lock();
+        if matches!(state.channel, Some((i, _)) if i == index) {
+            state.channel = None;
+        }
+    }
+
+    /// Runs one placement call, retrying transport failures on the next member until the
+    /// deadline. Errors in the response header are returned as they are.
+    async fn call<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T>
+    where
+        F: Fn(PlacementClient<Channel>, RequestHeader) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let mut backoff = Backoff::new(Instant::now() + PD_TIMEOUT);
+        loop {
+            let (index, channel, cluster_id) = self.channel()?;
+            let client = PlacementClient::new(channel)
+                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+            let attempt = tokio::time::timeout(
+                PD_ATTEMPT_TIMEOUT,
+                f(client, RequestHeader { cluster_id }),
+            )
+            .await;
+            let error = match attempt {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                    return Err(ClientError::InvalidArgument(status.message().to_string()))
+                }
+                Ok(Err(status)) => format!("{}: {}", status.code(), status.message()),
+                Err(_) => format!("no answer within {PD_ATTEMPT_TIMEOUT:?}"),
+            };
+            tracing::debug!(operation, endpoint = %self.inner.endpoints[index], %error, "placement call failed");
+            self.drop_channel(index);
+            if !backoff.wait().await {
+                return Err(ClientError::PlacementUnreachable {
+                    endpoints: self.inner.endpoints.clone(),
+                    detail: format!("{operation}: {error}"),
+                });
+            }
+        }
+    }
+
+    pub async fn get_cluster_info(&self) -> Result<GetClusterInfoResponse> {
+        let r = self
+            .call("get_cluster_info", |mut c, h| async move {
+                Ok(c.get_cluster_info(GetClusterInfoRequest { header: Some(h) }).await?.into_inner())
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        Ok(r)
+    }
+
+    /// Allocates `count` consecutive ids; returns the first.
+    pub async fn alloc_ids(&self, count: u32) -> Result<u64> {
+        let r = self
+            .call("alloc_id", |mut c, h| async move {
+                Ok(c.alloc_id(AllocIdRequest { header: Some(h), count }).await?.into_inner())
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        Ok(r.first_id)
+    }
+
+    /// Takes `count` timestamps; returns the last one as `physical << 18 | logical`.
+    pub async fn tso(&self, count: u32) -> Result<u64> {
+        let r = self
+            .call("tso", |mut c, h| async move {
+                Ok(c.tso(TsoRequest { header: Some(h), count }).await?.into_inner())
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        let ts = r.timestamp.unwrap_or_default();
+        Ok(((ts.physical as u64) << 18) | ts.logical as u64)
+    }
+
+    /// Registers or updates a store; returns the regions it must create at bootstrap state.
+    pub async fn put_store(&self, store: Store) -> Result<Vec<Region>> {
+        let r = self
+            .call("put_store", |mut c, h| {
+                let store = store.clone();
+                async move {
+                    Ok(c.put_store(PutStoreRequest { header: Some(h), store: Some(store) })
+                        .await?
+                        .into_inner())
+                }
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        Ok(r.bootstrap_regions)
+    }
+
+    pub async fn get_store(&self, store_id: u64) -> Result<Store> {
+        let r = self
+            .call("get_store", |mut c, h| async move {
+                Ok(c.get_store(GetStoreRequest { header: Some(h), store_id }).await?.into_inner())
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        r.store
+            .ok_or_else(|| ClientError::Server(format!("placement returned no store {store_id}")))
+    }
+
+    pub async fn get_all_stores(&self) -> Result<Vec<Store>> {
+        let r = self
+            .call("get_all_stores", |mut c, h| async move {
+                Ok(c.get_all_stores(GetAllStoresRequest { header: Some(h) }).await?.into_inner())
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        Ok(r.stores)
+    }
+
+    /// Reports store stats; returns the regions it must create at bootstrap state.
+    pub async fn store_heartbeat(&self, stats: StoreStats) -> Result<Vec<Region>> {
+        let r = self
+            .call("store_heartbeat", |mut c, h| async move {
+                Ok(c.store_heartbeat(StoreHeartbeatRequest { header: Some(h), stats: Some(stats) })
+                    .await?
+                    .into_inner())
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        Ok(r.bootstrap_regions)
+    }
+
+    pub async fn region_heartbeat(&self, request: RegionHeartbeatRequest) -> Result<()> {
+        let r = self
+            .call("region_heartbeat", |mut c, h| {
+                let mut req = request.clone();
+                req.header = Some(h);
+                async move { Ok(c.region_heartbeat(req).await?.into_inner()) }
+            })
+            .await?;
+        check_header(r.header.as_ref())
+    }
+
+    /// The region holding encoded `key`.
+    pub async fn get_region(&self, key: &[u8]) -> Result<RegionRoute> {
+        let r = self
+            .call("get_region", |mut c, h| {
+                let region_key = key.to_vec();
+                async move {
+                    Ok(c.get_region(GetRegionRequest { header: Some(h), region_key })
+                        .await?
+                        .into_inner())
+                }
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        let region = r.region.ok_or_else(|| {
+            ClientError::Server("placement driver knows no region for the key".into())
+        })?;
+        Ok(RegionRoute {
+            region,
+            leader: r.leader,
+        })
+    }
+
+    pub async fn get_region_by_id(&self, region_id: u64) -> Result<RegionRoute> {
+        let r = self
+            .call("get_region_by_id", |mut c, h| async move {
+                Ok(c.get_region_by_id(GetRegionByIdRequest { header: Some(h), region_id })
+                    .await?
+                    .into_inner())
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        let region = r
+            .region
+            .ok_or_else(|| ClientError::Server(format!("no region {region_id}")))?;
+        Ok(RegionRoute {
+            region,
+            leader: r.leader,
+        })
+    }
+
+    /// Regions overlapping encoded range `[start, end)` (empty `end`: unbounded), in order.
+    pub async fn scan_regions(&self, start: &[u8], end: &[u8], limit: u32) -> Result<Vec<RegionRoute>> {
+        let r = self
+            .call("scan_regions", |mut c, h| {
+                let (start_key, end_key) = (start.to_vec(), end.to_vec());
+                async move {
+                    Ok(c.scan_regions(ScanRegionsRequest { header: Some(h), start_key, end_key, limit })
+                        .await?
+                        .into_inner())
+                }
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        Ok(r.regions
+            .into_iter()
+            .filter_map(|r| {
+                Some(RegionRoute {
+                    region: r.region?,
+                    leader: r.leader,
+                })
+            })
+            .collect())
+    }
+}

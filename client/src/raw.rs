@@ -1,0 +1,583 @@
+//! The raw key-value API.
+
+use crate::backoff::Backoff;
+use crate::pd::{channel_to, PdClient, RegionRoute};
+use crate::region_cache::RegionCache;
+use crate::{ClientError, Result};
+use futures::future::join_all;
+use parking_lot::Mutex;
+use ringkv_proto::errorpb::{region_error, RegionError};
+use ringkv_proto::keys;
+use ringkv_proto::kvrpcpb::kv_client::KvClient;
+use ringkv_proto::kvrpcpb::*;
+use ringkv_proto::limits::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+/// Options of a [`RawClient`].
+#[derive(Debug, Clone)]
+pub struct RawConfig {
+    /// How long one call may take, retries included. Default 10 s.
+    pub timeout: Duration,
+    /// How long one attempt at one node may take before the SDK tries elsewhere. Default 3 s.
+    pub attempt_timeout: Duration,
+    /// The keyspace all keys belong to. Default: keyspace 0, hash-ordered.
+    pub keyspace: Keyspace,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(3),
+            keyspace: keys::default_keyspace(),
+        }
+    }
+}
+
+/// A client of the raw key-value API. Cheap to clone; clones share connections and caches.
+#[derive(Clone)]
+pub struct RawClient {
+    pd: PdClient,
+    shared: Arc<Shared>,
+    config: RawConfig,
+}
+
+struct Shared {
+    regions: RegionCache,
+    stores: Mutex<HashMap<u64, KvClient<Channel>>>,
+}
+
+/// What one attempt at one region came to.
+enum Attempt<T> {
+    Done(T),
+    /// Worth retrying, after the cache was updated; `immediately` skips the backoff.
+    Retry { reason: String, immediately: bool },
+}
+
+type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = std::result::Result<T, tonic::Status>> + Send + 'a>>;
+
+fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(ClientError::InvalidArgument("key is empty".into()));
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(ClientError::InvalidArgument(format!(
+            "key is {} bytes; the limit is {KEY_BYTES_MAX}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<()> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(ClientError::InvalidArgument(format!(
+            "value is {} bytes; the limit is {VALUE_BYTES_MAX}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_range(start: &[u8], end: &[u8]) -> Result<()> {
+    if !end.is_empty() && start > end {
+        return Err(ClientError::InvalidArgument(format!(
+            "inverted range: start {:?} is after end {:?}",
+            String::from_utf8_lossy(start),
+            String::from_utf8_lossy(end)
+        )));
+    }
+    if start.len() > KEY_BYTES_MAX || end.len() > KEY_BYTES_MAX {
+        return Err(ClientError::InvalidArgument(format!(
+            "range bound longer than {KEY_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
+impl RawClient {
+    /// Connects through the placement driver at `pd_endpoints` with default options.
+    pub async fn connect(pd_endpoints: &[impl AsRef<str>]) -> Result<Self> {
+        Self::connect_with_config(pd_endpoints, RawConfig::default()).await
+    }
+
+    pub async fn connect_with_config(
+        pd_endpoints: &[impl AsRef<str>],
+        config: RawConfig,
+    ) -> Result<Self> {
+        let pd = PdClient::connect(pd_endpoints).await?;
+        Ok(Self::with_pd(pd, config))
+    }
+
+    /// A client over an existing placement client.
+    pub fn with_pd(pd: PdClient, config: RawConfig) -> Self {
+        RawClient {
+            pd,
+            shared: Arc::new(Shared {
+                regions: RegionCache::default(),
+                stores: Mutex::new(HashMap::new()),
+            }),
+            config,
+        }
+    }
+
+    /// The same client with another per-call deadline.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        let mut c = self.clone();
+        c.config.timeout = timeout;
+        c
+    }
+
+    pub fn pd(&self) -> &PdClient {
+        &self.pd
+    }
+
+    fn encode(&self, user_key: &[u8]) -> Vec<u8> {
+        keys::encode(&self.config.keyspace, user_key)
+    }
+
+    /// Writes `value` at `key`.
+    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<()> {
+        self.batch_put_inner("put", vec![(key.into(), value.into())]).await
+    }
+
+    /// Writes all `pairs`; each region's share is applied atomically.
+    pub async fn batch_put(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        self.batch_put_inner("batch_put", pairs).await
+    }
+
+    async fn batch_put_inner(&self, operation: &'static str, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        if pairs.len() > BATCH_KEYS_MAX {
+            return Err(ClientError::InvalidArgument(format!(
+                "batch of {} pairs; the limit is {BATCH_KEYS_MAX}",
+                pairs.len()
+            )));
+        }
+        let mut bytes = 0usize;
+        for (k, v) in &pairs {
+            check_key(k)?;
+            check_value(v)?;
+            bytes += k.len() + v.len();
+        }
+        if bytes > BATCH_BYTES_MAX {
+            return Err(ClientError::InvalidArgument(format!(
+                "batch of {bytes} bytes; the limit is {BATCH_BYTES_MAX}"
+            )));
+        }
+        let items: Vec<KvPair> = pairs
+            .into_iter()
+            .map(|(k, v)| KvPair { key: self.encode(&k), value: v })
+            .collect();
+        self.run_batch(operation, items, |p| &p.key, |mut client, context, pairs| {
+            Box::pin(async move {
+                let r = client
+                    .raw_batch_put(RawBatchPutRequest { context: Some(context), pairs })
+                    .await?
+                    .into_inner();
+                Ok((r.region_error, ()))
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Reads the value at `key`.
+    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>> {
+        let key = key.into();
+        let mut found = self.batch_get_inner("get", vec![key]).await?;
+        Ok(found.pop().map(|(_, v)| v))
+    }
+
+    /// Reads every key of `keys` that exists; returns (user key, value) pairs.
+    pub async fn batch_get(&self, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.batch_get_inner("batch_get", keys).await
+    }
+
+    async fn batch_get_inner(&self, operation: &'static str, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if keys.len() > BATCH_KEYS_MAX {
+            return Err(ClientError::InvalidArgument(format!(
+                "batch of {} keys; the limit is {BATCH_KEYS_MAX}",
+                keys.len()
+            )));
+        }
+        for k in &keys {
+            check_key(k)?;
+        }
+        let encoded: Vec<Vec<u8>> = keys.iter().map(|k| self.encode(k)).collect();
+        let results = self
+            .run_batch(operation, encoded, |k| k, |mut client, context, keys| {
+                Box::pin(async move {
+                    let r = client
+                        .raw_batch_get(RawBatchGetRequest { context: Some(context), keys })
+                        .await?
+                        .into_inner();
+                    Ok((r.region_error, r.pairs))
+                })
+            })
+            .await?;
+        let mut found = Vec::new();
+        for pair in results.into_iter().flatten() {
+            let user = keys::user_key_unchecked(&pair.key)
+                .ok_or_else(|| ClientError::Server("node returned a malformed key".into()))?
+                .to_vec();
+            found.push((user, pair.value));
+        }
+        Ok(found)
+    }
+
+    /// Deletes `key` (a no-op if it does not exist).
+    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<()> {
+        let key = key.into();
+        check_key(&key)?;
+        let encoded = self.encode(&key);
+        self.run_batch("delete", vec![encoded], |k| k, |mut client, context, mut keys| {
+            Box::pin(async move {
+                let key = keys.pop().unwrap_or_default();
+                let r = client
+                    .raw_delete(RawDeleteRequest { context: Some(context), key })
+                    .await?
+                    .into_inner();
+                Ok((r.region_error, ()))
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Returns up to `limit` pairs with user key in `[start, end)` in user-key order; an empty
+    /// `end` means "to the end of the keyspace".
+    pub async fn scan(
+        &self,
+        start: impl Into<Vec<u8>>,
+        end: impl Into<Vec<u8>>,
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let (start, end) = (start.into(), end.into());
+        check_range(&start, &end)?;
+        if limit == 0 || limit > SCAN_LIMIT_MAX {
+            return Err(ClientError::InvalidArgument(format!(
+                "scan limit {limit} is outside 1..={SCAN_LIMIT_MAX}"
+            )));
+        }
+        let keyspace = self.config.keyspace;
+        let (start_arg, end_arg) = (start.clone(), end.clone());
+        let per_region = self
+            .for_each_region("scan", &start_arg, &end_arg, move |mut client, context| {
+                let (start_key, end_key) = (start.clone(), end.clone());
+                Box::pin(async move {
+                    let r = client
+                        .raw_scan(RawScanRequest {
+                            context: Some(context),
+                            keyspace: Some(keyspace),
+                            start_key,
+                            end_key,
+                            limit,
+                            key_only: false,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((r.region_error, r.pairs))
+                })
+            })
+            .await?;
+        // Each region returned its smallest `limit` keys in order; merge them.
+        let mut all: Vec<(Vec<u8>, Vec<u8>)> = per_region
+            .into_iter()
+            .flatten()
+            .map(|p| (p.key, p.value))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.dedup_by(|a, b| a.0 == b.0);
+        all.truncate(limit as usize);
+        Ok(all)
+    }
+
+    /// Deletes every key with user key in `[start, end)`; an empty `end` means "to the end".
+    pub async fn delete_range(&self, start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> Result<()> {
+        let (start, end) = (start.into(), end.into());
+        check_range(&start, &end)?;
+        let keyspace = self.config.keyspace;
+        let (start_arg, end_arg) = (start.clone(), end.clone());
+        self.for_each_region("delete_range", &start_arg, &end_arg, move |mut client, context| {
+            let (start_key, end_key) = (start.clone(), end.clone());
+            Box::pin(async move {
+                let r = client
+                    .raw_delete_range(RawDeleteRangeRequest {
+                        context: Some(context),
+                        keyspace: Some(keyspace),
+                        start_key,
+                        end_key,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((r.region_error, ()))
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The encoded range a user-key range can touch: the whole keyspace for a hash keyspace.
+    fn encoded_span(&self, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let ks = &self.config.keyspace;
+        if ks.mode == KeyspaceMode::Range as i32 {
+            let end = if end.is_empty() { keys::keyspace_end(ks) } else { keys::encode(ks, end) };
+            (keys::encode(ks, start), end)
+        } else {
+            (keys::keyspace_prefix(ks), keys::keyspace_end(ks))
+        }
+    }
+
+    /// Runs `send` once on every region the range can touch, each with retries. If regions
+    /// change underneath (split, merge), starts over from a fresh region list.
+    async fn for_each_region<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        start: &[u8],
+        end: &[u8],
+        send: impl Fn(KvClient<Channel>, Context) -> BoxFut<'static, (Option<RegionError>, T)> + Send + Sync,
+    ) -> Result<Vec<T>> {
+        let (span_start, span_end) = self.encoded_span(start, end);
+        let deadline = Instant::now() + self.config.timeout;
+        let mut backoff = Backoff::new(deadline);
+        let mut last_error;
+        loop {
+            let routes = match self.pd.scan_regions(&span_start, &span_end, 0).await {
+                Ok(r) => r,
+                Err(e) if e.is_retryable() => {
+                    last_error = e.to_string();
+                    if !backoff.wait().await {
+                        return Err(self.timeout(operation, last_error));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for route in &routes {
+                self.shared.regions.insert(route.clone());
+            }
+            // Route by each region's first key inside the span, so the cache picks the region.
+            let anchors: Vec<Vec<u8>> = routes
+                .iter()
+                .map(|r| r.region.start_key.clone().max(span_start.clone()))
+                .collect();
+            let attempts = anchors.iter().map(|anchor| self.attempt_single(anchor, &send));
+            let mut results = Vec::new();
+            let mut retry = None;
+            for outcome in join_all(attempts).await {
+                match outcome? {
+                    Attempt::Done(v) => results.push(v),
+                    Attempt::Retry { reason, .. } => retry = Some(reason),
+                }
+            }
+            match retry {
+                None => return Ok(results),
+                Some(reason) => {
+                    last_error = reason;
+                    if !backoff.wait().await {
+                        return Err(self.timeout(operation, last_error));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn attempt_single<T>(
+        &self,
+        anchor: &[u8],
+        send: &(impl Fn(KvClient<Channel>, Context) -> BoxFut<'static, (Option<RegionError>, T)> + Send + Sync),
+    ) -> Result<Attempt<T>> {
+        let route = match self.route(anchor).await {
+            Ok(r) => r,
+            Err(e) if e.is_retryable() => return Ok(Attempt::Retry { reason: e.to_string(), immediately: false }),
+            Err(e) => return Err(e),
+        };
+        self.attempt(&route, 0, |client, context| send(client, context)).await
+    }
+
+    fn timeout(&self, operation: &'static str, last_error: String) -> ClientError {
+        ClientError::Timeout {
+            operation,
+            timeout_ms: self.config.timeout.as_millis() as u64,
+            last_error,
+        }
+    }
+
+    /// Groups `items` by region, sends each group, and retries the groups that failed (with
+    /// fresh routing) until all succeed or the deadline passes.
+    async fn run_batch<I: Clone + Send + 'static, T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        items: Vec<I>,
+        key_of: impl Fn(&I) -> &Vec<u8>,
+        send: impl Fn(KvClient<Channel>, Context, Vec<I>) -> BoxFut<'static, (Option<RegionError>, T)>,
+    ) -> Result<Vec<T>> {
+        let deadline = Instant::now() + self.config.timeout;
+        let mut backoff = Backoff::new(deadline);
+        let mut pending = items;
+        let mut results = Vec::new();
+        let mut round = 0usize;
+        let mut last_error = String::from("none");
+        while !pending.is_empty() {
+            // Group by region.
+            let mut groups: Vec<(RegionRoute, Vec<I>)> = Vec::new();
+            let mut unrouted = Vec::new();
+            for item in pending.drain(..) {
+                match self.route(key_of(&item)).await {
+                    Ok(route) => match groups.iter_mut().find(|(r, _)| r.region.id == route.region.id) {
+                        Some((_, g)) => g.push(item),
+                        None => groups.push((route, vec![item])),
+                    },
+                    Err(e) if e.is_retryable() => {
+                        last_error = e.to_string();
+                        unrouted.push(item);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let attempts = groups.into_iter().map(|(route, group)| {
+                let send = &send;
+                async move {
+                    let g = group.clone();
+                    let outcome = self.attempt(&route, round, move |client, context| send(client, context, g.clone())).await;
+                    (outcome, group)
+                }
+            });
+            let mut immediately = unrouted.is_empty();
+            for (outcome, group) in join_all(attempts).await {
+                match outcome? {
+                    Attempt::Done(v) => results.push(v),
+                    Attempt::Retry { reason, immediately: now } => {
+                        last_error = reason;
+                        immediately &= now;
+                        pending.extend(group);
+                    }
+                }
+            }
+            pending.extend(unrouted);
+            if pending.is_empty() {
+                break;
+            }
+            round += 1;
+            let in_time = if immediately && Instant::now() < deadline {
+                true
+            } else {
+                backoff.wait().await
+            };
+            if !in_time {
+                return Err(self.timeout(operation, last_error));
+            }
+        }
+        Ok(results)
+    }
+
+    async fn route(&self, key: &[u8]) -> Result<RegionRoute> {
+        if let Some(route) = self.shared.regions.locate(key) {
+            return Ok(route);
+        }
+        let route = self.pd.get_region(key).await?;
+        self.shared.regions.insert(route.clone());
+        Ok(route)
+    }
+
+    async fn store_client(&self, store_id: u64) -> Result<KvClient<Channel>> {
+        if let Some(c) = self.shared.stores.lock().get(&store_id) {
+            return Ok(c.clone());
+        }
+        let store = self.pd.get_store(store_id).await?;
+        let client = KvClient::new(channel_to(&store.address)?)
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+        self.shared.stores.lock().insert(store_id, client.clone());
+        Ok(client)
+    }
+
+    /// One attempt at one region: picks the leader (or, without one, a peer by `round`), sends,
+    /// and turns region errors into cache updates.
+    async fn attempt<T>(
+        &self,
+        route: &RegionRoute,
+        round: usize,
+        send: impl FnOnce(KvClient<Channel>, Context) -> BoxFut<'static, (Option<RegionError>, T)>,
+    ) -> Result<Attempt<T>> {
+        let region = &route.region;
+        let peer = match route.leader {
+            Some(leader) => leader,
+            None if region.peers.is_empty() => {
+                self.shared.regions.invalidate(region.id);
+                return Ok(Attempt::Retry { reason: format!("region {} has no peers", region.id), immediately: false });
+            }
+            None => region.peers[round % region.peers.len()],
+        };
+        let client = match self.store_client(peer.store_id).await {
+            Ok(c) => c,
+            Err(e) if e.is_retryable() => return Ok(Attempt::Retry { reason: e.to_string(), immediately: false }),
+            Err(e) => return Err(e),
+        };
+        let context = Context {
+            region_id: region.id,
+            region_epoch: region.region_epoch,
+        };
+        let answer = tokio::time::timeout(self.config.attempt_timeout, send(client, context)).await;
+        let (region_error, value) = match answer {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(status)) => {
+                return match status.code() {
+                    tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::FailedPrecondition => {
+                        Err(ClientError::InvalidArgument(status.message().to_string()))
+                    }
+                    _ => {
+                        // The node is down or unreachable: forget it and the leader it was.
+                        self.shared.stores.lock().remove(&peer.store_id);
+                        self.shared.regions.clear_leader(region.id);
+                        Ok(Attempt::Retry {
+                            reason: format!("store {}: {}: {}", peer.store_id, status.code(), status.message()),
+                            immediately: false,
+                        })
+                    }
+                };
+            }
+            Err(_) => {
+                self.shared.regions.clear_leader(region.id);
+                return Ok(Attempt::Retry {
+                    reason: format!("store {} did not answer within {:?}", peer.store_id, self.config.attempt_timeout),
+                    immediately: false,
+                });
+            }
+        };
+        let Some(err) = region_error else {
+            return Ok(Attempt::Done(value));
+        };
+        let reason = format!("region {} at store {}: {}", region.id, peer.store_id, err.message);
+        let immediately = match err.kind {
+            Some(region_error::Kind::NotLeader(nl)) => match nl.leader {
+                Some(leader) if leader.id != peer.id => {
+                    self.shared.regions.update_leader(region.id, leader);
+                    true
+                }
+                _ => {
+                    self.shared.regions.clear_leader(region.id);
+                    false
+                }
+            },
+            Some(region_error::Kind::EpochNotMatch(e)) => {
+                self.shared.regions.invalidate(region.id);
+                for r in e.current_regions {
+                    self.shared.regions.insert(RegionRoute { region: r, leader: None });
+                }
+                true
+            }
+            Some(region_error::Kind::StaleCommand(_)) => true,
+            Some(region_error::Kind::ServerIsBusy(_)) => false,
+            _ => {
+                self.shared.regions.invalidate(region.id);
+                false
+            }
+        };
+        Ok(Attempt::Retry { reason, immediately })
+    }
+}

@@ -1,0 +1,115 @@
+//! The client's view of where regions are and who leads them. It learns from the placement
+//! driver on a miss and, preferably, from the nodes' own errors (`EpochNotMatch` carries the new
+//! regions, `NotLeader` the new leader), which are fresher than the placement driver.
+
+use crate::pd::RegionRoute;
+use parking_lot::RwLock;
+use ringkv_proto::keys::in_range;
+use ringkv_proto::metapb::{Peer, Region};
+use std::collections::BTreeMap;
+
+/// Cached routes, keyed by region start key.
+#[derive(Default)]
+pub struct RegionCache {
+    by_start: RwLock<BTreeMap<Vec<u8>, RegionRoute>>,
+}
+
+fn newer(a: &Region, b: &Region) -> bool {
+    let (ea, eb) = (a.region_epoch.unwrap_or_default(), b.region_epoch.unwrap_or_default());
+    (ea.version, ea.conf_ver) > (eb.version, eb.conf_ver)
+}
+
+impl RegionCache {
+    /// The cached route of the region holding encoded `key`.
+    pub fn locate(&self, key: &[u8]) -> Option<RegionRoute> {
+        let map = self.by_start.read();
+        let (_, route) = map.range(..=key.to_vec()).next_back()?;
+        in_range(key, &route.region.start_key, &route.region.end_key).then(|| route.clone())
+    }
+
+    /// Adds a route, replacing every cached region it overlaps unless one of them is newer.
+    pub fn insert(&self, route: RegionRoute) {
+        let mut map = self.by_start.write();
+        let overlapping: Vec<Vec<u8>> = map
+            .values()
+            .filter(|r| overlaps(&r.region, &route.region))
+            .map(|r| r.region.start_key.clone())
+            .collect();
+        if overlapping
+            .iter()
+            .any(|k| map.get(k).is_some_and(|r| r.region.id == route.region.id && newer(&r.region, &route.region)))
+        {
+            return;
+        }
+        for k in overlapping {
+            map.remove(&k);
+        }
+        map.insert(route.region.start_key.clone(), route);
+    }
+
+    /// Records a new leader learnt from a `NotLeader` answer.
+    pub fn update_leader(&self, region_id: u64, leader: Peer) {
+        let mut map = self.by_start.write();
+        if let Some(route) = map.values_mut().find(|r| r.region.id == region_id) {
+            if route.region.peers.iter().any(|p| p.id == leader.id) {
+                route.leader = Some(leader);
+            }
+        }
+    }
+
+    /// Forgets the leader of a region (its node did not answer).
+    pub fn clear_leader(&self, region_id: u64) {
+        let mut map = self.by_start.write();
+        if let Some(route) = map.values_mut().find(|r| r.region.id == region_id) {
+            route.leader = None;
+        }
+    }
+
+    /// Forgets a region entirely.
+    pub fn invalidate(&self, region_id: u64) {
+        self.by_start.write().retain(|_, r| r.region.id != region_id);
+    }
+}
+
+fn overlaps(a: &Region, b: &Region) -> bool {
+    let a_before_b = !a.end_key.is_empty() && a.end_key <= b.start_key;
+    let b_before_a = !b.end_key.is_empty() && b.end_key <= a.start_key;
+    !a_before_b && !b_before_a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_proto::metapb::RegionEpoch;
+
+    fn region(id: u64, start: &[u8], end: &[u8], version: u64) -> RegionRoute {
+        RegionRoute {
+            region: Region {
+                id,
+                start_key: start.to_vec(),
+                end_key: end.to_vec(),
+                region_epoch: Some(RegionEpoch { conf_ver: 1, version }),
+                peers: vec![Peer { id: id * 10, store_id: 1, role: 0 }],
+            },
+            leader: None,
+        }
+    }
+
+    #[test]
+    fn locate_and_replace_after_split() {
+        let cache = RegionCache::default();
+        cache.insert(region(1, b"", b"", 1));
+        assert_eq!(cache.locate(b"k").unwrap().region.id, 1);
+        // A split: region 1 now [ "", "m"), region 2 ["m", "").
+        cache.insert(region(1, b"", b"m", 2));
+        assert!(cache.locate(b"z").is_none());
+        cache.insert(region(2, b"m", b"", 2));
+        assert_eq!(cache.locate(b"z").unwrap().region.id, 2);
+        assert_eq!(cache.locate(b"a").unwrap().region.id, 1);
+        // A stale copy of region 1 does not replace the newer one.
+        cache.insert(region(1, b"", b"", 1));
+        assert_eq!(cache.locate(b"a").unwrap().region.region_epoch.unwrap().version, 2);
+        cache.invalidate(2);
+        assert!(cache.locate(b"z").is_none());
+    }
+}

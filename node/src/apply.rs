@@ -1,0 +1,184 @@
+//! Applying committed commands. Deterministic: every replica turns the same entry into the same
+//! writes and the same result, which is what lets results go back to clients.
+
+use crate::region_error;
+use ringkv_proto::errorpb::RegionError;
+use ringkv_proto::keys::{self, in_range};
+use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
+use ringkv_proto::metapb::Region;
+use ringkv_proto::raftpb::{request::Cmd, RaftCmdRequest, Request};
+use ringkv_storage::layout::{data_key, data_range, origin_key};
+use ringkv_storage::{KvEngine, KvWriteBatch, Result as StorageResult};
+
+/// The outcome of one command. `Err` is a deterministic refusal (wrong epoch, key outside the
+/// region): it is the applied result, the same on every replica.
+pub type CmdResult = Result<(), RegionError>;
+
+/// Checks that a command still fits the region: same version (splits and merges change which keys
+/// the region owns) and every key inside it.
+pub fn check_command(region: &Region, cmd: &RaftCmdRequest) -> CmdResult {
+    let current = region.region_epoch.unwrap_or_default();
+    let asked = cmd.region_epoch.unwrap_or_default();
+    if asked.version != current.version {
+        return Err(region_error::epoch_not_match(region, cmd.region_epoch));
+    }
+    for req in &cmd.requests {
+        match &req.cmd {
+            Some(Cmd::Put(p)) if !in_range(&p.key, &region.start_key, &region.end_key) => {
+                return Err(region_error::key_not_in_region(&p.key, region))
+            }
+            Some(Cmd::Delete(d)) if !in_range(&d.key, &region.start_key, &region.end_key) => {
+                return Err(region_error::key_not_in_region(&d.key, region))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether applying `cmd` needs to see earlier writes of the same batch (it scans storage).
+pub fn needs_flushed_state(cmd: &RaftCmdRequest) -> bool {
+    cmd.requests
+        .iter()
+        .any(|r| matches!(r.cmd, Some(Cmd::DeleteRange(_))))
+}
+
+/// Adds the writes of `cmd` to `batch`. A delete range scans `kv`, so the caller must have
+/// written every earlier write of the round first (see [`needs_flushed_state`]).
+pub fn exec_command(
+    region: &Region,
+    cmd: &RaftCmdRequest,
+    kv: &dyn KvEngine,
+    batch: &mut KvWriteBatch,
+) -> StorageResult<CmdResult> {
+    if let Err(e) = check_command(region, cmd) {
+        return Ok(Err(e));
+    }
+    for Request { cmd } in &cmd.requests {
+        match cmd {
+            Some(Cmd::Put(p)) => batch.put(data_key(&p.key), p.value.clone()),
+            Some(Cmd::Delete(d)) => batch.delete(data_key(&d.key)),
+            Some(Cmd::DeleteRange(r)) => {
+                let keyspace = r.keyspace.unwrap_or_else(keys::default_keyspace);
+                for key in keys_in_user_range(region, &keyspace, &r.start_key, &r.end_key, kv)? {
+                    batch.delete(key);
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// The storage-key span of `keyspace` that user range `[start, end)` can touch, clipped to the
+/// region. In a hash keyspace that is the whole keyspace: user order is not storage order.
+pub fn scan_span(region: &Region, keyspace: &Keyspace, start: &[u8], end: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (mut lo, mut hi) = if keyspace.mode == KeyspaceMode::Range as i32 {
+        let hi = if end.is_empty() { keys::keyspace_end(keyspace) } else { keys::encode(keyspace, end) };
+        (keys::encode(keyspace, start), hi)
+    } else {
+        (keys::keyspace_prefix(keyspace), keys::keyspace_end(keyspace))
+    };
+    if lo < region.start_key {
+        lo = region.start_key.clone();
+    }
+    if !region.end_key.is_empty() && hi > region.end_key {
+        hi = region.end_key.clone();
+    }
+    (lo < hi).then(|| data_range(&lo, &hi))
+}
+
+/// Whether user key `k` is in `[start, end)`, an empty `end` being unbounded.
+pub fn user_in_range(k: &[u8], start: &[u8], end: &[u8]) -> bool {
+    k >= start && (end.is_empty() || k < end)
+}
+
+fn keys_in_user_range(
+    region: &Region,
+    keyspace: &Keyspace,
+    start: &[u8],
+    end: &[u8],
+    kv: &dyn KvEngine,
+) -> StorageResult<Vec<Vec<u8>>> {
+    let Some((lo, hi)) = scan_span(region, keyspace, start, end) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    kv.scan(&lo, &hi, &mut |k, _| {
+        if keys::user_key_unchecked(origin_key(k)).is_some_and(|u| user_in_range(u, start, end)) {
+            out.push(k.to_vec());
+        }
+        true
+    })?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_proto::metapb::RegionEpoch;
+    use ringkv_proto::raftpb::{DeleteRangeRequest, PutRequest};
+    use ringkv_storage::MemKv;
+
+    fn whole_region() -> Region {
+        Region {
+            id: 1,
+            region_epoch: Some(RegionEpoch { conf_ver: 1, version: 1 }),
+            ..Default::default()
+        }
+    }
+
+    fn put(user: &[u8]) -> Request {
+        Request {
+            cmd: Some(Cmd::Put(PutRequest {
+                key: keys::encode(&keys::default_keyspace(), user),
+                value: user.to_vec(),
+            })),
+        }
+    }
+
+    fn run(kv: &MemKv, region: &Region, requests: Vec<Request>, version: u64) -> CmdResult {
+        let cmd = RaftCmdRequest {
+            region_id: region.id,
+            region_epoch: Some(RegionEpoch { conf_ver: 1, version }),
+            requests,
+        };
+        let mut batch = KvWriteBatch::default();
+        let result = exec_command(region, &cmd, kv, &mut batch).unwrap();
+        kv.write(batch).unwrap();
+        result
+    }
+
+    #[test]
+    fn stale_epoch_is_refused_and_writes_nothing() {
+        let kv = MemKv::new();
+        let region = whole_region();
+        assert!(run(&kv, &region, vec![put(b"a")], 0).is_err());
+        assert!(kv.dump().is_empty());
+        assert!(run(&kv, &region, vec![put(b"a")], 1).is_ok());
+        assert_eq!(kv.dump().len(), 1);
+    }
+
+    #[test]
+    fn delete_range_in_hash_keyspace_uses_user_order() {
+        let kv = MemKv::new();
+        let region = whole_region();
+        let puts = [b"a".as_ref(), b"b", b"c", b"d", b"e"].iter().map(|k| put(k)).collect();
+        run(&kv, &region, puts, 1).unwrap();
+        let del = Request {
+            cmd: Some(Cmd::DeleteRange(DeleteRangeRequest {
+                keyspace: Some(keys::default_keyspace()),
+                start_key: b"b".to_vec(),
+                end_key: b"d".to_vec(),
+            })),
+        };
+        run(&kv, &region, vec![del], 1).unwrap();
+        let mut left: Vec<Vec<u8>> = kv
+            .dump()
+            .keys()
+            .map(|k| keys::user_key_unchecked(origin_key(k)).unwrap().to_vec())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![b"a".to_vec(), b"d".to_vec(), b"e".to_vec()]);
+    }
+}

@@ -1,0 +1,161 @@
+//! Configuration of a node: a TOML file, overridden by command-line flags. Every option is
+//! documented in docs/configuration.md.
+
+use crate::peer::PeerConfig;
+use crate::raftstore::RaftStoreConfig;
+use crate::NodeError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Every option of a node. Defaults in the `Default` impls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Directory for the node's data (`raft/` log engine, `kv/` state store). Default
+    /// `./ringkv-data/node`.
+    pub data_dir: PathBuf,
+    /// Address the gRPC server binds. Port 0 picks a free port. Default `127.0.0.1:20160`.
+    pub listen_addr: SocketAddr,
+    /// Address other nodes and clients are told to use; defaults to the bound address.
+    pub advertise_addr: Option<String>,
+    /// Placement driver members, host:port. Default `["127.0.0.1:2379"]`.
+    pub placement_endpoints: Vec<String>,
+    /// Labels of this store, e.g. `{ zone = "z1", host = "h1" }`.
+    pub labels: BTreeMap<String, String>,
+    /// Log filter (tracing `EnvFilter` syntax). Default `info`.
+    pub log_level: String,
+    /// How often the store reports to the placement driver, in ms. Default 1000; 100..=60000.
+    pub store_heartbeat_ms: u64,
+    /// Capacity of the raftstore mailbox, in messages; past it requests get `ServerIsBusy`.
+    /// Default 65536.
+    pub mailbox_capacity: usize,
+    pub raft: RaftSection,
+}
+
+/// Raft settings, `[raft]` in the TOML file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftSection {
+    /// Length of one Raft tick in ms. Default 100; 10..=10000.
+    pub tick_interval_ms: u64,
+    /// Ticks without a leader before a follower campaigns (randomised up to twice this).
+    /// Default 10; must exceed `heartbeat_ticks`.
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats. Default 2.
+    pub heartbeat_ticks: usize,
+    /// Sync the Raft log before acknowledging writes. Default true. Off loses acknowledged
+    /// writes on power loss; only for benchmarks that say so.
+    pub sync_log: bool,
+    /// Ticks between a leader's region reports to the placement driver. Default 10.
+    pub region_heartbeat_ticks: u32,
+    /// Largest append message, in bytes. Default 1 MiB.
+    pub max_size_per_msg_bytes: u64,
+    /// Append messages in flight per follower. Default 256.
+    pub max_inflight_msgs: usize,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        let peer = PeerConfig::default();
+        let store = RaftStoreConfig::default();
+        RaftSection {
+            tick_interval_ms: store.tick_interval.as_millis() as u64,
+            election_ticks: peer.election_ticks,
+            heartbeat_ticks: peer.heartbeat_ticks,
+            sync_log: store.sync_log,
+            region_heartbeat_ticks: store.region_heartbeat_ticks,
+            max_size_per_msg_bytes: peer.max_size_per_msg_bytes,
+            max_inflight_msgs: peer.max_inflight_msgs,
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("./ringkv-data/node"),
+            listen_addr: "127.0.0.1:20160".parse().expect("valid address"),
+            advertise_addr: None,
+            placement_endpoints: vec!["127.0.0.1:2379".into()],
+            labels: BTreeMap::new(),
+            log_level: "info".into(),
+            store_heartbeat_ms: 1000,
+            mailbox_capacity: 65536,
+            raft: RaftSection::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads a TOML file; unknown keys are errors, missing keys take their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, NodeError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| NodeError::Config(format!("cannot read config file {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| NodeError::Config(format!("config file {}: {e}", path.display())))
+    }
+
+    /// Rejects values out of range or combinations that cannot work.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        let bad = |m: String| Err(NodeError::Config(m));
+        if self.placement_endpoints.is_empty() {
+            return bad("placement_endpoints is empty; name at least one placement member".into());
+        }
+        if !(10..=10_000).contains(&self.raft.tick_interval_ms) {
+            return bad(format!("raft.tick_interval_ms = {} is outside 10..=10000", self.raft.tick_interval_ms));
+        }
+        if self.raft.heartbeat_ticks == 0 || self.raft.election_ticks <= self.raft.heartbeat_ticks {
+            return bad(format!(
+                "raft.election_ticks ({}) must be greater than raft.heartbeat_ticks ({}), which must be at least 1",
+                self.raft.election_ticks, self.raft.heartbeat_ticks
+            ));
+        }
+        if !(100..=60_000).contains(&self.store_heartbeat_ms) {
+            return bad(format!("store_heartbeat_ms = {} is outside 100..=60000", self.store_heartbeat_ms));
+        }
+        if self.mailbox_capacity < 1024 {
+            return bad(format!("mailbox_capacity = {} is below 1024", self.mailbox_capacity));
+        }
+        if self.raft.region_heartbeat_ticks == 0 {
+            return bad("raft.region_heartbeat_ticks must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn raftstore_config(&self) -> RaftStoreConfig {
+        RaftStoreConfig {
+            tick_interval: Duration::from_millis(self.raft.tick_interval_ms),
+            peer: PeerConfig {
+                election_ticks: self.raft.election_ticks,
+                heartbeat_ticks: self.raft.heartbeat_ticks,
+                max_size_per_msg_bytes: self.raft.max_size_per_msg_bytes,
+                max_inflight_msgs: self.raft.max_inflight_msgs,
+                ..PeerConfig::default()
+            },
+            sync_log: self.raft.sync_log,
+            region_heartbeat_ticks: self.raft.region_heartbeat_ticks,
+            ..RaftStoreConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        NodeConfig::default().validate().unwrap();
+        let mut c = NodeConfig::default();
+        c.raft.election_ticks = 2;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("election_ticks"), "{err}");
+        let parsed: Result<NodeConfig, _> = toml::from_str("no_such_option = 1");
+        assert!(parsed.is_err());
+        let parsed: NodeConfig = toml::from_str("[raft]\nelection_ticks = 20\n").unwrap();
+        assert_eq!(parsed.raft.election_ticks, 20);
+        assert_eq!(parsed.raft.heartbeat_ticks, 2);
+    }
+}

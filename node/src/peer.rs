@@ -1,0 +1,527 @@
+//! One replica of one region. Pure: it never touches a socket, file, thread or clock. The
+//! raftstore feeds it ticks, messages and requests, and it hands back log writes (into the
+//! round's [`RaftLogBatch`]), messages to send, and results to deliver after apply.
+
+use crate::apply::{self, CmdResult};
+use crate::logger::raft_logger;
+use crate::region_error;
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{self, EntryType};
+use raft::{RawNode, ReadState, StateRole};
+use ringkv_proto::errorpb::RegionError;
+use ringkv_proto::keys::in_range;
+use ringkv_proto::metapb::{Peer as PeerMeta, Region};
+use ringkv_proto::raftpb::{ApplyState, RaftCmdRequest, RaftMessage};
+use ringkv_storage::layout;
+use ringkv_storage::{KvEngine, KvWriteBatch, PeerStorage, RaftLogBatch, StorageError};
+use std::collections::VecDeque;
+use tokio::sync::oneshot;
+
+/// Where a command's result goes.
+pub type CmdCallback = oneshot::Sender<CmdResult>;
+/// Where a read's go-ahead goes: the region as it stood when the read became safe.
+pub type ReadCallback = oneshot::Sender<Result<Region, RegionError>>;
+
+/// Raft timing and flow settings of every peer.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub max_size_per_msg_bytes: u64,
+    pub max_inflight_msgs: usize,
+    /// Reads waiting longer than this many ticks for their ReadIndex are failed (the client
+    /// retries).
+    pub read_timeout_ticks: u32,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_size_per_msg_bytes: 1024 * 1024,
+            max_inflight_msgs: 256,
+            read_timeout_ticks: 50,
+        }
+    }
+}
+
+struct Proposal {
+    index: u64,
+    term: u64,
+    callback: CmdCallback,
+}
+
+struct ReadBatch {
+    id: u64,
+    /// Set once the leader confirmed it: reads may proceed once this index is applied.
+    read_index: Option<u64>,
+    waiters: Vec<ReadCallback>,
+    ticks_waited: u32,
+}
+
+/// What changed about a peer that the placement driver should hear about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderView {
+    pub leader_id: u64,
+    pub term: u64,
+    pub is_leader: bool,
+}
+
+/// One replica of one region.
+pub struct Peer {
+    meta: PeerMeta,
+    raw: RawNode<PeerStorage>,
+    proposals: VecDeque<Proposal>,
+    /// Reads not yet sent as a ReadIndex round.
+    reads_queued: Vec<ReadCallback>,
+    reads_in_flight: VecDeque<ReadBatch>,
+    next_read_id: u64,
+    /// The `Ready` whose log writes are in the round's batch, to be advanced after the write.
+    unpersisted: Option<raft::Ready>,
+    /// Committed entries waiting to be applied this round.
+    to_apply: Vec<eraftpb::Entry>,
+    last_view: LeaderView,
+    read_timeout_ticks: u32,
+}
+
+/// Messages a round has produced, to send once the round's log write is done (or at once).
+#[derive(Default)]
+pub struct Outbox {
+    pub messages: Vec<RaftMessage>,
+}
+
+impl Peer {
+    /// Wraps `storage` (already loaded or created) into a running replica.
+    pub fn new(store_id: u64, storage: PeerStorage, cfg: &PeerConfig) -> Result<Self, raft::Error> {
+        let region = storage.region().clone();
+        let meta = *region
+            .peers
+            .iter()
+            .find(|p| p.store_id == store_id)
+            .ok_or_else(|| {
+                raft::Error::ConfigInvalid(format!(
+                    "region {} has no peer on store {store_id}",
+                    region.id
+                ))
+            })?;
+        let raft_cfg = raft::Config {
+            id: meta.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied: storage.applied_index(),
+            max_size_per_msg: cfg.max_size_per_msg_bytes,
+            max_inflight_msgs: cfg.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_cfg.validate()?;
+        let logger = raft_logger(region.id, meta.id);
+        let raw = RawNode::new(&raft_cfg, storage, &logger)?;
+        Ok(Peer {
+            meta,
+            raw,
+            proposals: VecDeque::new(),
+            reads_queued: Vec::new(),
+            reads_in_flight: VecDeque::new(),
+            next_read_id: 1,
+            unpersisted: None,
+            to_apply: Vec::new(),
+            last_view: LeaderView {
+                leader_id: 0,
+                term: 0,
+                is_leader: false,
+            },
+            read_timeout_ticks: cfg.read_timeout_ticks,
+        })
+    }
+
+    pub fn region(&self) -> &Region {
+        self.raw.store().region()
+    }
+
+    pub fn region_id(&self) -> u64 {
+        self.region().id
+    }
+
+    pub fn peer_id(&self) -> u64 {
+        self.meta.id
+    }
+
+    pub fn meta(&self) -> PeerMeta {
+        self.meta
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    pub fn leader_id(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.raw.store().applied_index()
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.raw.store().last_index_fast()
+    }
+
+    /// The leader as a peer of this region, if known.
+    pub fn leader(&self) -> Option<PeerMeta> {
+        let id = self.leader_id();
+        self.region().peers.iter().find(|p| p.id == id).copied()
+    }
+
+    fn peer_by_id(&self, id: u64) -> Option<PeerMeta> {
+        self.region().peers.iter().find(|p| p.id == id).copied()
+    }
+
+    /// Advances logical time by one tick. Returns whether raft has work.
+    pub fn tick(&mut self) -> bool {
+        for batch in &mut self.reads_in_flight {
+            batch.ticks_waited += 1;
+        }
+        self.expire_reads();
+        self.raw.tick()
+    }
+
+    fn expire_reads(&mut self) {
+        let region_id = self.region_id();
+        let limit = self.read_timeout_ticks;
+        while self
+            .reads_in_flight
+            .front()
+            .is_some_and(|b| b.ticks_waited > limit && b.read_index.is_none())
+        {
+            let batch = self.reads_in_flight.pop_front().expect("checked");
+            for w in batch.waiters {
+                let _ = w.send(Err(region_error::not_leader(region_id, None)));
+            }
+        }
+    }
+
+    /// Feeds a Raft message from another peer.
+    pub fn step(&mut self, msg: eraftpb::Message) {
+        if let Err(e) = self.raw.step(msg) {
+            tracing::debug!(region = self.region_id(), error = %e, "dropped raft message");
+        }
+    }
+
+    /// Checks that a request addressed to this peer may be served here: leader, same epoch
+    /// version, keys inside the region.
+    pub fn check_request(
+        &self,
+        epoch: Option<ringkv_proto::metapb::RegionEpoch>,
+        keys: &[&[u8]],
+    ) -> Result<(), RegionError> {
+        if !self.is_leader() {
+            return Err(region_error::not_leader(self.region_id(), self.leader()));
+        }
+        let region = self.region();
+        let current = region.region_epoch.unwrap_or_default();
+        let asked = epoch.unwrap_or_default();
+        if asked.version != current.version || asked.conf_ver != current.conf_ver {
+            return Err(region_error::epoch_not_match(region, epoch));
+        }
+        for key in keys {
+            if !in_range(key, &region.start_key, &region.end_key) {
+                return Err(region_error::key_not_in_region(key, region));
+            }
+        }
+        Ok(())
+    }
+
+    /// Proposes `cmd`; `callback` gets its applied result, or an error if it cannot be proposed.
+    pub fn propose(&mut self, cmd: RaftCmdRequest, callback: CmdCallback) {
+        let keys: Vec<&[u8]> = Vec::new();
+        if let Err(e) = self.check_request(cmd.region_epoch, &keys) {
+            let _ = callback.send(Err(e));
+            return;
+        }
+        if let Err(e) = apply::check_command(self.region(), &cmd) {
+            let _ = callback.send(Err(e));
+            return;
+        }
+        let data = cmd.encode_to_vec();
+        match self.raw.propose(Vec::new(), data) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                let term = self.raw.raft.term;
+                assert!(
+                    self.proposals.back().is_none_or(|p| p.index < index),
+                    "region {}: proposal indexes must grow",
+                    self.region_id()
+                );
+                self.proposals.push_back(Proposal {
+                    index,
+                    term,
+                    callback,
+                });
+            }
+            Err(e) => {
+                tracing::debug!(region = self.region_id(), error = %e, "proposal dropped");
+                let _ = callback.send(Err(region_error::not_leader(self.region_id(), self.leader())));
+            }
+        }
+    }
+
+    /// Queues a linearizable read: `callback` gets the go-ahead once this leader has confirmed
+    /// its leadership after the read arrived (ReadIndex) and applied up to that point.
+    pub fn read(&mut self, epoch: Option<ringkv_proto::metapb::RegionEpoch>, keys: &[&[u8]], callback: ReadCallback) {
+        match self.check_request(epoch, keys) {
+            Ok(()) => self.reads_queued.push(callback),
+            Err(e) => {
+                let _ = callback.send(Err(e));
+            }
+        }
+    }
+
+    /// Sends every queued read as one ReadIndex round.
+    pub fn flush_reads(&mut self) {
+        if self.reads_queued.is_empty() {
+            return;
+        }
+        let id = self.next_read_id;
+        self.next_read_id += 1;
+        self.raw.read_index(id.to_be_bytes().to_vec());
+        self.reads_in_flight.push_back(ReadBatch {
+            id,
+            read_index: None,
+            waiters: std::mem::take(&mut self.reads_queued),
+            ticks_waited: 0,
+        });
+    }
+
+    fn on_read_states(&mut self, states: Vec<ReadState>) {
+        for state in states {
+            let Ok(bytes) = <[u8; 8]>::try_from(state.request_ctx.as_slice()) else {
+                continue;
+            };
+            let id = u64::from_be_bytes(bytes);
+            if let Some(batch) = self.reads_in_flight.iter_mut().find(|b| b.id == id) {
+                batch.read_index = Some(state.index);
+            }
+        }
+    }
+
+    /// Answers the reads whose read index is applied.
+    fn release_reads(&mut self) {
+        let applied = self.applied_index();
+        let region = self.region().clone();
+        while let Some(batch) = self.reads_in_flight.front() {
+            match batch.read_index {
+                Some(index) if index <= applied => {
+                    let batch = self.reads_in_flight.pop_front().expect("checked");
+                    for w in batch.waiters {
+                        let _ = w.send(Ok(region.clone()));
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+
+    fn fail_reads(&mut self) {
+        let err = region_error::not_leader(self.region_id(), self.leader());
+        for w in self.reads_queued.drain(..) {
+            let _ = w.send(Err(err.clone()));
+        }
+        for batch in self.reads_in_flight.drain(..) {
+            for w in batch.waiters {
+                let _ = w.send(Err(err.clone()));
+            }
+        }
+    }
+
+    fn wrap_messages(&self, msgs: Vec<eraftpb::Message>, outbox: &mut Outbox) {
+        let region = self.region();
+        for msg in msgs {
+            let Some(to) = self.peer_by_id(msg.get_to()) else {
+                tracing::warn!(region = region.id, to = msg.get_to(), "message to unknown peer dropped");
+                continue;
+            };
+            let bytes = match msg.write_to_bytes() {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(region = region.id, error = %e, "cannot encode raft message");
+                    continue;
+                }
+            };
+            outbox.messages.push(RaftMessage {
+                region_id: region.id,
+                from_peer: Some(self.meta),
+                to_peer: Some(to),
+                region_epoch: region.region_epoch,
+                message: bytes,
+            });
+        }
+    }
+
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+    }
+
+    /// First half of a round: takes raft's `Ready`, puts its entries and hard state into
+    /// `log_batch`, and sends what may go before the write (a leader's appends).
+    pub fn collect_ready(&mut self, log_batch: &mut RaftLogBatch, early: &mut Outbox) {
+        assert!(self.unpersisted.is_none(), "region {}: ready collected twice", self.region_id());
+        if !self.raw.has_ready() {
+            return;
+        }
+        let mut ready = self.raw.ready();
+        self.wrap_messages(ready.take_messages(), early);
+        if !ready.snapshot().is_empty() {
+            // No peer ever produces a snapshot yet (see PeerStorage::snapshot).
+            panic!(
+                "region {}: received a snapshot, which this version cannot apply",
+                self.region_id()
+            );
+        }
+        self.on_read_states(ready.take_read_states());
+        let committed = ready.take_committed_entries();
+        self.to_apply.extend(committed);
+        let entries = ready.entries().clone();
+        let hard_state = ready.hs().cloned();
+        {
+            let store = self.raw.mut_store();
+            store.append(&entries, log_batch);
+            if let Some(hs) = hard_state {
+                store.set_hard_state(&hs, log_batch);
+            }
+        }
+        self.unpersisted = Some(ready);
+    }
+
+    /// Second half of a round, after the log write is durable: sends messages that had to wait
+    /// for it and tells raft the entries are persisted.
+    pub fn after_write(&mut self, late: &mut Outbox) {
+        let Some(mut ready) = self.unpersisted.take() else {
+            return;
+        };
+        self.wrap_messages(ready.take_persisted_messages(), late);
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit_index(commit);
+        }
+        self.wrap_messages(light.take_messages(), late);
+        self.to_apply.extend(light.take_committed_entries());
+    }
+
+    pub fn has_entries_to_apply(&self) -> bool {
+        !self.to_apply.is_empty()
+    }
+
+    /// Applies this round's committed entries into `batch` (writing `batch` early only when a
+    /// command must see earlier writes). Results to deliver after the batch is written go to
+    /// `results`. Storage errors are returned: they stop the node.
+    pub fn apply(
+        &mut self,
+        kv: &dyn KvEngine,
+        batch: &mut KvWriteBatch,
+        results: &mut Vec<(CmdCallback, CmdResult)>,
+    ) -> Result<(), StorageError> {
+        let entries = std::mem::take(&mut self.to_apply);
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        let last_index = last.index;
+        let region = self.region().clone();
+        let applied_before = self.applied_index();
+        for entry in &entries {
+            assert!(
+                entry.index > applied_before,
+                "region {}: entry {} applied twice (applied {applied_before})",
+                region.id,
+                entry.index
+            );
+            let result = match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.get_data().is_empty() => None,
+                EntryType::EntryNormal => {
+                    let cmd = RaftCmdRequest::decode(entry.get_data()).map_err(|e| {
+                        StorageError::Corruption {
+                            what: format!("raft entry {} of region {}", entry.index, region.id),
+                            detail: e.to_string(),
+                        }
+                    })?;
+                    if apply::needs_flushed_state(&cmd) && !batch.is_empty() {
+                        kv.write(std::mem::take(batch))?;
+                    }
+                    Some(apply::exec_command(&region, &cmd, kv, batch)?)
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    panic!(
+                        "region {}: entry {} is a membership change, which this version cannot apply",
+                        region.id, entry.index
+                    );
+                }
+            };
+            self.match_proposal(entry.index, entry.term, result, results);
+        }
+        let apply_state = ApplyState {
+            applied_index: last_index,
+            ..*self.raw.store().apply_state()
+        };
+        layout::write_apply_state(batch, region.id, &apply_state);
+        self.raw.mut_store().set_applied_index(last_index);
+        Ok(())
+    }
+
+    /// Pairs an applied entry with the proposal waiting on it, if any.
+    fn match_proposal(
+        &mut self,
+        index: u64,
+        term: u64,
+        result: Option<CmdResult>,
+        results: &mut Vec<(CmdCallback, CmdResult)>,
+    ) {
+        let region_id = self.region_id();
+        while let Some(p) = self.proposals.front() {
+            if p.index > index {
+                break;
+            }
+            let p = self.proposals.pop_front().expect("checked");
+            if p.index == index && p.term == term {
+                results.push((p.callback, result.clone().unwrap_or(Ok(()))));
+            } else {
+                // Another leader's entry took this index: ours was never committed.
+                results.push((p.callback, Err(region_error::stale_command(region_id))));
+            }
+        }
+    }
+
+    /// After the apply batch is written: tells raft, and releases reads now safe.
+    pub fn after_apply(&mut self) {
+        self.raw.advance_apply_to(self.applied_index());
+        self.release_reads();
+    }
+
+    /// Notes role changes; returns the new view when it changed.
+    pub fn leader_view_changed(&mut self) -> Option<LeaderView> {
+        let view = LeaderView {
+            leader_id: self.leader_id(),
+            term: self.term(),
+            is_leader: self.is_leader(),
+        };
+        if view == self.last_view {
+            return None;
+        }
+        if self.last_view.is_leader && !view.is_leader {
+            // Reads were promised by a leader that no longer is one.
+            self.fail_reads();
+        }
+        self.last_view = view;
+        Some(view)
+    }
+}

@@ -1,0 +1,372 @@
+//! The raftstore: one loop that drives every peer on the node.
+//!
+//! A round: take the messages that arrived (bounded), tick peers when a tick is due, gather
+//! every peer's `Ready`, write all their entries and hard states in **one** log batch with one
+//! sync (group commit), send messages, apply committed entries of all peers in one atomic KV
+//! batch, then answer proposals and reads. The loop is the edge: it owns the clock and the
+//! engines; the peers stay pure.
+
+use crate::apply::CmdResult;
+use crate::peer::{CmdCallback, Outbox, Peer, PeerConfig, ReadCallback};
+use crate::region_error;
+use crate::transport::Transport;
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use protobuf::Message as _;
+use ringkv_proto::metapb::{Region, RegionEpoch};
+use ringkv_proto::pdpb::RegionHeartbeatRequest;
+use ringkv_proto::raftpb::{RaftCmdRequest, RaftMessage, RegionInfoResponse};
+use ringkv_storage::{layout, KvEngine, KvWriteBatch, PeerStorage, RaftLogBatch, RaftLogEngine};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Messages into the raftstore.
+pub enum StoreMsg {
+    /// A Raft message from another node.
+    Raft(RaftMessage),
+    /// A write to propose.
+    Command { cmd: RaftCmdRequest, callback: CmdCallback },
+    /// A linearizable read to clear (see [`Peer::read`]); `keys` must be in the region.
+    Read {
+        region_id: u64,
+        epoch: Option<RegionEpoch>,
+        keys: Vec<Vec<u8>>,
+        callback: ReadCallback,
+    },
+    /// Create the peer of a region at its bootstrap state, unless it exists.
+    CreateBootstrapPeer(Region),
+    /// Report the state of one region (None: all).
+    Status {
+        region_id: Option<u64>,
+        callback: oneshot::Sender<Vec<RegionInfoResponse>>,
+    },
+    /// Leave the loop.
+    Stop,
+}
+
+/// Events the raftstore reports to the node's placement task.
+#[derive(Debug)]
+pub enum StoreEvent {
+    RegionHeartbeat(RegionHeartbeatRequest),
+}
+
+/// Settings of the raftstore loop.
+#[derive(Debug, Clone)]
+pub struct RaftStoreConfig {
+    pub tick_interval: Duration,
+    pub peer: PeerConfig,
+    /// Sync the log before acknowledging. Turning it off loses acknowledged writes on power
+    /// failure; it exists for benchmarks that say so.
+    pub sync_log: bool,
+    /// Leaders report to the placement driver every this many ticks (and at once on change).
+    pub region_heartbeat_ticks: u32,
+    /// Messages handled per round at most, so one round stays short.
+    pub messages_per_round_max: usize,
+}
+
+impl Default for RaftStoreConfig {
+    fn default() -> Self {
+        RaftStoreConfig {
+            tick_interval: Duration::from_millis(100),
+            peer: PeerConfig::default(),
+            sync_log: true,
+            region_heartbeat_ticks: 10,
+            messages_per_round_max: 4096,
+        }
+    }
+}
+
+/// The handle other threads use to reach the raftstore.
+#[derive(Clone)]
+pub struct StoreRouter {
+    tx: Sender<StoreMsg>,
+}
+
+impl StoreRouter {
+    /// Sends without blocking; a full mailbox is reported, never waited on.
+    pub fn send(&self, msg: StoreMsg) -> Result<(), StoreMsg> {
+        self.tx.try_send(msg).map_err(|e| match e {
+            TrySendError::Full(m) | TrySendError::Disconnected(m) => m,
+        })
+    }
+
+    /// Sends a command, answering its callback with `ServerIsBusy` if the mailbox is full.
+    pub fn send_command(&self, cmd: RaftCmdRequest, callback: CmdCallback) {
+        if let Err(StoreMsg::Command { callback, .. }) = self.send(StoreMsg::Command { cmd, callback }) {
+            let _ = callback.send(Err(region_error::server_is_busy("raftstore mailbox is full")));
+        }
+    }
+
+    pub fn send_read(&self, region_id: u64, epoch: Option<RegionEpoch>, keys: Vec<Vec<u8>>, callback: ReadCallback) {
+        if let Err(StoreMsg::Read { callback, .. }) = self.send(StoreMsg::Read { region_id, epoch, keys, callback }) {
+            let _ = callback.send(Err(region_error::server_is_busy("raftstore mailbox is full")));
+        }
+    }
+}
+
+/// The bounded mailbox of the raftstore and its router.
+pub fn mailbox(capacity: usize) -> (StoreRouter, Receiver<StoreMsg>) {
+    let (tx, rx) = crossbeam::channel::bounded(capacity);
+    (StoreRouter { tx }, rx)
+}
+
+/// The loop's state.
+pub struct RaftStore {
+    store_id: u64,
+    peers: HashMap<u64, Peer>,
+    log: Arc<dyn RaftLogEngine>,
+    kv: Arc<dyn KvEngine>,
+    transport: Transport,
+    events: mpsc::UnboundedSender<StoreEvent>,
+    cfg: RaftStoreConfig,
+    rx: Receiver<StoreMsg>,
+    ticks: u64,
+}
+
+impl RaftStore {
+    /// Loads every region stored on this node.
+    pub fn new(
+        store_id: u64,
+        log: Arc<dyn RaftLogEngine>,
+        kv: Arc<dyn KvEngine>,
+        transport: Transport,
+        events: mpsc::UnboundedSender<StoreEvent>,
+        cfg: RaftStoreConfig,
+        rx: Receiver<StoreMsg>,
+    ) -> Result<Self, crate::NodeError> {
+        let mut peers = HashMap::new();
+        for state in layout::all_region_states(kv.as_ref())? {
+            if state.state != ringkv_proto::raftpb::PeerState::Normal as i32 {
+                continue;
+            }
+            let Some(region) = state.region else { continue };
+            let storage = PeerStorage::load(region.clone(), kv.as_ref(), log.clone())?;
+            let peer = Peer::new(store_id, storage, &cfg.peer)?;
+            tracing::info!(region = region.id, peer = peer.peer_id(), applied = peer.applied_index(), "loaded region");
+            peers.insert(region.id, peer);
+        }
+        Ok(RaftStore {
+            store_id,
+            peers,
+            log,
+            kv,
+            transport,
+            events,
+            cfg,
+            rx,
+            ticks: 0,
+        })
+    }
+
+    /// Runs until `Stop` or until every router is dropped. A storage failure panics: a node
+    /// that cannot persist must stop rather than answer.
+    pub fn run(mut self) {
+        let mut next_tick = Instant::now() + self.cfg.tick_interval;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(wait) {
+                Ok(StoreMsg::Stop) => break,
+                Ok(msg) => {
+                    if !self.handle(msg) {
+                        break;
+                    }
+                    let mut stop = false;
+                    for _ in 1..self.cfg.messages_per_round_max {
+                        match self.rx.try_recv() {
+                            Ok(StoreMsg::Stop) => {
+                                stop = true;
+                                break;
+                            }
+                            Ok(msg) => {
+                                self.handle(msg);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_tick {
+                self.tick();
+                next_tick = Instant::now() + self.cfg.tick_interval;
+            }
+            self.round();
+        }
+        tracing::info!(store = self.store_id, "raftstore stopped");
+    }
+
+    fn handle(&mut self, msg: StoreMsg) -> bool {
+        match msg {
+            StoreMsg::Raft(m) => self.on_raft_message(m),
+            StoreMsg::Command { cmd, callback } => match self.peers.get_mut(&cmd.region_id) {
+                Some(peer) => peer.propose(cmd, callback),
+                None => {
+                    let _ = callback.send(Err(region_error::region_not_found(cmd.region_id)));
+                }
+            },
+            StoreMsg::Read { region_id, epoch, keys, callback } => match self.peers.get_mut(&region_id) {
+                Some(peer) => {
+                    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                    peer.read(epoch, &keys, callback);
+                }
+                None => {
+                    let _ = callback.send(Err(region_error::region_not_found(region_id)));
+                }
+            },
+            StoreMsg::CreateBootstrapPeer(region) => self.create_bootstrap_peer(region),
+            StoreMsg::Status { region_id, callback } => {
+                let infos = self
+                    .peers
+                    .values()
+                    .filter(|p| region_id.is_none_or(|id| id == p.region_id()))
+                    .map(|p| RegionInfoResponse {
+                        found: true,
+                        region: Some(p.region().clone()),
+                        term: p.term(),
+                        commit_index: p.commit_index(),
+                        applied_index: p.applied_index(),
+                        last_index: p.last_index(),
+                        leader_id: p.leader_id(),
+                        is_leader: p.is_leader(),
+                    })
+                    .collect();
+                let _ = callback.send(infos);
+            }
+            StoreMsg::Stop => return false,
+        }
+        true
+    }
+
+    fn on_raft_message(&mut self, msg: RaftMessage) {
+        if msg.to_peer.map(|p| p.store_id) != Some(self.store_id) {
+            tracing::warn!(region = msg.region_id, "raft message for another store dropped");
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&msg.region_id) else {
+            tracing::debug!(region = msg.region_id, "raft message for a region not on this store dropped");
+            return;
+        };
+        let mut inner = raft::eraftpb::Message::default();
+        if let Err(e) = inner.merge_from_bytes(&msg.message) {
+            tracing::warn!(region = msg.region_id, error = %e, "malformed raft message dropped");
+            return;
+        }
+        peer.step(inner);
+    }
+
+    fn create_bootstrap_peer(&mut self, region: Region) {
+        if self.peers.contains_key(&region.id) {
+            return;
+        }
+        // A region state means this store had the region before (maybe removed): never recreate.
+        match layout::read_region_state(self.kv.as_ref(), region.id) {
+            Ok(None) => {}
+            Ok(Some(_)) => return,
+            Err(e) => panic!("cannot read region state of region {}: {e}", region.id),
+        }
+        let mut kv_batch = KvWriteBatch::default();
+        let mut log_batch = RaftLogBatch::default();
+        let storage = PeerStorage::create_at_bootstrap(region.clone(), self.log.clone(), &mut kv_batch, &mut log_batch);
+        // Log first: a region state without a hard state would be refused at restart.
+        self.log.write(log_batch, true).unwrap_or_else(|e| panic!("cannot write bootstrap raft state: {e}"));
+        self.kv.write(kv_batch).unwrap_or_else(|e| panic!("cannot write bootstrap region state: {e}"));
+        self.kv.flush().unwrap_or_else(|e| panic!("cannot flush bootstrap region state: {e}"));
+        match Peer::new(self.store_id, storage, &self.cfg.peer) {
+            Ok(peer) => {
+                tracing::info!(region = region.id, peer = peer.peer_id(), "created peer at bootstrap state");
+                self.peers.insert(region.id, peer);
+            }
+            Err(e) => tracing::error!(region = region.id, error = %e, "cannot create bootstrap peer"),
+        }
+    }
+
+    fn tick(&mut self) {
+        self.ticks += 1;
+        let heartbeat_due = self.ticks % u64::from(self.cfg.region_heartbeat_ticks.max(1)) == 0;
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
+        for id in ids {
+            let peer = self.peers.get_mut(&id).expect("listed");
+            peer.tick();
+            if heartbeat_due && peer.is_leader() {
+                let hb = heartbeat_of(peer);
+                let _ = self.events.send(StoreEvent::RegionHeartbeat(hb));
+            }
+        }
+    }
+
+    /// One round of group commit, send and apply.
+    fn round(&mut self) {
+        let mut log_batch = RaftLogBatch::default();
+        let mut early = Outbox::default();
+        let mut ready_peers = Vec::new();
+        for (id, peer) in self.peers.iter_mut() {
+            peer.flush_reads();
+            if peer.has_ready() {
+                peer.collect_ready(&mut log_batch, &mut early);
+                ready_peers.push(*id);
+            }
+        }
+        self.transport.send_all(early.messages);
+        if ready_peers.is_empty() {
+            return;
+        }
+        if !log_batch.is_empty() {
+            self.log
+                .write(log_batch, self.cfg.sync_log)
+                .unwrap_or_else(|e| panic!("raft log write failed; stopping the node: {e}"));
+        }
+        let mut late = Outbox::default();
+        for id in &ready_peers {
+            self.peers.get_mut(id).expect("listed").after_write(&mut late);
+        }
+        self.transport.send_all(late.messages);
+
+        let mut kv_batch = KvWriteBatch::default();
+        let mut results: Vec<(CmdCallback, CmdResult)> = Vec::new();
+        let mut applied = Vec::new();
+        for id in &ready_peers {
+            let peer = self.peers.get_mut(id).expect("listed");
+            if peer.has_entries_to_apply() {
+                peer.apply(self.kv.as_ref(), &mut kv_batch, &mut results)
+                    .unwrap_or_else(|e| panic!("apply failed; stopping the node: {e}"));
+                applied.push(*id);
+            }
+        }
+        if !kv_batch.is_empty() {
+            self.kv
+                .write(kv_batch)
+                .unwrap_or_else(|e| panic!("apply write failed; stopping the node: {e}"));
+        }
+        for (callback, result) in results {
+            let _ = callback.send(result);
+        }
+        for id in &applied {
+            self.peers.get_mut(id).expect("listed").after_apply();
+        }
+        for id in &ready_peers {
+            let peer = self.peers.get_mut(id).expect("listed");
+            if let Some(view) = peer.leader_view_changed() {
+                tracing::info!(region = id, leader = view.leader_id, term = view.term, is_leader = view.is_leader, "leader changed");
+                if view.is_leader {
+                    let _ = self.events.send(StoreEvent::RegionHeartbeat(heartbeat_of(peer)));
+                }
+            }
+        }
+    }
+}
+
+fn heartbeat_of(peer: &Peer) -> RegionHeartbeatRequest {
+    RegionHeartbeatRequest {
+        header: None,
+        region: Some(peer.region().clone()),
+        leader: Some(peer.meta()),
+        term: peer.term(),
+        approximate_keys: 0,
+        approximate_size_bytes: 0,
+    }
+}

@@ -1,0 +1,66 @@
+//! Constructors of the region errors a node answers with. Every one carries a message that says
+//! what happened, for logs and for users reading raw responses.
+
+use ringkv_proto::errorpb::{self, region_error::Kind, RegionError};
+use ringkv_proto::metapb::{Peer, Region};
+
+pub fn not_leader(region_id: u64, leader: Option<Peer>) -> RegionError {
+    let message = match &leader {
+        Some(l) => format!("peer is not the leader of region {region_id}; leader is peer {} on store {}", l.id, l.store_id),
+        None => format!("peer is not the leader of region {region_id}; no leader is known yet"),
+    };
+    RegionError {
+        message,
+        kind: Some(Kind::NotLeader(errorpb::NotLeader { region_id, leader })),
+    }
+}
+
+pub fn region_not_found(region_id: u64) -> RegionError {
+    RegionError {
+        message: format!("region {region_id} is not found on this store"),
+        kind: Some(Kind::RegionNotFound(errorpb::RegionNotFound { region_id })),
+    }
+}
+
+pub fn epoch_not_match(current: &Region, requested: Option<ringkv_proto::metapb::RegionEpoch>) -> RegionError {
+    let now = current.region_epoch.unwrap_or_default();
+    let asked = requested.unwrap_or_default();
+    RegionError {
+        message: format!(
+            "region {} epoch is conf_ver {} version {}; request has conf_ver {} version {}",
+            current.id, now.conf_ver, now.version, asked.conf_ver, asked.version
+        ),
+        kind: Some(Kind::EpochNotMatch(errorpb::EpochNotMatch {
+            current_regions: vec![current.clone()],
+        })),
+    }
+}
+
+pub fn key_not_in_region(key: &[u8], region: &Region) -> RegionError {
+    RegionError {
+        message: format!("key is not in region {}", region.id),
+        kind: Some(Kind::KeyNotInRegion(errorpb::KeyNotInRegion {
+            key: key.to_vec(),
+            region_id: region.id,
+            start_key: region.start_key.clone(),
+            end_key: region.end_key.clone(),
+        })),
+    }
+}
+
+pub fn server_is_busy(reason: &str) -> RegionError {
+    RegionError {
+        message: format!("server is busy: {reason}"),
+        kind: Some(Kind::ServerIsBusy(errorpb::ServerIsBusy {
+            reason: reason.to_string(),
+            backoff_ms: 10,
+        })),
+    }
+}
+
+pub fn stale_command(region_id: u64) -> RegionError {
+    RegionError {
+        message: format!("proposal to region {region_id} was overtaken by a leader change and not applied"),
+        kind: Some(Kind::StaleCommand(errorpb::StaleCommand {})),
+    }
+}

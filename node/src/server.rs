@@ -1,0 +1,259 @@
+//! Running a node: open storage, join the cluster through the placement driver, start the
+//! raftstore thread, serve gRPC, and report to the placement driver.
+
+use crate::raftstore::{mailbox, RaftStore, StoreEvent, StoreMsg, StoreRouter};
+use crate::service::{DebugService, KvService, NodeContext, RaftService};
+use crate::transport::{NetFilter, Transport};
+use crate::{NodeConfig, NodeError};
+use ringkv_client::PdClient;
+use ringkv_proto::kvrpcpb::kv_server::KvServer;
+use ringkv_proto::limits::GRPC_MESSAGE_BYTES_MAX;
+use ringkv_proto::metapb::{Region, Store, StoreState};
+use ringkv_proto::pdpb::StoreStats;
+use ringkv_proto::raftpb::debug_server::DebugServer;
+use ringkv_proto::raftpb::raft_server::RaftServer;
+use ringkv_proto::raftpb::StoreIdent;
+use ringkv_storage::{layout, KvEngine, KvWriteBatch, RaftEngineLog, RaftLogEngine, SledKv};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// A running node.
+pub struct NodeServer {
+    store_id: u64,
+    addr: SocketAddr,
+    router: StoreRouter,
+    raftstore: Option<JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+    shutdown: Option<oneshot::Sender<()>>,
+    kv: Arc<SledKv>,
+}
+
+/// Checks the store identity in the data directory against the cluster, creating it on first
+/// start. Refuses data of another cluster, and log data without an identity.
+async fn store_ident(kv: &SledKv, log: &dyn RaftLogEngine, pd: &PdClient, dir: &str) -> Result<StoreIdent, NodeError> {
+    let cluster_id = pd.cluster_id();
+    if let Some(ident) = layout::read_ident(kv)? {
+        if ident.cluster_id != cluster_id {
+            return Err(NodeError::ClusterMismatch {
+                dir: dir.to_string(),
+                found: ident.cluster_id,
+                expected: cluster_id,
+            });
+        }
+        return Ok(ident);
+    }
+    if !log.region_ids().is_empty() || !layout::all_region_states(kv)?.is_empty() {
+        return Err(NodeError::Config(format!(
+            "data directory {dir} holds region data but no store identity; it is damaged or mixed from several stores, refusing to start"
+        )));
+    }
+    let store_id = pd.alloc_ids(1).await?;
+    let ident = StoreIdent { cluster_id, store_id };
+    let mut batch = KvWriteBatch::default();
+    layout::write_ident(&mut batch, &ident);
+    kv.write(batch)?;
+    kv.flush()?;
+    tracing::info!(store_id, cluster_id, "new store identity written");
+    Ok(ident)
+}
+
+fn disk_stats(path: &std::path::Path) -> (u64, u64) {
+    let Ok(c_path) = std::ffi::CString::new(path.to_string_lossy().as_bytes()) else {
+        return (0, 0);
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is a valid NUL-terminated string and st a properly sized out-parameter.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return (0, 0);
+    }
+    let block = st.f_frsize as u64;
+    (st.f_blocks as u64 * block, st.f_bavail as u64 * block)
+}
+
+impl NodeServer {
+    /// Starts a node. `filter` is the fault-injection hook of tests; pass `NetFilter::new()`.
+    pub fn start(config: NodeConfig, filter: Arc<NetFilter>) -> Result<Self, NodeError> {
+        config.validate()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("node")
+            .enable_all()
+            .build()?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        let data_dir = config.data_dir.display().to_string();
+        let log: Arc<dyn RaftLogEngine> = Arc::new(RaftEngineLog::open(&config.data_dir.join("raft"))?);
+        let kv = Arc::new(SledKv::open(&config.data_dir.join("kv"))?);
+        let pd = runtime.block_on(PdClient::connect(&config.placement_endpoints))?;
+        let ident = runtime.block_on(store_ident(&kv, log.as_ref(), &pd, &data_dir))?;
+        let store_id = ident.store_id;
+
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(config.listen_addr))
+            .map_err(|e| NodeError::Config(format!("cannot listen on {}: {e}", config.listen_addr)))?;
+        let addr = listener.local_addr()?;
+        let advertise = config.advertise_addr.clone().unwrap_or_else(|| addr.to_string());
+
+        let (router, rx) = mailbox(config.mailbox_capacity);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let transport = Transport::new(store_id, pd.clone(), filter, runtime.handle().clone());
+        let kv_dyn: Arc<dyn KvEngine> = kv.clone();
+        let raftstore = RaftStore::new(store_id, log, kv_dyn.clone(), transport, events_tx, config.raftstore_config(), rx)?;
+        let raftstore = std::thread::Builder::new()
+            .name(format!("raftstore-{store_id}"))
+            .spawn(move || raftstore.run())?;
+
+        let ctx = NodeContext {
+            store_id,
+            cluster_id: ident.cluster_id,
+            router: router.clone(),
+            kv: kv_dyn,
+        };
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let (kv_svc, raft_svc, debug_svc) = (KvService::new(ctx.clone()), RaftService::new(ctx.clone()), DebugService::new(ctx));
+        runtime.spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(
+                    KvServer::new(kv_svc)
+                        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+                        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+                )
+                .add_service(RaftServer::new(raft_svc).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX))
+                .add_service(DebugServer::new(debug_svc))
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = shutdown_rx.await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "node gRPC server failed");
+            }
+        });
+
+        let store = Store {
+            id: store_id,
+            address: advertise.clone(),
+            state: StoreState::Up as i32,
+            labels: config.labels.clone().into_iter().collect(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let bootstrap = runtime.block_on(pd.put_store(store))?;
+        create_bootstrap_peers(&router, bootstrap);
+        runtime.spawn(report_to_placement(
+            pd,
+            router.clone(),
+            events_rx,
+            store_id,
+            Duration::from_millis(config.store_heartbeat_ms),
+            config.data_dir.clone(),
+        ));
+        tracing::info!(store_id, %addr, %advertise, dir = %data_dir, "node serving");
+        Ok(NodeServer {
+            store_id,
+            addr,
+            router,
+            raftstore: Some(raftstore),
+            runtime: Some(runtime),
+            shutdown: Some(shutdown),
+            kv,
+        })
+    }
+
+    pub fn store_id(&self) -> u64 {
+        self.store_id
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving, stops the raftstore, and flushes storage.
+    pub fn stop(mut self) {
+        self.shutdown_now();
+    }
+
+    fn shutdown_now(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.raftstore.take() {
+            // The mailbox may be full; keep trying until the loop takes the stop.
+            let mut msg = StoreMsg::Stop;
+            loop {
+                match self.router.send(msg) {
+                    Ok(()) => break,
+                    Err(back) if !handle.is_finished() => {
+                        msg = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => break,
+                }
+            }
+            let _ = handle.join();
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+        if let Err(e) = self.kv.flush() {
+            tracing::error!(error = %e, "flush at shutdown failed");
+        }
+        tracing::info!(store = self.store_id, "node stopped");
+    }
+}
+
+impl Drop for NodeServer {
+    fn drop(&mut self) {
+        self.shutdown_now();
+    }
+}
+
+fn create_bootstrap_peers(router: &StoreRouter, regions: Vec<Region>) {
+    for region in regions {
+        if router.send(StoreMsg::CreateBootstrapPeer(region)).is_err() {
+            tracing::warn!("raftstore mailbox full; bootstrap peer creation retried at next heartbeat");
+        }
+    }
+}
+
+/// Sends store heartbeats on a timer and region heartbeats as the raftstore reports them.
+async fn report_to_placement(
+    pd: PdClient,
+    router: StoreRouter,
+    mut events: mpsc::UnboundedReceiver<StoreEvent>,
+    store_id: u64,
+    interval: Duration,
+    data_dir: std::path::PathBuf,
+) {
+    let start_time_s = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = timer.tick() => {
+                let (tx, rx) = oneshot::channel();
+                let (mut regions, mut leaders) = (0u32, 0u32);
+                if router.send(StoreMsg::Status { region_id: None, callback: tx }).is_ok() {
+                    if let Ok(Ok(infos)) = tokio::time::timeout(interval, rx).await {
+                        regions = infos.len() as u32;
+                        leaders = infos.iter().filter(|i| i.is_leader).count() as u32;
+                    }
+                }
+                let (capacity_bytes, available_bytes) = disk_stats(&data_dir);
+                let stats = StoreStats { store_id, capacity_bytes, available_bytes, region_count: regions, leader_count: leaders, start_time_s };
+                match pd.store_heartbeat(stats).await {
+                    Ok(bootstrap) => create_bootstrap_peers(&router, bootstrap),
+                    Err(e) => tracing::warn!(error = %e, "store heartbeat failed"),
+                }
+            }
+            event = events.recv() => {
+                let Some(StoreEvent::RegionHeartbeat(hb)) = event else { return };
+                if let Err(e) = pd.region_heartbeat(hb).await {
+                    tracing::debug!(error = %e, "region heartbeat failed");
+                }
+            }
+        }
+    }
+}

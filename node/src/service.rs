@@ -1,0 +1,388 @@
+//! The node's gRPC services: raw KV (validated at the edge, then proposed or read through the
+//! raftstore), Raft (incoming message streams) and Debug (local diagnostics).
+
+use crate::apply::{scan_span, user_in_range};
+use crate::raftstore::{StoreMsg, StoreRouter};
+use ringkv_proto::errorpb::RegionError;
+use ringkv_proto::keys;
+use ringkv_proto::kvrpcpb::kv_server::Kv;
+use ringkv_proto::kvrpcpb::*;
+use ringkv_proto::limits::*;
+use ringkv_proto::metapb::Region;
+use ringkv_proto::raftpb::debug_server::Debug;
+use ringkv_proto::raftpb::raft_server::Raft;
+use ringkv_proto::raftpb::{
+    self, request::Cmd, DeleteRangeRequest, DeleteRequest, Done, LocalGetRequest, LocalGetResponse,
+    PutRequest, RaftCmdRequest, RaftMessageBatch, RegionInfoRequest, RegionInfoResponse,
+    StoreInfoRequest, StoreInfoResponse,
+};
+use ringkv_storage::layout::{data_key, origin_key};
+use ringkv_storage::KvEngine;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status, Streaming};
+
+/// How long a request waits for the raftstore before answering "try again".
+const REQUEST_WAIT: Duration = Duration::from_secs(10);
+
+/// Shared by the node's services.
+#[derive(Clone)]
+pub struct NodeContext {
+    pub store_id: u64,
+    pub cluster_id: u64,
+    pub router: StoreRouter,
+    pub kv: Arc<dyn KvEngine>,
+}
+
+pub struct KvService {
+    ctx: NodeContext,
+}
+
+impl KvService {
+    pub fn new(ctx: NodeContext) -> Self {
+        KvService { ctx }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg.into())
+}
+
+fn storage_failed(e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("storage failure on this node: {e}"))
+}
+
+/// Checks an encoded key from a request: well-formed, non-empty user key within the limit.
+fn check_key(encoded: &[u8]) -> Result<(), Status> {
+    let (_, user) = keys::decode(encoded).map_err(|e| invalid(format!("malformed key: {e}")))?;
+    if user.is_empty() {
+        return Err(invalid("key is empty"));
+    }
+    if user.len() > KEY_BYTES_MAX {
+        return Err(invalid(format!(
+            "key is {} bytes; the limit is {KEY_BYTES_MAX}",
+            user.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), Status> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(invalid(format!(
+            "value is {} bytes; the limit is {VALUE_BYTES_MAX}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_context(context: Option<Context>) -> Result<Context, Status> {
+    let c = context.ok_or_else(|| invalid("request has no context (region id and epoch)"))?;
+    if c.region_id == 0 {
+        return Err(invalid("context names region 0, which does not exist"));
+    }
+    if c.region_epoch.is_none() {
+        return Err(invalid(format!("context for region {} has no region epoch", c.region_id)));
+    }
+    Ok(c)
+}
+
+fn check_keyspace(keyspace: Option<Keyspace>) -> Result<Keyspace, Status> {
+    let ks = keyspace.ok_or_else(|| invalid("request has no keyspace"))?;
+    if KeyspaceMode::try_from(ks.mode).is_err() {
+        return Err(invalid(format!("unknown keyspace mode {}", ks.mode)));
+    }
+    Ok(ks)
+}
+
+fn check_user_range(start: &[u8], end: &[u8]) -> Result<(), Status> {
+    if start.len() > KEY_BYTES_MAX || end.len() > KEY_BYTES_MAX {
+        return Err(invalid(format!("range bound longer than {KEY_BYTES_MAX} bytes")));
+    }
+    if !end.is_empty() && start > end {
+        return Err(invalid("inverted range: start key is after end key"));
+    }
+    Ok(())
+}
+
+impl KvService {
+    async fn propose(&self, context: Context, requests: Vec<raftpb::Request>) -> Result<Option<RegionError>, Status> {
+        let cmd = RaftCmdRequest {
+            region_id: context.region_id,
+            region_epoch: context.region_epoch,
+            requests,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.ctx.router.send_command(cmd, tx);
+        match tokio::time::timeout(REQUEST_WAIT, rx).await {
+            Ok(Ok(Ok(()))) => Ok(None),
+            Ok(Ok(Err(region_error))) => Ok(Some(region_error)),
+            Ok(Err(_)) => Err(Status::unavailable("node is shutting down")),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "write to region {} not applied within {REQUEST_WAIT:?}; its outcome is unknown",
+                context.region_id
+            ))),
+        }
+    }
+
+    /// Waits until a linearizable read of `keys` in the region may proceed.
+    async fn clear_read(&self, context: Context, keys: Vec<Vec<u8>>) -> Result<Result<Region, RegionError>, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.ctx.router.send_read(context.region_id, context.region_epoch, keys, tx);
+        match tokio::time::timeout(REQUEST_WAIT, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(Status::unavailable("node is shutting down")),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "read of region {} could not be confirmed within {REQUEST_WAIT:?}",
+                context.region_id
+            ))),
+        }
+    }
+
+    fn get_local(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
+        self.ctx.kv.get(&data_key(key)).map_err(storage_failed)
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn raw_get(&self, request: Request<RawGetRequest>) -> Result<Response<RawGetResponse>, Status> {
+        let req = request.into_inner();
+        let context = check_context(req.context)?;
+        check_key(&req.key)?;
+        let resp = match self.clear_read(context, vec![req.key.clone()]).await? {
+            Err(region_error) => RawGetResponse { region_error: Some(region_error), ..Default::default() },
+            Ok(_) => match self.get_local(&req.key)? {
+                Some(value) => RawGetResponse { value, ..Default::default() },
+                None => RawGetResponse { not_found: true, ..Default::default() },
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn raw_batch_get(&self, request: Request<RawBatchGetRequest>) -> Result<Response<RawBatchGetResponse>, Status> {
+        let req = request.into_inner();
+        let context = check_context(req.context)?;
+        if req.keys.is_empty() {
+            return Err(invalid("batch get with no keys"));
+        }
+        if req.keys.len() > BATCH_KEYS_MAX {
+            return Err(invalid(format!("batch of {} keys; the limit is {BATCH_KEYS_MAX}", req.keys.len())));
+        }
+        for k in &req.keys {
+            check_key(k)?;
+        }
+        let resp = match self.clear_read(context, req.keys.clone()).await? {
+            Err(region_error) => RawBatchGetResponse { region_error: Some(region_error), pairs: vec![] },
+            Ok(_) => {
+                let mut pairs = Vec::new();
+                for key in req.keys {
+                    if let Some(value) = self.get_local(&key)? {
+                        pairs.push(KvPair { key, value });
+                    }
+                }
+                RawBatchGetResponse { region_error: None, pairs }
+            }
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn raw_put(&self, request: Request<RawPutRequest>) -> Result<Response<RawPutResponse>, Status> {
+        let req = request.into_inner();
+        let context = check_context(req.context)?;
+        check_key(&req.key)?;
+        check_value(&req.value)?;
+        let put = raftpb::Request { cmd: Some(Cmd::Put(PutRequest { key: req.key, value: req.value })) };
+        let region_error = self.propose(context, vec![put]).await?;
+        Ok(Response::new(RawPutResponse { region_error }))
+    }
+
+    async fn raw_batch_put(&self, request: Request<RawBatchPutRequest>) -> Result<Response<RawBatchPutResponse>, Status> {
+        let req = request.into_inner();
+        let context = check_context(req.context)?;
+        if req.pairs.is_empty() {
+            return Err(invalid("batch put with no pairs"));
+        }
+        if req.pairs.len() > BATCH_KEYS_MAX {
+            return Err(invalid(format!("batch of {} pairs; the limit is {BATCH_KEYS_MAX}", req.pairs.len())));
+        }
+        let mut bytes = 0;
+        for p in &req.pairs {
+            check_key(&p.key)?;
+            check_value(&p.value)?;
+            bytes += p.key.len() + p.value.len();
+        }
+        if bytes > BATCH_BYTES_MAX {
+            return Err(invalid(format!("batch of {bytes} bytes; the limit is {BATCH_BYTES_MAX}")));
+        }
+        let requests = req
+            .pairs
+            .into_iter()
+            .map(|p| raftpb::Request { cmd: Some(Cmd::Put(PutRequest { key: p.key, value: p.value })) })
+            .collect();
+        let region_error = self.propose(context, requests).await?;
+        Ok(Response::new(RawBatchPutResponse { region_error }))
+    }
+
+    async fn raw_delete(&self, request: Request<RawDeleteRequest>) -> Result<Response<RawDeleteResponse>, Status> {
+        let req = request.into_inner();
+        let context = check_context(req.context)?;
+        check_key(&req.key)?;
+        let del = raftpb::Request { cmd: Some(Cmd::Delete(DeleteRequest { key: req.key })) };
+        let region_error = self.propose(context, vec![del]).await?;
+        Ok(Response::new(RawDeleteResponse { region_error }))
+    }
+
+    async fn raw_delete_range(&self, request: Request<RawDeleteRangeRequest>) -> Result<Response<RawDeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        let context = check_context(req.context)?;
+        let keyspace = check_keyspace(req.keyspace)?;
+        check_user_range(&req.start_key, &req.end_key)?;
+        let del = raftpb::Request {
+            cmd: Some(Cmd::DeleteRange(DeleteRangeRequest {
+                keyspace: Some(keyspace),
+                start_key: req.start_key,
+                end_key: req.end_key,
+            })),
+        };
+        let region_error = self.propose(context, vec![del]).await?;
+        Ok(Response::new(RawDeleteRangeResponse { region_error }))
+    }
+
+    async fn raw_scan(&self, request: Request<RawScanRequest>) -> Result<Response<RawScanResponse>, Status> {
+        let req = request.into_inner();
+        let context = check_context(req.context)?;
+        let keyspace = check_keyspace(req.keyspace)?;
+        check_user_range(&req.start_key, &req.end_key)?;
+        if req.limit == 0 || req.limit > SCAN_LIMIT_MAX {
+            return Err(invalid(format!("scan limit {} is outside 1..={SCAN_LIMIT_MAX}", req.limit)));
+        }
+        let region = match self.clear_read(context, Vec::new()).await? {
+            Err(region_error) => {
+                return Ok(Response::new(RawScanResponse { region_error: Some(region_error), pairs: vec![] }))
+            }
+            Ok(region) => region,
+        };
+        let pairs = scan_region(self.ctx.kv.as_ref(), &region, &keyspace, &req.start_key, &req.end_key, req.limit as usize, req.key_only)
+            .map_err(storage_failed)?;
+        Ok(Response::new(RawScanResponse { region_error: None, pairs }))
+    }
+}
+
+/// The smallest `limit` user keys of `keyspace` in `[start, end)` within `region`, ascending.
+/// A hash keyspace is walked whole with a bounded heap: user order is not storage order.
+pub fn scan_region(
+    kv: &dyn KvEngine,
+    region: &Region,
+    keyspace: &Keyspace,
+    start: &[u8],
+    end: &[u8],
+    limit: usize,
+    key_only: bool,
+) -> ringkv_storage::Result<Vec<KvPair>> {
+    let Some((lo, hi)) = scan_span(region, keyspace, start, end) else {
+        return Ok(Vec::new());
+    };
+    let ordered = keyspace.mode == KeyspaceMode::Range as i32;
+    let mut heap: BinaryHeap<(Vec<u8>, Vec<u8>)> = BinaryHeap::with_capacity(limit + 1);
+    kv.scan(&lo, &hi, &mut |k, v| {
+        let Some(user) = keys::user_key_unchecked(origin_key(k)) else { return true };
+        if !user_in_range(user, start, end) {
+            return !ordered || user < start;
+        }
+        if heap.len() == limit && heap.peek().is_some_and(|(top, _)| top.as_slice() <= user) {
+            return !ordered;
+        }
+        heap.push((user.to_vec(), if key_only { Vec::new() } else { v.to_vec() }));
+        if heap.len() > limit {
+            heap.pop();
+        }
+        true
+    })?;
+    Ok(heap
+        .into_sorted_vec()
+        .into_iter()
+        .map(|(key, value)| KvPair { key, value })
+        .collect())
+}
+
+/// Receives Raft message streams from other nodes.
+pub struct RaftService {
+    ctx: NodeContext,
+}
+
+impl RaftService {
+    pub fn new(ctx: NodeContext) -> Self {
+        RaftService { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn raft(&self, request: Request<Streaming<RaftMessageBatch>>) -> Result<Response<Done>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.message().await? {
+            for msg in batch.messages {
+                if msg.to_peer.map(|p| p.store_id) != Some(self.ctx.store_id) {
+                    continue;
+                }
+                // A full mailbox drops the message; Raft resends.
+                if self.ctx.router.send(StoreMsg::Raft(msg)).is_err() {
+                    tracing::debug!("raftstore mailbox full; raft message dropped");
+                }
+            }
+        }
+        Ok(Response::new(Done {}))
+    }
+}
+
+/// Local diagnostics of this node.
+pub struct DebugService {
+    ctx: NodeContext,
+}
+
+impl DebugService {
+    pub fn new(ctx: NodeContext) -> Self {
+        DebugService { ctx }
+    }
+
+    async fn status(&self, region_id: Option<u64>) -> Result<Vec<RegionInfoResponse>, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.ctx
+            .router
+            .send(StoreMsg::Status { region_id, callback: tx })
+            .map_err(|_| Status::unavailable("raftstore is busy or stopped"))?;
+        tokio::time::timeout(REQUEST_WAIT, rx)
+            .await
+            .map_err(|_| Status::deadline_exceeded("raftstore did not answer"))?
+            .map_err(|_| Status::unavailable("node is shutting down"))
+    }
+}
+
+#[tonic::async_trait]
+impl Debug for DebugService {
+    async fn region_info(&self, request: Request<RegionInfoRequest>) -> Result<Response<RegionInfoResponse>, Status> {
+        let id = request.into_inner().region_id;
+        let info = self.status(Some(id)).await?.pop().unwrap_or_default();
+        Ok(Response::new(info))
+    }
+
+    async fn local_get(&self, request: Request<LocalGetRequest>) -> Result<Response<LocalGetResponse>, Status> {
+        let key = request.into_inner().key;
+        check_key(&key)?;
+        let value = self.ctx.kv.get(&data_key(&key)).map_err(storage_failed)?;
+        Ok(Response::new(LocalGetResponse { found: value.is_some(), value: value.unwrap_or_default() }))
+    }
+
+    async fn store_info(&self, _request: Request<StoreInfoRequest>) -> Result<Response<StoreInfoResponse>, Status> {
+        let regions = self.status(None).await?;
+        Ok(Response::new(StoreInfoResponse {
+            cluster_id: self.ctx.cluster_id,
+            store_id: self.ctx.store_id,
+            regions,
+        }))
+    }
+}

@@ -1,0 +1,183 @@
+//! Raft messages between nodes: one long-lived gRPC stream per destination store, fed by a
+//! bounded queue. Messages that cannot be sent (queue full, link down) are dropped: Raft
+//! retransmits. Links reconnect with backoff and re-resolve the destination's address from the
+//! placement driver, so a node that restarts on another port is found again.
+
+use parking_lot::{Mutex, RwLock};
+use ringkv_client::PdClient;
+use ringkv_proto::limits::GRPC_MESSAGE_BYTES_MAX;
+use ringkv_proto::raftpb::raft_client::RaftClient;
+use ringkv_proto::raftpb::{RaftMessage, RaftMessageBatch};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Messages queued per destination before new ones are dropped.
+const LINK_QUEUE_MESSAGES_MAX: usize = 8192;
+/// Messages sent in one batch at most.
+const BATCH_MESSAGES_MAX: usize = 512;
+
+/// Drops messages on chosen links: the fault-injection hook of the in-process harness. Shared
+/// by every node of a test cluster. Links are directed: block both ways for a partition.
+#[derive(Default, Debug)]
+pub struct NetFilter {
+    blocked: RwLock<HashSet<(u64, u64)>>,
+}
+
+impl NetFilter {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Drops every message from store `from` to store `to`.
+    pub fn block(&self, from: u64, to: u64) {
+        self.blocked.write().insert((from, to));
+    }
+
+    /// Cuts `store` off from `others` in both directions.
+    pub fn isolate(&self, store: u64, others: &[u64]) {
+        for &o in others {
+            if o != store {
+                self.block(store, o);
+                self.block(o, store);
+            }
+        }
+    }
+
+    pub fn heal(&self) {
+        self.blocked.write().clear();
+    }
+
+    pub fn allows(&self, from: u64, to: u64) -> bool {
+        !self.blocked.read().contains(&(from, to))
+    }
+}
+
+/// The sending side of the transport. Cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store_id: u64,
+    pd: PdClient,
+    links: Mutex<HashMap<u64, mpsc::Sender<RaftMessage>>>,
+    filter: Arc<NetFilter>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Transport {
+    pub fn new(store_id: u64, pd: PdClient, filter: Arc<NetFilter>, runtime: tokio::runtime::Handle) -> Self {
+        Transport {
+            inner: Arc::new(Inner {
+                store_id,
+                pd,
+                links: Mutex::new(HashMap::new()),
+                filter,
+                runtime,
+            }),
+        }
+    }
+
+    /// Queues messages for sending; never blocks.
+    pub fn send_all(&self, messages: Vec<RaftMessage>) {
+        for msg in messages {
+            self.send(msg);
+        }
+    }
+
+    fn send(&self, msg: RaftMessage) {
+        let Some(to) = msg.to_peer.map(|p| p.store_id) else { return };
+        if !self.inner.filter.allows(self.inner.store_id, to) {
+            return;
+        }
+        let mut links = self.inner.links.lock();
+        let link = links.entry(to).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(LINK_QUEUE_MESSAGES_MAX);
+            self.inner
+                .runtime
+                .spawn(run_link(self.inner.store_id, to, rx, self.inner.pd.clone()));
+            tx
+        });
+        if let Err(mpsc::error::TrySendError::Closed(_)) = link.try_send(msg) {
+            links.remove(&to);
+        }
+    }
+}
+
+/// Keeps one stream to store `to` open and pumps batches into it.
+async fn run_link(from: u64, to: u64, mut rx: mpsc::Receiver<RaftMessage>, pd: PdClient) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let address = match pd.get_store(to).await {
+            Ok(store) => store.address,
+            Err(e) => {
+                tracing::debug!(from, to, error = %e, "cannot resolve store address");
+                if !drain_for(&mut rx, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let channel = match ringkv_client::pd::channel_to(&address) {
+            Ok(ch) => ch,
+            Err(e) => {
+                tracing::warn!(to, %address, error = %e, "bad store address");
+                if !drain_for(&mut rx, Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut client = RaftClient::new(channel).max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+        let (stream_tx, stream_rx) = mpsc::channel::<RaftMessageBatch>(64);
+        let call = tokio::spawn(async move {
+            client
+                .raft(tokio_stream::wrappers::ReceiverStream::new(stream_rx))
+                .await
+        });
+        let mut sent_any = false;
+        loop {
+            let Some(first) = rx.recv().await else {
+                call.abort();
+                return;
+            };
+            let mut messages = vec![first];
+            while messages.len() < BATCH_MESSAGES_MAX {
+                match rx.try_recv() {
+                    Ok(m) => messages.push(m),
+                    Err(_) => break,
+                }
+            }
+            if call.is_finished() || stream_tx.send(RaftMessageBatch { messages }).await.is_err() {
+                break;
+            }
+            sent_any = true;
+        }
+        let outcome = call.await;
+        tracing::debug!(from, to, %address, ?outcome, "raft link closed; reconnecting");
+        if sent_any {
+            backoff = Duration::from_millis(50);
+        }
+        if !drain_for(&mut rx, backoff).await {
+            return;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Waits `wait`, dropping messages that arrive meanwhile (Raft resends what matters). Returns
+/// false if the transport is gone.
+async fn drain_for(rx: &mut mpsc::Receiver<RaftMessage>, wait: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => return false,
+            Err(_) => return true,
+        }
+    }
+}

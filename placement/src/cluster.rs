@@ -1,0 +1,462 @@
+//! The placement core: everything the placement driver knows and decides, as a pure state
+//! machine. Every mutating call takes the current time as an input and records what must be
+//! persisted in a [`MetaWrites`]; the edge writes those (syncing when asked) before it replies.
+
+use crate::id::IdAllocator;
+use crate::meta_store::keys;
+use crate::tso::{Tso, TsBatch, TSO_BATCH_MAX};
+use crate::PlacementError;
+use prost::Message;
+use ringkv_proto::metapb::{Peer, PeerRole, Region, RegionEpoch, Store, StoreState};
+use ringkv_proto::pdpb::StoreStats;
+use std::collections::{BTreeMap, HashMap};
+
+/// Writes the core asks the edge to persist.
+#[derive(Default, Debug)]
+pub struct MetaWrites {
+    pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The writes guard an invariant across restarts (ids, timestamps, bootstrap): sync them
+    /// before replying.
+    pub sync: bool,
+}
+
+impl MetaWrites {
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.puts.push((key, value));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty()
+    }
+}
+
+/// A store as the placement driver sees it.
+#[derive(Debug, Clone)]
+pub struct StoreInfo {
+    pub store: Store,
+    pub stats: Option<StoreStats>,
+    pub last_heartbeat_ms: i64,
+}
+
+/// A region and the leader last reported for it.
+#[derive(Debug, Clone)]
+pub struct RegionInfo {
+    pub region: Region,
+    pub leader: Option<Peer>,
+    /// Raft term of the leader report; a report from an older term never replaces a newer one.
+    pub term: u64,
+}
+
+/// What the placement driver restores from its metadata store on start.
+#[derive(Debug, Default)]
+pub struct PersistedState {
+    pub id_limit: u64,
+    pub tso_limit_ms: i64,
+    pub bootstrap_region: Option<Region>,
+    pub stores: Vec<Store>,
+    pub regions: Vec<Region>,
+}
+
+/// The placement driver's state machine.
+pub struct PlacementCore {
+    cluster_id: u64,
+    replicas: u32,
+    ids: IdAllocator,
+    tso: Tso,
+    stores: BTreeMap<u64, StoreInfo>,
+    regions: HashMap<u64, RegionInfo>,
+    /// Region start key -> region id: the routing table.
+    region_tree: BTreeMap<Vec<u8>, u64>,
+    bootstrap_region: Option<Region>,
+}
+
+fn epoch_of(region: &Region) -> (u64, u64) {
+    let e = region.region_epoch.unwrap_or_default();
+    (e.version, e.conf_ver)
+}
+
+impl PlacementCore {
+    pub fn new(
+        cluster_id: u64,
+        replicas: u32,
+        tso_save_window_ms: i64,
+        state: PersistedState,
+    ) -> Self {
+        assert!(cluster_id != 0, "cluster id 0 is reserved for 'unknown'");
+        let mut core = PlacementCore {
+            cluster_id,
+            replicas,
+            ids: IdAllocator::new(state.id_limit),
+            tso: Tso::new(state.tso_limit_ms, tso_save_window_ms),
+            stores: BTreeMap::new(),
+            regions: HashMap::new(),
+            region_tree: BTreeMap::new(),
+            bootstrap_region: state.bootstrap_region,
+        };
+        for store in state.stores {
+            core.stores.insert(
+                store.id,
+                StoreInfo {
+                    store,
+                    stats: None,
+                    last_heartbeat_ms: 0,
+                },
+            );
+        }
+        for region in state.regions {
+            core.insert_region(region, None, 0);
+        }
+        core
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    pub fn replicas(&self) -> u32 {
+        self.replicas
+    }
+
+    pub fn is_bootstrapped(&self) -> bool {
+        self.bootstrap_region.is_some()
+    }
+
+    pub fn store_count(&self) -> usize {
+        self.stores.len()
+    }
+
+    pub fn region_count(&self) -> usize {
+        self.regions.len()
+    }
+
+    /// Checks that a request names this cluster (0 is allowed only for first contact).
+    pub fn check_cluster(&self, cluster_id: u64) -> Result<(), PlacementError> {
+        if cluster_id != 0 && cluster_id != self.cluster_id {
+            return Err(PlacementError::ClusterMismatch {
+                expected: self.cluster_id,
+                got: cluster_id,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn alloc_ids(&mut self, count: u32, writes: &mut MetaWrites) -> Result<u64, PlacementError> {
+        if count == 0 || count > 10_000 {
+            return Err(PlacementError::InvalidArgument(format!(
+                "id count {count} is outside 1..=10000"
+            )));
+        }
+        let (first, new_limit) = self.ids.alloc(count);
+        if let Some(limit) = new_limit {
+            writes.put(keys::ID_LIMIT.to_vec(), limit.to_be_bytes().to_vec());
+            writes.sync = true;
+        }
+        Ok(first)
+    }
+
+    pub fn tso(&mut self, count: u32, now_ms: i64, writes: &mut MetaWrites) -> Result<TsBatch, PlacementError> {
+        if count == 0 || count > TSO_BATCH_MAX {
+            return Err(PlacementError::InvalidArgument(format!(
+                "timestamp count {count} is outside 1..={TSO_BATCH_MAX}"
+            )));
+        }
+        let (batch, new_limit) = self.tso.allocate(count, now_ms);
+        if let Some(limit) = new_limit {
+            writes.put(keys::TSO_LIMIT.to_vec(), limit.to_be_bytes().to_vec());
+            writes.sync = true;
+        }
+        Ok(batch)
+    }
+
+    /// Registers a store or updates its address and labels. Bootstraps the cluster once enough
+    /// stores are up. Returns the regions the store must create at their bootstrap state.
+    pub fn put_store(
+        &mut self,
+        store: Store,
+        now_ms: i64,
+        writes: &mut MetaWrites,
+    ) -> Result<Vec<Region>, PlacementError> {
+        if store.id == 0 {
+            return Err(PlacementError::InvalidArgument("store id 0 is reserved".into()));
+        }
+        if store.address.is_empty() {
+            return Err(PlacementError::InvalidArgument(format!(
+                "store {} has an empty address",
+                store.id
+            )));
+        }
+        if let Some(existing) = self.stores.get(&store.id) {
+            if existing.store.state == StoreState::Tombstone as i32 {
+                return Err(PlacementError::StoreTombstone { store_id: store.id });
+            }
+        }
+        if let Some(other) = self
+            .stores
+            .values()
+            .find(|s| s.store.address == store.address && s.store.id != store.id && s.store.state != StoreState::Tombstone as i32)
+        {
+            // Two live stores at one address means two data directories fight for one port.
+            if now_ms - other.last_heartbeat_ms < 60_000 && other.last_heartbeat_ms != 0 {
+                return Err(PlacementError::InvalidArgument(format!(
+                    "address {} is already used by live store {}",
+                    store.address, other.store.id
+                )));
+            }
+        }
+        writes.put(keys::store(store.id), store.encode_to_vec());
+        writes.sync = true;
+        let id = store.id;
+        let entry = self.stores.entry(id).or_insert(StoreInfo {
+            store: store.clone(),
+            stats: None,
+            last_heartbeat_ms: now_ms,
+        });
+        entry.store = store;
+        entry.last_heartbeat_ms = now_ms;
+        self.maybe_bootstrap(writes)?;
+        Ok(self.bootstrap_regions_for(id))
+    }
+
+    fn maybe_bootstrap(&mut self, writes: &mut MetaWrites) -> Result<(), PlacementError> {
+        if self.bootstrap_region.is_some() {
+            return Ok(());
+        }
+        let up: Vec<u64> = self
+            .stores
+            .values()
+            .filter(|s| s.store.state == StoreState::Up as i32)
+            .map(|s| s.store.id)
+            .take(self.replicas as usize)
+            .collect();
+        if up.len() < self.replicas as usize {
+            return Ok(());
+        }
+        let first = self.alloc_ids(1 + self.replicas, writes)?;
+        let peers = up
+            .iter()
+            .enumerate()
+            .map(|(i, store_id)| Peer {
+                id: first + 1 + i as u64,
+                store_id: *store_id,
+                role: PeerRole::Voter as i32,
+            })
+            .collect();
+        let region = Region {
+            id: first,
+            start_key: Vec::new(),
+            end_key: Vec::new(),
+            region_epoch: Some(RegionEpoch {
+                conf_ver: 1,
+                version: 1,
+            }),
+            peers,
+        };
+        writes.put(keys::BOOTSTRAP.to_vec(), region.encode_to_vec());
+        writes.put(keys::region(region.id), region.encode_to_vec());
+        writes.sync = true;
+        self.insert_region(region.clone(), None, 0);
+        self.bootstrap_region = Some(region);
+        Ok(())
+    }
+
+    fn bootstrap_regions_for(&self, store_id: u64) -> Vec<Region> {
+        self.bootstrap_region
+            .iter()
+            .filter(|r| r.peers.iter().any(|p| p.store_id == store_id))
+            .cloned()
+            .collect()
+    }
+
+    pub fn get_store(&self, store_id: u64) -> Result<&StoreInfo, PlacementError> {
+        self.stores
+            .get(&store_id)
+            .ok_or(PlacementError::StoreNotFound { store_id })
+    }
+
+    pub fn stores(&self) -> impl Iterator<Item = &StoreInfo> {
+        self.stores.values()
+    }
+
+    pub fn store_heartbeat(
+        &mut self,
+        stats: StoreStats,
+        now_ms: i64,
+    ) -> Result<Vec<Region>, PlacementError> {
+        let store_id = stats.store_id;
+        let info = self
+            .stores
+            .get_mut(&store_id)
+            .ok_or(PlacementError::StoreNotFound { store_id })?;
+        if info.store.state == StoreState::Tombstone as i32 {
+            return Err(PlacementError::StoreTombstone { store_id });
+        }
+        info.stats = Some(stats);
+        info.last_heartbeat_ms = now_ms;
+        Ok(self.bootstrap_regions_for(store_id))
+    }
+
+    /// Takes a leader's report of its region. A report with an older epoch than what is known
+    /// is ignored; a newer one replaces every region it overlaps.
+    pub fn region_heartbeat(
+        &mut self,
+        region: Region,
+        leader: Option<Peer>,
+        term: u64,
+        writes: &mut MetaWrites,
+    ) -> Result<(), PlacementError> {
+        if region.region_epoch.is_none() {
+            return Err(PlacementError::InvalidArgument(format!(
+                "region {} heartbeat has no epoch",
+                region.id
+            )));
+        }
+        if let Some(known) = self.regions.get_mut(&region.id) {
+            let (known_epoch, new_epoch) = (epoch_of(&known.region), epoch_of(&region));
+            if new_epoch.0 < known_epoch.0 || new_epoch.1 < known_epoch.1 {
+                return Ok(());
+            }
+            if new_epoch == known_epoch && known.region.start_key == region.start_key {
+                if term >= known.term {
+                    known.leader = leader;
+                    known.term = term;
+                }
+                return Ok(());
+            }
+        }
+        writes.put(keys::region(region.id), region.encode_to_vec());
+        self.insert_region(region, leader, term);
+        Ok(())
+    }
+
+    fn insert_region(&mut self, region: Region, leader: Option<Peer>, term: u64) {
+        // Drop any region whose range the new one overlaps: it is stale.
+        let overlapping: Vec<u64> = self
+            .regions
+            .values()
+            .filter(|r| r.region.id != region.id && ranges_overlap(&r.region, &region))
+            .map(|r| r.region.id)
+            .collect();
+        for id in overlapping {
+            if let Some(old) = self.regions.remove(&id) {
+                self.region_tree.remove(&old.region.start_key);
+            }
+        }
+        if let Some(old) = self.regions.get(&region.id) {
+            self.region_tree.remove(&old.region.start_key);
+        }
+        self.region_tree.insert(region.start_key.clone(), region.id);
+        self.regions.insert(
+            region.id,
+            RegionInfo {
+                region,
+                leader,
+                term,
+            },
+        );
+    }
+
+    /// The region containing encoded `key`.
+    pub fn region_by_key(&self, key: &[u8]) -> Option<&RegionInfo> {
+        let (_, id) = self.region_tree.range(..=key.to_vec()).next_back()?;
+        let info = self.regions.get(id)?;
+        ringkv_proto::keys::in_range(key, &info.region.start_key, &info.region.end_key).then_some(info)
+    }
+
+    pub fn region_by_id(&self, region_id: u64) -> Option<&RegionInfo> {
+        self.regions.get(&region_id)
+    }
+
+    /// Regions overlapping `[start, end)` (empty `end`: unbounded) in key order, at most `limit`.
+    pub fn scan_regions(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<&RegionInfo> {
+        let first_start = self
+            .region_by_key(start)
+            .map(|r| r.region.start_key.clone())
+            .unwrap_or_else(|| start.to_vec());
+        self.region_tree
+            .range(first_start..)
+            .take_while(|(s, _)| end.is_empty() || s.as_slice() < end)
+            .filter_map(|(_, id)| self.regions.get(id))
+            .take(limit)
+            .collect()
+    }
+}
+
+fn ranges_overlap(a: &Region, b: &Region) -> bool {
+    let a_before_b = !a.end_key.is_empty() && a.end_key <= b.start_key;
+    let b_before_a = !b.end_key.is_empty() && b.end_key <= a.start_key;
+    !a_before_b && !b_before_a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(id: u64) -> Store {
+        Store {
+            id,
+            address: format!("127.0.0.1:{}", 20000 + id),
+            ..Default::default()
+        }
+    }
+
+    fn core(replicas: u32) -> PlacementCore {
+        PlacementCore::new(42, replicas, 3000, PersistedState::default())
+    }
+
+    #[test]
+    fn bootstraps_once_enough_stores_registered() {
+        let mut pd = core(3);
+        let mut w = MetaWrites::default();
+        assert!(pd.put_store(store(1), 0, &mut w).unwrap().is_empty());
+        assert!(pd.put_store(store(2), 0, &mut w).unwrap().is_empty());
+        assert!(!pd.is_bootstrapped());
+        let regions = pd.put_store(store(3), 0, &mut w).unwrap();
+        assert!(pd.is_bootstrapped());
+        assert_eq!(regions.len(), 1);
+        let region = &regions[0];
+        assert_eq!(region.peers.len(), 3);
+        assert!(region.start_key.is_empty() && region.end_key.is_empty());
+        let mut ids: Vec<u64> = region.peers.iter().map(|p| p.id).collect();
+        ids.push(region.id);
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 4, "region and peer ids are distinct");
+        assert!(w.sync);
+        // Store 4 joins later: it hosts no bootstrap peer.
+        assert!(pd.put_store(store(4), 0, &mut w).unwrap().is_empty());
+        assert_eq!(pd.store_heartbeat(StoreStats { store_id: 2, ..Default::default() }, 1).unwrap().len(), 1);
+        assert!(pd.region_by_key(b"hanything").is_some());
+    }
+
+    #[test]
+    fn stale_region_heartbeats_are_ignored() {
+        let mut pd = core(1);
+        let mut w = MetaWrites::default();
+        let region = pd.put_store(store(1), 0, &mut w).unwrap().remove(0);
+        let leader = region.peers[0];
+        pd.region_heartbeat(region.clone(), Some(leader), 7, &mut w).unwrap();
+        pd.region_heartbeat(region.clone(), None, 6, &mut w).unwrap();
+        assert_eq!(pd.region_by_id(region.id).unwrap().leader, Some(leader));
+        let mut older = region.clone();
+        older.region_epoch = Some(RegionEpoch { conf_ver: 0, version: 0 });
+        older.end_key = b"m".to_vec();
+        pd.region_heartbeat(older, None, 8, &mut w).unwrap();
+        assert!(pd.region_by_id(region.id).unwrap().region.end_key.is_empty());
+    }
+
+    #[test]
+    fn rejects_other_clusters_and_bad_stores() {
+        let mut pd = core(3);
+        assert!(pd.check_cluster(0).is_ok());
+        assert!(matches!(pd.check_cluster(7), Err(PlacementError::ClusterMismatch { .. })));
+        let mut w = MetaWrites::default();
+        assert!(pd.put_store(Store { id: 0, ..store(1) }, 0, &mut w).is_err());
+        assert!(pd.put_store(Store { address: String::new(), ..store(1) }, 0, &mut w).is_err());
+        assert!(matches!(
+            pd.store_heartbeat(StoreStats { store_id: 9, ..Default::default() }, 0),
+            Err(PlacementError::StoreNotFound { store_id: 9 })
+        ));
+        assert!(pd.tso(0, 0, &mut w).is_err());
+        assert!(pd.alloc_ids(0, &mut w).is_err());
+    }
+}

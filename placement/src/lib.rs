@@ -1,0 +1,20 @@
+//! The ringkv placement driver: cluster bootstrap, store registration, id allocation, the
+//! timestamp oracle (TSO), routing, and store and region heartbeats.
+//!
+//! The logic lives in pure cores that take time as an input and return what must be persisted
+//! ([`cluster::PlacementCore`], [`tso::Tso`], [`id::IdAllocator`]); [`server`] is the thin edge
+//! that persists to sled and serves gRPC.
+
+pub mod cli;
+pub mod cluster;
+pub mod config;
+mod error;
+pub mod id;
+pub mod meta_store;
+pub mod server;
+mod service;
+pub mod tso;
+
+pub use config::PlacementConfig;
+pub use error::PlacementError;
+pub use server::PlacementServer;

@@ -1,0 +1,29 @@
+//! Wire definitions of ringkv and the two wire-level facts every component shares: how user keys
+//! are encoded into the ordered keyspace that regions cut up (`keys`), and the request size limits
+//! (`limits`).
+
+pub mod keys;
+pub mod limits;
+
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod metapb {
+    tonic::include_proto!("metapb");
+}
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod errorpb {
+    tonic::include_proto!("errorpb");
+}
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod kvrpcpb {
+    tonic::include_proto!("kvrpcpb");
+}
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod raftpb {
+    tonic::include_proto!("raftpb");
+}
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pdpb {
+    tonic::include_proto!("pdpb");
+}
+
+pub use prost::Message;

@@ -1,0 +1,33 @@
+use thiserror::Error;
+
+/// Errors of the storage layer. All of them are non-deterministic (I/O, corruption): a node that
+/// meets one while applying stops rather than let its replica diverge.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    #[error("raft log engine: {0}")]
+    RaftEngine(#[from] raft_engine::Error),
+    #[error("state store (sled): {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupted {what}: {detail}")]
+    Corruption { what: String, detail: String },
+    #[error("raft log of region {region_id}: entries [{low}, {high}) are not available (log holds [{first}, {last}])")]
+    EntriesUnavailable {
+        region_id: u64,
+        low: u64,
+        high: u64,
+        first: u64,
+        last: u64,
+    },
+}
+
+impl StorageError {
+    pub(crate) fn corruption(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        StorageError::Corruption {
+            what: what.into(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;

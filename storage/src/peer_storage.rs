@@ -1,0 +1,319 @@
+//! raft-rs's `Storage` for one peer, over the node's shared [`RaftLogEngine`].
+
+use crate::layout;
+use crate::log::{RaftLogBatch, RaftLogEngine};
+use crate::{KvEngine, KvWriteBatch, Result as StorageResult, StorageError};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
+use ringkv_proto::metapb::{PeerRole, Region};
+use ringkv_proto::raftpb::{ApplyState, PeerState, RegionLocalState};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Index of the (virtual) entry every region created at bootstrap starts after. Peers created
+/// with the same region metadata start from identical state, so no snapshot is needed to start
+/// a fresh group (TiKV uses the same trick).
+pub const RAFT_INIT_LOG_INDEX: u64 = 5;
+/// Term of that entry.
+pub const RAFT_INIT_LOG_TERM: u64 = 5;
+
+/// Most recent entries whose terms are kept in memory, so `term()` rarely reads the log.
+const TERM_CACHE_ENTRIES_MAX: usize = 4096;
+
+/// The voters and learners of `region`, as raft-rs wants them.
+pub fn conf_state_of(region: &Region) -> ConfState {
+    let mut cs = ConfState::default();
+    for peer in &region.peers {
+        if peer.role == PeerRole::Learner as i32 {
+            cs.learners.push(peer.id);
+        } else {
+            cs.voters.push(peer.id);
+        }
+    }
+    cs
+}
+
+/// The log, hard state and apply state of one peer.
+///
+/// Invariants: `truncated_index <= applied_index <= commit <= last_index`; entries
+/// `(truncated_index, last_index]` are in the log engine.
+pub struct PeerStorage {
+    region: Region,
+    hard_state: HardState,
+    apply_state: ApplyState,
+    last_index: u64,
+    last_term: u64,
+    /// Terms of entries `term_cache_first ..`.
+    term_cache: VecDeque<u64>,
+    term_cache_first: u64,
+    log: Arc<dyn RaftLogEngine>,
+}
+
+impl PeerStorage {
+    /// Writes the initial state of a peer of a region created at bootstrap into `kv_batch` and
+    /// `log_batch`, and returns its storage. The caller writes both batches (log first).
+    pub fn create_at_bootstrap(
+        region: Region,
+        log: Arc<dyn RaftLogEngine>,
+        kv_batch: &mut KvWriteBatch,
+        log_batch: &mut RaftLogBatch,
+    ) -> PeerStorage {
+        let hard_state = HardState {
+            term: RAFT_INIT_LOG_TERM,
+            commit: RAFT_INIT_LOG_INDEX,
+            ..Default::default()
+        };
+        let apply_state = ApplyState {
+            applied_index: RAFT_INIT_LOG_INDEX,
+            truncated_index: RAFT_INIT_LOG_INDEX,
+            truncated_term: RAFT_INIT_LOG_TERM,
+        };
+        log_batch.set_hard_state(region.id, &hard_state);
+        layout::write_region_state(
+            kv_batch,
+            &RegionLocalState {
+                state: PeerState::Normal as i32,
+                region: Some(region.clone()),
+            },
+        );
+        layout::write_apply_state(kv_batch, region.id, &apply_state);
+        PeerStorage {
+            region,
+            hard_state,
+            apply_state,
+            last_index: RAFT_INIT_LOG_INDEX,
+            last_term: RAFT_INIT_LOG_TERM,
+            term_cache: VecDeque::new(),
+            term_cache_first: RAFT_INIT_LOG_INDEX + 1,
+            log,
+        }
+    }
+
+    /// Loads the storage of an existing peer after a restart.
+    pub fn load(
+        region: Region,
+        kv: &dyn KvEngine,
+        log: Arc<dyn RaftLogEngine>,
+    ) -> StorageResult<PeerStorage> {
+        let region_id = region.id;
+        let apply_state = layout::read_apply_state(kv, region_id)?.ok_or_else(|| {
+            StorageError::corruption(
+                format!("region {region_id}"),
+                "region state exists but apply state is missing",
+            )
+        })?;
+        let hard_state = log.hard_state(region_id)?.ok_or_else(|| {
+            StorageError::corruption(
+                format!("region {region_id}"),
+                "region state exists but the raft log has no hard state (was the raft directory replaced?)",
+            )
+        })?;
+        let (last_index, last_term) = match log.last_index(region_id) {
+            Some(last) if last > apply_state.truncated_index => {
+                let entry = log.entries(region_id, last, last + 1, None)?;
+                (last, entry[0].term)
+            }
+            _ => (apply_state.truncated_index, apply_state.truncated_term),
+        };
+        let storage = PeerStorage {
+            region,
+            hard_state,
+            apply_state,
+            last_index,
+            last_term,
+            term_cache: VecDeque::new(),
+            term_cache_first: last_index + 1,
+            log,
+        };
+        storage.check_invariants()?;
+        Ok(storage)
+    }
+
+    fn check_invariants(&self) -> StorageResult<()> {
+        let a = &self.apply_state;
+        let ok = a.truncated_index <= a.applied_index
+            && a.applied_index <= self.hard_state.commit
+            && self.hard_state.commit <= self.last_index;
+        if ok {
+            Ok(())
+        } else {
+            Err(StorageError::corruption(
+                format!("region {}", self.region.id),
+                format!(
+                    "expected truncated {} <= applied {} <= commit {} <= last {}",
+                    a.truncated_index, a.applied_index, self.hard_state.commit, self.last_index
+                ),
+            ))
+        }
+    }
+
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    pub fn set_region(&mut self, region: Region) {
+        self.region = region;
+    }
+
+    pub fn region_id(&self) -> u64 {
+        self.region.id
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.apply_state.applied_index
+    }
+
+    pub fn apply_state(&self) -> &ApplyState {
+        &self.apply_state
+    }
+
+    /// Records that entries up to `index` are applied (their apply batch is written).
+    pub fn set_applied_index(&mut self, index: u64) {
+        assert!(
+            index >= self.apply_state.applied_index,
+            "region {}: applied index goes back from {} to {index}",
+            self.region.id,
+            self.apply_state.applied_index
+        );
+        self.apply_state.applied_index = index;
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.hard_state.commit
+    }
+
+    pub fn last_index_fast(&self) -> u64 {
+        self.last_index
+    }
+
+    /// Adds `entries` (from a `Ready`) to `batch` and updates the in-memory view. The entries
+    /// must be written before raft-rs is told they are persisted.
+    pub fn append(&mut self, entries: &[Entry], batch: &mut RaftLogBatch) {
+        let Some(first) = entries.first() else { return };
+        let last = entries.last().expect("non-empty");
+        assert!(
+            first.index > self.apply_state.truncated_index && first.index <= self.last_index + 1,
+            "region {}: append at {} with log ({}, {}]",
+            self.region.id,
+            first.index,
+            self.apply_state.truncated_index,
+            self.last_index
+        );
+        batch.append(self.region.id, entries);
+        // Keep the term cache contiguous and ending at the new last index.
+        if first.index < self.term_cache_first
+            || first.index > self.term_cache_first + self.term_cache.len() as u64
+        {
+            self.term_cache.clear();
+            self.term_cache_first = first.index;
+        } else {
+            self.term_cache
+                .truncate((first.index - self.term_cache_first) as usize);
+        }
+        self.term_cache.extend(entries.iter().map(|e| e.term));
+        while self.term_cache.len() > TERM_CACHE_ENTRIES_MAX {
+            self.term_cache.pop_front();
+            self.term_cache_first += 1;
+        }
+        self.last_index = last.index;
+        self.last_term = last.term;
+    }
+
+    /// Adds the new hard state (from a `Ready`) to `batch`.
+    pub fn set_hard_state(&mut self, hard_state: &HardState, batch: &mut RaftLogBatch) {
+        assert!(
+            hard_state.term >= self.hard_state.term,
+            "region {}: term goes back from {} to {}",
+            self.region.id,
+            self.hard_state.term,
+            hard_state.term
+        );
+        batch.set_hard_state(self.region.id, hard_state);
+        self.hard_state = hard_state.clone();
+    }
+
+    /// Records a commit index learnt from a light ready, persisted with the next hard state.
+    pub fn set_commit_index(&mut self, commit: u64) {
+        if commit > self.hard_state.commit {
+            self.hard_state.commit = commit;
+        }
+    }
+}
+
+fn storage_failed(e: StorageError) -> raft::Error {
+    raft::Error::Store(RaftStorageError::Other(Box::new(e)))
+}
+
+impl Storage for PeerStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            conf_state_of(&self.region),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.apply_state.truncated_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        assert!(
+            high <= self.last_index + 1,
+            "region {}: entries [{low}, {high}) past last index {}",
+            self.region.id,
+            self.last_index
+        );
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        self.log
+            .entries(self.region.id, low, high, max_size.into())
+            .map_err(storage_failed)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.apply_state.truncated_index {
+            return Ok(self.apply_state.truncated_term);
+        }
+        if idx < self.apply_state.truncated_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        if idx == self.last_index {
+            return Ok(self.last_term);
+        }
+        if idx >= self.term_cache_first {
+            if let Some(term) = self.term_cache.get((idx - self.term_cache_first) as usize) {
+                return Ok(*term);
+            }
+        }
+        let entries = self
+            .log
+            .entries(self.region.id, idx, idx + 1, None)
+            .map_err(storage_failed)?;
+        Ok(entries[0].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.apply_state.truncated_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Logs are never compacted yet, and every peer starts from the bootstrap state, so no
+        // follower can need a snapshot. Snapshots arrive with log GC (multi-Raft issue).
+        Err(raft::Error::Store(
+            RaftStorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
