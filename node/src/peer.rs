@@ -318,6 +318,9 @@ impl Peer {
 
     /// Answers the reads whose read index is applied.
     fn release_reads(&mut self) {
+        if self.reads_in_flight.is_empty() {
+            return;
+        }
         let applied = self.applied_index();
         let region = self.region().clone();
         while let Some(batch) = self.reads_in_flight.front() {
@@ -501,9 +504,13 @@ impl Peer {
         }
     }
 
-    /// After the apply batch is written: tells raft, and releases reads now safe.
+    /// After the apply batch is written: tells raft.
     pub fn after_apply(&mut self) {
         self.raw.advance_apply_to(self.applied_index());
+    }
+
+    /// Releases the reads that became safe this round (confirmed and applied).
+    pub fn after_round(&mut self) {
         self.release_reads();
     }
 

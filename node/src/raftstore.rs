@@ -350,6 +350,7 @@ impl RaftStore {
         }
         for id in &ready_peers {
             let peer = self.peers.get_mut(id).expect("listed");
+            peer.after_round();
             if let Some(view) = peer.leader_view_changed() {
                 tracing::info!(region = id, leader = view.leader_id, term = view.term, is_leader = view.is_leader, "leader changed");
                 if view.is_leader {

@@ -1,0 +1,237 @@
+//! An in-process cluster for tests: one placement member and N nodes, each on its own runtime,
+//! on ephemeral loopback ports, sharing one [`NetFilter`] so tests can cut links.
+
+use crate::debug;
+use crate::wait_until;
+use ringkv_client::{RawClient, RawConfig};
+use ringkv_node::{NetFilter, NodeConfig, NodeServer};
+use ringkv_placement::{PlacementConfig, PlacementServer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to build a [`TestCluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    pub nodes: usize,
+    pub replicas: u32,
+    pub tick_interval_ms: u64,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        ClusterBuilder {
+            nodes: 3,
+            replicas: 3,
+            tick_interval_ms: 50,
+        }
+    }
+}
+
+impl ClusterBuilder {
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    pub fn start(self) -> TestCluster {
+        TestCluster::start(self)
+    }
+}
+
+struct NodeSlot {
+    config: NodeConfig,
+    server: Option<NodeServer>,
+    store_id: u64,
+    addr: SocketAddr,
+}
+
+/// A running in-process cluster. Nodes are numbered from 0 in start order.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pd: Option<PlacementServer>,
+    pd_addr: SocketAddr,
+    nodes: Vec<NodeSlot>,
+    pub filter: Arc<NetFilter>,
+    /// Runtime for clients and debug calls of the test.
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl TestCluster {
+    fn start(b: ClusterBuilder) -> Self {
+        crate::init_test_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pd = PlacementServer::start(PlacementConfig {
+            data_dir: dir.path().join("placement"),
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            replicas: b.replicas,
+            ..PlacementConfig::default()
+        })
+        .expect("placement starts");
+        let pd_addr = pd.addr();
+        let filter = NetFilter::new();
+        let mut nodes = Vec::new();
+        for i in 0..b.nodes {
+            let mut config = NodeConfig {
+                data_dir: dir.path().join(format!("node{i}")),
+                listen_addr: "127.0.0.1:0".parse().unwrap(),
+                placement_endpoints: vec![pd_addr.to_string()],
+                store_heartbeat_ms: 200,
+                ..NodeConfig::default()
+            };
+            config.raft.tick_interval_ms = b.tick_interval_ms;
+            let server = NodeServer::start(config.clone(), filter.clone()).expect("node starts");
+            // Restarts come back on the same port.
+            config.listen_addr = server.addr();
+            nodes.push(NodeSlot {
+                store_id: server.store_id(),
+                addr: server.addr(),
+                config,
+                server: Some(server),
+            });
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test runtime");
+        let cluster = TestCluster { dir, pd: Some(pd), pd_addr, nodes, filter, rt };
+        cluster.wait_for_leader(Duration::from_secs(30));
+        cluster
+    }
+
+    pub fn pd_addr(&self) -> String {
+        self.pd_addr.to_string()
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn node_addr(&self, i: usize) -> String {
+        self.nodes[i].addr.to_string()
+    }
+
+    pub fn store_id(&self, i: usize) -> u64 {
+        self.nodes[i].store_id
+    }
+
+    pub fn store_ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.store_id).collect()
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].server.is_some()
+    }
+
+    /// A raw client with a 20 s deadline per call.
+    pub fn client(&self) -> RawClient {
+        let config = RawConfig {
+            timeout: Duration::from_secs(20),
+            attempt_timeout: Duration::from_secs(2),
+            ..RawConfig::default()
+        };
+        self.rt
+            .block_on(RawClient::connect_with_config(&[self.pd_addr()], config))
+            .expect("client connects")
+    }
+
+    /// Stops node `i` (its data stays).
+    pub fn stop_node(&mut self, i: usize) {
+        if let Some(server) = self.nodes[i].server.take() {
+            server.stop();
+        }
+    }
+
+    /// Starts node `i` again from its data directory, on the same port.
+    pub fn restart_node(&mut self, i: usize) {
+        assert!(self.nodes[i].server.is_none(), "node {i} is running");
+        let server = NodeServer::start(self.nodes[i].config.clone(), self.filter.clone())
+            .expect("node restarts");
+        assert_eq!(server.store_id(), self.nodes[i].store_id, "a restarted node keeps its store id");
+        self.nodes[i].addr = server.addr();
+        self.nodes[i].server = Some(server);
+    }
+
+    /// Cuts node `i` off from every other node, both ways.
+    pub fn isolate(&self, i: usize) {
+        self.filter.isolate(self.store_id(i), &self.store_ids());
+    }
+
+    pub fn heal(&self) {
+        self.filter.heal();
+    }
+
+    /// Index of the running node whose peer of the (only) first region leads it, if any node
+    /// claims leadership and no other running node disagrees about the term.
+    pub fn leader(&self) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.server.is_none() {
+                continue;
+            }
+            let regions = self.rt.block_on(debug::regions(&n.addr.to_string()))?;
+            for r in regions {
+                if r.is_leader && best.is_none_or(|(t, _)| r.term > t) {
+                    best = Some((r.term, i));
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// Waits until some node leads the region.
+    pub fn wait_for_leader(&self, limit: Duration) -> usize {
+        wait_until("a region leader", limit, || self.leader())
+    }
+
+    /// Index of a node whose peer leads the region and is not node `old`.
+    pub fn wait_for_new_leader(&self, old: usize, limit: Duration) -> usize {
+        wait_until("a new leader", limit, || {
+            let mut found = None;
+            for i in 0..self.nodes.len() {
+                if i == old || !self.is_running(i) {
+                    continue;
+                }
+                let regions = self.rt.block_on(debug::regions(&self.node_addr(i)))?;
+                if regions.iter().any(|r| r.is_leader) {
+                    found = Some(i);
+                }
+            }
+            found
+        })
+    }
+
+    /// The value of user `key` (default keyspace) in node `i`'s local state.
+    pub fn local_get(&self, i: usize, key: &[u8]) -> Option<Vec<u8>> {
+        let encoded = ringkv_proto::keys::encode(&ringkv_proto::keys::default_keyspace(), key);
+        self.rt
+            .block_on(debug::local_get(&self.node_addr(i), &encoded))
+            .expect("node answers debug calls")
+    }
+
+    /// Waits until every running node has `key` = `value` locally.
+    pub fn wait_replicated(&self, key: &[u8], value: &[u8], limit: Duration) {
+        for i in 0..self.nodes.len() {
+            if !self.is_running(i) {
+                continue;
+            }
+            wait_until(&format!("node {i} to apply key {:?}", String::from_utf8_lossy(key)), limit, || {
+                (self.local_get(i, key).as_deref() == Some(value)).then_some(())
+            });
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(s) = n.server.take() {
+                s.stop();
+            }
+        }
+        if let Some(pd) = self.pd.take() {
+            pd.stop();
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! A cluster of real processes: the `ringkv-placement` and `ringkv-node` binaries, started as
+//! children on loopback ports, for tests that `kill -9` and restart them.
+
+use crate::{debug, wait_until};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Where cargo put the binaries: next to the test executable's `deps/` directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, which scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Proc {
+    args: Vec<String>,
+    binary: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let err = log.try_clone().expect("log file");
+        let child = Command::new(&self.binary)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
+        self.child = Some(child);
+    }
+
+    fn signal(&mut self, sig: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child by its pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Placement + N nodes as child processes. Killed on drop.
+pub struct ProcessCluster {
+    pub dir: tempfile::TempDir,
+    pub pd_addr: String,
+    placement: Proc,
+    nodes: Vec<(String, Proc)>,
+}
+
+impl ProcessCluster {
+    /// Starts placement and `n` nodes and waits until the first region has a leader.
+    pub fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pd_addr = format!("127.0.0.1:{}", free_port());
+        let mut placement = Proc {
+            args: vec![
+                "--data-dir".into(),
+                dir.path().join("placement").display().to_string(),
+                "--listen-addr".into(),
+                pd_addr.clone(),
+                "--replicas".into(),
+                n.min(3).to_string(),
+            ],
+            binary: binary("ringkv-placement"),
+            log: dir.path().join("placement.log"),
+            child: None,
+        };
+        placement.spawn();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut p = Proc {
+                args: vec![
+                    "--data-dir".into(),
+                    dir.path().join(format!("node{i}")).display().to_string(),
+                    "--listen-addr".into(),
+                    addr.clone(),
+                    "--placement".into(),
+                    pd_addr.clone(),
+                    "--log-level".into(),
+                    "info".into(),
+                ],
+                binary: binary("ringkv-node"),
+                log: dir.path().join(format!("node{i}.log")),
+                child: None,
+            };
+            p.spawn();
+            nodes.push((addr, p));
+        }
+        let cluster = ProcessCluster { dir, pd_addr, placement, nodes };
+        cluster.wait_for_leader(Duration::from_secs(60));
+        cluster
+    }
+
+    pub fn node_addr(&self, i: usize) -> &str {
+        &self.nodes[i].0
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// Index of a live node that claims leadership of a region.
+    pub fn leader(&self) -> Option<usize> {
+        let rt = Self::rt();
+        (0..self.nodes.len()).find(|&i| {
+            self.nodes[i].1.child.is_some()
+                && rt
+                    .block_on(debug::regions(&self.nodes[i].0))
+                    .is_some_and(|rs| rs.iter().any(|r| r.is_leader))
+        })
+    }
+
+    pub fn wait_for_leader(&self, limit: Duration) -> usize {
+        wait_until("a region leader among the node processes", limit, || self.leader())
+    }
+
+    /// `kill -9` node `i`.
+    pub fn kill_node(&mut self, i: usize) {
+        self.nodes[i].1.kill9();
+    }
+
+    /// Starts node `i` again with the same data directory and port.
+    pub fn restart_node(&mut self, i: usize) {
+        assert!(self.nodes[i].1.child.is_none(), "node {i} is running");
+        self.nodes[i].1.spawn();
+    }
+
+    /// SIGSTOP / SIGCONT node `i`.
+    pub fn pause_node(&mut self, i: usize) {
+        self.nodes[i].1.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume_node(&mut self, i: usize) {
+        self.nodes[i].1.signal(libc::SIGCONT);
+    }
+
+    /// The tail of node `i`'s log, for failure messages.
+    pub fn log_tail(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(&self.nodes[i].1.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for (_, p) in &mut self.nodes {
+            p.signal(libc::SIGCONT);
+            p.kill9();
+        }
+        self.placement.kill9();
+    }
+}
