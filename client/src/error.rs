@@ -20,7 +20,10 @@ pub enum ClientError {
     Placement { kind: i32, message: String },
     /// No placement member could be reached.
     #[error("cannot reach any placement member at {endpoints:?}: {detail}")]
-    PlacementUnreachable { endpoints: Vec<String>, detail: String },
+    PlacementUnreachable {
+        endpoints: Vec<String>,
+        detail: String,
+    },
     /// A node or placement member answered with an error the SDK does not retry.
     #[error("server error: {0}")]
     Server(String),

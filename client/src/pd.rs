@@ -93,7 +93,10 @@ impl PdClient {
         };
         let members = client
             .call("get_members", |mut c, h| async move {
-                let r = c.get_members(GetMembersRequest { header: Some(h) }).await?.into_inner();
+                let r = c
+                    .get_members(GetMembersRequest { header: Some(h) })
+                    .await?
+                    .into_inner();
                 Ok(r)
             })
             .await?;
@@ -142,11 +145,9 @@ impl PdClient {
             let client = PlacementClient::new(channel)
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-            let attempt = tokio::time::timeout(
-                PD_ATTEMPT_TIMEOUT,
-                f(client, RequestHeader { cluster_id }),
-            )
-            .await;
+            let attempt =
+                tokio::time::timeout(PD_ATTEMPT_TIMEOUT, f(client, RequestHeader { cluster_id }))
+                    .await;
             let error = match attempt {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
@@ -169,7 +170,11 @@ impl PdClient {
     pub async fn get_cluster_info(&self) -> Result<GetClusterInfoResponse> {
         let r = self
             .call("get_cluster_info", |mut c, h| async move {
-                Ok(c.get_cluster_info(GetClusterInfoRequest { header: Some(h) }).await?.into_inner())
+                Ok(
+                    c.get_cluster_info(GetClusterInfoRequest { header: Some(h) })
+                        .await?
+                        .into_inner(),
+                )
             })
             .await?;
         check_header(r.header.as_ref())?;
@@ -180,7 +185,12 @@ impl PdClient {
     pub async fn alloc_ids(&self, count: u32) -> Result<u64> {
         let r = self
             .call("alloc_id", |mut c, h| async move {
-                Ok(c.alloc_id(AllocIdRequest { header: Some(h), count }).await?.into_inner())
+                Ok(c.alloc_id(AllocIdRequest {
+                    header: Some(h),
+                    count,
+                })
+                .await?
+                .into_inner())
             })
             .await?;
         check_header(r.header.as_ref())?;
@@ -191,7 +201,12 @@ impl PdClient {
     pub async fn tso(&self, count: u32) -> Result<u64> {
         let r = self
             .call("tso", |mut c, h| async move {
-                Ok(c.tso(TsoRequest { header: Some(h), count }).await?.into_inner())
+                Ok(c.tso(TsoRequest {
+                    header: Some(h),
+                    count,
+                })
+                .await?
+                .into_inner())
             })
             .await?;
         check_header(r.header.as_ref())?;
@@ -205,9 +220,12 @@ impl PdClient {
             .call("put_store", |mut c, h| {
                 let store = store.clone();
                 async move {
-                    Ok(c.put_store(PutStoreRequest { header: Some(h), store: Some(store) })
-                        .await?
-                        .into_inner())
+                    Ok(c.put_store(PutStoreRequest {
+                        header: Some(h),
+                        store: Some(store),
+                    })
+                    .await?
+                    .into_inner())
                 }
             })
             .await?;
@@ -218,7 +236,12 @@ impl PdClient {
     pub async fn get_store(&self, store_id: u64) -> Result<Store> {
         let r = self
             .call("get_store", |mut c, h| async move {
-                Ok(c.get_store(GetStoreRequest { header: Some(h), store_id }).await?.into_inner())
+                Ok(c.get_store(GetStoreRequest {
+                    header: Some(h),
+                    store_id,
+                })
+                .await?
+                .into_inner())
             })
             .await?;
         check_header(r.header.as_ref())?;
@@ -229,7 +252,9 @@ impl PdClient {
     pub async fn get_all_stores(&self) -> Result<Vec<Store>> {
         let r = self
             .call("get_all_stores", |mut c, h| async move {
-                Ok(c.get_all_stores(GetAllStoresRequest { header: Some(h) }).await?.into_inner())
+                Ok(c.get_all_stores(GetAllStoresRequest { header: Some(h) })
+                    .await?
+                    .into_inner())
             })
             .await?;
         check_header(r.header.as_ref())?;
@@ -240,9 +265,12 @@ impl PdClient {
     pub async fn store_heartbeat(&self, stats: StoreStats) -> Result<Vec<Region>> {
         let r = self
             .call("store_heartbeat", |mut c, h| async move {
-                Ok(c.store_heartbeat(StoreHeartbeatRequest { header: Some(h), stats: Some(stats) })
-                    .await?
-                    .into_inner())
+                Ok(c.store_heartbeat(StoreHeartbeatRequest {
+                    header: Some(h),
+                    stats: Some(stats),
+                })
+                .await?
+                .into_inner())
             })
             .await?;
         check_header(r.header.as_ref())?;
@@ -266,9 +294,12 @@ impl PdClient {
             .call("get_region", |mut c, h| {
                 let region_key = key.to_vec();
                 async move {
-                    Ok(c.get_region(GetRegionRequest { header: Some(h), region_key })
-                        .await?
-                        .into_inner())
+                    Ok(c.get_region(GetRegionRequest {
+                        header: Some(h),
+                        region_key,
+                    })
+                    .await?
+                    .into_inner())
                 }
             })
             .await?;
@@ -285,9 +316,12 @@ impl PdClient {
     pub async fn get_region_by_id(&self, region_id: u64) -> Result<RegionRoute> {
         let r = self
             .call("get_region_by_id", |mut c, h| async move {
-                Ok(c.get_region_by_id(GetRegionByIdRequest { header: Some(h), region_id })
-                    .await?
-                    .into_inner())
+                Ok(c.get_region_by_id(GetRegionByIdRequest {
+                    header: Some(h),
+                    region_id,
+                })
+                .await?
+                .into_inner())
             })
             .await?;
         check_header(r.header.as_ref())?;
@@ -301,14 +335,24 @@ impl PdClient {
     }
 
     /// Regions overlapping encoded range `[start, end)` (empty `end`: unbounded), in order.
-    pub async fn scan_regions(&self, start: &[u8], end: &[u8], limit: u32) -> Result<Vec<RegionRoute>> {
+    pub async fn scan_regions(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: u32,
+    ) -> Result<Vec<RegionRoute>> {
         let r = self
             .call("scan_regions", |mut c, h| {
                 let (start_key, end_key) = (start.to_vec(), end.to_vec());
                 async move {
-                    Ok(c.scan_regions(ScanRegionsRequest { header: Some(h), start_key, end_key, limit })
-                        .await?
-                        .into_inner())
+                    Ok(c.scan_regions(ScanRegionsRequest {
+                        header: Some(h),
+                        start_key,
+                        end_key,
+                        limit,
+                    })
+                    .await?
+                    .into_inner())
                 }
             })
             .await?;

@@ -55,10 +55,15 @@ struct Shared {
 enum Attempt<T> {
     Done(T),
     /// Worth retrying, after the cache was updated; `immediately` skips the backoff.
-    Retry { reason: String, immediately: bool },
+    Retry {
+        reason: String,
+        immediately: bool,
+    },
 }
 
-type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = std::result::Result<T, tonic::Status>> + Send + 'a>>;
+type BoxFut<'a, T> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::result::Result<T, tonic::Status>> + Send + 'a>,
+>;
 
 fn check_key(key: &[u8]) -> Result<()> {
     if key.is_empty() {
@@ -142,7 +147,8 @@ impl RawClient {
 
     /// Writes `value` at `key`.
     pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<()> {
-        self.batch_put_inner("put", vec![(key.into(), value.into())]).await
+        self.batch_put_inner("put", vec![(key.into(), value.into())])
+            .await
     }
 
     /// Writes all `pairs`; each region's share is applied atomically.
@@ -150,7 +156,11 @@ impl RawClient {
         self.batch_put_inner("batch_put", pairs).await
     }
 
-    async fn batch_put_inner(&self, operation: &'static str, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+    async fn batch_put_inner(
+        &self,
+        operation: &'static str,
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<()> {
         if pairs.len() > BATCH_KEYS_MAX {
             return Err(ClientError::InvalidArgument(format!(
                 "batch of {} pairs; the limit is {BATCH_KEYS_MAX}",
@@ -170,17 +180,28 @@ impl RawClient {
         }
         let items: Vec<KvPair> = pairs
             .into_iter()
-            .map(|(k, v)| KvPair { key: self.encode(&k), value: v })
-            .collect();
-        self.run_batch(operation, items, |p| &p.key, |mut client, context, pairs| {
-            Box::pin(async move {
-                let r = client
-                    .raw_batch_put(RawBatchPutRequest { context: Some(context), pairs })
-                    .await?
-                    .into_inner();
-                Ok((r.region_error, ()))
+            .map(|(k, v)| KvPair {
+                key: self.encode(&k),
+                value: v,
             })
-        })
+            .collect();
+        self.run_batch(
+            operation,
+            items,
+            |p| &p.key,
+            |mut client, context, pairs| {
+                Box::pin(async move {
+                    let r = client
+                        .raw_batch_put(RawBatchPutRequest {
+                            context: Some(context),
+                            pairs,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((r.region_error, ()))
+                })
+            },
+        )
         .await?;
         Ok(())
     }
@@ -197,7 +218,11 @@ impl RawClient {
         self.batch_get_inner("batch_get", keys).await
     }
 
-    async fn batch_get_inner(&self, operation: &'static str, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    async fn batch_get_inner(
+        &self,
+        operation: &'static str,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         if keys.len() > BATCH_KEYS_MAX {
             return Err(ClientError::InvalidArgument(format!(
                 "batch of {} keys; the limit is {BATCH_KEYS_MAX}",
@@ -209,15 +234,23 @@ impl RawClient {
         }
         let encoded: Vec<Vec<u8>> = keys.iter().map(|k| self.encode(k)).collect();
         let results = self
-            .run_batch(operation, encoded, |k| k, |mut client, context, keys| {
-                Box::pin(async move {
-                    let r = client
-                        .raw_batch_get(RawBatchGetRequest { context: Some(context), keys })
-                        .await?
-                        .into_inner();
-                    Ok((r.region_error, r.pairs))
-                })
-            })
+            .run_batch(
+                operation,
+                encoded,
+                |k| k,
+                |mut client, context, keys| {
+                    Box::pin(async move {
+                        let r = client
+                            .raw_batch_get(RawBatchGetRequest {
+                                context: Some(context),
+                                keys,
+                            })
+                            .await?
+                            .into_inner();
+                        Ok((r.region_error, r.pairs))
+                    })
+                },
+            )
             .await?;
         let mut found = Vec::new();
         for pair in results.into_iter().flatten() {
@@ -234,16 +267,24 @@ impl RawClient {
         let key = key.into();
         check_key(&key)?;
         let encoded = self.encode(&key);
-        self.run_batch("delete", vec![encoded], |k| k, |mut client, context, mut keys| {
-            Box::pin(async move {
-                let key = keys.pop().unwrap_or_default();
-                let r = client
-                    .raw_delete(RawDeleteRequest { context: Some(context), key })
-                    .await?
-                    .into_inner();
-                Ok((r.region_error, ()))
-            })
-        })
+        self.run_batch(
+            "delete",
+            vec![encoded],
+            |k| k,
+            |mut client, context, mut keys| {
+                Box::pin(async move {
+                    let key = keys.pop().unwrap_or_default();
+                    let r = client
+                        .raw_delete(RawDeleteRequest {
+                            context: Some(context),
+                            key,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((r.region_error, ()))
+                })
+            },
+        )
         .await?;
         Ok(())
     }
@@ -297,26 +338,35 @@ impl RawClient {
     }
 
     /// Deletes every key with user key in `[start, end)`; an empty `end` means "to the end".
-    pub async fn delete_range(&self, start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> Result<()> {
+    pub async fn delete_range(
+        &self,
+        start: impl Into<Vec<u8>>,
+        end: impl Into<Vec<u8>>,
+    ) -> Result<()> {
         let (start, end) = (start.into(), end.into());
         check_range(&start, &end)?;
         let keyspace = self.config.keyspace;
         let (start_arg, end_arg) = (start.clone(), end.clone());
-        self.for_each_region("delete_range", &start_arg, &end_arg, move |mut client, context| {
-            let (start_key, end_key) = (start.clone(), end.clone());
-            Box::pin(async move {
-                let r = client
-                    .raw_delete_range(RawDeleteRangeRequest {
-                        context: Some(context),
-                        keyspace: Some(keyspace),
-                        start_key,
-                        end_key,
-                    })
-                    .await?
-                    .into_inner();
-                Ok((r.region_error, ()))
-            })
-        })
+        self.for_each_region(
+            "delete_range",
+            &start_arg,
+            &end_arg,
+            move |mut client, context| {
+                let (start_key, end_key) = (start.clone(), end.clone());
+                Box::pin(async move {
+                    let r = client
+                        .raw_delete_range(RawDeleteRangeRequest {
+                            context: Some(context),
+                            keyspace: Some(keyspace),
+                            start_key,
+                            end_key,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((r.region_error, ()))
+                })
+            },
+        )
         .await?;
         Ok(())
     }
@@ -325,7 +375,11 @@ impl RawClient {
     fn encoded_span(&self, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let ks = &self.config.keyspace;
         if ks.mode == KeyspaceMode::Range as i32 {
-            let end = if end.is_empty() { keys::keyspace_end(ks) } else { keys::encode(ks, end) };
+            let end = if end.is_empty() {
+                keys::keyspace_end(ks)
+            } else {
+                keys::encode(ks, end)
+            };
             (keys::encode(ks, start), end)
         } else {
             (keys::keyspace_prefix(ks), keys::keyspace_end(ks))
@@ -339,7 +393,9 @@ impl RawClient {
         operation: &'static str,
         start: &[u8],
         end: &[u8],
-        send: impl Fn(KvClient<Channel>, Context) -> BoxFut<'static, (Option<RegionError>, T)> + Send + Sync,
+        send: impl Fn(KvClient<Channel>, Context) -> BoxFut<'static, (Option<RegionError>, T)>
+            + Send
+            + Sync,
     ) -> Result<Vec<T>> {
         let (span_start, span_end) = self.encoded_span(start, end);
         let deadline = Instant::now() + self.config.timeout;
@@ -365,7 +421,9 @@ impl RawClient {
                 .iter()
                 .map(|r| r.region.start_key.clone().max(span_start.clone()))
                 .collect();
-            let attempts = anchors.iter().map(|anchor| self.attempt_single(anchor, &send));
+            let attempts = anchors
+                .iter()
+                .map(|anchor| self.attempt_single(anchor, &send));
             let mut results = Vec::new();
             let mut retry = None;
             for outcome in join_all(attempts).await {
@@ -389,14 +447,22 @@ impl RawClient {
     async fn attempt_single<T>(
         &self,
         anchor: &[u8],
-        send: &(impl Fn(KvClient<Channel>, Context) -> BoxFut<'static, (Option<RegionError>, T)> + Send + Sync),
+        send: &(impl Fn(KvClient<Channel>, Context) -> BoxFut<'static, (Option<RegionError>, T)>
+              + Send
+              + Sync),
     ) -> Result<Attempt<T>> {
         let route = match self.route(anchor).await {
             Ok(r) => r,
-            Err(e) if e.is_retryable() => return Ok(Attempt::Retry { reason: e.to_string(), immediately: false }),
+            Err(e) if e.is_retryable() => {
+                return Ok(Attempt::Retry {
+                    reason: e.to_string(),
+                    immediately: false,
+                })
+            }
             Err(e) => return Err(e),
         };
-        self.attempt(&route, 0, |client, context| send(client, context)).await
+        self.attempt(&route, 0, |client, context| send(client, context))
+            .await
     }
 
     fn timeout(&self, operation: &'static str, last_error: String) -> ClientError {
@@ -428,7 +494,10 @@ impl RawClient {
             let mut unrouted = Vec::new();
             for item in pending.drain(..) {
                 match self.route(key_of(&item)).await {
-                    Ok(route) => match groups.iter_mut().find(|(r, _)| r.region.id == route.region.id) {
+                    Ok(route) => match groups
+                        .iter_mut()
+                        .find(|(r, _)| r.region.id == route.region.id)
+                    {
                         Some((_, g)) => g.push(item),
                         None => groups.push((route, vec![item])),
                     },
@@ -443,7 +512,11 @@ impl RawClient {
                 let send = &send;
                 async move {
                     let g = group.clone();
-                    let outcome = self.attempt(&route, round, move |client, context| send(client, context, g.clone())).await;
+                    let outcome = self
+                        .attempt(&route, round, move |client, context| {
+                            send(client, context, g.clone())
+                        })
+                        .await;
                     (outcome, group)
                 }
             });
@@ -451,7 +524,10 @@ impl RawClient {
             for (outcome, group) in join_all(attempts).await {
                 match outcome? {
                     Attempt::Done(v) => results.push(v),
-                    Attempt::Retry { reason, immediately: now } => {
+                    Attempt::Retry {
+                        reason,
+                        immediately: now,
+                    } => {
                         last_error = reason;
                         immediately &= now;
                         pending.extend(group);
@@ -509,13 +585,21 @@ impl RawClient {
             Some(leader) => leader,
             None if region.peers.is_empty() => {
                 self.shared.regions.invalidate(region.id);
-                return Ok(Attempt::Retry { reason: format!("region {} has no peers", region.id), immediately: false });
+                return Ok(Attempt::Retry {
+                    reason: format!("region {} has no peers", region.id),
+                    immediately: false,
+                });
             }
             None => region.peers[round % region.peers.len()],
         };
         let client = match self.store_client(peer.store_id).await {
             Ok(c) => c,
-            Err(e) if e.is_retryable() => return Ok(Attempt::Retry { reason: e.to_string(), immediately: false }),
+            Err(e) if e.is_retryable() => {
+                return Ok(Attempt::Retry {
+                    reason: e.to_string(),
+                    immediately: false,
+                })
+            }
             Err(e) => return Err(e),
         };
         let context = Context {
@@ -527,7 +611,9 @@ impl RawClient {
             Ok(Ok(answer)) => answer,
             Ok(Err(status)) => {
                 return match status.code() {
-                    tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::FailedPrecondition => {
+                    tonic::Code::InvalidArgument
+                    | tonic::Code::OutOfRange
+                    | tonic::Code::FailedPrecondition => {
                         Err(ClientError::InvalidArgument(status.message().to_string()))
                     }
                     _ => {
@@ -535,7 +621,12 @@ impl RawClient {
                         self.shared.stores.lock().remove(&peer.store_id);
                         self.shared.regions.clear_leader(region.id);
                         Ok(Attempt::Retry {
-                            reason: format!("store {}: {}: {}", peer.store_id, status.code(), status.message()),
+                            reason: format!(
+                                "store {}: {}: {}",
+                                peer.store_id,
+                                status.code(),
+                                status.message()
+                            ),
                             immediately: false,
                         })
                     }
@@ -544,7 +635,10 @@ impl RawClient {
             Err(_) => {
                 self.shared.regions.clear_leader(region.id);
                 return Ok(Attempt::Retry {
-                    reason: format!("store {} did not answer within {:?}", peer.store_id, self.config.attempt_timeout),
+                    reason: format!(
+                        "store {} did not answer within {:?}",
+                        peer.store_id, self.config.attempt_timeout
+                    ),
                     immediately: false,
                 });
             }
@@ -552,7 +646,10 @@ impl RawClient {
         let Some(err) = region_error else {
             return Ok(Attempt::Done(value));
         };
-        let reason = format!("region {} at store {}: {}", region.id, peer.store_id, err.message);
+        let reason = format!(
+            "region {} at store {}: {}",
+            region.id, peer.store_id, err.message
+        );
         let immediately = match err.kind {
             Some(region_error::Kind::NotLeader(nl)) => match nl.leader {
                 Some(leader) if leader.id != peer.id => {
@@ -567,7 +664,10 @@ impl RawClient {
             Some(region_error::Kind::EpochNotMatch(e)) => {
                 self.shared.regions.invalidate(region.id);
                 for r in e.current_regions {
-                    self.shared.regions.insert(RegionRoute { region: r, leader: None });
+                    self.shared.regions.insert(RegionRoute {
+                        region: r,
+                        leader: None,
+                    });
                 }
                 true
             }
@@ -578,6 +678,9 @@ impl RawClient {
                 false
             }
         };
-        Ok(Attempt::Retry { reason, immediately })
+        Ok(Attempt::Retry {
+            reason,
+            immediately,
+        })
     }
 }

@@ -15,7 +15,10 @@ pub struct RegionCache {
 }
 
 fn newer(a: &Region, b: &Region) -> bool {
-    let (ea, eb) = (a.region_epoch.unwrap_or_default(), b.region_epoch.unwrap_or_default());
+    let (ea, eb) = (
+        a.region_epoch.unwrap_or_default(),
+        b.region_epoch.unwrap_or_default(),
+    );
     (ea.version, ea.conf_ver) > (eb.version, eb.conf_ver)
 }
 
@@ -35,10 +38,10 @@ impl RegionCache {
             .filter(|r| overlaps(&r.region, &route.region))
             .map(|r| r.region.start_key.clone())
             .collect();
-        if overlapping
-            .iter()
-            .any(|k| map.get(k).is_some_and(|r| r.region.id == route.region.id && newer(&r.region, &route.region)))
-        {
+        if overlapping.iter().any(|k| {
+            map.get(k)
+                .is_some_and(|r| r.region.id == route.region.id && newer(&r.region, &route.region))
+        }) {
             return;
         }
         for k in overlapping {
@@ -67,7 +70,9 @@ impl RegionCache {
 
     /// Forgets a region entirely.
     pub fn invalidate(&self, region_id: u64) {
-        self.by_start.write().retain(|_, r| r.region.id != region_id);
+        self.by_start
+            .write()
+            .retain(|_, r| r.region.id != region_id);
     }
 }
 
@@ -88,8 +93,15 @@ mod tests {
                 id,
                 start_key: start.to_vec(),
                 end_key: end.to_vec(),
-                region_epoch: Some(RegionEpoch { conf_ver: 1, version }),
-                peers: vec![Peer { id: id * 10, store_id: 1, role: 0 }],
+                region_epoch: Some(RegionEpoch {
+                    conf_ver: 1,
+                    version,
+                }),
+                peers: vec![Peer {
+                    id: id * 10,
+                    store_id: 1,
+                    role: 0,
+                }],
             },
             leader: None,
         }
@@ -108,7 +120,16 @@ mod tests {
         assert_eq!(cache.locate(b"a").unwrap().region.id, 1);
         // A stale copy of region 1 does not replace the newer one.
         cache.insert(region(1, b"", b"", 1));
-        assert_eq!(cache.locate(b"a").unwrap().region.region_epoch.unwrap().version, 2);
+        assert_eq!(
+            cache
+                .locate(b"a")
+                .unwrap()
+                .region
+                .region_epoch
+                .unwrap()
+                .version,
+            2
+        );
         cache.invalidate(2);
         assert!(cache.locate(b"z").is_none());
     }

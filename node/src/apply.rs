@@ -72,12 +72,24 @@ pub fn exec_command(
 
 /// The storage-key span of `keyspace` that user range `[start, end)` can touch, clipped to the
 /// region. In a hash keyspace that is the whole keyspace: user order is not storage order.
-pub fn scan_span(region: &Region, keyspace: &Keyspace, start: &[u8], end: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+pub fn scan_span(
+    region: &Region,
+    keyspace: &Keyspace,
+    start: &[u8],
+    end: &[u8],
+) -> Option<(Vec<u8>, Vec<u8>)> {
     let (mut lo, mut hi) = if keyspace.mode == KeyspaceMode::Range as i32 {
-        let hi = if end.is_empty() { keys::keyspace_end(keyspace) } else { keys::encode(keyspace, end) };
+        let hi = if end.is_empty() {
+            keys::keyspace_end(keyspace)
+        } else {
+            keys::encode(keyspace, end)
+        };
         (keys::encode(keyspace, start), hi)
     } else {
-        (keys::keyspace_prefix(keyspace), keys::keyspace_end(keyspace))
+        (
+            keys::keyspace_prefix(keyspace),
+            keys::keyspace_end(keyspace),
+        )
     };
     if lo < region.start_key {
         lo = region.start_key.clone();
@@ -123,7 +135,10 @@ mod tests {
     fn whole_region() -> Region {
         Region {
             id: 1,
-            region_epoch: Some(RegionEpoch { conf_ver: 1, version: 1 }),
+            region_epoch: Some(RegionEpoch {
+                conf_ver: 1,
+                version: 1,
+            }),
             ..Default::default()
         }
     }
@@ -140,7 +155,10 @@ mod tests {
     fn run(kv: &MemKv, region: &Region, requests: Vec<Request>, version: u64) -> CmdResult {
         let cmd = RaftCmdRequest {
             region_id: region.id,
-            region_epoch: Some(RegionEpoch { conf_ver: 1, version }),
+            region_epoch: Some(RegionEpoch {
+                conf_ver: 1,
+                version,
+            }),
             requests,
         };
         let mut batch = KvWriteBatch::default();
@@ -163,7 +181,10 @@ mod tests {
     fn delete_range_in_hash_keyspace_uses_user_order() {
         let kv = MemKv::new();
         let region = whole_region();
-        let puts = [b"a".as_ref(), b"b", b"c", b"d", b"e"].iter().map(|k| put(k)).collect();
+        let puts = [b"a".as_ref(), b"b", b"c", b"d", b"e"]
+            .iter()
+            .map(|k| put(k))
+            .collect();
         run(&kv, &region, puts, 1).unwrap();
         let del = Request {
             cmd: Some(Cmd::DeleteRange(DeleteRangeRequest {

@@ -86,7 +86,11 @@ impl NodeArgs {
                 return 1;
             }
         };
-        println!("ringkv-node store {} listening on {}", server.store_id(), server.addr());
+        println!(
+            "ringkv-node store {} listening on {}",
+            server.store_id(),
+            server.addr()
+        );
         ringkv_placement::server::wait_for_shutdown_signal();
         tracing::info!("shutting down");
         server.stop();

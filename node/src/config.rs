@@ -92,9 +92,11 @@ impl Default for NodeConfig {
 impl NodeConfig {
     /// Reads a TOML file; unknown keys are errors, missing keys take their defaults.
     pub fn from_file(path: &Path) -> Result<Self, NodeError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| NodeError::Config(format!("cannot read config file {}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| NodeError::Config(format!("config file {}: {e}", path.display())))
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            NodeError::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        toml::from_str(&text)
+            .map_err(|e| NodeError::Config(format!("config file {}: {e}", path.display())))
     }
 
     /// Rejects values out of range or combinations that cannot work.
@@ -104,7 +106,10 @@ impl NodeConfig {
             return bad("placement_endpoints is empty; name at least one placement member".into());
         }
         if !(10..=10_000).contains(&self.raft.tick_interval_ms) {
-            return bad(format!("raft.tick_interval_ms = {} is outside 10..=10000", self.raft.tick_interval_ms));
+            return bad(format!(
+                "raft.tick_interval_ms = {} is outside 10..=10000",
+                self.raft.tick_interval_ms
+            ));
         }
         if self.raft.heartbeat_ticks == 0 || self.raft.election_ticks <= self.raft.heartbeat_ticks {
             return bad(format!(
@@ -113,10 +118,16 @@ impl NodeConfig {
             ));
         }
         if !(100..=60_000).contains(&self.store_heartbeat_ms) {
-            return bad(format!("store_heartbeat_ms = {} is outside 100..=60000", self.store_heartbeat_ms));
+            return bad(format!(
+                "store_heartbeat_ms = {} is outside 100..=60000",
+                self.store_heartbeat_ms
+            ));
         }
         if self.mailbox_capacity < 1024 {
-            return bad(format!("mailbox_capacity = {} is below 1024", self.mailbox_capacity));
+            return bad(format!(
+                "mailbox_capacity = {} is below 1024",
+                self.mailbox_capacity
+            ));
         }
         if self.raft.region_heartbeat_ticks == 0 {
             return bad("raft.region_heartbeat_ticks must be at least 1".into());

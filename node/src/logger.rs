@@ -22,5 +22,8 @@ impl Drain for TracingDrain {
 
 /// A logger for raft-rs that writes to `tracing` under target `raft`, tagged with the region.
 pub fn raft_logger(region_id: u64, peer_id: u64) -> slog::Logger {
-    slog::Logger::root(TracingDrain.fuse(), slog::o!("region" => region_id, "peer" => peer_id))
+    slog::Logger::root(
+        TracingDrain.fuse(),
+        slog::o!("region" => region_id, "peer" => peer_id),
+    )
 }

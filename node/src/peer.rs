@@ -272,14 +272,22 @@ impl Peer {
             }
             Err(e) => {
                 tracing::debug!(region = self.region_id(), error = %e, "proposal dropped");
-                let _ = callback.send(Err(region_error::not_leader(self.region_id(), self.leader())));
+                let _ = callback.send(Err(region_error::not_leader(
+                    self.region_id(),
+                    self.leader(),
+                )));
             }
         }
     }
 
     /// Queues a linearizable read: `callback` gets the go-ahead once this leader has confirmed
     /// its leadership after the read arrived (ReadIndex) and applied up to that point.
-    pub fn read(&mut self, epoch: Option<ringkv_proto::metapb::RegionEpoch>, keys: &[&[u8]], callback: ReadCallback) {
+    pub fn read(
+        &mut self,
+        epoch: Option<ringkv_proto::metapb::RegionEpoch>,
+        keys: &[&[u8]],
+        callback: ReadCallback,
+    ) {
         match self.check_request(epoch, keys) {
             Ok(()) => self.reads_queued.push(callback),
             Err(e) => {
@@ -352,7 +360,11 @@ impl Peer {
         let region = self.region();
         for msg in msgs {
             let Some(to) = self.peer_by_id(msg.get_to()) else {
-                tracing::warn!(region = region.id, to = msg.get_to(), "message to unknown peer dropped");
+                tracing::warn!(
+                    region = region.id,
+                    to = msg.get_to(),
+                    "message to unknown peer dropped"
+                );
                 continue;
             };
             let bytes = match msg.write_to_bytes() {
@@ -379,7 +391,11 @@ impl Peer {
     /// First half of a round: takes raft's `Ready`, puts its entries and hard state into
     /// `log_batch`, and sends what may go before the write (a leader's appends).
     pub fn collect_ready(&mut self, log_batch: &mut RaftLogBatch, early: &mut Outbox) {
-        assert!(self.unpersisted.is_none(), "region {}: ready collected twice", self.region_id());
+        assert!(
+            self.unpersisted.is_none(),
+            "region {}: ready collected twice",
+            self.region_id()
+        );
         if !self.raw.has_ready() {
             return;
         }

@@ -26,7 +26,8 @@ pub fn run(opts: PlaygroundOptions) -> Result<(), String> {
         return Err(format!("--nodes {} is outside 1..=7", opts.nodes));
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
-    std::fs::create_dir_all(&opts.dir).map_err(|e| format!("cannot create {}: {e}", opts.dir.display()))?;
+    std::fs::create_dir_all(&opts.dir)
+        .map_err(|e| format!("cannot create {}: {e}", opts.dir.display()))?;
     let logs = opts.dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
     let replicas = opts.nodes.min(3);
@@ -34,7 +35,8 @@ pub fn run(opts: PlaygroundOptions) -> Result<(), String> {
     let mut members = Vec::new();
     let spawn = |name: &str, args: Vec<String>| -> Result<Member, String> {
         let log_path = logs.join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
         let child = Command::new(&exe)
             .args(&args)
@@ -43,7 +45,10 @@ pub fn run(opts: PlaygroundOptions) -> Result<(), String> {
             .stderr(err)
             .spawn()
             .map_err(|e| format!("cannot start {name}: {e}"))?;
-        Ok(Member { name: name.to_string(), child })
+        Ok(Member {
+            name: name.to_string(),
+            child,
+        })
     };
     members.push(spawn(
         "placement",
@@ -83,7 +88,10 @@ pub fn run(opts: PlaygroundOptions) -> Result<(), String> {
         for addr in &node_addrs {
             wait_for_port(addr, Duration::from_secs(30), &mut members)?;
         }
-        println!("ringkv playground is up ({} nodes, {} replicas per region)", opts.nodes, replicas);
+        println!(
+            "ringkv playground is up ({} nodes, {} replicas per region)",
+            opts.nodes, replicas
+        );
         println!("  placement: {pd_addr}");
         for (i, a) in node_addrs.iter().enumerate() {
             println!("  node{}:     {a}", i + 1);
@@ -110,13 +118,18 @@ fn wait_for_port(addr: &str, limit: Duration, members: &mut [Member]) -> Result<
         check_alive(members)?;
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(format!("nothing listens on {addr} after {limit:?}; see the logs directory"))
+    Err(format!(
+        "nothing listens on {addr} after {limit:?}; see the logs directory"
+    ))
 }
 
 fn check_alive(members: &mut [Member]) -> Result<(), String> {
     for m in members.iter_mut() {
         if let Ok(Some(status)) = m.child.try_wait() {
-            return Err(format!("{} exited with {status}; see its log in the logs directory", m.name));
+            return Err(format!(
+                "{} exited with {status}; see its log in the logs directory",
+                m.name
+            ));
         }
     }
     Ok(())

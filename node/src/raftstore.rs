@@ -26,7 +26,10 @@ pub enum StoreMsg {
     /// A Raft message from another node.
     Raft(RaftMessage),
     /// A write to propose.
-    Command { cmd: RaftCmdRequest, callback: CmdCallback },
+    Command {
+        cmd: RaftCmdRequest,
+        callback: CmdCallback,
+    },
     /// A linearizable read to clear (see [`Peer::read`]); `keys` must be in the region.
     Read {
         region_id: u64,
@@ -93,14 +96,31 @@ impl StoreRouter {
 
     /// Sends a command, answering its callback with `ServerIsBusy` if the mailbox is full.
     pub fn send_command(&self, cmd: RaftCmdRequest, callback: CmdCallback) {
-        if let Err(StoreMsg::Command { callback, .. }) = self.send(StoreMsg::Command { cmd, callback }) {
-            let _ = callback.send(Err(region_error::server_is_busy("raftstore mailbox is full")));
+        if let Err(StoreMsg::Command { callback, .. }) =
+            self.send(StoreMsg::Command { cmd, callback })
+        {
+            let _ = callback.send(Err(region_error::server_is_busy(
+                "raftstore mailbox is full",
+            )));
         }
     }
 
-    pub fn send_read(&self, region_id: u64, epoch: Option<RegionEpoch>, keys: Vec<Vec<u8>>, callback: ReadCallback) {
-        if let Err(StoreMsg::Read { callback, .. }) = self.send(StoreMsg::Read { region_id, epoch, keys, callback }) {
-            let _ = callback.send(Err(region_error::server_is_busy("raftstore mailbox is full")));
+    pub fn send_read(
+        &self,
+        region_id: u64,
+        epoch: Option<RegionEpoch>,
+        keys: Vec<Vec<u8>>,
+        callback: ReadCallback,
+    ) {
+        if let Err(StoreMsg::Read { callback, .. }) = self.send(StoreMsg::Read {
+            region_id,
+            epoch,
+            keys,
+            callback,
+        }) {
+            let _ = callback.send(Err(region_error::server_is_busy(
+                "raftstore mailbox is full",
+            )));
         }
     }
 }
@@ -143,7 +163,12 @@ impl RaftStore {
             let Some(region) = state.region else { continue };
             let storage = PeerStorage::load(region.clone(), kv.as_ref(), log.clone())?;
             let peer = Peer::new(store_id, storage, &cfg.peer)?;
-            tracing::info!(region = region.id, peer = peer.peer_id(), applied = peer.applied_index(), "loaded region");
+            tracing::info!(
+                region = region.id,
+                peer = peer.peer_id(),
+                applied = peer.applied_index(),
+                "loaded region"
+            );
             peers.insert(region.id, peer);
         }
         Ok(RaftStore {
@@ -209,7 +234,12 @@ impl RaftStore {
                     let _ = callback.send(Err(region_error::region_not_found(cmd.region_id)));
                 }
             },
-            StoreMsg::Read { region_id, epoch, keys, callback } => match self.peers.get_mut(&region_id) {
+            StoreMsg::Read {
+                region_id,
+                epoch,
+                keys,
+                callback,
+            } => match self.peers.get_mut(&region_id) {
                 Some(peer) => {
                     let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
                     peer.read(epoch, &keys, callback);
@@ -219,7 +249,10 @@ impl RaftStore {
                 }
             },
             StoreMsg::CreateBootstrapPeer(region) => self.create_bootstrap_peer(region),
-            StoreMsg::Status { region_id, callback } => {
+            StoreMsg::Status {
+                region_id,
+                callback,
+            } => {
                 let infos = self
                     .peers
                     .values()
@@ -244,11 +277,17 @@ impl RaftStore {
 
     fn on_raft_message(&mut self, msg: RaftMessage) {
         if msg.to_peer.map(|p| p.store_id) != Some(self.store_id) {
-            tracing::warn!(region = msg.region_id, "raft message for another store dropped");
+            tracing::warn!(
+                region = msg.region_id,
+                "raft message for another store dropped"
+            );
             return;
         }
         let Some(peer) = self.peers.get_mut(&msg.region_id) else {
-            tracing::debug!(region = msg.region_id, "raft message for a region not on this store dropped");
+            tracing::debug!(
+                region = msg.region_id,
+                "raft message for a region not on this store dropped"
+            );
             return;
         };
         let mut inner = raft::eraftpb::Message::default();
@@ -271,23 +310,42 @@ impl RaftStore {
         }
         let mut kv_batch = KvWriteBatch::default();
         let mut log_batch = RaftLogBatch::default();
-        let storage = PeerStorage::create_at_bootstrap(region.clone(), self.log.clone(), &mut kv_batch, &mut log_batch);
+        let storage = PeerStorage::create_at_bootstrap(
+            region.clone(),
+            self.log.clone(),
+            &mut kv_batch,
+            &mut log_batch,
+        );
         // Log first: a region state without a hard state would be refused at restart.
-        self.log.write(log_batch, true).unwrap_or_else(|e| panic!("cannot write bootstrap raft state: {e}"));
-        self.kv.write(kv_batch).unwrap_or_else(|e| panic!("cannot write bootstrap region state: {e}"));
-        self.kv.flush().unwrap_or_else(|e| panic!("cannot flush bootstrap region state: {e}"));
+        self.log
+            .write(log_batch, true)
+            .unwrap_or_else(|e| panic!("cannot write bootstrap raft state: {e}"));
+        self.kv
+            .write(kv_batch)
+            .unwrap_or_else(|e| panic!("cannot write bootstrap region state: {e}"));
+        self.kv
+            .flush()
+            .unwrap_or_else(|e| panic!("cannot flush bootstrap region state: {e}"));
         match Peer::new(self.store_id, storage, &self.cfg.peer) {
             Ok(peer) => {
-                tracing::info!(region = region.id, peer = peer.peer_id(), "created peer at bootstrap state");
+                tracing::info!(
+                    region = region.id,
+                    peer = peer.peer_id(),
+                    "created peer at bootstrap state"
+                );
                 self.peers.insert(region.id, peer);
             }
-            Err(e) => tracing::error!(region = region.id, error = %e, "cannot create bootstrap peer"),
+            Err(e) => {
+                tracing::error!(region = region.id, error = %e, "cannot create bootstrap peer")
+            }
         }
     }
 
     fn tick(&mut self) {
         self.ticks += 1;
-        let heartbeat_due = self.ticks % u64::from(self.cfg.region_heartbeat_ticks.max(1)) == 0;
+        let heartbeat_due = self
+            .ticks
+            .is_multiple_of(u64::from(self.cfg.region_heartbeat_ticks.max(1)));
         let ids: Vec<u64> = self.peers.keys().copied().collect();
         for id in ids {
             let peer = self.peers.get_mut(&id).expect("listed");
@@ -322,7 +380,10 @@ impl RaftStore {
         }
         let mut late = Outbox::default();
         for id in &ready_peers {
-            self.peers.get_mut(id).expect("listed").after_write(&mut late);
+            self.peers
+                .get_mut(id)
+                .expect("listed")
+                .after_write(&mut late);
         }
         self.transport.send_all(late.messages);
 
@@ -352,9 +413,17 @@ impl RaftStore {
             let peer = self.peers.get_mut(id).expect("listed");
             peer.after_round();
             if let Some(view) = peer.leader_view_changed() {
-                tracing::info!(region = id, leader = view.leader_id, term = view.term, is_leader = view.is_leader, "leader changed");
+                tracing::info!(
+                    region = id,
+                    leader = view.leader_id,
+                    term = view.term,
+                    is_leader = view.is_leader,
+                    "leader changed"
+                );
                 if view.is_leader {
-                    let _ = self.events.send(StoreEvent::RegionHeartbeat(heartbeat_of(peer)));
+                    let _ = self
+                        .events
+                        .send(StoreEvent::RegionHeartbeat(heartbeat_of(peer)));
                 }
             }
         }

@@ -6,7 +6,10 @@ use ringkv_proto::metapb::{Peer, Region};
 
 pub fn not_leader(region_id: u64, leader: Option<Peer>) -> RegionError {
     let message = match &leader {
-        Some(l) => format!("peer is not the leader of region {region_id}; leader is peer {} on store {}", l.id, l.store_id),
+        Some(l) => format!(
+            "peer is not the leader of region {region_id}; leader is peer {} on store {}",
+            l.id, l.store_id
+        ),
         None => format!("peer is not the leader of region {region_id}; no leader is known yet"),
     };
     RegionError {
@@ -22,7 +25,10 @@ pub fn region_not_found(region_id: u64) -> RegionError {
     }
 }
 
-pub fn epoch_not_match(current: &Region, requested: Option<ringkv_proto::metapb::RegionEpoch>) -> RegionError {
+pub fn epoch_not_match(
+    current: &Region,
+    requested: Option<ringkv_proto::metapb::RegionEpoch>,
+) -> RegionError {
     let now = current.region_epoch.unwrap_or_default();
     let asked = requested.unwrap_or_default();
     RegionError {
@@ -60,7 +66,9 @@ pub fn server_is_busy(reason: &str) -> RegionError {
 
 pub fn stale_command(region_id: u64) -> RegionError {
     RegionError {
-        message: format!("proposal to region {region_id} was overtaken by a leader change and not applied"),
+        message: format!(
+            "proposal to region {region_id} was overtaken by a leader change and not applied"
+        ),
         kind: Some(Kind::StaleCommand(errorpb::StaleCommand {})),
     }
 }

@@ -33,7 +33,12 @@ pub struct NodeServer {
 
 /// Checks the store identity in the data directory against the cluster, creating it on first
 /// start. Refuses data of another cluster, and log data without an identity.
-async fn store_ident(kv: &SledKv, log: &dyn RaftLogEngine, pd: &PdClient, dir: &str) -> Result<StoreIdent, NodeError> {
+async fn store_ident(
+    kv: &SledKv,
+    log: &dyn RaftLogEngine,
+    pd: &PdClient,
+    dir: &str,
+) -> Result<StoreIdent, NodeError> {
     let cluster_id = pd.cluster_id();
     if let Some(ident) = layout::read_ident(kv)? {
         if ident.cluster_id != cluster_id {
@@ -51,7 +56,10 @@ async fn store_ident(kv: &SledKv, log: &dyn RaftLogEngine, pd: &PdClient, dir: &
         )));
     }
     let store_id = pd.alloc_ids(1).await?;
-    let ident = StoreIdent { cluster_id, store_id };
+    let ident = StoreIdent {
+        cluster_id,
+        store_id,
+    };
     let mut batch = KvWriteBatch::default();
     layout::write_ident(&mut batch, &ident);
     kv.write(batch)?;
@@ -84,7 +92,8 @@ impl NodeServer {
             .build()?;
         std::fs::create_dir_all(&config.data_dir)?;
         let data_dir = config.data_dir.display().to_string();
-        let log: Arc<dyn RaftLogEngine> = Arc::new(RaftEngineLog::open(&config.data_dir.join("raft"))?);
+        let log: Arc<dyn RaftLogEngine> =
+            Arc::new(RaftEngineLog::open(&config.data_dir.join("raft"))?);
         let kv = Arc::new(SledKv::open(&config.data_dir.join("kv"))?);
         let pd = runtime.block_on(PdClient::connect(&config.placement_endpoints))?;
         let ident = runtime.block_on(store_ident(&kv, log.as_ref(), &pd, &data_dir))?;
@@ -92,15 +101,28 @@ impl NodeServer {
 
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(config.listen_addr))
-            .map_err(|e| NodeError::Config(format!("cannot listen on {}: {e}", config.listen_addr)))?;
+            .map_err(|e| {
+                NodeError::Config(format!("cannot listen on {}: {e}", config.listen_addr))
+            })?;
         let addr = listener.local_addr()?;
-        let advertise = config.advertise_addr.clone().unwrap_or_else(|| addr.to_string());
+        let advertise = config
+            .advertise_addr
+            .clone()
+            .unwrap_or_else(|| addr.to_string());
 
         let (router, rx) = mailbox(config.mailbox_capacity);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let transport = Transport::new(store_id, pd.clone(), filter, runtime.handle().clone());
         let kv_dyn: Arc<dyn KvEngine> = kv.clone();
-        let raftstore = RaftStore::new(store_id, log, kv_dyn.clone(), transport, events_tx, config.raftstore_config(), rx)?;
+        let raftstore = RaftStore::new(
+            store_id,
+            log,
+            kv_dyn.clone(),
+            transport,
+            events_tx,
+            config.raftstore_config(),
+            rx,
+        )?;
         let raftstore = std::thread::Builder::new()
             .name(format!("raftstore-{store_id}"))
             .spawn(move || raftstore.run())?;
@@ -113,7 +135,11 @@ impl NodeServer {
         };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let (kv_svc, raft_svc, debug_svc) = (KvService::new(ctx.clone()), RaftService::new(ctx.clone()), DebugService::new(ctx));
+        let (kv_svc, raft_svc, debug_svc) = (
+            KvService::new(ctx.clone()),
+            RaftService::new(ctx.clone()),
+            DebugService::new(ctx),
+        );
         runtime.spawn(async move {
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
@@ -122,7 +148,9 @@ impl NodeServer {
                         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
                         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
                 )
-                .add_service(RaftServer::new(raft_svc).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX))
+                .add_service(
+                    RaftServer::new(raft_svc).max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+                )
                 .add_service(DebugServer::new(debug_svc))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = shutdown_rx.await;
@@ -213,7 +241,9 @@ impl Drop for NodeServer {
 fn create_bootstrap_peers(router: &StoreRouter, regions: Vec<Region>) {
     for region in regions {
         if router.send(StoreMsg::CreateBootstrapPeer(region)).is_err() {
-            tracing::warn!("raftstore mailbox full; bootstrap peer creation retried at next heartbeat");
+            tracing::warn!(
+                "raftstore mailbox full; bootstrap peer creation retried at next heartbeat"
+            );
         }
     }
 }
@@ -227,7 +257,10 @@ async fn report_to_placement(
     interval: Duration,
     data_dir: std::path::PathBuf,
 ) {
-    let start_time_s = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let start_time_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let mut timer = tokio::time::interval(interval);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -85,7 +85,10 @@ fn check_context(context: Option<Context>) -> Result<Context, Status> {
         return Err(invalid("context names region 0, which does not exist"));
     }
     if c.region_epoch.is_none() {
-        return Err(invalid(format!("context for region {} has no region epoch", c.region_id)));
+        return Err(invalid(format!(
+            "context for region {} has no region epoch",
+            c.region_id
+        )));
     }
     Ok(c)
 }
@@ -100,7 +103,9 @@ fn check_keyspace(keyspace: Option<Keyspace>) -> Result<Keyspace, Status> {
 
 fn check_user_range(start: &[u8], end: &[u8]) -> Result<(), Status> {
     if start.len() > KEY_BYTES_MAX || end.len() > KEY_BYTES_MAX {
-        return Err(invalid(format!("range bound longer than {KEY_BYTES_MAX} bytes")));
+        return Err(invalid(format!(
+            "range bound longer than {KEY_BYTES_MAX} bytes"
+        )));
     }
     if !end.is_empty() && start > end {
         return Err(invalid("inverted range: start key is after end key"));
@@ -109,7 +114,11 @@ fn check_user_range(start: &[u8], end: &[u8]) -> Result<(), Status> {
 }
 
 impl KvService {
-    async fn propose(&self, context: Context, requests: Vec<raftpb::Request>) -> Result<Option<RegionError>, Status> {
+    async fn propose(
+        &self,
+        context: Context,
+        requests: Vec<raftpb::Request>,
+    ) -> Result<Option<RegionError>, Status> {
         let cmd = RaftCmdRequest {
             region_id: context.region_id,
             region_epoch: context.region_epoch,
@@ -129,9 +138,15 @@ impl KvService {
     }
 
     /// Waits until a linearizable read of `keys` in the region may proceed.
-    async fn clear_read(&self, context: Context, keys: Vec<Vec<u8>>) -> Result<Result<Region, RegionError>, Status> {
+    async fn clear_read(
+        &self,
+        context: Context,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Result<Region, RegionError>, Status> {
         let (tx, rx) = oneshot::channel();
-        self.ctx.router.send_read(context.region_id, context.region_epoch, keys, tx);
+        self.ctx
+            .router
+            .send_read(context.region_id, context.region_epoch, keys, tx);
         match tokio::time::timeout(REQUEST_WAIT, rx).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(_)) => Err(Status::unavailable("node is shutting down")),
@@ -149,34 +164,55 @@ impl KvService {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn raw_get(&self, request: Request<RawGetRequest>) -> Result<Response<RawGetResponse>, Status> {
+    async fn raw_get(
+        &self,
+        request: Request<RawGetRequest>,
+    ) -> Result<Response<RawGetResponse>, Status> {
         let req = request.into_inner();
         let context = check_context(req.context)?;
         check_key(&req.key)?;
         let resp = match self.clear_read(context, vec![req.key.clone()]).await? {
-            Err(region_error) => RawGetResponse { region_error: Some(region_error), ..Default::default() },
+            Err(region_error) => RawGetResponse {
+                region_error: Some(region_error),
+                ..Default::default()
+            },
             Ok(_) => match self.get_local(&req.key)? {
-                Some(value) => RawGetResponse { value, ..Default::default() },
-                None => RawGetResponse { not_found: true, ..Default::default() },
+                Some(value) => RawGetResponse {
+                    value,
+                    ..Default::default()
+                },
+                None => RawGetResponse {
+                    not_found: true,
+                    ..Default::default()
+                },
             },
         };
         Ok(Response::new(resp))
     }
 
-    async fn raw_batch_get(&self, request: Request<RawBatchGetRequest>) -> Result<Response<RawBatchGetResponse>, Status> {
+    async fn raw_batch_get(
+        &self,
+        request: Request<RawBatchGetRequest>,
+    ) -> Result<Response<RawBatchGetResponse>, Status> {
         let req = request.into_inner();
         let context = check_context(req.context)?;
         if req.keys.is_empty() {
             return Err(invalid("batch get with no keys"));
         }
         if req.keys.len() > BATCH_KEYS_MAX {
-            return Err(invalid(format!("batch of {} keys; the limit is {BATCH_KEYS_MAX}", req.keys.len())));
+            return Err(invalid(format!(
+                "batch of {} keys; the limit is {BATCH_KEYS_MAX}",
+                req.keys.len()
+            )));
         }
         for k in &req.keys {
             check_key(k)?;
         }
         let resp = match self.clear_read(context, req.keys.clone()).await? {
-            Err(region_error) => RawBatchGetResponse { region_error: Some(region_error), pairs: vec![] },
+            Err(region_error) => RawBatchGetResponse {
+                region_error: Some(region_error),
+                pairs: vec![],
+            },
             Ok(_) => {
                 let mut pairs = Vec::new();
                 for key in req.keys {
@@ -184,30 +220,47 @@ impl Kv for KvService {
                         pairs.push(KvPair { key, value });
                     }
                 }
-                RawBatchGetResponse { region_error: None, pairs }
+                RawBatchGetResponse {
+                    region_error: None,
+                    pairs,
+                }
             }
         };
         Ok(Response::new(resp))
     }
 
-    async fn raw_put(&self, request: Request<RawPutRequest>) -> Result<Response<RawPutResponse>, Status> {
+    async fn raw_put(
+        &self,
+        request: Request<RawPutRequest>,
+    ) -> Result<Response<RawPutResponse>, Status> {
         let req = request.into_inner();
         let context = check_context(req.context)?;
         check_key(&req.key)?;
         check_value(&req.value)?;
-        let put = raftpb::Request { cmd: Some(Cmd::Put(PutRequest { key: req.key, value: req.value })) };
+        let put = raftpb::Request {
+            cmd: Some(Cmd::Put(PutRequest {
+                key: req.key,
+                value: req.value,
+            })),
+        };
         let region_error = self.propose(context, vec![put]).await?;
         Ok(Response::new(RawPutResponse { region_error }))
     }
 
-    async fn raw_batch_put(&self, request: Request<RawBatchPutRequest>) -> Result<Response<RawBatchPutResponse>, Status> {
+    async fn raw_batch_put(
+        &self,
+        request: Request<RawBatchPutRequest>,
+    ) -> Result<Response<RawBatchPutResponse>, Status> {
         let req = request.into_inner();
         let context = check_context(req.context)?;
         if req.pairs.is_empty() {
             return Err(invalid("batch put with no pairs"));
         }
         if req.pairs.len() > BATCH_KEYS_MAX {
-            return Err(invalid(format!("batch of {} pairs; the limit is {BATCH_KEYS_MAX}", req.pairs.len())));
+            return Err(invalid(format!(
+                "batch of {} pairs; the limit is {BATCH_KEYS_MAX}",
+                req.pairs.len()
+            )));
         }
         let mut bytes = 0;
         for p in &req.pairs {
@@ -216,27 +269,42 @@ impl Kv for KvService {
             bytes += p.key.len() + p.value.len();
         }
         if bytes > BATCH_BYTES_MAX {
-            return Err(invalid(format!("batch of {bytes} bytes; the limit is {BATCH_BYTES_MAX}")));
+            return Err(invalid(format!(
+                "batch of {bytes} bytes; the limit is {BATCH_BYTES_MAX}"
+            )));
         }
         let requests = req
             .pairs
             .into_iter()
-            .map(|p| raftpb::Request { cmd: Some(Cmd::Put(PutRequest { key: p.key, value: p.value })) })
+            .map(|p| raftpb::Request {
+                cmd: Some(Cmd::Put(PutRequest {
+                    key: p.key,
+                    value: p.value,
+                })),
+            })
             .collect();
         let region_error = self.propose(context, requests).await?;
         Ok(Response::new(RawBatchPutResponse { region_error }))
     }
 
-    async fn raw_delete(&self, request: Request<RawDeleteRequest>) -> Result<Response<RawDeleteResponse>, Status> {
+    async fn raw_delete(
+        &self,
+        request: Request<RawDeleteRequest>,
+    ) -> Result<Response<RawDeleteResponse>, Status> {
         let req = request.into_inner();
         let context = check_context(req.context)?;
         check_key(&req.key)?;
-        let del = raftpb::Request { cmd: Some(Cmd::Delete(DeleteRequest { key: req.key })) };
+        let del = raftpb::Request {
+            cmd: Some(Cmd::Delete(DeleteRequest { key: req.key })),
+        };
         let region_error = self.propose(context, vec![del]).await?;
         Ok(Response::new(RawDeleteResponse { region_error }))
     }
 
-    async fn raw_delete_range(&self, request: Request<RawDeleteRangeRequest>) -> Result<Response<RawDeleteRangeResponse>, Status> {
+    async fn raw_delete_range(
+        &self,
+        request: Request<RawDeleteRangeRequest>,
+    ) -> Result<Response<RawDeleteRangeResponse>, Status> {
         let req = request.into_inner();
         let context = check_context(req.context)?;
         let keyspace = check_keyspace(req.keyspace)?;
@@ -252,23 +320,43 @@ impl Kv for KvService {
         Ok(Response::new(RawDeleteRangeResponse { region_error }))
     }
 
-    async fn raw_scan(&self, request: Request<RawScanRequest>) -> Result<Response<RawScanResponse>, Status> {
+    async fn raw_scan(
+        &self,
+        request: Request<RawScanRequest>,
+    ) -> Result<Response<RawScanResponse>, Status> {
         let req = request.into_inner();
         let context = check_context(req.context)?;
         let keyspace = check_keyspace(req.keyspace)?;
         check_user_range(&req.start_key, &req.end_key)?;
         if req.limit == 0 || req.limit > SCAN_LIMIT_MAX {
-            return Err(invalid(format!("scan limit {} is outside 1..={SCAN_LIMIT_MAX}", req.limit)));
+            return Err(invalid(format!(
+                "scan limit {} is outside 1..={SCAN_LIMIT_MAX}",
+                req.limit
+            )));
         }
         let region = match self.clear_read(context, Vec::new()).await? {
             Err(region_error) => {
-                return Ok(Response::new(RawScanResponse { region_error: Some(region_error), pairs: vec![] }))
+                return Ok(Response::new(RawScanResponse {
+                    region_error: Some(region_error),
+                    pairs: vec![],
+                }))
             }
             Ok(region) => region,
         };
-        let pairs = scan_region(self.ctx.kv.as_ref(), &region, &keyspace, &req.start_key, &req.end_key, req.limit as usize, req.key_only)
-            .map_err(storage_failed)?;
-        Ok(Response::new(RawScanResponse { region_error: None, pairs }))
+        let pairs = scan_region(
+            self.ctx.kv.as_ref(),
+            &region,
+            &keyspace,
+            &req.start_key,
+            &req.end_key,
+            req.limit as usize,
+            req.key_only,
+        )
+        .map_err(storage_failed)?;
+        Ok(Response::new(RawScanResponse {
+            region_error: None,
+            pairs,
+        }))
     }
 }
 
@@ -289,14 +377,19 @@ pub fn scan_region(
     let ordered = keyspace.mode == KeyspaceMode::Range as i32;
     let mut heap: BinaryHeap<(Vec<u8>, Vec<u8>)> = BinaryHeap::with_capacity(limit + 1);
     kv.scan(&lo, &hi, &mut |k, v| {
-        let Some(user) = keys::user_key_unchecked(origin_key(k)) else { return true };
+        let Some(user) = keys::user_key_unchecked(origin_key(k)) else {
+            return true;
+        };
         if !user_in_range(user, start, end) {
             return !ordered || user < start;
         }
         if heap.len() == limit && heap.peek().is_some_and(|(top, _)| top.as_slice() <= user) {
             return !ordered;
         }
-        heap.push((user.to_vec(), if key_only { Vec::new() } else { v.to_vec() }));
+        heap.push((
+            user.to_vec(),
+            if key_only { Vec::new() } else { v.to_vec() },
+        ));
         if heap.len() > limit {
             heap.pop();
         }
@@ -322,7 +415,10 @@ impl RaftService {
 
 #[tonic::async_trait]
 impl Raft for RaftService {
-    async fn raft(&self, request: Request<Streaming<RaftMessageBatch>>) -> Result<Response<Done>, Status> {
+    async fn raft(
+        &self,
+        request: Request<Streaming<RaftMessageBatch>>,
+    ) -> Result<Response<Done>, Status> {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
             for msg in batch.messages {
@@ -353,7 +449,10 @@ impl DebugService {
         let (tx, rx) = oneshot::channel();
         self.ctx
             .router
-            .send(StoreMsg::Status { region_id, callback: tx })
+            .send(StoreMsg::Status {
+                region_id,
+                callback: tx,
+            })
             .map_err(|_| Status::unavailable("raftstore is busy or stopped"))?;
         tokio::time::timeout(REQUEST_WAIT, rx)
             .await
@@ -364,20 +463,32 @@ impl DebugService {
 
 #[tonic::async_trait]
 impl Debug for DebugService {
-    async fn region_info(&self, request: Request<RegionInfoRequest>) -> Result<Response<RegionInfoResponse>, Status> {
+    async fn region_info(
+        &self,
+        request: Request<RegionInfoRequest>,
+    ) -> Result<Response<RegionInfoResponse>, Status> {
         let id = request.into_inner().region_id;
         let info = self.status(Some(id)).await?.pop().unwrap_or_default();
         Ok(Response::new(info))
     }
 
-    async fn local_get(&self, request: Request<LocalGetRequest>) -> Result<Response<LocalGetResponse>, Status> {
+    async fn local_get(
+        &self,
+        request: Request<LocalGetRequest>,
+    ) -> Result<Response<LocalGetResponse>, Status> {
         let key = request.into_inner().key;
         check_key(&key)?;
         let value = self.ctx.kv.get(&data_key(&key)).map_err(storage_failed)?;
-        Ok(Response::new(LocalGetResponse { found: value.is_some(), value: value.unwrap_or_default() }))
+        Ok(Response::new(LocalGetResponse {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
     }
 
-    async fn store_info(&self, _request: Request<StoreInfoRequest>) -> Result<Response<StoreInfoResponse>, Status> {
+    async fn store_info(
+        &self,
+        _request: Request<StoreInfoRequest>,
+    ) -> Result<Response<StoreInfoResponse>, Status> {
         let regions = self.status(None).await?;
         Ok(Response::new(StoreInfoResponse {
             cluster_id: self.ctx.cluster_id,

@@ -69,7 +69,12 @@ struct Inner {
 }
 
 impl Transport {
-    pub fn new(store_id: u64, pd: PdClient, filter: Arc<NetFilter>, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        store_id: u64,
+        pd: PdClient,
+        filter: Arc<NetFilter>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
         Transport {
             inner: Arc::new(Inner {
                 store_id,
@@ -89,7 +94,9 @@ impl Transport {
     }
 
     fn send(&self, msg: RaftMessage) {
-        let Some(to) = msg.to_peer.map(|p| p.store_id) else { return };
+        let Some(to) = msg.to_peer.map(|p| p.store_id) else {
+            return;
+        };
         if !self.inner.filter.allows(self.inner.store_id, to) {
             return;
         }

@@ -80,7 +80,11 @@ impl PlacementArgs {
                 return 1;
             }
         };
-        println!("ringkv-placement listening on {} (cluster {})", server.addr(), server.cluster_id());
+        println!(
+            "ringkv-placement listening on {} (cluster {})",
+            server.addr(),
+            server.cluster_id()
+        );
         crate::server::wait_for_shutdown_signal();
         tracing::info!("shutting down");
         server.stop();

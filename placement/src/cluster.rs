@@ -4,7 +4,7 @@
 
 use crate::id::IdAllocator;
 use crate::meta_store::keys;
-use crate::tso::{Tso, TsBatch, TSO_BATCH_MAX};
+use crate::tso::{TsBatch, Tso, TSO_BATCH_MAX};
 use crate::PlacementError;
 use prost::Message;
 use ringkv_proto::metapb::{Peer, PeerRole, Region, RegionEpoch, Store, StoreState};
@@ -140,7 +140,11 @@ impl PlacementCore {
         Ok(())
     }
 
-    pub fn alloc_ids(&mut self, count: u32, writes: &mut MetaWrites) -> Result<u64, PlacementError> {
+    pub fn alloc_ids(
+        &mut self,
+        count: u32,
+        writes: &mut MetaWrites,
+    ) -> Result<u64, PlacementError> {
         if count == 0 || count > 10_000 {
             return Err(PlacementError::InvalidArgument(format!(
                 "id count {count} is outside 1..=10000"
@@ -154,7 +158,12 @@ impl PlacementCore {
         Ok(first)
     }
 
-    pub fn tso(&mut self, count: u32, now_ms: i64, writes: &mut MetaWrites) -> Result<TsBatch, PlacementError> {
+    pub fn tso(
+        &mut self,
+        count: u32,
+        now_ms: i64,
+        writes: &mut MetaWrites,
+    ) -> Result<TsBatch, PlacementError> {
         if count == 0 || count > TSO_BATCH_MAX {
             return Err(PlacementError::InvalidArgument(format!(
                 "timestamp count {count} is outside 1..={TSO_BATCH_MAX}"
@@ -177,7 +186,9 @@ impl PlacementCore {
         writes: &mut MetaWrites,
     ) -> Result<Vec<Region>, PlacementError> {
         if store.id == 0 {
-            return Err(PlacementError::InvalidArgument("store id 0 is reserved".into()));
+            return Err(PlacementError::InvalidArgument(
+                "store id 0 is reserved".into(),
+            ));
         }
         if store.address.is_empty() {
             return Err(PlacementError::InvalidArgument(format!(
@@ -190,11 +201,11 @@ impl PlacementCore {
                 return Err(PlacementError::StoreTombstone { store_id: store.id });
             }
         }
-        if let Some(other) = self
-            .stores
-            .values()
-            .find(|s| s.store.address == store.address && s.store.id != store.id && s.store.state != StoreState::Tombstone as i32)
-        {
+        if let Some(other) = self.stores.values().find(|s| {
+            s.store.address == store.address
+                && s.store.id != store.id
+                && s.store.state != StoreState::Tombstone as i32
+        }) {
             // Two live stores at one address means two data directories fight for one port.
             if now_ms - other.last_heartbeat_ms < 60_000 && other.last_heartbeat_ms != 0 {
                 return Err(PlacementError::InvalidArgument(format!(
@@ -359,7 +370,8 @@ impl PlacementCore {
     pub fn region_by_key(&self, key: &[u8]) -> Option<&RegionInfo> {
         let (_, id) = self.region_tree.range(..=key.to_vec()).next_back()?;
         let info = self.regions.get(id)?;
-        ringkv_proto::keys::in_range(key, &info.region.start_key, &info.region.end_key).then_some(info)
+        ringkv_proto::keys::in_range(key, &info.region.start_key, &info.region.end_key)
+            .then_some(info)
     }
 
     pub fn region_by_id(&self, region_id: u64) -> Option<&RegionInfo> {
@@ -424,7 +436,18 @@ mod tests {
         assert!(w.sync);
         // Store 4 joins later: it hosts no bootstrap peer.
         assert!(pd.put_store(store(4), 0, &mut w).unwrap().is_empty());
-        assert_eq!(pd.store_heartbeat(StoreStats { store_id: 2, ..Default::default() }, 1).unwrap().len(), 1);
+        assert_eq!(
+            pd.store_heartbeat(
+                StoreStats {
+                    store_id: 2,
+                    ..Default::default()
+                },
+                1
+            )
+            .unwrap()
+            .len(),
+            1
+        );
         assert!(pd.region_by_key(b"hanything").is_some());
     }
 
@@ -434,26 +457,56 @@ mod tests {
         let mut w = MetaWrites::default();
         let region = pd.put_store(store(1), 0, &mut w).unwrap().remove(0);
         let leader = region.peers[0];
-        pd.region_heartbeat(region.clone(), Some(leader), 7, &mut w).unwrap();
-        pd.region_heartbeat(region.clone(), None, 6, &mut w).unwrap();
+        pd.region_heartbeat(region.clone(), Some(leader), 7, &mut w)
+            .unwrap();
+        pd.region_heartbeat(region.clone(), None, 6, &mut w)
+            .unwrap();
         assert_eq!(pd.region_by_id(region.id).unwrap().leader, Some(leader));
         let mut older = region.clone();
-        older.region_epoch = Some(RegionEpoch { conf_ver: 0, version: 0 });
+        older.region_epoch = Some(RegionEpoch {
+            conf_ver: 0,
+            version: 0,
+        });
         older.end_key = b"m".to_vec();
         pd.region_heartbeat(older, None, 8, &mut w).unwrap();
-        assert!(pd.region_by_id(region.id).unwrap().region.end_key.is_empty());
+        assert!(pd
+            .region_by_id(region.id)
+            .unwrap()
+            .region
+            .end_key
+            .is_empty());
     }
 
     #[test]
     fn rejects_other_clusters_and_bad_stores() {
         let mut pd = core(3);
         assert!(pd.check_cluster(0).is_ok());
-        assert!(matches!(pd.check_cluster(7), Err(PlacementError::ClusterMismatch { .. })));
-        let mut w = MetaWrites::default();
-        assert!(pd.put_store(Store { id: 0, ..store(1) }, 0, &mut w).is_err());
-        assert!(pd.put_store(Store { address: String::new(), ..store(1) }, 0, &mut w).is_err());
         assert!(matches!(
-            pd.store_heartbeat(StoreStats { store_id: 9, ..Default::default() }, 0),
+            pd.check_cluster(7),
+            Err(PlacementError::ClusterMismatch { .. })
+        ));
+        let mut w = MetaWrites::default();
+        assert!(pd
+            .put_store(Store { id: 0, ..store(1) }, 0, &mut w)
+            .is_err());
+        assert!(pd
+            .put_store(
+                Store {
+                    address: String::new(),
+                    ..store(1)
+                },
+                0,
+                &mut w
+            )
+            .is_err());
+        assert!(matches!(
+            pd.store_heartbeat(
+                StoreStats {
+                    store_id: 9,
+                    ..Default::default()
+                },
+                0
+            ),
             Err(PlacementError::StoreNotFound { store_id: 9 })
         ));
         assert!(pd.tso(0, 0, &mut w).is_err());

@@ -59,7 +59,10 @@ fn fixed8(key: &[u8], bytes: &[u8]) -> Result<[u8; 8], PlacementError> {
 impl MetaStore {
     pub fn open(dir: &Path) -> Result<Self, PlacementError> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new().path(dir).flush_every_ms(Some(100)).open()?;
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(100))
+            .open()?;
         Ok(MetaStore { db })
     }
 

@@ -46,14 +46,22 @@ impl PlacementServer {
         let meta = Arc::new(MetaStore::open(&config.data_dir)?);
         let cluster_id = meta.cluster_id_or_init(fresh_cluster_id)?;
         let state = meta.load()?;
-        let core = PlacementCore::new(cluster_id, config.replicas, config.tso_save_window_ms, state);
+        let core = PlacementCore::new(
+            cluster_id,
+            config.replicas,
+            config.tso_save_window_ms,
+            state,
+        );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("placement")
             .enable_all()
             .build()?;
-        let listener = runtime.block_on(tokio::net::TcpListener::bind(config.listen_addr))
-            .map_err(|e| PlacementError::Config(format!("cannot listen on {}: {e}", config.listen_addr)))?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(config.listen_addr))
+            .map_err(|e| {
+                PlacementError::Config(format!("cannot listen on {}: {e}", config.listen_addr))
+            })?;
         let addr = listener.local_addr()?;
         let endpoint = config
             .advertise_addr

@@ -235,12 +235,11 @@ impl Placement for PlacementService {
     ) -> Result<Response<GetRegionResponse>, Status> {
         let req = request.into_inner();
         let (header, info) = self.run(req.header, |core, _, _| {
-            core.region_by_id(req.region_id)
-                .cloned()
-                .map(Some)
-                .ok_or(PlacementError::RegionNotFound {
+            core.region_by_id(req.region_id).cloned().map(Some).ok_or(
+                PlacementError::RegionNotFound {
                     region_id: req.region_id,
-                })
+                },
+            )
         });
         Ok(Response::new(GetRegionResponse {
             header,
@@ -255,7 +254,11 @@ impl Placement for PlacementService {
     ) -> Result<Response<ScanRegionsResponse>, Status> {
         let req = request.into_inner();
         let (header, regions) = self.run(req.header, |core, _, _| {
-            let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
+            let limit = if req.limit == 0 {
+                usize::MAX
+            } else {
+                req.limit as usize
+            };
             Ok(core
                 .scan_regions(&req.start_key, &req.end_key, limit)
                 .into_iter()

@@ -141,9 +141,9 @@ pub fn decode(encoded: &[u8]) -> Result<(Keyspace, &[u8]), KeyError> {
 /// The user key of an encoded key, without checking the hash (for keys read back from storage,
 /// which were checked on the way in).
 pub fn user_key_unchecked(encoded: &[u8]) -> Option<&[u8]> {
-    match encoded.first()? {
-        &TAG_HASH if encoded.len() >= HASH_PREFIX_LEN => Some(&encoded[HASH_PREFIX_LEN..]),
-        &TAG_RANGE if encoded.len() >= RANGE_PREFIX_LEN => Some(&encoded[RANGE_PREFIX_LEN..]),
+    match *encoded.first()? {
+        TAG_HASH if encoded.len() >= HASH_PREFIX_LEN => Some(&encoded[HASH_PREFIX_LEN..]),
+        TAG_RANGE if encoded.len() >= RANGE_PREFIX_LEN => Some(&encoded[RANGE_PREFIX_LEN..]),
         _ => None,
     }
 }
@@ -199,6 +199,9 @@ mod tests {
             .collect();
         let sequential = keys.clone();
         keys.sort();
-        assert_ne!(keys, sequential, "hash order must differ from insertion order");
+        assert_ne!(
+            keys, sequential,
+            "hash order must differ from insertion order"
+        );
     }
 }

@@ -78,7 +78,10 @@ pub fn write_ident(batch: &mut KvWriteBatch, ident: &StoreIdent) {
     batch.put(ident_key(), ident.encode_to_vec());
 }
 
-pub fn read_region_state(engine: &dyn KvEngine, region_id: u64) -> Result<Option<RegionLocalState>> {
+pub fn read_region_state(
+    engine: &dyn KvEngine,
+    region_id: u64,
+) -> Result<Option<RegionLocalState>> {
     read_message(
         engine,
         &region_state_key(region_id),

@@ -48,7 +48,10 @@ impl RaftLogBatch {
                 group.entries.truncate(keep);
             }
             assert!(
-                group.entries.last().is_none_or(|l| l.index + 1 == first.index),
+                group
+                    .entries
+                    .last()
+                    .is_none_or(|l| l.index + 1 == first.index),
                 "log append for region {region_id} would leave a hole"
             );
         }

@@ -27,7 +27,10 @@ impl Group {
                     first.index >= self.first_index,
                     "attempt to overwrite compacted entries in region {region_id}"
                 );
-                assert!(first.index <= last + 1, "log of region {region_id} would have a hole");
+                assert!(
+                    first.index <= last + 1,
+                    "log of region {region_id} would have a hole"
+                );
                 let keep = (first.index - self.first_index) as usize;
                 self.entries.truncate(keep);
             }

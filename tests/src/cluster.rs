@@ -95,7 +95,14 @@ impl TestCluster {
             .enable_all()
             .build()
             .expect("test runtime");
-        let cluster = TestCluster { dir, pd: Some(pd), pd_addr, nodes, filter, rt };
+        let cluster = TestCluster {
+            dir,
+            pd: Some(pd),
+            pd_addr,
+            nodes,
+            filter,
+            rt,
+        };
         cluster.wait_for_leader(Duration::from_secs(30));
         cluster
     }
@@ -148,7 +155,11 @@ impl TestCluster {
         assert!(self.nodes[i].server.is_none(), "node {i} is running");
         let server = NodeServer::start(self.nodes[i].config.clone(), self.filter.clone())
             .expect("node restarts");
-        assert_eq!(server.store_id(), self.nodes[i].store_id, "a restarted node keeps its store id");
+        assert_eq!(
+            server.store_id(),
+            self.nodes[i].store_id,
+            "a restarted node keeps its store id"
+        );
         self.nodes[i].addr = server.addr();
         self.nodes[i].server = Some(server);
     }
@@ -216,9 +227,11 @@ impl TestCluster {
             if !self.is_running(i) {
                 continue;
             }
-            wait_until(&format!("node {i} to apply key {:?}", String::from_utf8_lossy(key)), limit, || {
-                (self.local_get(i, key).as_deref() == Some(value)).then_some(())
-            });
+            wait_until(
+                &format!("node {i} to apply key {:?}", String::from_utf8_lossy(key)),
+                limit,
+                || (self.local_get(i, key).as_deref() == Some(value)).then_some(()),
+            );
         }
     }
 }

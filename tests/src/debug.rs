@@ -26,6 +26,10 @@ pub async fn regions(addr: &str) -> Option<Vec<RegionInfoResponse>> {
 /// The value of encoded `key` in the node's local state (no Raft), or None if unreachable.
 pub async fn local_get(addr: &str, key: &[u8]) -> Option<Option<Vec<u8>>> {
     let mut c = debug_client(addr).await?;
-    let r = c.local_get(LocalGetRequest { key: key.to_vec() }).await.ok()?.into_inner();
+    let r = c
+        .local_get(LocalGetRequest { key: key.to_vec() })
+        .await
+        .ok()?
+        .into_inner();
     Some(r.found.then_some(r.value))
 }

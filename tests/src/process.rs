@@ -10,7 +10,10 @@ use std::time::Duration;
 /// Where cargo put the binaries: next to the test executable's `deps/` directory.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -116,7 +119,12 @@ impl ProcessCluster {
             p.spawn();
             nodes.push((addr, p));
         }
-        let cluster = ProcessCluster { dir, pd_addr, placement, nodes };
+        let cluster = ProcessCluster {
+            dir,
+            pd_addr,
+            placement,
+            nodes,
+        };
         cluster.wait_for_leader(Duration::from_secs(60));
         cluster
     }
@@ -148,7 +156,9 @@ impl ProcessCluster {
     }
 
     pub fn wait_for_leader(&self, limit: Duration) -> usize {
-        wait_until("a region leader among the node processes", limit, || self.leader())
+        wait_until("a region leader among the node processes", limit, || {
+            self.leader()
+        })
     }
 
     /// `kill -9` node `i`.

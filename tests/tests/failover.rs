@@ -10,7 +10,10 @@ fn put_all(c: &TestCluster, client: &ringkv_client::RawClient, prefix: &str, n: 
     c.rt.block_on(async {
         for i in 0..n {
             client
-                .put(format!("{prefix}{i:04}").into_bytes(), format!("v{i}").into_bytes())
+                .put(
+                    format!("{prefix}{i:04}").into_bytes(),
+                    format!("v{i}").into_bytes(),
+                )
                 .await
                 .unwrap_or_else(|e| panic!("put {prefix}{i}: {e}"));
         }
@@ -20,7 +23,10 @@ fn put_all(c: &TestCluster, client: &ringkv_client::RawClient, prefix: &str, n: 
 fn check_all(c: &TestCluster, client: &ringkv_client::RawClient, prefix: &str, n: u32) {
     c.rt.block_on(async {
         for i in 0..n {
-            let got = client.get(format!("{prefix}{i:04}").into_bytes()).await.unwrap();
+            let got = client
+                .get(format!("{prefix}{i:04}").into_bytes())
+                .await
+                .unwrap();
             assert_eq!(got, Some(format!("v{i}").into_bytes()), "{prefix}{i:04}");
         }
     });
@@ -42,25 +48,37 @@ fn partitioned_leader_is_replaced_and_stops_serving() {
     c.rt.block_on(async {
         let route = client
             .pd()
-            .get_region(&ringkv_proto::keys::encode(&ringkv_proto::keys::default_keyspace(), b"during0001"))
+            .get_region(&ringkv_proto::keys::encode(
+                &ringkv_proto::keys::default_keyspace(),
+                b"during0001",
+            ))
             .await
             .unwrap();
         let mut kv = ringkv_tests::debug::kv_client(&c.node_addr(old)).await;
         let req = ringkv_proto::kvrpcpb::RawGetRequest {
-            context: Some(ringkv_proto::kvrpcpb::Context { region_id: route.region.id, region_epoch: route.region.region_epoch }),
+            context: Some(ringkv_proto::kvrpcpb::Context {
+                region_id: route.region.id,
+                region_epoch: route.region.region_epoch,
+            }),
             key: ringkv_proto::keys::encode(&ringkv_proto::keys::default_keyspace(), b"during0001"),
         };
         let r = tokio::time::timeout(Duration::from_secs(15), kv.raw_get(req)).await;
         match r {
             Ok(Ok(resp)) => {
                 let resp = resp.into_inner();
-                assert!(resp.region_error.is_some(), "isolated old leader served a read: {resp:?}");
+                assert!(
+                    resp.region_error.is_some(),
+                    "isolated old leader served a read: {resp:?}"
+                );
             }
             Ok(Err(status)) => assert_ne!(status.code(), tonic::Code::Ok),
             Err(_) => {} // no answer at all is also not a stale read
         }
     });
-    assert!(c.local_get(old, b"during0001").is_none(), "isolated node cannot have applied new writes");
+    assert!(
+        c.local_get(old, b"during0001").is_none(),
+        "isolated node cannot have applied new writes"
+    );
     c.heal();
     // The old leader catches up as a follower.
     c.wait_replicated(b"during0049", b"v49", LONG);

@@ -24,9 +24,22 @@ fn value(i: usize) -> Vec<u8> {
 #[test]
 fn kill_leader_mid_write_loses_no_acknowledged_key() {
     let mut cluster = ProcessCluster::start(3);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let config = RawConfig { timeout: Duration::from_secs(30), attempt_timeout: Duration::from_secs(2), ..RawConfig::default() };
-    let client = rt.block_on(RawClient::connect_with_config(&[cluster.pd_addr.clone()], config)).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = RawConfig {
+        timeout: Duration::from_secs(30),
+        attempt_timeout: Duration::from_secs(2),
+        ..RawConfig::default()
+    };
+    let client = rt
+        .block_on(RawClient::connect_with_config(
+            &[cluster.pd_addr.clone()],
+            config,
+        ))
+        .unwrap();
 
     let next = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(parking_lot::Mutex::new(Vec::new()));
@@ -53,7 +66,11 @@ fn kill_leader_mid_write_loses_no_acknowledged_key() {
         .collect();
 
     // Kill the leader's node once a third of the keys are in.
-    wait_until("3,000 acknowledged writes", Duration::from_secs(120), || (acked.lock().len() >= 3_000).then_some(()));
+    wait_until(
+        "3,000 acknowledged writes",
+        Duration::from_secs(120),
+        || (acked.lock().len() >= 3_000).then_some(()),
+    );
     let leader = cluster.wait_for_leader(Duration::from_secs(10));
     cluster.kill_node(leader);
     let acked_at_kill = acked.lock().len();
@@ -61,8 +78,14 @@ fn kill_leader_mid_write_loses_no_acknowledged_key() {
         rt.block_on(w).unwrap();
     }
     let acked: Vec<usize> = acked.lock().clone();
-    println!("acknowledged {} of {KEYS} keys ({acked_at_kill} before the kill)", acked.len());
-    assert!(acked.len() > acked_at_kill, "writes continued through the new leader");
+    println!(
+        "acknowledged {} of {KEYS} keys ({acked_at_kill} before the kill)",
+        acked.len()
+    );
+    assert!(
+        acked.len() > acked_at_kill,
+        "writes continued through the new leader"
+    );
     assert_eq!(acked.len(), KEYS, "every key was eventually acknowledged");
 
     cluster.restart_node(leader);
@@ -71,13 +94,20 @@ fn kill_leader_mid_write_loses_no_acknowledged_key() {
         let addr = cluster.node_addr(node).to_string();
         let mut missing: Vec<usize> = acked.clone();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_until(&format!("node {node} to hold every acknowledged key"), Duration::from_secs(90), || {
-                missing.retain(|&i| {
-                    rt.block_on(debug::local_get(&addr, &encode(&default_keyspace(), &key(i))))
+            wait_until(
+                &format!("node {node} to hold every acknowledged key"),
+                Duration::from_secs(90),
+                || {
+                    missing.retain(|&i| {
+                        rt.block_on(debug::local_get(
+                            &addr,
+                            &encode(&default_keyspace(), &key(i)),
+                        ))
                         .is_none_or(|v| v.as_deref() != Some(value(i).as_slice()))
-                });
-                missing.is_empty().then_some(())
-            })
+                    });
+                    missing.is_empty().then_some(())
+                },
+            )
         }));
         if result.is_err() {
             panic!(
@@ -90,7 +120,10 @@ fn kill_leader_mid_write_loses_no_acknowledged_key() {
     }
     // And the cluster serves them all through the SDK.
     rt.block_on(async {
-        let found = client.batch_get((0..KEYS).step_by(97).map(key).collect()).await.unwrap();
+        let found = client
+            .batch_get((0..KEYS).step_by(97).map(key).collect())
+            .await
+            .unwrap();
         assert_eq!(found.len(), (0..KEYS).step_by(97).count());
     });
 }

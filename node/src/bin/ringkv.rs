@@ -41,8 +41,20 @@ enum Command {
 
 fn main() {
     let code = match Cli::parse().command {
-        Command::Playground { nodes, dir, placement_port, node_port, log_level } => {
-            match playground::run(PlaygroundOptions { nodes, dir, placement_port, node_port_base: node_port, log_level }) {
+        Command::Playground {
+            nodes,
+            dir,
+            placement_port,
+            node_port,
+            log_level,
+        } => {
+            match playground::run(PlaygroundOptions {
+                nodes,
+                dir,
+                placement_port,
+                node_port_base: node_port,
+                log_level,
+            }) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("ringkv playground: {e}");
