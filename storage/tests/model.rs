@@ -8,15 +8,16 @@ use ringkv_storage::*;
 use std::sync::Arc;
 
 fn entry(index: u64, term: u64, rng: &mut StdRng) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
     let len = rng.gen_range(0..200);
-    e.data = (0..len)
-        .map(|_| rng.gen::<u8>())
-        .collect::<Vec<u8>>()
-        .into();
-    e
+    Entry {
+        index,
+        term,
+        data: (0..len)
+            .map(|_| rng.gen::<u8>())
+            .collect::<Vec<u8>>()
+            .into(),
+        ..Default::default()
+    }
 }
 
 fn compare_logs(real: &dyn RaftLogEngine, model: &dyn RaftLogEngine, regions: &[u64], seed: u64) {
@@ -78,9 +79,11 @@ fn raft_engine_log_matches_model_across_restarts() {
                     last[i] = start + n - 1;
                 }
                 if rng.gen_bool(0.3) {
-                    let mut hs = HardState::default();
-                    hs.term = term[i];
-                    hs.commit = last[i] / 2;
+                    let hs = HardState {
+                        term: term[i],
+                        commit: last[i] / 2,
+                        ..Default::default()
+                    };
                     batch_real.set_hard_state(r, &hs);
                     batch_model.set_hard_state(r, &hs);
                 }
@@ -172,9 +175,11 @@ fn peer_storage_reloads_what_it_wrote() {
     let entries: Vec<Entry> = (6..16).map(|i| entry(i, 6, &mut rng)).collect();
     let mut b = RaftLogBatch::default();
     ps.append(&entries, &mut b);
-    let mut hs = HardState::default();
-    hs.term = 6;
-    hs.commit = 12;
+    let hs = HardState {
+        term: 6,
+        commit: 12,
+        ..Default::default()
+    };
     ps.set_hard_state(&hs, &mut b);
     log.write(b, true).unwrap();
     use raft::Storage;
