@@ -13,13 +13,28 @@ pub struct SledKv {
 
 impl SledKv {
     /// Opens (or creates) the store in `dir`.
+    ///
+    /// sled's background flusher may hold the directory lock for a moment after the previous
+    /// handle was dropped (an in-process restart), so a busy lock is retried for up to 5 s.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(256 * 1024 * 1024)
-            .flush_every_ms(Some(200))
-            .open()?;
-        Ok(SledKv { db })
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .cache_capacity(256 * 1024 * 1024)
+                .flush_every_ms(Some(200))
+                .open();
+            match opened {
+                Ok(db) => return Ok(SledKv { db }),
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Size of the store on disk, in bytes.

@@ -89,7 +89,7 @@ fn kill_leader_mid_write_loses_no_acknowledged_key() {
     assert_eq!(acked.len(), KEYS, "every key was eventually acknowledged");
 
     cluster.restart_node(leader);
-    // Every acknowledged key, on every replica, with its value.
+    // Every acknowledged key, on every replica, with its value (one connection per node).
     for node in 0..cluster.node_count() {
         let addr = cluster.node_addr(node).to_string();
         let mut missing: Vec<usize> = acked.clone();
@@ -98,13 +98,20 @@ fn kill_leader_mid_write_loses_no_acknowledged_key() {
                 &format!("node {node} to hold every acknowledged key"),
                 Duration::from_secs(90),
                 || {
-                    missing.retain(|&i| {
-                        rt.block_on(debug::local_get(
-                            &addr,
-                            &encode(&default_keyspace(), &key(i)),
-                        ))
-                        .is_none_or(|v| v.as_deref() != Some(value(i).as_slice()))
-                    });
+                    let mut c = rt.block_on(debug::debug_client(&addr))?;
+                    let mut still = Vec::new();
+                    for &i in &missing {
+                        let req = ringkv_proto::raftpb::LocalGetRequest {
+                            key: encode(&default_keyspace(), &key(i)),
+                        };
+                        let ok = rt
+                            .block_on(c.local_get(req))
+                            .is_ok_and(|r| r.get_ref().found && r.get_ref().value == value(i));
+                        if !ok {
+                            still.push(i);
+                        }
+                    }
+                    missing = still;
                     missing.is_empty().then_some(())
                 },
             )
