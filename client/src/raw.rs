@@ -65,43 +65,9 @@ type BoxFut<'a, T> = std::pin::Pin<
     Box<dyn std::future::Future<Output = std::result::Result<T, tonic::Status>> + Send + 'a>,
 >;
 
-fn check_key(key: &[u8]) -> Result<()> {
-    if key.is_empty() {
-        return Err(ClientError::InvalidArgument("key is empty".into()));
-    }
-    if key.len() > KEY_BYTES_MAX {
-        return Err(ClientError::InvalidArgument(format!(
-            "key is {} bytes; the limit is {KEY_BYTES_MAX}",
-            key.len()
-        )));
-    }
-    Ok(())
-}
-
-fn check_value(value: &[u8]) -> Result<()> {
-    if value.len() > VALUE_BYTES_MAX {
-        return Err(ClientError::InvalidArgument(format!(
-            "value is {} bytes; the limit is {VALUE_BYTES_MAX}",
-            value.len()
-        )));
-    }
-    Ok(())
-}
-
-fn check_range(start: &[u8], end: &[u8]) -> Result<()> {
-    if !end.is_empty() && start > end {
-        return Err(ClientError::InvalidArgument(format!(
-            "inverted range: start {:?} is after end {:?}",
-            String::from_utf8_lossy(start),
-            String::from_utf8_lossy(end)
-        )));
-    }
-    if start.len() > KEY_BYTES_MAX || end.len() > KEY_BYTES_MAX {
-        return Err(ClientError::InvalidArgument(format!(
-            "range bound longer than {KEY_BYTES_MAX} bytes"
-        )));
-    }
-    Ok(())
+/// The shared request rules (`ringkv_proto::limits`), as this SDK's error.
+fn rule(check: std::result::Result<(), String>) -> Result<()> {
+    check.map_err(ClientError::InvalidArgument)
 }
 
 impl RawClient {
@@ -161,23 +127,13 @@ impl RawClient {
         operation: &'static str,
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<()> {
-        if pairs.len() > BATCH_KEYS_MAX {
-            return Err(ClientError::InvalidArgument(format!(
-                "batch of {} pairs; the limit is {BATCH_KEYS_MAX}",
-                pairs.len()
-            )));
-        }
         let mut bytes = 0usize;
         for (k, v) in &pairs {
-            check_key(k)?;
-            check_value(v)?;
+            rule(check_user_key(k))?;
+            rule(check_value(v))?;
             bytes += k.len() + v.len();
         }
-        if bytes > BATCH_BYTES_MAX {
-            return Err(ClientError::InvalidArgument(format!(
-                "batch of {bytes} bytes; the limit is {BATCH_BYTES_MAX}"
-            )));
-        }
+        rule(check_batch(pairs.len(), "pairs", bytes))?;
         let items: Vec<KvPair> = pairs
             .into_iter()
             .map(|(k, v)| KvPair {
@@ -223,14 +179,9 @@ impl RawClient {
         operation: &'static str,
         keys: Vec<Vec<u8>>,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        if keys.len() > BATCH_KEYS_MAX {
-            return Err(ClientError::InvalidArgument(format!(
-                "batch of {} keys; the limit is {BATCH_KEYS_MAX}",
-                keys.len()
-            )));
-        }
+        rule(check_batch(keys.len(), "keys", 0))?;
         for k in &keys {
-            check_key(k)?;
+            rule(check_user_key(k))?;
         }
         let encoded: Vec<Vec<u8>> = keys.iter().map(|k| self.encode(k)).collect();
         let results = self
@@ -265,7 +216,7 @@ impl RawClient {
     /// Deletes `key` (a no-op if it does not exist).
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<()> {
         let key = key.into();
-        check_key(&key)?;
+        rule(check_user_key(&key))?;
         let encoded = self.encode(&key);
         self.run_batch(
             "delete",
@@ -298,12 +249,8 @@ impl RawClient {
         limit: u32,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let (start, end) = (start.into(), end.into());
-        check_range(&start, &end)?;
-        if limit == 0 || limit > SCAN_LIMIT_MAX {
-            return Err(ClientError::InvalidArgument(format!(
-                "scan limit {limit} is outside 1..={SCAN_LIMIT_MAX}"
-            )));
-        }
+        rule(check_user_range(&start, &end))?;
+        rule(check_scan_limit(limit))?;
         let keyspace = self.config.keyspace;
         let (start_arg, end_arg) = (start.clone(), end.clone());
         let per_region = self
@@ -344,7 +291,7 @@ impl RawClient {
         end: impl Into<Vec<u8>>,
     ) -> Result<()> {
         let (start, end) = (start.into(), end.into());
-        check_range(&start, &end)?;
+        rule(check_user_range(&start, &end))?;
         let keyspace = self.config.keyspace;
         let (start_arg, end_arg) = (start.clone(), end.clone());
         self.for_each_region(

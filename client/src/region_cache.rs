@@ -4,7 +4,7 @@
 
 use crate::pd::RegionRoute;
 use parking_lot::RwLock;
-use ringkv_proto::keys::in_range;
+use ringkv_proto::keys::{in_range, ranges_overlap};
 use ringkv_proto::metapb::{Peer, Region};
 use std::collections::BTreeMap;
 
@@ -35,7 +35,14 @@ impl RegionCache {
         let mut map = self.by_start.write();
         let overlapping: Vec<Vec<u8>> = map
             .values()
-            .filter(|r| overlaps(&r.region, &route.region))
+            .filter(|r| {
+                ranges_overlap(
+                    &r.region.start_key,
+                    &r.region.end_key,
+                    &route.region.start_key,
+                    &route.region.end_key,
+                )
+            })
             .map(|r| r.region.start_key.clone())
             .collect();
         if overlapping.iter().any(|k| {
@@ -74,12 +81,6 @@ impl RegionCache {
             .write()
             .retain(|_, r| r.region.id != region_id);
     }
-}
-
-fn overlaps(a: &Region, b: &Region) -> bool {
-    let a_before_b = !a.end_key.is_empty() && a.end_key <= b.start_key;
-    let b_before_a = !b.end_key.is_empty() && b.end_key <= a.start_key;
-    !a_before_b && !b_before_a
 }
 
 #[cfg(test)]

@@ -245,8 +245,8 @@ impl Peer {
 
     /// Proposes `cmd`; `callback` gets its applied result, or an error if it cannot be proposed.
     pub fn propose(&mut self, cmd: RaftCmdRequest, callback: CmdCallback) {
-        let keys: Vec<&[u8]> = Vec::new();
-        if let Err(e) = self.check_request(cmd.region_epoch, &keys) {
+        // Keys are checked against the region by `apply::check_command` below.
+        if let Err(e) = self.check_request(cmd.region_epoch, &[]) {
             let _ = callback.send(Err(e));
             return;
         }

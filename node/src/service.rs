@@ -54,29 +54,15 @@ fn storage_failed(e: impl std::fmt::Display) -> Status {
     Status::internal(format!("storage failure on this node: {e}"))
 }
 
-/// Checks an encoded key from a request: well-formed, non-empty user key within the limit.
-fn check_key(encoded: &[u8]) -> Result<(), Status> {
-    let (_, user) = keys::decode(encoded).map_err(|e| invalid(format!("malformed key: {e}")))?;
-    if user.is_empty() {
-        return Err(invalid("key is empty"));
-    }
-    if user.len() > KEY_BYTES_MAX {
-        return Err(invalid(format!(
-            "key is {} bytes; the limit is {KEY_BYTES_MAX}",
-            user.len()
-        )));
-    }
-    Ok(())
+/// The shared request rules (`ringkv_proto::limits`), as a gRPC status.
+fn rule(check: Result<(), String>) -> Result<(), Status> {
+    check.map_err(invalid)
 }
 
-fn check_value(value: &[u8]) -> Result<(), Status> {
-    if value.len() > VALUE_BYTES_MAX {
-        return Err(invalid(format!(
-            "value is {} bytes; the limit is {VALUE_BYTES_MAX}",
-            value.len()
-        )));
-    }
-    Ok(())
+/// Checks an encoded key from a request: well-formed, and its user key within the rules.
+fn check_key(encoded: &[u8]) -> Result<(), Status> {
+    let (_, user) = keys::decode(encoded).map_err(|e| invalid(format!("malformed key: {e}")))?;
+    rule(check_user_key(user))
 }
 
 fn check_context(context: Option<Context>) -> Result<Context, Status> {
@@ -99,18 +85,6 @@ fn check_keyspace(keyspace: Option<Keyspace>) -> Result<Keyspace, Status> {
         return Err(invalid(format!("unknown keyspace mode {}", ks.mode)));
     }
     Ok(ks)
-}
-
-fn check_user_range(start: &[u8], end: &[u8]) -> Result<(), Status> {
-    if start.len() > KEY_BYTES_MAX || end.len() > KEY_BYTES_MAX {
-        return Err(invalid(format!(
-            "range bound longer than {KEY_BYTES_MAX} bytes"
-        )));
-    }
-    if !end.is_empty() && start > end {
-        return Err(invalid("inverted range: start key is after end key"));
-    }
-    Ok(())
 }
 
 impl KvService {
@@ -199,12 +173,7 @@ impl Kv for KvService {
         if req.keys.is_empty() {
             return Err(invalid("batch get with no keys"));
         }
-        if req.keys.len() > BATCH_KEYS_MAX {
-            return Err(invalid(format!(
-                "batch of {} keys; the limit is {BATCH_KEYS_MAX}",
-                req.keys.len()
-            )));
-        }
+        rule(check_batch(req.keys.len(), "keys", 0))?;
         for k in &req.keys {
             check_key(k)?;
         }
@@ -236,7 +205,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         let context = check_context(req.context)?;
         check_key(&req.key)?;
-        check_value(&req.value)?;
+        rule(check_value(&req.value))?;
         let put = raftpb::Request {
             cmd: Some(Cmd::Put(PutRequest {
                 key: req.key,
@@ -256,23 +225,13 @@ impl Kv for KvService {
         if req.pairs.is_empty() {
             return Err(invalid("batch put with no pairs"));
         }
-        if req.pairs.len() > BATCH_KEYS_MAX {
-            return Err(invalid(format!(
-                "batch of {} pairs; the limit is {BATCH_KEYS_MAX}",
-                req.pairs.len()
-            )));
-        }
         let mut bytes = 0;
         for p in &req.pairs {
             check_key(&p.key)?;
-            check_value(&p.value)?;
+            rule(check_value(&p.value))?;
             bytes += p.key.len() + p.value.len();
         }
-        if bytes > BATCH_BYTES_MAX {
-            return Err(invalid(format!(
-                "batch of {bytes} bytes; the limit is {BATCH_BYTES_MAX}"
-            )));
-        }
+        rule(check_batch(req.pairs.len(), "pairs", bytes))?;
         let requests = req
             .pairs
             .into_iter()
@@ -308,7 +267,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         let context = check_context(req.context)?;
         let keyspace = check_keyspace(req.keyspace)?;
-        check_user_range(&req.start_key, &req.end_key)?;
+        rule(check_user_range(&req.start_key, &req.end_key))?;
         let del = raftpb::Request {
             cmd: Some(Cmd::DeleteRange(DeleteRangeRequest {
                 keyspace: Some(keyspace),
@@ -327,13 +286,8 @@ impl Kv for KvService {
         let req = request.into_inner();
         let context = check_context(req.context)?;
         let keyspace = check_keyspace(req.keyspace)?;
-        check_user_range(&req.start_key, &req.end_key)?;
-        if req.limit == 0 || req.limit > SCAN_LIMIT_MAX {
-            return Err(invalid(format!(
-                "scan limit {} is outside 1..={SCAN_LIMIT_MAX}",
-                req.limit
-            )));
-        }
+        rule(check_user_range(&req.start_key, &req.end_key))?;
+        rule(check_scan_limit(req.limit))?;
         let region = match self.clear_read(context, Vec::new()).await? {
             Err(region_error) => {
                 return Ok(Response::new(RawScanResponse {

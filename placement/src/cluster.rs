@@ -344,7 +344,15 @@ impl PlacementCore {
         let overlapping: Vec<u64> = self
             .regions
             .values()
-            .filter(|r| r.region.id != region.id && ranges_overlap(&r.region, &region))
+            .filter(|r| {
+                r.region.id != region.id
+                    && ringkv_proto::keys::ranges_overlap(
+                        &r.region.start_key,
+                        &r.region.end_key,
+                        &region.start_key,
+                        &region.end_key,
+                    )
+            })
             .map(|r| r.region.id)
             .collect();
         for id in overlapping {
@@ -391,12 +399,6 @@ impl PlacementCore {
             .take(limit)
             .collect()
     }
-}
-
-fn ranges_overlap(a: &Region, b: &Region) -> bool {
-    let a_before_b = !a.end_key.is_empty() && a.end_key <= b.start_key;
-    let b_before_a = !b.end_key.is_empty() && b.end_key <= a.start_key;
-    !a_before_b && !b_before_a
 }
 
 #[cfg(test)]

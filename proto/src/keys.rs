@@ -153,6 +153,14 @@ pub fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
     key >= start && (end.is_empty() || key < end)
 }
 
+/// Whether region ranges `[a_start, a_end)` and `[b_start, b_end)` share a key; an empty end is
+/// unbounded.
+pub fn ranges_overlap(a_start: &[u8], a_end: &[u8], b_start: &[u8], b_end: &[u8]) -> bool {
+    let a_before_b = !a_end.is_empty() && a_end <= b_start;
+    let b_before_a = !b_end.is_empty() && b_end <= a_start;
+    !a_before_b && !b_before_a
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
