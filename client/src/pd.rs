@@ -288,6 +288,44 @@ impl PdClient {
         check_header(r.header.as_ref())
     }
 
+    /// Ids for splitting `region`: the new region's id and one new peer id per peer.
+    pub async fn ask_split(&self, region: &Region) -> Result<(u64, Vec<u64>)> {
+        let r = self
+            .call("ask_split", |mut c, h| {
+                let region = Some(region.clone());
+                async move {
+                    Ok(c.ask_split(AskSplitRequest {
+                        header: Some(h),
+                        region,
+                    })
+                    .await?
+                    .into_inner())
+                }
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        Ok((r.new_region_id, r.new_peer_ids))
+    }
+
+    /// Tells the placement driver about a split that was applied.
+    pub async fn report_split(&self, left: &Region, right: &Region) -> Result<()> {
+        let r = self
+            .call("report_split", |mut c, h| {
+                let (left, right) = (Some(left.clone()), Some(right.clone()));
+                async move {
+                    Ok(c.report_split(ReportSplitRequest {
+                        header: Some(h),
+                        left,
+                        right,
+                    })
+                    .await?
+                    .into_inner())
+                }
+            })
+            .await?;
+        check_header(r.header.as_ref())
+    }
+
     /// The region holding encoded `key`.
     pub async fn get_region(&self, key: &[u8]) -> Result<RegionRoute> {
         let r = self

@@ -240,6 +240,39 @@ impl RawClient {
         Ok(())
     }
 
+    /// Splits the region holding encoded key `split_key` so that a region starts there. An
+    /// admin operation (pre-splitting, tests, the admin CLI); regions also split by themselves
+    /// as they grow. Succeeds at once if a region already starts at `split_key`.
+    pub async fn split_region(&self, split_key: Vec<u8>) -> Result<()> {
+        rule(check_user_key(&split_key))?;
+        self.run_batch(
+            "split_region",
+            vec![split_key],
+            |k| k,
+            |mut client, context, mut keys| {
+                Box::pin(async move {
+                    let split_key = keys.pop().unwrap_or_default();
+                    let r = client
+                        .split_region(SplitRegionRequest {
+                            context: Some(context),
+                            split_key,
+                        })
+                        .await?
+                        .into_inner();
+                    // The key routed to this region yet is not inside it: it is the region's
+                    // start, so the boundary exists already.
+                    let done = matches!(
+                        r.region_error.as_ref().and_then(|e| e.kind.as_ref()),
+                        Some(region_error::Kind::KeyNotInRegion(_))
+                    );
+                    Ok((if done { None } else { r.region_error }, ()))
+                })
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Returns up to `limit` pairs with user key in `[start, end)` in user-key order; an empty
     /// `end` means "to the end of the keyspace".
     pub async fn scan(

@@ -5,14 +5,40 @@ use crate::region_error;
 use ringkv_proto::errorpb::RegionError;
 use ringkv_proto::keys::{self, in_range};
 use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
-use ringkv_proto::metapb::Region;
-use ringkv_proto::raftpb::{request::Cmd, RaftCmdRequest, Request};
-use ringkv_storage::layout::{data_key, data_range, origin_key};
-use ringkv_storage::{KvEngine, KvWriteBatch, Result as StorageResult};
+use ringkv_proto::metapb::{Peer as PeerMeta, Region, RegionEpoch};
+use ringkv_proto::raftpb::{
+    admin_request, request::Cmd, PeerState, RaftCmdRequest, RegionLocalState, Request, SplitRequest,
+};
+use ringkv_storage::layout::{self, data_key, data_range, origin_key};
+use ringkv_storage::{KvEngine, KvWriteBatch, PeerStorage, Result as StorageResult};
 
 /// The outcome of one command. `Err` is a deterministic refusal (wrong epoch, key outside the
 /// region): it is the applied result, the same on every replica.
 pub type CmdResult = Result<(), RegionError>;
+
+/// What an applied admin command changed about regions, for the raftstore to act on after the
+/// apply batch is written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdminResult {
+    /// The region is now `left`; `right` is new and its state is in the batch.
+    Split { left: Region, right: Region },
+}
+
+/// A command's result and, for an admin command that succeeded, what it changed.
+#[derive(Debug)]
+pub struct Applied {
+    pub result: CmdResult,
+    pub admin: Option<AdminResult>,
+}
+
+impl Applied {
+    fn refused(e: RegionError) -> Applied {
+        Applied {
+            result: Err(e),
+            admin: None,
+        }
+    }
+}
 
 /// Checks that a command still fits the region: same version (splits and merges change which keys
 /// the region owns) and every key inside it.
@@ -21,6 +47,23 @@ pub fn check_command(region: &Region, cmd: &RaftCmdRequest) -> CmdResult {
     let asked = cmd.region_epoch.unwrap_or_default();
     if asked.version != current.version {
         return Err(region_error::epoch_not_match(region, cmd.region_epoch));
+    }
+    if let Some(admin) = &cmd.admin {
+        if !cmd.requests.is_empty() {
+            return Err(region_error::invalid_command(
+                region.id,
+                "an admin command must be alone in its entry",
+            ));
+        }
+        match &admin.cmd {
+            Some(admin_request::Cmd::Split(split)) => check_split(region, split)?,
+            None => {
+                return Err(region_error::invalid_command(
+                    region.id,
+                    "admin command is empty",
+                ))
+            }
+        }
     }
     for req in &cmd.requests {
         match &req.cmd {
@@ -36,11 +79,72 @@ pub fn check_command(region: &Region, cmd: &RaftCmdRequest) -> CmdResult {
     Ok(())
 }
 
+/// Bytes `cmd` writes (keys and values), the measure split checks are scheduled by.
+pub fn written_bytes(cmd: &RaftCmdRequest) -> u64 {
+    cmd.requests
+        .iter()
+        .map(|r| match &r.cmd {
+            Some(Cmd::Put(p)) => (p.key.len() + p.value.len()) as u64,
+            Some(Cmd::Delete(d)) => d.key.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Whether applying `cmd` needs to see earlier writes of the same batch (it scans storage).
 pub fn needs_flushed_state(cmd: &RaftCmdRequest) -> bool {
     cmd.requests
         .iter()
         .any(|r| matches!(r.cmd, Some(Cmd::DeleteRange(_))))
+}
+
+fn check_split(region: &Region, split: &SplitRequest) -> CmdResult {
+    let key = &split.split_key;
+    let inside = !key.is_empty()
+        && key.as_slice() > region.start_key.as_slice()
+        && (region.end_key.is_empty() || key.as_slice() < region.end_key.as_slice());
+    if !inside {
+        return Err(region_error::key_not_in_region(key, region));
+    }
+    if split.new_region_id == 0 || split.new_peer_ids.len() != region.peers.len() {
+        return Err(region_error::invalid_command(
+            region.id,
+            &format!(
+                "split needs a new region id and {} new peer ids, got id {} and {} peer ids",
+                region.peers.len(),
+                split.new_region_id,
+                split.new_peer_ids.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The two regions a checked split of `region` produces.
+pub fn split_regions(region: &Region, split: &SplitRequest) -> (Region, Region) {
+    let epoch = region.region_epoch.unwrap_or_default();
+    let next = RegionEpoch {
+        conf_ver: epoch.conf_ver,
+        version: epoch.version + 1,
+    };
+    let left = Region {
+        end_key: split.split_key.clone(),
+        region_epoch: Some(next),
+        ..region.clone()
+    };
+    let right = Region {
+        id: split.new_region_id,
+        start_key: split.split_key.clone(),
+        end_key: region.end_key.clone(),
+        region_epoch: Some(next),
+        peers: region
+            .peers
+            .iter()
+            .zip(&split.new_peer_ids)
+            .map(|(p, id)| PeerMeta { id: *id, ..*p })
+            .collect(),
+    };
+    (left, right)
 }
 
 /// Adds the writes of `cmd` to `batch`. A delete range scans `kv`, so the caller must have
@@ -50,9 +154,30 @@ pub fn exec_command(
     cmd: &RaftCmdRequest,
     kv: &dyn KvEngine,
     batch: &mut KvWriteBatch,
-) -> StorageResult<CmdResult> {
+) -> StorageResult<Applied> {
     if let Err(e) = check_command(region, cmd) {
-        return Ok(Err(e));
+        return Ok(Applied::refused(e));
+    }
+    if let Some(admin) = &cmd.admin {
+        let admin = match &admin.cmd {
+            Some(admin_request::Cmd::Split(split)) => {
+                let (left, right) = split_regions(region, split);
+                layout::write_region_state(
+                    batch,
+                    &RegionLocalState {
+                        state: PeerState::Normal as i32,
+                        region: Some(left.clone()),
+                    },
+                );
+                PeerStorage::write_split_state(&right, batch);
+                AdminResult::Split { left, right }
+            }
+            None => unreachable!("check_command refuses an empty admin command"),
+        };
+        return Ok(Applied {
+            result: Ok(()),
+            admin: Some(admin),
+        });
     }
     for Request { cmd } in &cmd.requests {
         match cmd {
@@ -67,7 +192,10 @@ pub fn exec_command(
             None => {}
         }
     }
-    Ok(Ok(()))
+    Ok(Applied {
+        result: Ok(()),
+        admin: None,
+    })
 }
 
 /// The storage-key span of `keyspace` that user range `[start, end)` can touch, clipped to the
@@ -160,11 +288,12 @@ mod tests {
                 version,
             }),
             requests,
+            admin: None,
         };
         let mut batch = KvWriteBatch::default();
-        let result = exec_command(region, &cmd, kv, &mut batch).unwrap();
+        let applied = exec_command(region, &cmd, kv, &mut batch).unwrap();
         kv.write(batch).unwrap();
-        result
+        applied.result
     }
 
     #[test]

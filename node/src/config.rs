@@ -3,6 +3,7 @@
 
 use crate::peer::PeerConfig;
 use crate::raftstore::RaftStoreConfig;
+use crate::split_check::SplitConfig;
 use crate::NodeError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -33,6 +34,48 @@ pub struct NodeConfig {
     /// Default 65536.
     pub mailbox_capacity: usize,
     pub raft: RaftSection,
+    pub split: SplitSection,
+}
+
+/// When regions split, `[split]` in the TOML file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitSection {
+    /// A region whose keys and values exceed this many bytes is split in two halves.
+    /// Default 96 MiB (100663296); at least 4096.
+    pub region_split_size_bytes: u64,
+    /// A region with more keys than this is split in two halves. Default 960000; at least 16.
+    pub region_split_keys: u64,
+    /// A leader re-measures its region after this many bytes were written to it. Default
+    /// 1/16 of `region_split_size_bytes`; at least 1.
+    pub split_check_diff_bytes: Option<u64>,
+    /// Ticks between a leader's split-check decisions. Default 10; at least 1.
+    pub split_check_ticks: u32,
+}
+
+impl Default for SplitSection {
+    fn default() -> Self {
+        let d = SplitConfig::default();
+        SplitSection {
+            region_split_size_bytes: d.region_split_size_bytes,
+            region_split_keys: d.region_split_keys,
+            split_check_diff_bytes: None,
+            split_check_ticks: d.split_check_ticks,
+        }
+    }
+}
+
+impl SplitSection {
+    pub fn split_config(&self) -> SplitConfig {
+        SplitConfig {
+            region_split_size_bytes: self.region_split_size_bytes,
+            region_split_keys: self.region_split_keys,
+            split_check_diff_bytes: self
+                .split_check_diff_bytes
+                .unwrap_or((self.region_split_size_bytes / 16).max(1)),
+            split_check_ticks: self.split_check_ticks,
+        }
+    }
 }
 
 /// Raft settings, `[raft]` in the TOML file.
@@ -85,6 +128,7 @@ impl Default for NodeConfig {
             store_heartbeat_ms: 1000,
             mailbox_capacity: 65536,
             raft: RaftSection::default(),
+            split: SplitSection::default(),
         }
     }
 }
@@ -132,6 +176,25 @@ impl NodeConfig {
         if self.raft.region_heartbeat_ticks == 0 {
             return bad("raft.region_heartbeat_ticks must be at least 1".into());
         }
+        let split = &self.split;
+        if split.region_split_size_bytes < 4096 {
+            return bad(format!(
+                "split.region_split_size_bytes = {} is below 4096",
+                split.region_split_size_bytes
+            ));
+        }
+        if split.region_split_keys < 16 {
+            return bad(format!(
+                "split.region_split_keys = {} is below 16",
+                split.region_split_keys
+            ));
+        }
+        if split.split_check_diff_bytes == Some(0) || split.split_check_ticks == 0 {
+            return bad(
+                "split.split_check_diff_bytes and split.split_check_ticks must be at least 1"
+                    .into(),
+            );
+        }
         Ok(())
     }
 
@@ -147,6 +210,7 @@ impl NodeConfig {
             },
             sync_log: self.raft.sync_log,
             region_heartbeat_ticks: self.raft.region_heartbeat_ticks,
+            split: self.split.split_config(),
             ..RaftStoreConfig::default()
         }
     }

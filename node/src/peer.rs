@@ -2,7 +2,7 @@
 //! raftstore feeds it ticks, messages and requests, and it hands back log writes (into the
 //! round's [`RaftLogBatch`]), messages to send, and results to deliver after apply.
 
-use crate::apply::{self, CmdResult};
+use crate::apply::{self, AdminResult, CmdResult};
 use crate::logger::raft_logger;
 use crate::region_error;
 use prost::Message as _;
@@ -53,12 +53,31 @@ struct Proposal {
     callback: CmdCallback,
 }
 
+/// A read waiting for its go-ahead, with the region version its keys were checked against.
+struct ReadWaiter {
+    callback: ReadCallback,
+    version: u64,
+}
+
 struct ReadBatch {
     id: u64,
     /// Set once the leader confirmed it: reads may proceed once this index is applied.
     read_index: Option<u64>,
-    waiters: Vec<ReadCallback>,
+    waiters: Vec<ReadWaiter>,
     ticks_waited: u32,
+}
+
+/// What the node knows of a region's size, for split decisions and the placement driver.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SizeStats {
+    /// From the last split check; None until one ran.
+    pub approximate_size_bytes: Option<u64>,
+    pub approximate_keys: Option<u64>,
+    /// Bytes written (keys and values, puts and deletes) since the last split check.
+    pub written_since_check_bytes: u64,
+    /// A split check should run soon regardless of writes (the region was just created by a
+    /// split, or the last check wanted a split that did not happen).
+    pub check_wanted: bool,
 }
 
 /// What changed about a peer that the placement driver should hear about.
@@ -75,7 +94,7 @@ pub struct Peer {
     raw: RawNode<PeerStorage>,
     proposals: VecDeque<Proposal>,
     /// Reads not yet sent as a ReadIndex round.
-    reads_queued: Vec<ReadCallback>,
+    reads_queued: Vec<ReadWaiter>,
     reads_in_flight: VecDeque<ReadBatch>,
     next_read_id: u64,
     /// The `Ready` whose log writes are in the round's batch, to be advanced after the write.
@@ -84,6 +103,7 @@ pub struct Peer {
     to_apply: Vec<eraftpb::Entry>,
     last_view: LeaderView,
     read_timeout_ticks: u32,
+    pub size: SizeStats,
 }
 
 /// Messages a round has produced, to send once the round's log write is done (or at once).
@@ -135,6 +155,10 @@ impl Peer {
                 is_leader: false,
             },
             read_timeout_ticks: cfg.read_timeout_ticks,
+            size: SizeStats {
+                check_wanted: true,
+                ..Default::default()
+            },
         })
     }
 
@@ -207,7 +231,9 @@ impl Peer {
         {
             let batch = self.reads_in_flight.pop_front().expect("checked");
             for w in batch.waiters {
-                let _ = w.send(Err(region_error::not_leader(region_id, None)));
+                let _ = w
+                    .callback
+                    .send(Err(region_error::not_leader(region_id, None)));
             }
         }
     }
@@ -289,7 +315,10 @@ impl Peer {
         callback: ReadCallback,
     ) {
         match self.check_request(epoch, keys) {
-            Ok(()) => self.reads_queued.push(callback),
+            Ok(()) => self.reads_queued.push(ReadWaiter {
+                callback,
+                version: self.version(),
+            }),
             Err(e) => {
                 let _ = callback.send(Err(e));
             }
@@ -324,19 +353,33 @@ impl Peer {
         }
     }
 
-    /// Answers the reads whose read index is applied.
+    /// Answers the reads whose read index is applied. A read whose keys were checked against
+    /// an older version of the region (a split or merge applied meanwhile) may be for keys the
+    /// region no longer owns: it gets `EpochNotMatch` and the client re-routes it.
     fn release_reads(&mut self) {
         if self.reads_in_flight.is_empty() {
             return;
         }
         let applied = self.applied_index();
         let region = self.region().clone();
+        let version = self.version();
         while let Some(batch) = self.reads_in_flight.front() {
             match batch.read_index {
                 Some(index) if index <= applied => {
                     let batch = self.reads_in_flight.pop_front().expect("checked");
                     for w in batch.waiters {
-                        let _ = w.send(Ok(region.clone()));
+                        let answer = if w.version == version {
+                            Ok(region.clone())
+                        } else {
+                            Err(region_error::epoch_not_match(
+                                &region,
+                                Some(ringkv_proto::metapb::RegionEpoch {
+                                    version: w.version,
+                                    ..region.region_epoch.unwrap_or_default()
+                                }),
+                            ))
+                        };
+                        let _ = w.callback.send(answer);
                     }
                 }
                 _ => break,
@@ -347,12 +390,25 @@ impl Peer {
     fn fail_reads(&mut self) {
         let err = region_error::not_leader(self.region_id(), self.leader());
         for w in self.reads_queued.drain(..) {
-            let _ = w.send(Err(err.clone()));
+            let _ = w.callback.send(Err(err.clone()));
         }
         for batch in self.reads_in_flight.drain(..) {
             for w in batch.waiters {
-                let _ = w.send(Err(err.clone()));
+                let _ = w.callback.send(Err(err.clone()));
             }
+        }
+    }
+
+    /// The region's epoch version: grows with every split and merge.
+    pub fn version(&self) -> u64 {
+        self.region().region_epoch.unwrap_or_default().version
+    }
+
+    /// Starts an election now, rather than after an election timeout. Used for the new region
+    /// of a split on the store that led the parent, so the new region has a leader at once.
+    pub fn campaign(&mut self) {
+        if let Err(e) = self.raw.campaign() {
+            tracing::debug!(region = self.region_id(), error = %e, "campaign failed");
         }
     }
 
@@ -444,19 +500,21 @@ impl Peer {
 
     /// Applies this round's committed entries into `batch` (writing `batch` early only when a
     /// command must see earlier writes). Results to deliver after the batch is written go to
-    /// `results`. Storage errors are returned: they stop the node.
+    /// `results`; region changes (splits) are returned for the raftstore to act on once the
+    /// batch is written. Storage errors are returned: they stop the node.
     pub fn apply(
         &mut self,
         kv: &dyn KvEngine,
         batch: &mut KvWriteBatch,
         results: &mut Vec<(CmdCallback, CmdResult)>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Vec<AdminResult>, StorageError> {
         let entries = std::mem::take(&mut self.to_apply);
+        let mut admin_results = Vec::new();
         let Some(last) = entries.last() else {
-            return Ok(());
+            return Ok(admin_results);
         };
         let last_index = last.index;
-        let region = self.region().clone();
+        let mut region = self.region().clone();
         let applied_before = self.applied_index();
         for entry in &entries {
             assert!(
@@ -477,7 +535,30 @@ impl Peer {
                     if apply::needs_flushed_state(&cmd) && !batch.is_empty() {
                         kv.write(std::mem::take(batch))?;
                     }
-                    Some(apply::exec_command(&region, &cmd, kv, batch)?)
+                    let applied = apply::exec_command(&region, &cmd, kv, batch)?;
+                    if applied.result.is_ok() {
+                        self.size.written_since_check_bytes += apply::written_bytes(&cmd);
+                    }
+                    match applied.admin {
+                        Some(AdminResult::Split { left, right }) => {
+                            tracing::info!(
+                                region = region.id,
+                                new_region = right.id,
+                                index = entry.index,
+                                "split applied"
+                            );
+                            // Later entries of this round must see the narrowed region.
+                            region = left.clone();
+                            self.raw.mut_store().set_region(left.clone());
+                            self.size = SizeStats {
+                                check_wanted: true,
+                                ..Default::default()
+                            };
+                            admin_results.push(AdminResult::Split { left, right });
+                        }
+                        None => {}
+                    }
+                    Some(applied.result)
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     panic!(
@@ -494,7 +575,7 @@ impl Peer {
         };
         layout::write_apply_state(batch, region.id, &apply_state);
         self.raw.mut_store().set_applied_index(last_index);
-        Ok(())
+        Ok(admin_results)
     }
 
     /// Pairs an applied entry with the proposal waiting on it, if any.

@@ -6,9 +6,10 @@
 //! batch, then answer proposals and reads. The loop is the edge: it owns the clock and the
 //! engines; the peers stay pure.
 
-use crate::apply::CmdResult;
+use crate::apply::{AdminResult, CmdResult};
 use crate::peer::{CmdCallback, Outbox, Peer, PeerConfig, ReadCallback};
 use crate::region_error;
+use crate::split_check::{SplitCheckOutcome, SplitCheckTask, SplitChecker, SplitConfig};
 use crate::transport::Transport;
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use protobuf::Message as _;
@@ -16,7 +17,7 @@ use ringkv_proto::metapb::{Region, RegionEpoch};
 use ringkv_proto::pdpb::RegionHeartbeatRequest;
 use ringkv_proto::raftpb::{RaftCmdRequest, RaftMessage, RegionInfoResponse};
 use ringkv_storage::{layout, KvEngine, KvWriteBatch, PeerStorage, RaftLogBatch, RaftLogEngine};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +40,13 @@ pub enum StoreMsg {
     },
     /// Create the peer of a region at its bootstrap state, unless it exists.
     CreateBootstrapPeer(Region),
+    /// A split check finished.
+    SplitCheckResult {
+        region_id: u64,
+        /// The region version the check saw.
+        version: u64,
+        outcome: SplitCheckOutcome,
+    },
     /// Report the state of one region (None: all).
     Status {
         region_id: Option<u64>,
@@ -52,6 +60,17 @@ pub enum StoreMsg {
 #[derive(Debug)]
 pub enum StoreEvent {
     RegionHeartbeat(RegionHeartbeatRequest),
+    /// A leader's region should split at `split_key`: get ids from the placement driver and
+    /// propose the split.
+    AskSplit {
+        region: Region,
+        split_key: Vec<u8>,
+    },
+    /// A leader applied a split.
+    ReportSplit {
+        left: Region,
+        right: Region,
+    },
 }
 
 /// Settings of the raftstore loop.
@@ -66,6 +85,7 @@ pub struct RaftStoreConfig {
     pub region_heartbeat_ticks: u32,
     /// Messages handled per round at most, so one round stays short.
     pub messages_per_round_max: usize,
+    pub split: SplitConfig,
 }
 
 impl Default for RaftStoreConfig {
@@ -76,6 +96,7 @@ impl Default for RaftStoreConfig {
             sync_log: true,
             region_heartbeat_ticks: 10,
             messages_per_round_max: 4096,
+            split: SplitConfig::default(),
         }
     }
 }
@@ -142,19 +163,48 @@ pub struct RaftStore {
     cfg: RaftStoreConfig,
     rx: Receiver<StoreMsg>,
     ticks: u64,
+    split_checker: SplitChecker,
+    /// Regions with a split check running.
+    split_checks_running: HashSet<u64>,
+    /// Tick at which a split was last asked for, per region, so a slow placement driver is
+    /// not asked again every check.
+    split_asked_at: HashMap<u64, u64>,
+    /// Raft messages for regions this store does not have yet, kept for a few ticks: the new
+    /// region of a split starts campaigning on the parent leader's store while the other
+    /// stores may still be applying the split.
+    early_messages: HashMap<u64, Vec<(u64, RaftMessage)>>,
+    early_message_count: usize,
+}
+
+/// Messages for not-yet-created regions kept at most, and for how many ticks.
+const EARLY_MESSAGES_MAX: usize = 4096;
+const EARLY_MESSAGE_TICKS: u64 = 20;
+/// Ticks before a split that was asked for but did not happen is asked for again.
+const SPLIT_ASK_RETRY_TICKS: u64 = 30;
+
+/// What the raftstore drives and talks to.
+pub struct StoreParts {
+    pub store_id: u64,
+    pub log: Arc<dyn RaftLogEngine>,
+    pub kv: Arc<dyn KvEngine>,
+    pub transport: Transport,
+    pub events: mpsc::UnboundedSender<StoreEvent>,
+    pub cfg: RaftStoreConfig,
+    pub split_checker: SplitChecker,
 }
 
 impl RaftStore {
     /// Loads every region stored on this node.
-    pub fn new(
-        store_id: u64,
-        log: Arc<dyn RaftLogEngine>,
-        kv: Arc<dyn KvEngine>,
-        transport: Transport,
-        events: mpsc::UnboundedSender<StoreEvent>,
-        cfg: RaftStoreConfig,
-        rx: Receiver<StoreMsg>,
-    ) -> Result<Self, crate::NodeError> {
+    pub fn new(parts: StoreParts, rx: Receiver<StoreMsg>) -> Result<Self, crate::NodeError> {
+        let StoreParts {
+            store_id,
+            log,
+            kv,
+            transport,
+            events,
+            cfg,
+            split_checker,
+        } = parts;
         let mut peers = HashMap::new();
         for state in layout::all_region_states(kv.as_ref())? {
             if state.state != ringkv_proto::raftpb::PeerState::Normal as i32 {
@@ -181,6 +231,11 @@ impl RaftStore {
             cfg,
             rx,
             ticks: 0,
+            split_checker,
+            split_checks_running: HashSet::new(),
+            split_asked_at: HashMap::new(),
+            early_messages: HashMap::new(),
+            early_message_count: 0,
         })
     }
 
@@ -249,6 +304,11 @@ impl RaftStore {
                 }
             },
             StoreMsg::CreateBootstrapPeer(region) => self.create_bootstrap_peer(region),
+            StoreMsg::SplitCheckResult {
+                region_id,
+                version,
+                outcome,
+            } => self.on_split_check_result(region_id, version, outcome),
             StoreMsg::Status {
                 region_id,
                 callback,
@@ -284,10 +344,18 @@ impl RaftStore {
             return;
         }
         let Some(peer) = self.peers.get_mut(&msg.region_id) else {
-            tracing::debug!(
-                region = msg.region_id,
-                "raft message for a region not on this store dropped"
-            );
+            if self.early_message_count < EARLY_MESSAGES_MAX {
+                self.early_message_count += 1;
+                self.early_messages
+                    .entry(msg.region_id)
+                    .or_default()
+                    .push((self.ticks, msg));
+            } else {
+                tracing::debug!(
+                    region = msg.region_id,
+                    "raft message for a region not on this store dropped"
+                );
+            }
             return;
         };
         let mut inner = raft::eraftpb::Message::default();
@@ -341,8 +409,127 @@ impl RaftStore {
         }
     }
 
+    fn on_split_check_result(&mut self, region_id: u64, version: u64, outcome: SplitCheckOutcome) {
+        self.split_checks_running.remove(&region_id);
+        let Some(peer) = self.peers.get_mut(&region_id) else {
+            return;
+        };
+        if peer.version() != version {
+            // Split or merged meanwhile: the figures describe another range.
+            peer.size.check_wanted = true;
+            return;
+        }
+        peer.size.approximate_size_bytes = Some(outcome.size_bytes);
+        peer.size.approximate_keys = Some(outcome.keys);
+        let Some(split_key) = outcome.split_key else {
+            return;
+        };
+        if !peer.is_leader() {
+            return;
+        }
+        tracing::info!(
+            region = region_id,
+            size_bytes = outcome.size_bytes,
+            keys = outcome.keys,
+            "region over the split threshold; asking for a split"
+        );
+        self.split_asked_at.insert(region_id, self.ticks);
+        let _ = self.events.send(StoreEvent::AskSplit {
+            region: peer.region().clone(),
+            split_key,
+        });
+    }
+
+    /// Schedules split checks of leaders that were written to enough, or want one.
+    fn schedule_split_checks(&mut self) {
+        let cfg = self.cfg.split;
+        for (id, peer) in self.peers.iter_mut() {
+            if !peer.is_leader() || self.split_checks_running.contains(id) {
+                continue;
+            }
+            if self
+                .split_asked_at
+                .get(id)
+                .is_some_and(|t| self.ticks < t + SPLIT_ASK_RETRY_TICKS)
+            {
+                continue;
+            }
+            let size = peer.size;
+            let over = size
+                .approximate_size_bytes
+                .is_some_and(|s| s > cfg.region_split_size_bytes)
+                || size
+                    .approximate_keys
+                    .is_some_and(|k| k > cfg.region_split_keys);
+            if !(size.check_wanted
+                || over
+                || size.written_since_check_bytes >= cfg.split_check_diff_bytes)
+            {
+                continue;
+            }
+            if self.split_checker.schedule(SplitCheckTask {
+                region: peer.region().clone(),
+            }) {
+                peer.size.check_wanted = false;
+                peer.size.written_since_check_bytes = 0;
+                self.split_checks_running.insert(*id);
+            }
+        }
+    }
+
+    /// Creates the peer of the new region of an applied split, and hands it the messages that
+    /// arrived for it before it existed.
+    fn on_split_applied(&mut self, parent_id: u64, left: Region, right: Region) {
+        self.split_asked_at.remove(&parent_id);
+        let parent_leader = self.peers.get(&parent_id).is_some_and(|p| p.is_leader());
+        if parent_leader {
+            let _ = self.events.send(StoreEvent::ReportSplit {
+                left,
+                right: right.clone(),
+            });
+        }
+        let right_id = right.id;
+        let storage = PeerStorage::created_by_split(right, self.log.clone());
+        let mut peer = match Peer::new(self.store_id, storage, &self.cfg.peer) {
+            Ok(p) => p,
+            Err(e) => panic!("cannot create peer of region {right_id} from a split: {e}"),
+        };
+        if parent_leader {
+            peer.campaign();
+        }
+        if let Some(early) = self.early_messages.remove(&right_id) {
+            self.early_message_count -= early.len();
+            let created = peer;
+            self.peers.insert(right_id, created);
+            for (_, msg) in early {
+                self.on_raft_message(msg);
+            }
+        } else {
+            self.peers.insert(right_id, peer);
+        }
+    }
+
+    fn expire_early_messages(&mut self) {
+        let now = self.ticks;
+        let mut dropped = 0;
+        self.early_messages.retain(|_, msgs| {
+            let before = msgs.len();
+            msgs.retain(|(t, _)| now < t + EARLY_MESSAGE_TICKS);
+            dropped += before - msgs.len();
+            !msgs.is_empty()
+        });
+        self.early_message_count -= dropped;
+    }
+
     fn tick(&mut self) {
         self.ticks += 1;
+        self.expire_early_messages();
+        if self
+            .ticks
+            .is_multiple_of(u64::from(self.cfg.split.split_check_ticks.max(1)))
+        {
+            self.schedule_split_checks();
+        }
         let heartbeat_due = self
             .ticks
             .is_multiple_of(u64::from(self.cfg.region_heartbeat_ticks.max(1)));
@@ -390,11 +577,14 @@ impl RaftStore {
         let mut kv_batch = KvWriteBatch::default();
         let mut results: Vec<(CmdCallback, CmdResult)> = Vec::new();
         let mut applied = Vec::new();
+        let mut admin_results = Vec::new();
         for id in &ready_peers {
             let peer = self.peers.get_mut(id).expect("listed");
             if peer.has_entries_to_apply() {
-                peer.apply(self.kv.as_ref(), &mut kv_batch, &mut results)
+                let admin = peer
+                    .apply(self.kv.as_ref(), &mut kv_batch, &mut results)
                     .unwrap_or_else(|e| panic!("apply failed; stopping the node: {e}"));
+                admin_results.extend(admin.into_iter().map(|a| (*id, a)));
                 applied.push(*id);
             }
         }
@@ -402,6 +592,11 @@ impl RaftStore {
             self.kv
                 .write(kv_batch)
                 .unwrap_or_else(|e| panic!("apply write failed; stopping the node: {e}"));
+        }
+        for (id, admin) in admin_results {
+            match admin {
+                AdminResult::Split { left, right } => self.on_split_applied(id, left, right),
+            }
         }
         for (callback, result) in results {
             let _ = callback.send(result);
@@ -436,7 +631,7 @@ fn heartbeat_of(peer: &Peer) -> RegionHeartbeatRequest {
         region: Some(peer.region().clone()),
         leader: Some(peer.meta()),
         term: peer.term(),
-        approximate_keys: 0,
-        approximate_size_bytes: 0,
+        approximate_keys: peer.size.approximate_keys.unwrap_or(0),
+        approximate_size_bytes: peer.size.approximate_size_bytes.unwrap_or(0),
     }
 }

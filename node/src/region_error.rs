@@ -18,6 +18,15 @@ pub fn not_leader(region_id: u64, leader: Option<Peer>) -> RegionError {
     }
 }
 
+/// A command the node cannot run as asked (malformed admin command). Deterministic: every
+/// replica refuses it the same way.
+pub fn invalid_command(region_id: u64, detail: &str) -> RegionError {
+    RegionError {
+        message: format!("region {region_id}: invalid command: {detail}"),
+        kind: None,
+    }
+}
+
 pub fn region_not_found(region_id: u64) -> RegionError {
     RegionError {
         message: format!("region {region_id} is not found on this store"),

@@ -1,8 +1,9 @@
 //! Running a node: open storage, join the cluster through the placement driver, start the
 //! raftstore thread, serve gRPC, and report to the placement driver.
 
-use crate::raftstore::{mailbox, RaftStore, StoreEvent, StoreMsg, StoreRouter};
+use crate::raftstore::{mailbox, RaftStore, StoreEvent, StoreMsg, StoreParts, StoreRouter};
 use crate::service::{DebugService, KvService, NodeContext, RaftService};
+use crate::split_check::SplitChecker;
 use crate::transport::{NetFilter, Transport};
 use crate::{NodeConfig, NodeError};
 use ringkv_client::PdClient;
@@ -114,13 +115,18 @@ impl NodeServer {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let transport = Transport::new(store_id, pd.clone(), filter, runtime.handle().clone());
         let kv_dyn: Arc<dyn KvEngine> = kv.clone();
+        let store_cfg = config.raftstore_config();
+        let split_checker = SplitChecker::start(kv_dyn.clone(), store_cfg.split, router.clone())?;
         let raftstore = RaftStore::new(
-            store_id,
-            log,
-            kv_dyn.clone(),
-            transport,
-            events_tx,
-            config.raftstore_config(),
+            StoreParts {
+                store_id,
+                log,
+                kv: kv_dyn.clone(),
+                transport,
+                events: events_tx,
+                cfg: store_cfg,
+                split_checker,
+            },
             rx,
         )?;
         let raftstore = std::thread::Builder::new()
@@ -132,6 +138,7 @@ impl NodeServer {
             cluster_id: ident.cluster_id,
             router: router.clone(),
             kv: kv_dyn,
+            pd: pd.clone(),
         };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -248,6 +255,37 @@ fn create_bootstrap_peers(router: &StoreRouter, regions: Vec<Region>) {
     }
 }
 
+async fn on_store_event(pd: &PdClient, router: &StoreRouter, event: StoreEvent) {
+    match event {
+        StoreEvent::RegionHeartbeat(hb) => {
+            if let Err(e) = pd.region_heartbeat(hb).await {
+                tracing::debug!(error = %e, "region heartbeat failed");
+            }
+        }
+        StoreEvent::AskSplit { region, split_key } => {
+            // Its own task: a split waits for Raft, heartbeats must not wait for it.
+            let (pd, router) = (pd.clone(), router.clone());
+            tokio::spawn(async move {
+                match crate::split::split_region(&pd, &router, &region, split_key).await {
+                    Ok((left, right)) => tracing::info!(
+                        region = left.id,
+                        new_region = right.id,
+                        "split proposed and applied"
+                    ),
+                    Err(e) => {
+                        tracing::info!(region = region.id, reason = %e, "split did not happen")
+                    }
+                }
+            });
+        }
+        StoreEvent::ReportSplit { left, right } => {
+            if let Err(e) = pd.report_split(&left, &right).await {
+                tracing::warn!(region = left.id, new_region = right.id, error = %e, "split report failed; heartbeats will catch up");
+            }
+        }
+    }
+}
+
 /// Sends store heartbeats on a timer and region heartbeats as the raftstore reports them.
 async fn report_to_placement(
     pd: PdClient,
@@ -282,10 +320,8 @@ async fn report_to_placement(
                 }
             }
             event = events.recv() => {
-                let Some(StoreEvent::RegionHeartbeat(hb)) = event else { return };
-                if let Err(e) = pd.region_heartbeat(hb).await {
-                    tracing::debug!(error = %e, "region heartbeat failed");
-                }
+                let Some(event) = event else { return };
+                on_store_event(&pd, &router, event).await;
             }
         }
     }

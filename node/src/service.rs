@@ -34,6 +34,7 @@ pub struct NodeContext {
     pub cluster_id: u64,
     pub router: StoreRouter,
     pub kv: Arc<dyn KvEngine>,
+    pub pd: ringkv_client::PdClient,
 }
 
 pub struct KvService {
@@ -97,6 +98,7 @@ impl KvService {
             region_id: context.region_id,
             region_epoch: context.region_epoch,
             requests,
+            admin: None,
         };
         let (tx, rx) = oneshot::channel();
         self.ctx.router.send_command(cmd, tx);
@@ -311,6 +313,40 @@ impl Kv for KvService {
             region_error: None,
             pairs,
         }))
+    }
+
+    async fn split_region(
+        &self,
+        request: Request<SplitRegionRequest>,
+    ) -> Result<Response<SplitRegionResponse>, Status> {
+        let req = request.into_inner();
+        let context = check_context(req.context)?;
+        if req.split_key.is_empty() {
+            return Err(invalid("split key is empty"));
+        }
+        // Any byte string is a valid boundary: a ring position splits a hash keyspace cleanly.
+        rule(check_user_key(&req.split_key))?;
+        match crate::split::split_local_region(
+            &self.ctx.pd,
+            &self.ctx.router,
+            context.region_id,
+            context.region_epoch,
+            req.split_key,
+        )
+        .await
+        {
+            Ok((left, right)) => Ok(Response::new(SplitRegionResponse {
+                region_error: None,
+                left: Some(left),
+                right: Some(right),
+            })),
+            Err(crate::split::SplitFailure::Region(e)) => Ok(Response::new(SplitRegionResponse {
+                region_error: Some(e),
+                left: None,
+                right: None,
+            })),
+            Err(crate::split::SplitFailure::Unavailable(m)) => Err(Status::unavailable(m)),
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 #[derive(Default, Debug)]
 pub struct MetaWrites {
     pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    pub deletes: Vec<Vec<u8>>,
     /// The writes guard an invariant across restarts (ids, timestamps, bootstrap): sync them
     /// before replying.
     pub sync: bool,
@@ -25,8 +26,12 @@ impl MetaWrites {
         self.puts.push((key, value));
     }
 
+    fn delete(&mut self, key: Vec<u8>) {
+        self.deletes.push(key);
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.puts.is_empty()
+        self.puts.is_empty() && self.deletes.is_empty()
     }
 }
 
@@ -70,6 +75,16 @@ pub struct PlacementCore {
     bootstrap_region: Option<Region>,
 }
 
+fn check_has_epoch(region: &Region) -> Result<(), PlacementError> {
+    if region.region_epoch.is_none() {
+        return Err(PlacementError::InvalidArgument(format!(
+            "region {} has no epoch",
+            region.id
+        )));
+    }
+    Ok(())
+}
+
 fn epoch_of(region: &Region) -> (u64, u64) {
     let e = region.region_epoch.unwrap_or_default();
     (e.version, e.conf_ver)
@@ -103,8 +118,12 @@ impl PlacementCore {
                 },
             );
         }
-        for region in state.regions {
-            core.insert_region(region, None, 0);
+        // Oldest first, so a region persisted before a split that replaced it cannot win.
+        let mut regions = state.regions;
+        regions.sort_by_key(epoch_of);
+        let mut ignored = MetaWrites::default();
+        for region in regions {
+            core.upsert_region(region, None, 0, &mut ignored);
         }
         core
     }
@@ -263,9 +282,8 @@ impl PlacementCore {
             peers,
         };
         writes.put(keys::BOOTSTRAP.to_vec(), region.encode_to_vec());
-        writes.put(keys::region(region.id), region.encode_to_vec());
         writes.sync = true;
-        self.insert_region(region.clone(), None, 0);
+        self.upsert_region(region.clone(), None, 0, writes);
         self.bootstrap_region = Some(region);
         Ok(())
     }
@@ -315,18 +333,12 @@ impl PlacementCore {
         term: u64,
         writes: &mut MetaWrites,
     ) -> Result<(), PlacementError> {
-        if region.region_epoch.is_none() {
-            return Err(PlacementError::InvalidArgument(format!(
-                "region {} heartbeat has no epoch",
-                region.id
-            )));
-        }
+        check_has_epoch(&region)?;
         if let Some(known) = self.regions.get_mut(&region.id) {
-            let (known_epoch, new_epoch) = (epoch_of(&known.region), epoch_of(&region));
-            if new_epoch.0 < known_epoch.0 || new_epoch.1 < known_epoch.1 {
-                return Ok(());
-            }
-            if new_epoch == known_epoch && known.region.start_key == region.start_key {
+            if epoch_of(&region) == epoch_of(&known.region)
+                && known.region.start_key == region.start_key
+                && known.region.end_key == region.end_key
+            {
                 if term >= known.term {
                     known.leader = leader;
                     known.term = term;
@@ -334,35 +346,128 @@ impl PlacementCore {
                 return Ok(());
             }
         }
-        writes.put(keys::region(region.id), region.encode_to_vec());
-        self.insert_region(region, leader, term);
+        self.upsert_region(region, leader, term, writes);
         Ok(())
     }
 
-    fn insert_region(&mut self, region: Region, leader: Option<Peer>, term: u64) {
-        // Drop any region whose range the new one overlaps: it is stale.
-        let overlapping: Vec<u64> = self
-            .regions
-            .values()
+    /// Allocates the ids a split of `region` needs: the new region's and one per peer.
+    pub fn ask_split(
+        &mut self,
+        region: &Region,
+        writes: &mut MetaWrites,
+    ) -> Result<(u64, Vec<u64>), PlacementError> {
+        check_has_epoch(region)?;
+        if region.peers.is_empty() {
+            return Err(PlacementError::InvalidArgument(format!(
+                "region {} has no peers to split",
+                region.id
+            )));
+        }
+        if let Some(known) = self.regions.get(&region.id) {
+            let (k, r) = (epoch_of(&known.region), epoch_of(region));
+            if r.0 < k.0 || r.1 < k.1 {
+                return Err(PlacementError::StaleRegion {
+                    region_id: region.id,
+                });
+            }
+        }
+        let count = 1 + region.peers.len() as u32;
+        let first = self.alloc_ids(count, writes)?;
+        let peer_ids = (first + 1..first + u64::from(count)).collect();
+        Ok((first, peer_ids))
+    }
+
+    /// Takes a leader's report of a split it applied: both halves replace the parent at once.
+    pub fn report_split(
+        &mut self,
+        left: Region,
+        right: Region,
+        leader: Option<Peer>,
+        term: u64,
+        writes: &mut MetaWrites,
+    ) -> Result<(), PlacementError> {
+        check_has_epoch(&left)?;
+        check_has_epoch(&right)?;
+        if left.end_key != right.start_key || left.end_key.is_empty() {
+            return Err(PlacementError::InvalidArgument(format!(
+                "split report of regions {} and {} is not adjacent",
+                left.id, right.id
+            )));
+        }
+        // The left half keeps the parent's leader; the right half's leader reports itself.
+        self.upsert_region(left, leader, term, writes);
+        self.upsert_region(right, None, 0, writes);
+        Ok(())
+    }
+
+    /// Ids of regions whose range overlaps `[start, end)`.
+    fn overlapping(&self, start: &[u8], end: &[u8]) -> Vec<u64> {
+        let first = self
+            .region_tree
+            .range(..=start.to_vec())
+            .next_back()
+            .map(|(s, _)| s.clone())
+            .unwrap_or_default();
+        self.region_tree
+            .range(first..)
+            .take_while(|(s, _)| end.is_empty() || s.as_slice() < end)
+            .filter_map(|(_, id)| self.regions.get(id))
             .filter(|r| {
-                r.region.id != region.id
-                    && ringkv_proto::keys::ranges_overlap(
-                        &r.region.start_key,
-                        &r.region.end_key,
-                        &region.start_key,
-                        &region.end_key,
-                    )
+                ringkv_proto::keys::ranges_overlap(
+                    &r.region.start_key,
+                    &r.region.end_key,
+                    start,
+                    end,
+                )
             })
             .map(|r| r.region.id)
+            .collect()
+    }
+
+    /// Puts `region` into the routing table unless something newer already covers part of
+    /// it; every older region it overlaps is dropped (split and merge leave them behind).
+    /// Returns whether it was taken.
+    fn upsert_region(
+        &mut self,
+        region: Region,
+        leader: Option<Peer>,
+        term: u64,
+        writes: &mut MetaWrites,
+    ) -> bool {
+        let new_epoch = epoch_of(&region);
+        if let Some(known) = self.regions.get(&region.id) {
+            let known_epoch = epoch_of(&known.region);
+            if new_epoch.0 < known_epoch.0 || new_epoch.1 < known_epoch.1 {
+                return false;
+            }
+        }
+        let overlapping: Vec<u64> = self
+            .overlapping(&region.start_key, &region.end_key)
+            .into_iter()
+            .filter(|id| *id != region.id)
             .collect();
+        if overlapping.iter().any(|id| {
+            self.regions[id]
+                .region
+                .region_epoch
+                .unwrap_or_default()
+                .version
+                > new_epoch.0
+        }) {
+            return false;
+        }
         for id in overlapping {
             if let Some(old) = self.regions.remove(&id) {
                 self.region_tree.remove(&old.region.start_key);
+                writes.delete(keys::region(id));
             }
         }
         if let Some(old) = self.regions.get(&region.id) {
-            self.region_tree.remove(&old.region.start_key);
+            if self.region_tree.get(&old.region.start_key) == Some(&region.id) {
+                self.region_tree.remove(&old.region.start_key);
+            }
         }
+        writes.put(keys::region(region.id), region.encode_to_vec());
         self.region_tree.insert(region.start_key.clone(), region.id);
         self.regions.insert(
             region.id,
@@ -372,6 +477,7 @@ impl PlacementCore {
                 term,
             },
         );
+        true
     }
 
     /// The region containing encoded `key`.
@@ -477,6 +583,83 @@ mod tests {
             .region
             .end_key
             .is_empty());
+    }
+
+    /// What a restart would load from `writes` applied in order.
+    fn reload(writes: &[MetaWrites]) -> PlacementCore {
+        let mut kv: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for w in writes {
+            for k in &w.deletes {
+                kv.remove(k);
+            }
+            for (k, v) in &w.puts {
+                kv.insert(k.clone(), v.clone());
+            }
+        }
+        let regions = kv
+            .iter()
+            .filter(|(k, _)| k.starts_with(keys::REGION_PREFIX))
+            .map(|(_, v)| Region::decode(v.as_slice()).unwrap())
+            .collect();
+        PlacementCore::new(
+            42,
+            1,
+            3000,
+            PersistedState {
+                regions,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn splits_replace_the_parent_in_routing_and_survive_restart() {
+        let mut pd = core(1);
+        let mut log = vec![MetaWrites::default()];
+        let parent = pd.put_store(store(1), 0, &mut log[0]).unwrap().remove(0);
+        let mut w = MetaWrites::default();
+        let (new_id, peer_ids) = pd.ask_split(&parent, &mut w).unwrap();
+        assert_eq!(peer_ids.len(), parent.peers.len());
+        assert!(new_id != parent.id && !peer_ids.contains(&new_id));
+        let next = Some(RegionEpoch {
+            conf_ver: 1,
+            version: 2,
+        });
+        let left = Region {
+            end_key: b"m".to_vec(),
+            region_epoch: next,
+            ..parent.clone()
+        };
+        let right = Region {
+            id: new_id,
+            start_key: b"m".to_vec(),
+            end_key: Vec::new(),
+            region_epoch: next,
+            peers: vec![Peer {
+                id: peer_ids[0],
+                ..parent.peers[0]
+            }],
+        };
+        pd.report_split(left.clone(), right.clone(), None, 0, &mut w)
+            .unwrap();
+        log.push(w);
+        assert_eq!(pd.region_by_key(b"a").unwrap().region, left);
+        assert_eq!(pd.region_by_key(b"z").unwrap().region, right);
+        // A late heartbeat of the parent as it was must not undo the split.
+        let mut w = MetaWrites::default();
+        pd.region_heartbeat(parent.clone(), None, 9, &mut w).unwrap();
+        log.push(w);
+        assert_eq!(pd.region_by_key(b"z").unwrap().region.id, new_id);
+        assert_eq!(pd.region_count(), 2);
+        // An id the split did not see is stale now.
+        assert!(matches!(
+            pd.ask_split(&parent, &mut MetaWrites::default()),
+            Err(PlacementError::StaleRegion { .. })
+        ));
+        let restarted = reload(&log);
+        assert_eq!(restarted.region_count(), 2);
+        assert_eq!(restarted.region_by_key(b"a").unwrap().region, left);
+        assert_eq!(restarted.region_by_key(b"z").unwrap().region, right);
     }
 
     #[test]

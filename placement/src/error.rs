@@ -15,6 +15,8 @@ pub enum PlacementError {
     StoreTombstone { store_id: u64 },
     #[error("region {region_id} is not known")]
     RegionNotFound { region_id: u64 },
+    #[error("region {region_id} has changed since the request's view of it; refresh and retry")]
+    StaleRegion { region_id: u64 },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("placement metadata store: {0}")]
@@ -36,6 +38,7 @@ impl PlacementError {
             PlacementError::StoreTombstone { .. } => ErrorType::StoreTombstone,
             PlacementError::RegionNotFound { .. } => ErrorType::RegionNotFound,
             PlacementError::InvalidArgument(_) => ErrorType::InvalidArgument,
+            PlacementError::StaleRegion { .. } => ErrorType::StaleRegion,
             _ => ErrorType::Unknown,
         }
     }

@@ -110,6 +110,9 @@ impl MetaStore {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
+        for k in writes.deletes {
+            batch.remove(k);
+        }
         for (k, v) in writes.puts {
             batch.insert(k, v);
         }

@@ -208,6 +208,40 @@ impl Placement for PlacementService {
         Ok(Response::new(RegionHeartbeatResponse { header }))
     }
 
+    async fn ask_split(
+        &self,
+        request: Request<AskSplitRequest>,
+    ) -> Result<Response<AskSplitResponse>, Status> {
+        let req = request.into_inner();
+        let (header, (new_region_id, new_peer_ids)) = self.run(req.header, |core, w, _| {
+            let region = req.region.ok_or_else(|| {
+                PlacementError::InvalidArgument("ask split without a region".into())
+            })?;
+            core.ask_split(&region, w)
+        });
+        Ok(Response::new(AskSplitResponse {
+            header,
+            new_region_id,
+            new_peer_ids,
+        }))
+    }
+
+    async fn report_split(
+        &self,
+        request: Request<ReportSplitRequest>,
+    ) -> Result<Response<ReportSplitResponse>, Status> {
+        let req = request.into_inner();
+        let (header, ()) = self.run(req.header, |core, w, _| {
+            let (Some(left), Some(right)) = (req.left, req.right) else {
+                return Err(PlacementError::InvalidArgument(
+                    "split report needs both regions".into(),
+                ));
+            };
+            core.report_split(left, right, None, 0, w)
+        });
+        Ok(Response::new(ReportSplitResponse { header }))
+    }
+
     async fn get_region(
         &self,
         request: Request<GetRegionRequest>,

@@ -148,6 +148,17 @@ pub fn user_key_unchecked(encoded: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// The region boundary to use for a split before encoded `key`: in a hash keyspace the key's
+/// ring position (so regions are arcs of the ring and every user key with that position goes
+/// right), otherwise the key itself. Always `<= key`.
+pub fn split_boundary(key: &[u8]) -> &[u8] {
+    if key.first() == Some(&TAG_HASH) && key.len() > HASH_PREFIX_LEN {
+        &key[..HASH_PREFIX_LEN]
+    } else {
+        key
+    }
+}
+
 /// Whether encoded `key` lies in the region range `[start, end)`; an empty `end` is unbounded.
 pub fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
     key >= start && (end.is_empty() || key < end)

@@ -58,17 +58,43 @@ impl PeerStorage {
         kv_batch: &mut KvWriteBatch,
         log_batch: &mut RaftLogBatch,
     ) -> PeerStorage {
-        let hard_state = HardState {
-            term: RAFT_INIT_LOG_TERM,
-            commit: RAFT_INIT_LOG_INDEX,
-            ..Default::default()
-        };
-        let apply_state = ApplyState {
+        let storage = PeerStorage::initial(region, log);
+        log_batch.set_hard_state(storage.region.id, &storage.hard_state);
+        Self::write_initial_kv_state(&storage.region, kv_batch);
+        storage
+    }
+
+    /// Writes the initial state of a peer of a region created by a split into `kv_batch`, the
+    /// parent's apply batch, so the split and the new region's existence are one atomic write.
+    /// No hard state is written: until raft first persists one, [`PeerStorage::load`] rebuilds
+    /// the initial one (see there).
+    pub fn write_split_state(region: &Region, kv_batch: &mut KvWriteBatch) {
+        Self::write_initial_kv_state(region, kv_batch);
+    }
+
+    /// The storage of a region whose initial state [`PeerStorage::write_split_state`] has put
+    /// in an apply batch that is now written.
+    pub fn created_by_split(region: Region, log: Arc<dyn RaftLogEngine>) -> PeerStorage {
+        PeerStorage::initial(region, log)
+    }
+
+    fn initial_apply_state() -> ApplyState {
+        ApplyState {
             applied_index: RAFT_INIT_LOG_INDEX,
             truncated_index: RAFT_INIT_LOG_INDEX,
             truncated_term: RAFT_INIT_LOG_TERM,
-        };
-        log_batch.set_hard_state(region.id, &hard_state);
+        }
+    }
+
+    fn initial_hard_state() -> HardState {
+        HardState {
+            term: RAFT_INIT_LOG_TERM,
+            commit: RAFT_INIT_LOG_INDEX,
+            ..Default::default()
+        }
+    }
+
+    fn write_initial_kv_state(region: &Region, kv_batch: &mut KvWriteBatch) {
         layout::write_region_state(
             kv_batch,
             &RegionLocalState {
@@ -76,11 +102,14 @@ impl PeerStorage {
                 region: Some(region.clone()),
             },
         );
-        layout::write_apply_state(kv_batch, region.id, &apply_state);
+        layout::write_apply_state(kv_batch, region.id, &Self::initial_apply_state());
+    }
+
+    fn initial(region: Region, log: Arc<dyn RaftLogEngine>) -> PeerStorage {
         PeerStorage {
             region,
-            hard_state,
-            apply_state,
+            hard_state: Self::initial_hard_state(),
+            apply_state: Self::initial_apply_state(),
             last_index: RAFT_INIT_LOG_INDEX,
             last_term: RAFT_INIT_LOG_TERM,
             term_cache: VecDeque::new(),
@@ -102,12 +131,22 @@ impl PeerStorage {
                 "region state exists but apply state is missing",
             )
         })?;
-        let hard_state = log.hard_state(region_id)?.ok_or_else(|| {
-            StorageError::corruption(
-                format!("region {region_id}"),
-                "region state exists but the raft log has no hard state (was the raft directory replaced?)",
-            )
-        })?;
+        let hard_state = match log.hard_state(region_id)? {
+            Some(hs) => hs,
+            // A peer created by a split that crashed before raft persisted anything for it: it
+            // never voted nor accepted an entry, so the initial state is exactly its state.
+            None if apply_state == Self::initial_apply_state()
+                && log.last_index(region_id).is_none() =>
+            {
+                Self::initial_hard_state()
+            }
+            None => {
+                return Err(StorageError::corruption(
+                    format!("region {region_id}"),
+                    "region state exists but the raft log has no hard state (was the raft directory replaced?)",
+                ))
+            }
+        };
         let (last_index, last_term) = match log.last_index(region_id) {
             Some(last) if last > apply_state.truncated_index => {
                 let entry = log.entries(region_id, last, last + 1, None)?;

@@ -4,6 +4,7 @@
 use crate::debug;
 use crate::wait_until;
 use ringkv_client::{RawClient, RawConfig};
+use ringkv_node::config::SplitSection;
 use ringkv_node::{NetFilter, NodeConfig, NodeServer};
 use ringkv_placement::{PlacementConfig, PlacementServer};
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ pub struct ClusterBuilder {
     pub nodes: usize,
     pub replicas: u32,
     pub tick_interval_ms: u64,
+    pub split: SplitSection,
 }
 
 impl Default for ClusterBuilder {
@@ -24,6 +26,7 @@ impl Default for ClusterBuilder {
             nodes: 3,
             replicas: 3,
             tick_interval_ms: 50,
+            split: SplitSection::default(),
         }
     }
 }
@@ -31,6 +34,17 @@ impl Default for ClusterBuilder {
 impl ClusterBuilder {
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = n;
+        self
+    }
+
+    /// Regions split past `size_bytes`, checked often: for tests that want many splits.
+    pub fn small_regions(mut self, size_bytes: u64) -> Self {
+        self.split = SplitSection {
+            region_split_size_bytes: size_bytes,
+            split_check_diff_bytes: Some((size_bytes / 4).max(1)),
+            split_check_ticks: 2,
+            ..SplitSection::default()
+        };
         self
     }
 
@@ -80,6 +94,7 @@ impl TestCluster {
                 ..NodeConfig::default()
             };
             config.raft.tick_interval_ms = b.tick_interval_ms;
+            config.split = b.split.clone();
             let server = NodeServer::start(config.clone(), filter.clone()).expect("node starts");
             // Restarts come back on the same port.
             config.listen_addr = server.addr();
@@ -113,6 +128,13 @@ impl TestCluster {
 
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// A placement client, for tests that inspect routing.
+    pub fn pd(&self) -> ringkv_client::PdClient {
+        self.rt
+            .block_on(ringkv_client::PdClient::connect(&[self.pd_addr()]))
+            .expect("placement client connects")
     }
 
     pub fn node_addr(&self, i: usize) -> String {

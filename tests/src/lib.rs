@@ -5,11 +5,13 @@
 //!   [`NetFilter`](ringkv_node::NetFilter).
 //! - [`process::ProcessCluster`]: the real `ringkv-placement` and `ringkv-node` binaries as child
 //!   processes, with `kill -9`, SIGSTOP/SIGCONT and restart.
+//! - [`regions`]: checks that regions tile the keyspace and never overlap on a node.
 //! - [`wait_until`]: bounded polling for conditions that become true eventually.
 
 pub mod cluster;
 pub mod debug;
 pub mod process;
+pub mod regions;
 
 use std::time::{Duration, Instant};
 

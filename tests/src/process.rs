@@ -82,7 +82,14 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// Starts placement and `n` nodes and waits until the first region has a leader.
     pub fn start(n: usize) -> Self {
+        Self::start_with_config(n, "")
+    }
+
+    /// Like [`ProcessCluster::start`], with `node_toml` as every node's configuration file.
+    pub fn start_with_config(n: usize, node_toml: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("node.toml");
+        std::fs::write(&config_path, node_toml).expect("node config written");
         let pd_addr = format!("127.0.0.1:{}", free_port());
         let mut placement = Proc {
             args: vec![
@@ -103,6 +110,8 @@ impl ProcessCluster {
             let addr = format!("127.0.0.1:{}", free_port());
             let mut p = Proc {
                 args: vec![
+                    "--config".into(),
+                    config_path.display().to_string(),
                     "--data-dir".into(),
                     dir.path().join(format!("node{i}")).display().to_string(),
                     "--listen-addr".into(),
