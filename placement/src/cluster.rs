@@ -647,7 +647,8 @@ mod tests {
         assert_eq!(pd.region_by_key(b"z").unwrap().region, right);
         // A late heartbeat of the parent as it was must not undo the split.
         let mut w = MetaWrites::default();
-        pd.region_heartbeat(parent.clone(), None, 9, &mut w).unwrap();
+        pd.region_heartbeat(parent.clone(), None, 9, &mut w)
+            .unwrap();
         log.push(w);
         assert_eq!(pd.region_by_key(b"z").unwrap().region.id, new_id);
         assert_eq!(pd.region_count(), 2);

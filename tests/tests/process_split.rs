@@ -1,0 +1,175 @@
+//! The real binaries as separate processes, with regions small enough that a modest load splits
+//! them more than fifty times: `kill -9` one node in the middle of the splits, restart it, and
+//! check that every acknowledged key is readable, that the placement driver's regions tile the
+//! keyspace, and that every node ends up holding exactly those regions, never two overlapping.
+
+use ringkv_client::{PdClient, RawClient, RawConfig};
+use ringkv_proto::metapb::Region;
+use ringkv_tests::process::ProcessCluster;
+use ringkv_tests::regions::{assert_disjoint, node_regions, pd_regions, tiling_error};
+use ringkv_tests::wait_until;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const KEYS: usize = 6_000;
+const WRITERS: usize = 8;
+const BATCH: usize = 20;
+const SPLITS_MIN: usize = 50;
+
+const NODE_TOML: &str = r#"
+store_heartbeat_ms = 500
+
+[raft]
+tick_interval_ms = 50
+
+[split]
+region_split_size_bytes = 8192
+split_check_diff_bytes = 2048
+split_check_ticks = 2
+"#;
+
+fn key(i: usize) -> Vec<u8> {
+    format!("split-{i:06}").into_bytes()
+}
+
+fn value(i: usize) -> Vec<u8> {
+    format!("{i}-{}", "v".repeat(200)).into_bytes()
+}
+
+#[test]
+fn fifty_splits_with_a_node_killed_lose_nothing_and_tile_the_keyspace() {
+    let mut cluster = ProcessCluster::start_with_config(3, NODE_TOML);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = RawConfig {
+        timeout: Duration::from_secs(30),
+        attempt_timeout: Duration::from_secs(2),
+        ..RawConfig::default()
+    };
+    let client = rt
+        .block_on(RawClient::connect_with_config(
+            &[cluster.pd_addr.clone()],
+            config,
+        ))
+        .unwrap();
+    let pd = rt
+        .block_on(PdClient::connect(&[cluster.pd_addr.clone()]))
+        .unwrap();
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let (client, next, acked) = (client.clone(), next.clone(), acked.clone());
+            rt.spawn(async move {
+                loop {
+                    let first = next.fetch_add(BATCH, Ordering::SeqCst);
+                    if first >= KEYS {
+                        return;
+                    }
+                    let batch: Vec<_> =
+                        (first..first + BATCH).map(|i| (key(i), value(i))).collect();
+                    // A batch that fails has an unknown outcome; retrying is safe (puts are
+                    // idempotent) and only an Ok counts as acknowledged.
+                    for _attempt in 0..5 {
+                        if client.batch_put(batch.clone()).await.is_ok() {
+                            acked.lock().extend(first..first + BATCH);
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let victim = 1;
+    wait_until(
+        "a third of the keys written",
+        Duration::from_secs(120),
+        || (next.load(Ordering::SeqCst) >= KEYS / 3).then_some(()),
+    );
+    let regions_at_kill = rt.block_on(pd_regions(&pd)).len();
+    cluster.kill_node(victim);
+    wait_until(
+        "two thirds of the keys written",
+        Duration::from_secs(120),
+        || (next.load(Ordering::SeqCst) >= 2 * KEYS / 3).then_some(()),
+    );
+    cluster.restart_node(victim);
+    for w in writers {
+        rt.block_on(w).unwrap();
+    }
+    let acked = acked.lock().clone();
+    assert!(
+        acked.len() >= KEYS * 9 / 10,
+        "only {} of {KEYS} writes were acknowledged",
+        acked.len()
+    );
+
+    // Splits continue until no region is over the threshold; wait for the count to settle.
+    let regions: Vec<Region> = wait_until(
+        "the regions to tile the keyspace with at least fifty splits",
+        Duration::from_secs(120),
+        || {
+            let regions: Vec<Region> = rt
+                .block_on(pd_regions(&pd))
+                .into_iter()
+                .map(|(r, _)| r)
+                .collect();
+            (regions.len() > SPLITS_MIN && tiling_error(&regions).is_none()).then_some(regions)
+        },
+    );
+    println!(
+        "{} regions at the kill, {} at the end",
+        regions_at_kill,
+        regions.len()
+    );
+
+    for chunk in acked.chunks(500) {
+        let keys: Vec<Vec<u8>> = chunk.iter().map(|i| key(*i)).collect();
+        let got = rt.block_on(client.batch_get(keys)).unwrap();
+        let mut got: Vec<Vec<u8>> = got.into_iter().map(|(k, _)| k).collect();
+        got.sort();
+        let mut want: Vec<Vec<u8>> = chunk.iter().map(|i| key(*i)).collect();
+        want.sort();
+        assert_eq!(got, want, "acknowledged keys are missing");
+    }
+    let scanned = rt
+        .block_on(client.scan("split-", "split.", 10_240))
+        .unwrap();
+    let distinct: std::collections::BTreeSet<_> = scanned.iter().map(|(k, _)| k).collect();
+    assert_eq!(distinct.len(), scanned.len(), "a key is returned twice");
+    assert!(scanned.len() >= acked.len());
+
+    // Every node, the restarted one included, converges on exactly the routed regions.
+    wait_until(
+        "every node to hold exactly the routed regions",
+        Duration::from_secs(120),
+        || {
+            let mut want: Vec<Region> = rt
+                .block_on(pd_regions(&pd))
+                .into_iter()
+                .map(|(r, _)| r)
+                .collect();
+            want.sort_by_key(|r| r.id);
+            for i in 0..cluster.node_count() {
+                let mut have = rt.block_on(node_regions(cluster.node_addr(i)))?;
+                assert_disjoint(cluster.node_addr(i), &have);
+                have.sort_by_key(|r| r.id);
+                if have != want {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    );
+    assert!(
+        !cluster.log_tail(victim).contains("panicked"),
+        "restarted node panicked:\n{}",
+        cluster.log_tail(victim)
+    );
+}
