@@ -22,6 +22,9 @@ pub type CmdResult = Result<(), RegionError>;
 pub enum AdminResult {
     /// The region is now `left`; `right` is new and its state is in the batch.
     Split { left: Region, right: Region },
+    /// Entries up to `index` may go: the peer updates its truncated state (written with this
+    /// apply batch) and the raftstore compacts the log engine once that state is durable.
+    CompactLog { index: u64, term: u64 },
 }
 
 /// A command's result and, for an admin command that succeeded, what it changed.
@@ -57,6 +60,7 @@ pub fn check_command(region: &Region, cmd: &RaftCmdRequest) -> CmdResult {
         }
         match &admin.cmd {
             Some(admin_request::Cmd::Split(split)) => check_split(region, split)?,
+            Some(admin_request::Cmd::CompactLog(_)) => {}
             None => {
                 return Err(region_error::invalid_command(
                     region.id,
@@ -169,9 +173,17 @@ pub fn exec_command(
                         region: Some(left.clone()),
                     },
                 );
-                PeerStorage::write_split_state(&right, batch);
+                // A peer of the new region can only exist here already if it was created
+                // from a snapshot, which is newer than this split: keep it.
+                if layout::read_region_state(kv, right.id)?.is_none() {
+                    PeerStorage::write_split_state(&right, batch);
+                }
                 AdminResult::Split { left, right }
             }
+            Some(admin_request::Cmd::CompactLog(c)) => AdminResult::CompactLog {
+                index: c.compact_index,
+                term: c.compact_term,
+            },
             None => unreachable!("check_command refuses an empty admin command"),
         };
         return Ok(Applied {

@@ -98,6 +98,15 @@ pub struct RaftSection {
     pub max_size_per_msg_bytes: u64,
     /// Append messages in flight per follower. Default 256.
     pub max_inflight_msgs: usize,
+    /// Ticks between log GC decisions. Default 30; at least 1.
+    pub raft_log_gc_ticks: u32,
+    /// A leader compacts its log once this many applied entries are in it. Default 50; at
+    /// least 1.
+    pub raft_log_gc_threshold: u64,
+    /// Past this many entries the log is compacted to the applied index even if a follower
+    /// lags; the follower then catches up from a snapshot. Default 20000; at least
+    /// `raft_log_gc_threshold`.
+    pub raft_log_gc_count_limit: u64,
 }
 
 impl Default for RaftSection {
@@ -112,6 +121,9 @@ impl Default for RaftSection {
             region_heartbeat_ticks: store.region_heartbeat_ticks,
             max_size_per_msg_bytes: peer.max_size_per_msg_bytes,
             max_inflight_msgs: peer.max_inflight_msgs,
+            raft_log_gc_ticks: store.raft_log_gc_ticks,
+            raft_log_gc_threshold: store.raft_log_gc_threshold,
+            raft_log_gc_count_limit: store.raft_log_gc_count_limit,
         }
     }
 }
@@ -176,6 +188,16 @@ impl NodeConfig {
         if self.raft.region_heartbeat_ticks == 0 {
             return bad("raft.region_heartbeat_ticks must be at least 1".into());
         }
+        let r = &self.raft;
+        if r.raft_log_gc_ticks == 0
+            || r.raft_log_gc_threshold == 0
+            || r.raft_log_gc_count_limit < r.raft_log_gc_threshold
+        {
+            return bad(format!(
+                "raft.raft_log_gc_ticks ({}) and raft.raft_log_gc_threshold ({}) must be at least 1, and raft.raft_log_gc_count_limit ({}) at least the threshold",
+                r.raft_log_gc_ticks, r.raft_log_gc_threshold, r.raft_log_gc_count_limit
+            ));
+        }
         let split = &self.split;
         if split.region_split_size_bytes < 4096 {
             return bad(format!(
@@ -211,6 +233,9 @@ impl NodeConfig {
             sync_log: self.raft.sync_log,
             region_heartbeat_ticks: self.raft.region_heartbeat_ticks,
             split: self.split.split_config(),
+            raft_log_gc_ticks: self.raft.raft_log_gc_ticks,
+            raft_log_gc_threshold: self.raft.raft_log_gc_threshold,
+            raft_log_gc_count_limit: self.raft.raft_log_gc_count_limit,
             ..RaftStoreConfig::default()
         }
     }

@@ -5,6 +5,7 @@
 //! - [`apply`]: turns committed commands into one atomic write batch (data + applied index).
 //! - [`raftstore`]: the loop that drives every peer of the node, writes all their log entries in
 //!   one synced batch per round (group commit), sends messages and applies.
+//! - [`snapshot`]: generating a region snapshot and installing one.
 //! - [`split_check`]: measuring regions and finding the key that halves one (worker thread).
 //! - [`split`]: asking the placement driver for ids and proposing a split.
 //! - [`transport`]: Raft messages to other nodes over one gRPC stream per destination.
@@ -22,6 +23,7 @@ pub mod raftstore;
 pub mod region_error;
 pub mod server;
 pub mod service;
+pub mod snapshot;
 pub mod split;
 pub mod split_check;
 pub mod transport;

@@ -15,7 +15,7 @@ use ringkv_proto::metapb::{Peer as PeerMeta, Region};
 use ringkv_proto::raftpb::{ApplyState, RaftCmdRequest, RaftMessage};
 use ringkv_storage::layout;
 use ringkv_storage::{KvEngine, KvWriteBatch, PeerStorage, RaftLogBatch, StorageError};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use tokio::sync::oneshot;
 
 /// Where a command's result goes.
@@ -104,12 +104,20 @@ pub struct Peer {
     last_view: LeaderView,
     read_timeout_ticks: u32,
     pub size: SizeStats,
+    /// Peers of this region learnt from incoming messages: an uninitialized peer does not know
+    /// its region's peers, yet must answer the leader.
+    peer_cache: HashMap<u64, PeerMeta>,
+    /// A snapshot was installed in the current round: raft is told it is applied after the
+    /// round's log write.
+    snapshot_installed: Option<u64>,
 }
 
 /// Messages a round has produced, to send once the round's log write is done (or at once).
 #[derive(Default)]
 pub struct Outbox {
     pub messages: Vec<RaftMessage>,
+    /// Messages carrying a snapshot: they travel in chunks on their own stream.
+    pub snapshots: Vec<RaftMessage>,
 }
 
 impl Peer {
@@ -126,6 +134,26 @@ impl Peer {
                     region.id
                 ))
             })?;
+        Self::with_meta(meta, storage, cfg)
+    }
+
+    /// A peer `meta` of a region this store knows nothing else about yet (see
+    /// [`PeerStorage::uninitialized`]).
+    pub fn uninitialized(
+        meta: PeerMeta,
+        storage: PeerStorage,
+        cfg: &PeerConfig,
+    ) -> Result<Self, raft::Error> {
+        assert!(!storage.is_initialized());
+        Self::with_meta(meta, storage, cfg)
+    }
+
+    fn with_meta(
+        meta: PeerMeta,
+        storage: PeerStorage,
+        cfg: &PeerConfig,
+    ) -> Result<Self, raft::Error> {
+        let region = storage.region().clone();
         let raft_cfg = raft::Config {
             id: meta.id,
             election_tick: cfg.election_ticks,
@@ -159,6 +187,8 @@ impl Peer {
                 check_wanted: true,
                 ..Default::default()
             },
+            peer_cache: HashMap::new(),
+            snapshot_installed: None,
         })
     }
 
@@ -209,7 +239,68 @@ impl Peer {
     }
 
     fn peer_by_id(&self, id: u64) -> Option<PeerMeta> {
-        self.region().peers.iter().find(|p| p.id == id).copied()
+        self.region()
+            .peers
+            .iter()
+            .find(|p| p.id == id)
+            .copied()
+            .or_else(|| self.peer_cache.get(&id).copied())
+    }
+
+    /// Whether this peer holds its region's data (see [`PeerStorage::is_initialized`]).
+    pub fn is_initialized(&self) -> bool {
+        self.raw.store().is_initialized()
+    }
+
+    pub fn truncated_index(&self) -> u64 {
+        self.raw.store().apply_state().truncated_index
+    }
+
+    /// The storage, for generating snapshots between rounds.
+    pub fn storage(&self) -> &PeerStorage {
+        self.raw.store()
+    }
+
+    /// Tells raft how sending a snapshot to peer `to` ended.
+    pub fn report_snapshot(&mut self, to: u64, delivered: bool) {
+        let status = if delivered {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(to, status);
+    }
+
+    /// The index the log can be compacted to now, if compaction is due: behind every
+    /// follower's match index, unless the log is longer than `count_limit` entries, in which
+    /// case laggards will need a snapshot. Only a leader decides.
+    pub fn compact_index_due(&self, threshold: u64, count_limit: u64) -> Option<(u64, u64)> {
+        if !self.is_leader() {
+            return None;
+        }
+        let applied = self.applied_index();
+        let truncated = self.truncated_index();
+        if applied < truncated + threshold {
+            return None;
+        }
+        let slowest = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(_, pr)| pr.matched)
+            .min()
+            .unwrap_or(applied);
+        let index = if applied - truncated > count_limit {
+            applied
+        } else {
+            slowest.min(applied)
+        };
+        if index <= truncated {
+            return None;
+        }
+        let term = self.raw.raft.raft_log.term(index).ok()?;
+        Some((index, term))
     }
 
     /// Advances logical time by one tick. Returns whether raft has work.
@@ -238,8 +329,13 @@ impl Peer {
         }
     }
 
-    /// Feeds a Raft message from another peer.
-    pub fn step(&mut self, msg: eraftpb::Message) {
+    /// Feeds a Raft message from peer `from`.
+    pub fn step(&mut self, from: Option<PeerMeta>, msg: eraftpb::Message) {
+        if let Some(from) = from {
+            if from.id == msg.from && !self.region().peers.iter().any(|p| p.id == from.id) {
+                self.peer_cache.insert(from.id, from);
+            }
+        }
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(region = self.region_id(), error = %e, "dropped raft message");
         }
@@ -430,13 +526,20 @@ impl Peer {
                     continue;
                 }
             };
-            outbox.messages.push(RaftMessage {
+            let wrapped = RaftMessage {
                 region_id: region.id,
                 from_peer: Some(self.meta),
                 to_peer: Some(to),
                 region_epoch: region.region_epoch,
                 message: bytes,
-            });
+                start_key: region.start_key.clone(),
+                end_key: region.end_key.clone(),
+            };
+            if msg.get_msg_type() == eraftpb::MessageType::MsgSnapshot {
+                outbox.snapshots.push(wrapped);
+            } else {
+                outbox.messages.push(wrapped);
+            }
         }
     }
 
@@ -446,23 +549,24 @@ impl Peer {
 
     /// First half of a round: takes raft's `Ready`, puts its entries and hard state into
     /// `log_batch`, and sends what may go before the write (a leader's appends).
-    pub fn collect_ready(&mut self, log_batch: &mut RaftLogBatch, early: &mut Outbox) {
+    pub fn collect_ready(
+        &mut self,
+        kv: &dyn KvEngine,
+        log_batch: &mut RaftLogBatch,
+        early: &mut Outbox,
+    ) -> Result<(), StorageError> {
         assert!(
             self.unpersisted.is_none(),
             "region {}: ready collected twice",
             self.region_id()
         );
         if !self.raw.has_ready() {
-            return;
+            return Ok(());
         }
         let mut ready = self.raw.ready();
         self.wrap_messages(ready.take_messages(), early);
         if !ready.snapshot().is_empty() {
-            // No peer ever produces a snapshot yet (see PeerStorage::snapshot).
-            panic!(
-                "region {}: received a snapshot, which this version cannot apply",
-                self.region_id()
-            );
+            self.install_snapshot(ready.snapshot(), kv, log_batch)?;
         }
         self.on_read_states(ready.take_read_states());
         let committed = ready.take_committed_entries();
@@ -477,6 +581,43 @@ impl Peer {
             }
         }
         self.unpersisted = Some(ready);
+        Ok(())
+    }
+
+    /// Replaces this replica's data and state with a snapshot from the leader. The data write
+    /// is atomic and happens now; the log reset joins the round's log batch.
+    fn install_snapshot(
+        &mut self,
+        snap: &eraftpb::Snapshot,
+        kv: &dyn KvEngine,
+        log_batch: &mut RaftLogBatch,
+    ) -> Result<(), StorageError> {
+        let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+        let data = crate::snapshot::decode(snap).ok_or_else(|| StorageError::Corruption {
+            what: format!("snapshot of region {} at {index}", self.region_id()),
+            detail: "undecodable snapshot data".into(),
+        })?;
+        let region = data.region.clone().expect("decode checked");
+        assert_eq!(region.id, self.region_id(), "snapshot for another region");
+        kv.write(crate::snapshot::install_batch(kv, &data, index, term)?)?;
+        tracing::info!(
+            region = region.id,
+            index,
+            term,
+            keys = data.kvs.len(),
+            "snapshot installed"
+        );
+        self.raw
+            .mut_store()
+            .apply_snapshot(region, index, term, log_batch);
+        // Anything committed below the snapshot is in it; nothing of ours waits on it.
+        self.to_apply.retain(|e| e.index > index);
+        self.size = SizeStats {
+            check_wanted: true,
+            ..Default::default()
+        };
+        self.snapshot_installed = Some(index);
+        Ok(())
     }
 
     /// Second half of a round, after the log write is durable: sends messages that had to wait
@@ -487,6 +628,9 @@ impl Peer {
         };
         self.wrap_messages(ready.take_persisted_messages(), late);
         let mut light = self.raw.advance(ready);
+        if let Some(index) = self.snapshot_installed.take() {
+            self.raw.advance_apply_to(index);
+        }
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit_index(commit);
         }
@@ -540,6 +684,13 @@ impl Peer {
                         self.size.written_since_check_bytes += apply::written_bytes(&cmd);
                     }
                     match applied.admin {
+                        Some(AdminResult::CompactLog { index, term })
+                            if index > self.truncated_index() =>
+                        {
+                            self.raw.mut_store().compact_to(index, term);
+                            admin_results.push(AdminResult::CompactLog { index, term });
+                        }
+                        Some(AdminResult::CompactLog { .. }) => {}
                         Some(AdminResult::Split { left, right }) => {
                             tracing::info!(
                                 region = region.id,

@@ -13,9 +13,12 @@ use crate::split_check::{SplitCheckOutcome, SplitCheckTask, SplitChecker, SplitC
 use crate::transport::Transport;
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use protobuf::Message as _;
-use ringkv_proto::metapb::{Region, RegionEpoch};
+use ringkv_proto::keys::ranges_overlap;
+use ringkv_proto::metapb::{Peer as PeerMeta, Region, RegionEpoch};
 use ringkv_proto::pdpb::RegionHeartbeatRequest;
-use ringkv_proto::raftpb::{RaftCmdRequest, RaftMessage, RegionInfoResponse};
+use ringkv_proto::raftpb::{
+    admin_request, AdminRequest, CompactLogRequest, RaftCmdRequest, RaftMessage, RegionInfoResponse,
+};
 use ringkv_storage::{layout, KvEngine, KvWriteBatch, PeerStorage, RaftLogBatch, RaftLogEngine};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 /// Messages into the raftstore.
 pub enum StoreMsg {
     /// A Raft message from another node.
-    Raft(RaftMessage),
+    Raft(Box<RaftMessage>),
     /// A write to propose.
     Command {
         cmd: RaftCmdRequest,
@@ -46,6 +49,12 @@ pub enum StoreMsg {
         /// The region version the check saw.
         version: u64,
         outcome: SplitCheckOutcome,
+    },
+    /// How sending a snapshot ended.
+    SnapshotStatus {
+        region_id: u64,
+        to_peer_id: u64,
+        delivered: bool,
     },
     /// Report the state of one region (None: all).
     Status {
@@ -86,6 +95,13 @@ pub struct RaftStoreConfig {
     /// Messages handled per round at most, so one round stays short.
     pub messages_per_round_max: usize,
     pub split: SplitConfig,
+    /// Ticks between log GC decisions.
+    pub raft_log_gc_ticks: u32,
+    /// A leader compacts only once this many applied entries are in the log.
+    pub raft_log_gc_threshold: u64,
+    /// Past this many entries the log is compacted to the applied index even if a follower
+    /// lags (it gets a snapshot).
+    pub raft_log_gc_count_limit: u64,
 }
 
 impl Default for RaftStoreConfig {
@@ -97,6 +113,9 @@ impl Default for RaftStoreConfig {
             region_heartbeat_ticks: 10,
             messages_per_round_max: 4096,
             split: SplitConfig::default(),
+            raft_log_gc_ticks: 30,
+            raft_log_gc_threshold: 50,
+            raft_log_gc_count_limit: 20_000,
         }
     }
 }
@@ -174,6 +193,10 @@ pub struct RaftStore {
     /// stores may still be applying the split.
     early_messages: HashMap<u64, Vec<(u64, RaftMessage)>>,
     early_message_count: usize,
+    /// Log compactions applied but not yet carried out on the log engine: region -> index.
+    compactions_pending: HashMap<u64, u64>,
+    /// This raftstore's own mailbox, for reports from asynchronous work (snapshot sends).
+    router: StoreRouter,
 }
 
 /// Messages for not-yet-created regions kept at most, and for how many ticks.
@@ -191,6 +214,7 @@ pub struct StoreParts {
     pub events: mpsc::UnboundedSender<StoreEvent>,
     pub cfg: RaftStoreConfig,
     pub split_checker: SplitChecker,
+    pub router: StoreRouter,
 }
 
 impl RaftStore {
@@ -204,6 +228,7 @@ impl RaftStore {
             events,
             cfg,
             split_checker,
+            router,
         } = parts;
         let mut peers = HashMap::new();
         for state in layout::all_region_states(kv.as_ref())? {
@@ -236,6 +261,8 @@ impl RaftStore {
             split_asked_at: HashMap::new(),
             early_messages: HashMap::new(),
             early_message_count: 0,
+            compactions_pending: HashMap::new(),
+            router,
         })
     }
 
@@ -276,13 +303,14 @@ impl RaftStore {
                 next_tick = Instant::now() + self.cfg.tick_interval;
             }
             self.round();
+            self.generate_snapshots();
         }
         tracing::info!(store = self.store_id, "raftstore stopped");
     }
 
     fn handle(&mut self, msg: StoreMsg) -> bool {
         match msg {
-            StoreMsg::Raft(m) => self.on_raft_message(m),
+            StoreMsg::Raft(m) => self.on_raft_message(*m),
             StoreMsg::Command { cmd, callback } => match self.peers.get_mut(&cmd.region_id) {
                 Some(peer) => peer.propose(cmd, callback),
                 None => {
@@ -304,6 +332,15 @@ impl RaftStore {
                 }
             },
             StoreMsg::CreateBootstrapPeer(region) => self.create_bootstrap_peer(region),
+            StoreMsg::SnapshotStatus {
+                region_id,
+                to_peer_id,
+                delivered,
+            } => {
+                if let Some(peer) = self.peers.get_mut(&region_id) {
+                    peer.report_snapshot(to_peer_id, delivered);
+                }
+            }
             StoreMsg::SplitCheckResult {
                 region_id,
                 version,
@@ -316,7 +353,9 @@ impl RaftStore {
                 let infos = self
                     .peers
                     .values()
-                    .filter(|p| region_id.is_none_or(|id| id == p.region_id()))
+                    .filter(|p| {
+                        p.is_initialized() && region_id.is_none_or(|id| id == p.region_id())
+                    })
                     .map(|p| RegionInfoResponse {
                         found: true,
                         region: Some(p.region().clone()),
@@ -326,6 +365,7 @@ impl RaftStore {
                         last_index: p.last_index(),
                         leader_id: p.leader_id(),
                         is_leader: p.is_leader(),
+                        truncated_index: p.truncated_index(),
                     })
                     .collect();
                 let _ = callback.send(infos);
@@ -336,26 +376,11 @@ impl RaftStore {
     }
 
     fn on_raft_message(&mut self, msg: RaftMessage) {
-        if msg.to_peer.map(|p| p.store_id) != Some(self.store_id) {
+        let Some(to) = msg.to_peer.filter(|p| p.store_id == self.store_id) else {
             tracing::warn!(
                 region = msg.region_id,
                 "raft message for another store dropped"
             );
-            return;
-        }
-        let Some(peer) = self.peers.get_mut(&msg.region_id) else {
-            if self.early_message_count < EARLY_MESSAGES_MAX {
-                self.early_message_count += 1;
-                self.early_messages
-                    .entry(msg.region_id)
-                    .or_default()
-                    .push((self.ticks, msg));
-            } else {
-                tracing::debug!(
-                    region = msg.region_id,
-                    "raft message for a region not on this store dropped"
-                );
-            }
             return;
         };
         let mut inner = raft::eraftpb::Message::default();
@@ -363,7 +388,105 @@ impl RaftStore {
             tracing::warn!(region = msg.region_id, error = %e, "malformed raft message dropped");
             return;
         }
-        peer.step(inner);
+        if !self.peers.contains_key(&msg.region_id) && !self.maybe_create_uninitialized(&msg, to) {
+            self.keep_early_message(msg);
+            return;
+        }
+        if inner.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot
+            && !self.snapshot_fits(msg.region_id, inner.get_snapshot())
+        {
+            return;
+        }
+        let peer = self
+            .peers
+            .get_mut(&msg.region_id)
+            .expect("checked or created");
+        if peer.peer_id() != to.id {
+            tracing::debug!(
+                region = msg.region_id,
+                to = to.id,
+                local = peer.peer_id(),
+                "raft message for another peer of the region dropped"
+            );
+            return;
+        }
+        peer.step(msg.from_peer, inner);
+    }
+
+    /// Keeps a message for a region that does not exist here yet, for a few ticks.
+    fn keep_early_message(&mut self, msg: RaftMessage) {
+        if self.early_message_count < EARLY_MESSAGES_MAX {
+            self.early_message_count += 1;
+            self.early_messages
+                .entry(msg.region_id)
+                .or_default()
+                .push((self.ticks, msg));
+        } else {
+            tracing::debug!(
+                region = msg.region_id,
+                "raft message for a region not on this store dropped"
+            );
+        }
+    }
+
+    /// Whether an initialized local region other than `region_id` overlaps `[start, end)`.
+    fn overlaps_local(&self, region_id: u64, start: &[u8], end: &[u8]) -> bool {
+        self.peers.values().any(|p| {
+            p.region_id() != region_id
+                && p.is_initialized()
+                && ranges_overlap(&p.region().start_key, &p.region().end_key, start, end)
+        })
+    }
+
+    /// Creates an uninitialized peer for a message to a region this store does not have,
+    /// unless a local region still covers part of its range: then a split that creates it
+    /// here is pending, or a stale local region must catch up first.
+    fn maybe_create_uninitialized(&mut self, msg: &RaftMessage, to: PeerMeta) -> bool {
+        if to.id == 0 || self.overlaps_local(msg.region_id, &msg.start_key, &msg.end_key) {
+            return false;
+        }
+        match layout::read_region_state(self.kv.as_ref(), msg.region_id) {
+            Ok(None) => {}
+            Ok(Some(_)) => return false,
+            Err(e) => panic!("cannot read region state of region {}: {e}", msg.region_id),
+        }
+        let storage = PeerStorage::uninitialized(msg.region_id, self.log.clone());
+        match Peer::uninitialized(to, storage, &self.cfg.peer) {
+            Ok(peer) => {
+                tracing::info!(
+                    region = msg.region_id,
+                    peer = to.id,
+                    "created uninitialized peer; waiting for a snapshot"
+                );
+                self.peers.insert(msg.region_id, peer);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(region = msg.region_id, error = %e, "cannot create peer");
+                false
+            }
+        }
+    }
+
+    /// A snapshot may be installed only if its range overlaps no other local region (one that
+    /// is stale must catch up first; the leader retries the snapshot).
+    fn snapshot_fits(&self, region_id: u64, snap: &raft::eraftpb::Snapshot) -> bool {
+        let Some(region) = crate::snapshot::decode(snap).and_then(|d| d.region) else {
+            tracing::warn!(region = region_id, "undecodable snapshot dropped");
+            return false;
+        };
+        if region.id != region_id {
+            tracing::warn!(region = region_id, "snapshot of another region dropped");
+            return false;
+        }
+        if self.overlaps_local(region_id, &region.start_key, &region.end_key) {
+            tracing::info!(
+                region = region_id,
+                "snapshot overlaps a local region that is behind; dropped for now"
+            );
+            return false;
+        }
+        true
     }
 
     fn create_bootstrap_peer(&mut self, region: Region) {
@@ -489,6 +612,14 @@ impl RaftStore {
             });
         }
         let right_id = right.id;
+        if self
+            .peers
+            .get(&right_id)
+            .is_some_and(|p| p.is_initialized())
+        {
+            // Installed from a snapshot, which is newer than this split (see apply).
+            return;
+        }
         let storage = PeerStorage::created_by_split(right, self.log.clone());
         let mut peer = match Peer::new(self.store_id, storage, &self.cfg.peer) {
             Ok(p) => p,
@@ -497,15 +628,13 @@ impl RaftStore {
         if parent_leader {
             peer.campaign();
         }
+        // An uninitialized peer of the region (created from an early message) is replaced.
+        self.peers.insert(right_id, peer);
         if let Some(early) = self.early_messages.remove(&right_id) {
             self.early_message_count -= early.len();
-            let created = peer;
-            self.peers.insert(right_id, created);
             for (_, msg) in early {
                 self.on_raft_message(msg);
             }
-        } else {
-            self.peers.insert(right_id, peer);
         }
     }
 
@@ -526,6 +655,12 @@ impl RaftStore {
         self.expire_early_messages();
         if self
             .ticks
+            .is_multiple_of(u64::from(self.cfg.raft_log_gc_ticks.max(1)))
+        {
+            self.gc_raft_logs();
+        }
+        if self
+            .ticks
             .is_multiple_of(u64::from(self.cfg.split.split_check_ticks.max(1)))
         {
             self.schedule_split_checks();
@@ -544,6 +679,91 @@ impl RaftStore {
         }
     }
 
+    /// Streams snapshot messages; each peer hears back whether its snapshot was delivered.
+    fn send_snapshots(&self, snapshots: Vec<RaftMessage>) {
+        for msg in snapshots {
+            let (region_id, to) = (msg.region_id, msg.to_peer.map(|p| p.id).unwrap_or(0));
+            let router = self.router.clone();
+            self.transport.send_snapshot(
+                msg,
+                Box::new(move |delivered| {
+                    let _ = router.send(StoreMsg::SnapshotStatus {
+                        region_id,
+                        to_peer_id: to,
+                        delivered,
+                    });
+                }),
+            );
+        }
+    }
+
+    /// Builds the snapshots raft asked for during the round. Runs between rounds, where every
+    /// region's data is exactly its applied state.
+    fn generate_snapshots(&mut self) {
+        for peer in self.peers.values() {
+            if !peer.storage().take_snapshot_wanted() {
+                continue;
+            }
+            match crate::snapshot::generate(peer.storage(), self.kv.as_ref()) {
+                Ok(snap) => {
+                    tracing::info!(
+                        region = peer.region_id(),
+                        index = snap.get_metadata().index,
+                        bytes = snap.get_data().len(),
+                        "snapshot generated"
+                    );
+                    peer.storage().set_generated_snapshot(snap);
+                }
+                Err(e) => {
+                    tracing::error!(region = peer.region_id(), error = %e, "snapshot generation failed")
+                }
+            }
+        }
+    }
+
+    /// Leaders propose log compaction where due; compactions already applied are carried out
+    /// on the log engine once the KV engine has made their apply state durable.
+    fn gc_raft_logs(&mut self) {
+        let (threshold, limit) = (
+            self.cfg.raft_log_gc_threshold,
+            self.cfg.raft_log_gc_count_limit,
+        );
+        for peer in self.peers.values_mut() {
+            let Some((index, term)) = peer.compact_index_due(threshold, limit) else {
+                continue;
+            };
+            let cmd = RaftCmdRequest {
+                region_id: peer.region_id(),
+                region_epoch: peer.region().region_epoch,
+                requests: Vec::new(),
+                admin: Some(AdminRequest {
+                    cmd: Some(admin_request::Cmd::CompactLog(CompactLogRequest {
+                        compact_index: index,
+                        compact_term: term,
+                    })),
+                }),
+            };
+            let (tx, _rx) = oneshot::channel();
+            peer.propose(cmd, tx);
+        }
+        if self.compactions_pending.is_empty() {
+            return;
+        }
+        // The truncated state must be durable before the entries go: after a crash the node
+        // replays from the last durable applied index.
+        self.kv
+            .flush()
+            .unwrap_or_else(|e| panic!("kv flush failed; stopping the node: {e}"));
+        for (region_id, index) in self.compactions_pending.drain() {
+            self.log
+                .compact_to(region_id, index + 1)
+                .unwrap_or_else(|e| panic!("raft log compaction failed; stopping the node: {e}"));
+        }
+        if let Err(e) = self.log.purge() {
+            tracing::warn!(error = %e, "raft log purge failed");
+        }
+    }
+
     /// One round of group commit, send and apply.
     fn round(&mut self) {
         let mut log_batch = RaftLogBatch::default();
@@ -552,11 +772,13 @@ impl RaftStore {
         for (id, peer) in self.peers.iter_mut() {
             peer.flush_reads();
             if peer.has_ready() {
-                peer.collect_ready(&mut log_batch, &mut early);
+                peer.collect_ready(self.kv.as_ref(), &mut log_batch, &mut early)
+                    .unwrap_or_else(|e| panic!("snapshot install failed; stopping the node: {e}"));
                 ready_peers.push(*id);
             }
         }
         self.transport.send_all(early.messages);
+        self.send_snapshots(early.snapshots);
         if ready_peers.is_empty() {
             return;
         }
@@ -573,6 +795,7 @@ impl RaftStore {
                 .after_write(&mut late);
         }
         self.transport.send_all(late.messages);
+        self.send_snapshots(late.snapshots);
 
         let mut kv_batch = KvWriteBatch::default();
         let mut results: Vec<(CmdCallback, CmdResult)> = Vec::new();
@@ -596,6 +819,10 @@ impl RaftStore {
         for (id, admin) in admin_results {
             match admin {
                 AdminResult::Split { left, right } => self.on_split_applied(id, left, right),
+                AdminResult::CompactLog { index, .. } => {
+                    let pending = self.compactions_pending.entry(id).or_insert(index);
+                    *pending = (*pending).max(index);
+                }
             }
         }
         for (callback, result) in results {

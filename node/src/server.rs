@@ -126,6 +126,7 @@ impl NodeServer {
                 events: events_tx,
                 cfg: store_cfg,
                 split_checker,
+                router: router.clone(),
             },
             rx,
         )?;

@@ -3,6 +3,7 @@
 
 use crate::apply::{scan_span, user_in_range};
 use crate::raftstore::{StoreMsg, StoreRouter};
+use prost::Message as _;
 use ringkv_proto::errorpb::RegionError;
 use ringkv_proto::keys;
 use ringkv_proto::kvrpcpb::kv_server::Kv;
@@ -14,7 +15,7 @@ use ringkv_proto::raftpb::raft_server::Raft;
 use ringkv_proto::raftpb::{
     self, request::Cmd, DeleteRangeRequest, DeleteRequest, Done, LocalGetRequest, LocalGetResponse,
     PutRequest, RaftCmdRequest, RaftMessageBatch, RegionInfoRequest, RegionInfoResponse,
-    StoreInfoRequest, StoreInfoResponse,
+    SnapshotChunk, StoreInfoRequest, StoreInfoResponse,
 };
 use ringkv_storage::layout::{data_key, origin_key};
 use ringkv_storage::KvEngine;
@@ -416,14 +417,43 @@ impl Raft for RaftService {
                     continue;
                 }
                 // A full mailbox drops the message; Raft resends.
-                if self.ctx.router.send(StoreMsg::Raft(msg)).is_err() {
+                if self.ctx.router.send(StoreMsg::Raft(Box::new(msg))).is_err() {
                     tracing::debug!("raftstore mailbox full; raft message dropped");
                 }
             }
         }
         Ok(Response::new(Done {}))
     }
+
+    async fn snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<Done>, Status> {
+        let mut stream = request.into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            if bytes.len() + chunk.data.len() > SNAPSHOT_BYTES_MAX {
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot exceeds {SNAPSHOT_BYTES_MAX} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let msg = raftpb::RaftMessage::decode(bytes.as_slice())
+            .map_err(|e| invalid(format!("malformed snapshot message: {e}")))?;
+        if msg.to_peer.map(|p| p.store_id) != Some(self.ctx.store_id) {
+            return Err(invalid("snapshot for another store"));
+        }
+        self.ctx
+            .router
+            .send(StoreMsg::Raft(Box::new(msg)))
+            .map_err(|_| Status::unavailable("raftstore mailbox is full; retry the snapshot"))?;
+        Ok(Response::new(Done {}))
+    }
 }
+
+/// Largest snapshot a node accepts. Regions split long before (96 MiB by default).
+pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
 
 /// Local diagnostics of this node.
 pub struct DebugService {

@@ -4,10 +4,11 @@
 //! placement driver, so a node that restarts on another port is found again.
 
 use parking_lot::{Mutex, RwLock};
+use prost::Message as _;
 use ringkv_client::PdClient;
 use ringkv_proto::limits::GRPC_MESSAGE_BYTES_MAX;
 use ringkv_proto::raftpb::raft_client::RaftClient;
-use ringkv_proto::raftpb::{RaftMessage, RaftMessageBatch};
+use ringkv_proto::raftpb::{RaftMessage, RaftMessageBatch, SnapshotChunk};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,13 @@ use tokio::sync::mpsc;
 const LINK_QUEUE_MESSAGES_MAX: usize = 8192;
 /// Messages sent in one batch at most.
 const BATCH_MESSAGES_MAX: usize = 512;
+/// Bytes per chunk of a snapshot stream.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// How long sending one snapshot may take.
+const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Told whether a snapshot reached the other node.
+pub type SnapshotReport = Box<dyn FnOnce(bool) + Send>;
 
 /// Drops messages on chosen links: the fault-injection hook of the in-process harness. Shared
 /// by every node of a test cluster. Links are directed: block both ways for a partition.
@@ -93,6 +101,30 @@ impl Transport {
         }
     }
 
+    /// Streams a message carrying a snapshot to its store in chunks, on its own connection so
+    /// it does not hold up other messages; `report` hears whether it arrived.
+    pub fn send_snapshot(&self, msg: RaftMessage, report: SnapshotReport) {
+        let Some(to) = msg.to_peer.map(|p| p.store_id) else {
+            report(false);
+            return;
+        };
+        if !self.inner.filter.allows(self.inner.store_id, to) {
+            report(false);
+            return;
+        }
+        let pd = self.inner.pd.clone();
+        let region_id = msg.region_id;
+        self.inner.runtime.spawn(async move {
+            let outcome =
+                tokio::time::timeout(SNAPSHOT_SEND_TIMEOUT, send_snapshot_to(&pd, to, msg)).await;
+            let delivered = matches!(outcome, Ok(Ok(())));
+            if !delivered {
+                tracing::info!(region = region_id, to, ?outcome, "snapshot not delivered");
+            }
+            report(delivered);
+        });
+    }
+
     fn send(&self, msg: RaftMessage) {
         let Some(to) = msg.to_peer.map(|p| p.store_id) else {
             return;
@@ -112,6 +144,22 @@ impl Transport {
             links.remove(&to);
         }
     }
+}
+
+async fn send_snapshot_to(pd: &PdClient, to: u64, msg: RaftMessage) -> Result<(), String> {
+    let store = pd.get_store(to).await.map_err(|e| e.to_string())?;
+    let channel = ringkv_client::pd::channel_to(&store.address).map_err(|e| e.to_string())?;
+    let mut client = RaftClient::new(channel);
+    let bytes = msg.encode_to_vec();
+    let chunks: Vec<SnapshotChunk> = bytes
+        .chunks(SNAPSHOT_CHUNK_BYTES)
+        .map(|c| SnapshotChunk { data: c.to_vec() })
+        .collect();
+    client
+        .snapshot(futures::stream::iter(chunks))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Keeps one stream to store `to` open and pumps batches into it.

@@ -22,7 +22,7 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    pub(crate) fn corruption(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+    pub fn corruption(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
         StorageError::Corruption {
             what: what.into(),
             detail: detail.to_string(),

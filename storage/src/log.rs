@@ -16,6 +16,9 @@ pub(crate) struct GroupWrite {
     /// Entries to append; any stored entries at or after the first one's index are replaced.
     pub entries: Vec<Entry>,
     pub hard_state: Option<HardState>,
+    /// Drop everything stored for the region before applying the rest of this write (a peer
+    /// that applied a snapshot starts its log afresh).
+    pub clean: bool,
 }
 
 impl RaftLogBatch {
@@ -27,6 +30,7 @@ impl RaftLogBatch {
             region_id,
             entries: Vec::new(),
             hard_state: None,
+            clean: false,
         });
         self.groups.last_mut().expect("just pushed")
     }
@@ -56,6 +60,15 @@ impl RaftLogBatch {
             );
         }
         group.entries.extend_from_slice(entries);
+    }
+
+    /// Drops every stored entry and the hard state of `region_id` first; entries and hard state
+    /// added to this batch afterwards are kept.
+    pub fn clean(&mut self, region_id: u64) {
+        let group = self.group(region_id);
+        group.clean = true;
+        group.entries.clear();
+        group.hard_state = None;
     }
 
     /// Records the hard state of `region_id`.
@@ -99,6 +112,9 @@ pub trait RaftLogEngine: Send + Sync + 'static {
     fn compact_to(&self, region_id: u64, index: u64) -> Result<()>;
     /// Removes everything of `region_id` (used when a peer is destroyed).
     fn clean(&self, region_id: u64) -> Result<()>;
+    /// Reclaims disk space of compacted entries, where the engine does that in the background
+    /// of its callers.
+    fn purge(&self) -> Result<()>;
     /// Regions with anything stored.
     fn region_ids(&self) -> Vec<u64>;
 }

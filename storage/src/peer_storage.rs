@@ -7,6 +7,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
 use ringkv_proto::metapb::{PeerRole, Region};
 use ringkv_proto::raftpb::{ApplyState, PeerState, RegionLocalState};
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -47,6 +48,10 @@ pub struct PeerStorage {
     term_cache: VecDeque<u64>,
     term_cache_first: u64,
     log: Arc<dyn RaftLogEngine>,
+    /// The last snapshot generated for followers that need one.
+    snapshot: RefCell<Option<Snapshot>>,
+    /// Raft asked for a snapshot that is not generated yet (see [`PeerStorage::snapshot`]).
+    snapshot_wanted: Cell<bool>,
 }
 
 impl PeerStorage {
@@ -115,7 +120,36 @@ impl PeerStorage {
             term_cache: VecDeque::new(),
             term_cache_first: RAFT_INIT_LOG_INDEX + 1,
             log,
+            snapshot: RefCell::new(None),
+            snapshot_wanted: Cell::new(false),
         }
+    }
+
+    /// The storage of a peer this store learnt of from a Raft message, before it has any data:
+    /// no range, no voters, an empty log. It becomes a real replica by applying a snapshot.
+    /// Nothing is persisted for it until then.
+    pub fn uninitialized(region_id: u64, log: Arc<dyn RaftLogEngine>) -> PeerStorage {
+        PeerStorage {
+            region: Region {
+                id: region_id,
+                ..Default::default()
+            },
+            hard_state: HardState::default(),
+            apply_state: ApplyState::default(),
+            last_index: 0,
+            last_term: 0,
+            term_cache: VecDeque::new(),
+            term_cache_first: 1,
+            log,
+            snapshot: RefCell::new(None),
+            snapshot_wanted: Cell::new(false),
+        }
+    }
+
+    /// Whether this peer has its region's data (it was created with the region, by a split, or
+    /// has applied a snapshot).
+    pub fn is_initialized(&self) -> bool {
+        !self.region.peers.is_empty()
     }
 
     /// Loads the storage of an existing peer after a restart.
@@ -154,6 +188,10 @@ impl PeerStorage {
             }
             _ => (apply_state.truncated_index, apply_state.truncated_term),
         };
+        // A snapshot's data and apply state are written before its log reset: a crash between
+        // leaves a commit index behind the applied one, which the snapshot proves committed.
+        let mut hard_state = hard_state;
+        hard_state.commit = hard_state.commit.max(apply_state.applied_index);
         let storage = PeerStorage {
             region,
             hard_state,
@@ -163,6 +201,8 @@ impl PeerStorage {
             term_cache: VecDeque::new(),
             term_cache_first: last_index + 1,
             log,
+            snapshot: RefCell::new(None),
+            snapshot_wanted: Cell::new(false),
         };
         storage.check_invariants()?;
         Ok(storage)
@@ -271,6 +311,70 @@ impl PeerStorage {
         self.hard_state = hard_state.clone();
     }
 
+    /// Drops entries up to `index` (of term `term`) from the in-memory view; the caller writes
+    /// the new apply state and compacts the log engine once that state is durable.
+    pub fn compact_to(&mut self, index: u64, term: u64) {
+        assert!(
+            index <= self.apply_state.applied_index,
+            "region {}: compaction to {index} beyond applied {}",
+            self.region.id,
+            self.apply_state.applied_index
+        );
+        if index <= self.apply_state.truncated_index {
+            return;
+        }
+        self.apply_state.truncated_index = index;
+        self.apply_state.truncated_term = term;
+        while self.term_cache_first <= index && !self.term_cache.is_empty() {
+            self.term_cache.pop_front();
+            self.term_cache_first += 1;
+        }
+    }
+
+    /// Whether raft asked for a snapshot since the last call; the raftstore then generates one
+    /// between rounds, where the applied state is exactly `applied_index`.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.replace(false)
+    }
+
+    /// Keeps a generated snapshot for [`Storage::snapshot`] to hand out.
+    pub fn set_generated_snapshot(&self, snapshot: Snapshot) {
+        *self.snapshot.borrow_mut() = Some(snapshot);
+    }
+
+    /// Takes the state of an applied snapshot of `region` at `index`/`term`: the log restarts
+    /// after it. The log reset (clean + hard state) goes into `log_batch`; the caller has
+    /// written the data and the region and apply states.
+    pub fn apply_snapshot(
+        &mut self,
+        region: Region,
+        index: u64,
+        term: u64,
+        log_batch: &mut RaftLogBatch,
+    ) {
+        assert!(
+            index >= self.apply_state.applied_index,
+            "region {}: snapshot at {index} behind applied {}",
+            self.region.id,
+            self.apply_state.applied_index
+        );
+        self.region = region;
+        self.apply_state = ApplyState {
+            applied_index: index,
+            truncated_index: index,
+            truncated_term: term,
+        };
+        self.last_index = index;
+        self.last_term = term;
+        self.term_cache.clear();
+        self.term_cache_first = index + 1;
+        self.hard_state.commit = self.hard_state.commit.max(index);
+        self.hard_state.term = self.hard_state.term.max(term);
+        log_batch.clean(self.region.id);
+        log_batch.set_hard_state(self.region.id, &self.hard_state);
+        self.snapshot.borrow_mut().take();
+    }
+
     /// Records a commit index learnt from a light ready, persisted with the next hard state.
     pub fn set_commit_index(&mut self, commit: u64) {
         if commit > self.hard_state.commit {
@@ -348,9 +452,16 @@ impl Storage for PeerStorage {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Logs are never compacted yet, and every peer starts from the bootstrap state, so no
-        // follower can need a snapshot. Snapshots arrive with log GC (multi-Raft issue).
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Generating one scans the region, which raft must not wait for inside a step: the
+        // first call asks for one, and raft retries after the raftstore has made it.
+        if let Some(snap) = self.snapshot.borrow().as_ref() {
+            let index = snap.get_metadata().index;
+            if index >= request_index && index >= self.apply_state.truncated_index {
+                return Ok(snap.clone());
+            }
+        }
+        self.snapshot_wanted.set(true);
         Err(raft::Error::Store(
             RaftStorageError::SnapshotTemporarilyUnavailable,
         ))

@@ -47,6 +47,9 @@ impl RaftLogEngine for RaftEngineLog {
     fn write(&self, batch: RaftLogBatch, sync: bool) -> Result<()> {
         let mut log_batch = LogBatch::with_capacity(batch.groups.len());
         for group in &batch.groups {
+            if group.clean {
+                log_batch.add_command(group.region_id, Command::Clean);
+            }
             log_batch.add_entries::<EntryExt>(group.region_id, &group.entries)?;
             if let Some(hs) = &group.hard_state {
                 log_batch.put_message(group.region_id, HARD_STATE_KEY.to_vec(), hs)?;
@@ -119,5 +122,17 @@ impl RaftLogEngine for RaftEngineLog {
 
     fn region_ids(&self) -> Vec<u64> {
         self.engine.raft_groups()
+    }
+
+    fn purge(&self) -> Result<()> {
+        let lagging = self.engine.purge_expired_files()?;
+        if !lagging.is_empty() {
+            // Regions whose old entries pin log files; their own log GC will release them.
+            tracing::debug!(
+                regions = lagging.len(),
+                "raft log purge held back by lagging regions"
+            );
+        }
+        Ok(())
     }
 }

@@ -62,6 +62,21 @@ fn raft_engine_log_matches_model_across_restarts() {
             let mut batch_real = RaftLogBatch::default();
             let mut batch_model = RaftLogBatch::default();
             for (i, &r) in regions.iter().enumerate() {
+                if rng.gen_bool(0.04) {
+                    // A snapshot arrived: the log restarts after index `snap`.
+                    let snap = last[i] + rng.gen_range(1..20);
+                    batch_real.clean(r);
+                    batch_model.clean(r);
+                    let hs = HardState {
+                        term: term[i],
+                        commit: snap,
+                        ..Default::default()
+                    };
+                    batch_real.set_hard_state(r, &hs);
+                    batch_model.set_hard_state(r, &hs);
+                    first[i] = snap + 1;
+                    last[i] = snap;
+                }
                 if rng.gen_bool(0.6) {
                     // Append, sometimes overwriting a suffix (a new leader's entries).
                     let start = if last[i] >= first[i] && rng.gen_bool(0.2) {

@@ -18,6 +18,8 @@ pub struct ClusterBuilder {
     pub replicas: u32,
     pub tick_interval_ms: u64,
     pub split: SplitSection,
+    /// `[raft]` log GC settings: ticks, threshold, count limit.
+    pub log_gc: (u32, u64, u64),
 }
 
 impl Default for ClusterBuilder {
@@ -27,6 +29,14 @@ impl Default for ClusterBuilder {
             replicas: 3,
             tick_interval_ms: 50,
             split: SplitSection::default(),
+            log_gc: {
+                let r = ringkv_node::config::RaftSection::default();
+                (
+                    r.raft_log_gc_ticks,
+                    r.raft_log_gc_threshold,
+                    r.raft_log_gc_count_limit,
+                )
+            },
         }
     }
 }
@@ -45,6 +55,13 @@ impl ClusterBuilder {
             split_check_ticks: 2,
             ..SplitSection::default()
         };
+        self
+    }
+
+    /// Logs are compacted often and kept short, so a follower that misses ~`count_limit`
+    /// entries needs a snapshot.
+    pub fn eager_log_gc(mut self, count_limit: u64) -> Self {
+        self.log_gc = (2, 5, count_limit);
         self
     }
 
@@ -95,6 +112,11 @@ impl TestCluster {
             };
             config.raft.tick_interval_ms = b.tick_interval_ms;
             config.split = b.split.clone();
+            (
+                config.raft.raft_log_gc_ticks,
+                config.raft.raft_log_gc_threshold,
+                config.raft.raft_log_gc_count_limit,
+            ) = b.log_gc;
             let server = NodeServer::start(config.clone(), filter.clone()).expect("node starts");
             // Restarts come back on the same port.
             config.listen_addr = server.addr();
@@ -241,6 +263,18 @@ impl TestCluster {
         self.rt
             .block_on(debug::local_get(&self.node_addr(i), &encoded))
             .expect("node answers debug calls")
+    }
+
+    /// Node `i`'s view of region `region_id`, if it has the region.
+    pub fn region_info(
+        &self,
+        i: usize,
+        region_id: u64,
+    ) -> Option<ringkv_proto::raftpb::RegionInfoResponse> {
+        self.rt
+            .block_on(debug::regions(&self.node_addr(i)))?
+            .into_iter()
+            .find(|r| r.region.as_ref().is_some_and(|r| r.id == region_id))
     }
 
     /// Waits until every running node has `key` = `value` locally.

@@ -1,0 +1,90 @@
+//! Region snapshots: what a leader sends a follower that is too far behind (or new), and how the
+//! follower installs it. A snapshot is the region's metadata at an applied index plus every data
+//! key in its range; installing it replaces the follower's data in that range and its apply
+//! state in one atomic KV write, and restarts its log after the snapshot index.
+
+use prost::Message as _;
+use raft::eraftpb::Snapshot;
+use raft::Storage as _;
+use ringkv_proto::metapb::Region;
+use ringkv_proto::raftpb::{ApplyState, PeerState, RegionLocalState, SnapshotData, SnapshotKv};
+use ringkv_storage::conf_state_of;
+use ringkv_storage::layout::{self, data_key, data_range, origin_key};
+use ringkv_storage::{KvEngine, KvWriteBatch, PeerStorage, Result as StorageResult, StorageError};
+
+/// Builds a snapshot of `storage`'s region at its applied index. Must run where no apply of
+/// this region can interleave (between raftstore rounds), so the data is exactly that state.
+pub fn generate(storage: &PeerStorage, kv: &dyn KvEngine) -> StorageResult<Snapshot> {
+    let region = storage.region().clone();
+    let index = storage.applied_index();
+    let term = storage.term(index).map_err(|e| {
+        StorageError::corruption(
+            format!("region {} snapshot", region.id),
+            format!("no term for applied index {index}: {e}"),
+        )
+    })?;
+    let (lo, hi) = data_range(&region.start_key, &region.end_key);
+    let mut kvs = Vec::new();
+    kv.scan(&lo, &hi, &mut |k, v| {
+        kvs.push(SnapshotKv {
+            key: origin_key(k).to_vec(),
+            value: v.to_vec(),
+        });
+        true
+    })?;
+    let data = SnapshotData {
+        region: Some(region.clone()),
+        kvs,
+    };
+    let mut snap = Snapshot::default();
+    snap.set_data(data.encode_to_vec().into());
+    let meta = snap.mut_metadata();
+    meta.index = index;
+    meta.term = term;
+    meta.set_conf_state(conf_state_of(&region));
+    Ok(snap)
+}
+
+/// The data of a snapshot, if it decodes and names a region.
+pub fn decode(snap: &Snapshot) -> Option<SnapshotData> {
+    let data = SnapshotData::decode(snap.get_data()).ok()?;
+    data.region.as_ref()?;
+    Some(data)
+}
+
+/// The writes that install `data` (taken at `index`/`term`): the region's range is emptied and
+/// refilled, and the region and apply states say the snapshot is applied. One atomic batch.
+pub fn install_batch(
+    kv: &dyn KvEngine,
+    data: &SnapshotData,
+    index: u64,
+    term: u64,
+) -> StorageResult<KvWriteBatch> {
+    let region: &Region = data.region.as_ref().expect("decode checked the region");
+    let mut batch = KvWriteBatch::default();
+    let (lo, hi) = data_range(&region.start_key, &region.end_key);
+    kv.scan(&lo, &hi, &mut |k, _| {
+        batch.delete(k.to_vec());
+        true
+    })?;
+    for pair in &data.kvs {
+        batch.put(data_key(&pair.key), pair.value.clone());
+    }
+    layout::write_region_state(
+        &mut batch,
+        &RegionLocalState {
+            state: PeerState::Normal as i32,
+            region: Some(region.clone()),
+        },
+    );
+    layout::write_apply_state(
+        &mut batch,
+        region.id,
+        &ApplyState {
+            applied_index: index,
+            truncated_index: index,
+            truncated_term: term,
+        },
+    );
+    Ok(batch)
+}
