@@ -107,6 +107,14 @@ pub struct RaftSection {
     /// lags; the follower then catches up from a snapshot. Default 20000; at least
     /// `raft_log_gc_threshold`.
     pub raft_log_gc_count_limit: u64,
+    /// Poller threads driving the node's peers. Default: the number of cores; 1..=64.
+    pub pollers: Option<usize>,
+    /// Idle regions stop ticking and heartbeating, and wake on any message or request.
+    /// Default true.
+    pub quiet_regions: bool,
+    /// Ticks a leader must be idle before its region goes quiet. Default 20; at least
+    /// `election_ticks`.
+    pub quiet_leader_ticks: u32,
 }
 
 impl Default for RaftSection {
@@ -124,6 +132,9 @@ impl Default for RaftSection {
             raft_log_gc_ticks: store.raft_log_gc_ticks,
             raft_log_gc_threshold: store.raft_log_gc_threshold,
             raft_log_gc_count_limit: store.raft_log_gc_count_limit,
+            pollers: None,
+            quiet_regions: store.quiet_regions,
+            quiet_leader_ticks: store.quiet_leader_ticks,
         }
     }
 }
@@ -198,6 +209,15 @@ impl NodeConfig {
                 r.raft_log_gc_ticks, r.raft_log_gc_threshold, r.raft_log_gc_count_limit
             ));
         }
+        if r.pollers.is_some_and(|p| !(1..=64).contains(&p)) {
+            return bad(format!("raft.pollers = {:?} is outside 1..=64", r.pollers));
+        }
+        if (r.quiet_leader_ticks as usize) < r.election_ticks {
+            return bad(format!(
+                "raft.quiet_leader_ticks ({}) must be at least raft.election_ticks ({})",
+                r.quiet_leader_ticks, r.election_ticks
+            ));
+        }
         let split = &self.split;
         if split.region_split_size_bytes < 4096 {
             return bad(format!(
@@ -236,6 +256,12 @@ impl NodeConfig {
             raft_log_gc_ticks: self.raft.raft_log_gc_ticks,
             raft_log_gc_threshold: self.raft.raft_log_gc_threshold,
             raft_log_gc_count_limit: self.raft.raft_log_gc_count_limit,
+            quiet_regions: self.raft.quiet_regions,
+            quiet_leader_ticks: self.raft.quiet_leader_ticks,
+            pollers: self
+                .raft
+                .pollers
+                .unwrap_or_else(|| RaftStoreConfig::default().pollers),
             ..RaftStoreConfig::default()
         }
     }

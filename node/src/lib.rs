@@ -3,8 +3,10 @@
 //! - [`peer`]: one replica of one region: raft-rs `RawNode` plus proposals and reads waiting on
 //!   it. Pure: ticks, messages and requests in; log writes, messages and applied results out.
 //! - [`apply`]: turns committed commands into one atomic write batch (data + applied index).
-//! - [`raftstore`]: the loop that drives every peer of the node, writes all their log entries in
-//!   one synced batch per round (group commit), sends messages and applies.
+//! - [`router`]: per-peer mailboxes, the router from region id to mailbox, the ready queue.
+//! - [`raftstore`]: the batch system: poller threads that drive batches of peers, writing all
+//!   their log entries in one synced batch per round (group commit), sending and applying; a
+//!   control thread for ticks, peer creation and log compaction.
 //! - [`snapshot`]: generating a region snapshot and installing one.
 //! - [`split_check`]: measuring regions and finding the key that halves one (worker thread).
 //! - [`split`]: asking the placement driver for ids and proposing a split.
@@ -21,6 +23,7 @@ pub mod peer;
 pub mod playground;
 pub mod raftstore;
 pub mod region_error;
+pub mod router;
 pub mod server;
 pub mod service;
 pub mod snapshot;

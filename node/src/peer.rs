@@ -495,6 +495,64 @@ impl Peer {
         }
     }
 
+    /// Whether nothing is in flight: no proposal or read waiting, nothing to persist or apply,
+    /// and, for a leader, every recently active follower has the whole log. A region idle for
+    /// a while goes quiet.
+    pub fn is_idle(&self) -> bool {
+        if !self.proposals.is_empty()
+            || !self.reads_queued.is_empty()
+            || !self.reads_in_flight.is_empty()
+            || !self.to_apply.is_empty()
+            || self.raw.has_ready()
+        {
+            return false;
+        }
+        let last = self.last_index();
+        if self.applied_index() != last || self.commit_index() != last {
+            return false;
+        }
+        if self.is_leader() {
+            self.raw
+                .raft
+                .prs()
+                .iter()
+                .all(|(id, pr)| *id == self.meta.id || !pr.recent_active || pr.matched == last)
+        } else {
+            self.leader_id() != 0
+        }
+    }
+
+    /// A leader's notices to its followers that the region goes quiet.
+    pub fn quiesce_messages(&self) -> Vec<RaftMessage> {
+        let region = self.region();
+        region
+            .peers
+            .iter()
+            .filter(|p| p.id != self.meta.id)
+            .map(|to| RaftMessage {
+                region_id: region.id,
+                from_peer: Some(self.meta),
+                to_peer: Some(*to),
+                region_epoch: region.region_epoch,
+                message: Vec::new(),
+                start_key: region.start_key.clone(),
+                end_key: region.end_key.clone(),
+                quiesce_term: self.term(),
+                quiesce_index: self.last_index(),
+            })
+            .collect()
+    }
+
+    /// Whether a follower may go quiet on its leader's notice: same term and leader, and it
+    /// has applied exactly the leader's log.
+    pub fn accepts_quiesce(&self, from: u64, term: u64, index: u64) -> bool {
+        !self.is_leader()
+            && self.leader_id() == from
+            && self.term() == term
+            && self.last_index() == index
+            && self.is_idle()
+    }
+
     /// The region's epoch version: grows with every split and merge.
     pub fn version(&self) -> u64 {
         self.region().region_epoch.unwrap_or_default().version
@@ -534,6 +592,8 @@ impl Peer {
                 message: bytes,
                 start_key: region.start_key.clone(),
                 end_key: region.end_key.clone(),
+                quiesce_term: 0,
+                quiesce_index: 0,
             };
             if msg.get_msg_type() == eraftpb::MessageType::MsgSnapshot {
                 outbox.snapshots.push(wrapped);

@@ -1,69 +1,38 @@
-//! The raftstore: one loop that drives every peer on the node.
+//! The raftstore: the batch system that drives every peer of the node.
 //!
-//! A round: take the messages that arrived (bounded), tick peers when a tick is due, gather
-//! every peer's `Ready`, write all their entries and hard states in **one** log batch with one
-//! sync (group commit), send messages, apply committed entries of all peers in one atomic KV
-//! batch, then answer proposals and reads. The loop is the edge: it owns the clock and the
-//! engines; the peers stay pure.
+//! - Each peer is a [`PeerFsm`] with a bounded mailbox ([`crate::router`]). A fixed pool of
+//!   poller threads takes batches of FSMs that have mail. One poll round over a batch handles
+//!   their messages, gathers every `Ready`, writes all their entries and hard states in **one**
+//!   log batch with one sync (group commit), sends messages (the transport batches them per
+//!   destination node), applies committed entries of the whole batch in one atomic KV batch,
+//!   then answers proposals and reads.
+//! - A control thread ([`StoreFsm`]) ticks awake peers, creates peers (bootstrap, split, a
+//!   message for a region this store does not have yet), and carries out log compactions once
+//!   the KV engine is flushed.
+//! - Idle regions go quiet: they stop ticking and heartbeating and wake on any mail.
+//!
+//! The threads are the edge; peers stay pure, and a poll round is a plain function of the
+//! FSMs it is given, so a simulation can drive it on one thread.
 
 use crate::apply::{AdminResult, CmdResult};
-use crate::peer::{CmdCallback, Outbox, Peer, PeerConfig, ReadCallback};
-use crate::region_error;
+use crate::peer::{CmdCallback, Outbox, Peer, PeerConfig};
+use crate::router::{PeerMsg, RouterReceivers, StoreMsg, StoreRouter};
 use crate::split_check::{SplitCheckOutcome, SplitCheckTask, SplitChecker, SplitConfig};
-use crate::transport::Transport;
-use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crate::transport::SnapshotReport;
+use crossbeam::channel::{Receiver, RecvTimeoutError};
 use protobuf::Message as _;
-use ringkv_proto::keys::ranges_overlap;
-use ringkv_proto::metapb::{Peer as PeerMeta, Region, RegionEpoch};
+use ringkv_proto::metapb::{Peer as PeerMeta, Region};
 use ringkv_proto::pdpb::RegionHeartbeatRequest;
 use ringkv_proto::raftpb::{
     admin_request, AdminRequest, CompactLogRequest, RaftCmdRequest, RaftMessage, RegionInfoResponse,
 };
 use ringkv_storage::{layout, KvEngine, KvWriteBatch, PeerStorage, RaftLogBatch, RaftLogEngine};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-
-/// Messages into the raftstore.
-pub enum StoreMsg {
-    /// A Raft message from another node.
-    Raft(Box<RaftMessage>),
-    /// A write to propose.
-    Command {
-        cmd: RaftCmdRequest,
-        callback: CmdCallback,
-    },
-    /// A linearizable read to clear (see [`Peer::read`]); `keys` must be in the region.
-    Read {
-        region_id: u64,
-        epoch: Option<RegionEpoch>,
-        keys: Vec<Vec<u8>>,
-        callback: ReadCallback,
-    },
-    /// Create the peer of a region at its bootstrap state, unless it exists.
-    CreateBootstrapPeer(Region),
-    /// A split check finished.
-    SplitCheckResult {
-        region_id: u64,
-        /// The region version the check saw.
-        version: u64,
-        outcome: SplitCheckOutcome,
-    },
-    /// How sending a snapshot ended.
-    SnapshotStatus {
-        region_id: u64,
-        to_peer_id: u64,
-        delivered: bool,
-    },
-    /// Report the state of one region (None: all).
-    Status {
-        region_id: Option<u64>,
-        callback: oneshot::Sender<Vec<RegionInfoResponse>>,
-    },
-    /// Leave the loop.
-    Stop,
-}
 
 /// Events the raftstore reports to the node's placement task.
 #[derive(Debug)]
@@ -82,7 +51,16 @@ pub enum StoreEvent {
     },
 }
 
-/// Settings of the raftstore loop.
+/// Where the raftstore sends Raft messages. The gRPC [`crate::transport::Transport`] in a node;
+/// an in-memory network in a simulation.
+pub trait RaftTransport: Send + Sync + 'static {
+    /// Queues messages for sending; never blocks. Lost messages are fine: Raft resends.
+    fn send_all(&self, messages: Vec<RaftMessage>);
+    /// Sends a message carrying a snapshot; `report` hears whether it arrived.
+    fn send_snapshot(&self, message: RaftMessage, report: SnapshotReport);
+}
+
+/// Settings of the raftstore.
 #[derive(Debug, Clone)]
 pub struct RaftStoreConfig {
     pub tick_interval: Duration,
@@ -92,8 +70,12 @@ pub struct RaftStoreConfig {
     pub sync_log: bool,
     /// Leaders report to the placement driver every this many ticks (and at once on change).
     pub region_heartbeat_ticks: u32,
-    /// Messages handled per round at most, so one round stays short.
-    pub messages_per_round_max: usize,
+    /// Poller threads of the batch system.
+    pub pollers: usize,
+    /// FSMs one poll round takes at most.
+    pub batch_fsms_max: usize,
+    /// Messages one FSM handles per poll round at most, so a busy region cannot starve others.
+    pub messages_per_fsm_max: usize,
     pub split: SplitConfig,
     /// Ticks between log GC decisions.
     pub raft_log_gc_ticks: u32,
@@ -102,6 +84,10 @@ pub struct RaftStoreConfig {
     /// Past this many entries the log is compacted to the applied index even if a follower
     /// lags (it gets a snapshot).
     pub raft_log_gc_count_limit: u64,
+    /// Idle regions stop ticking (see [`PeerFsm::on_tick`]).
+    pub quiet_regions: bool,
+    /// Ticks a leader must be idle before it goes quiet.
+    pub quiet_leader_ticks: u32,
 }
 
 impl Default for RaftStoreConfig {
@@ -111,92 +97,31 @@ impl Default for RaftStoreConfig {
             peer: PeerConfig::default(),
             sync_log: true,
             region_heartbeat_ticks: 10,
-            messages_per_round_max: 4096,
+            pollers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            batch_fsms_max: 256,
+            messages_per_fsm_max: 256,
             split: SplitConfig::default(),
             raft_log_gc_ticks: 30,
             raft_log_gc_threshold: 50,
             raft_log_gc_count_limit: 20_000,
+            quiet_regions: true,
+            quiet_leader_ticks: 20,
         }
     }
 }
 
-/// The handle other threads use to reach the raftstore.
-#[derive(Clone)]
-pub struct StoreRouter {
-    tx: Sender<StoreMsg>,
-}
-
-impl StoreRouter {
-    /// Sends without blocking; a full mailbox is reported, never waited on.
-    pub fn send(&self, msg: StoreMsg) -> Result<(), StoreMsg> {
-        self.tx.try_send(msg).map_err(|e| match e {
-            TrySendError::Full(m) | TrySendError::Disconnected(m) => m,
-        })
-    }
-
-    /// Sends a command, answering its callback with `ServerIsBusy` if the mailbox is full.
-    pub fn send_command(&self, cmd: RaftCmdRequest, callback: CmdCallback) {
-        if let Err(StoreMsg::Command { callback, .. }) =
-            self.send(StoreMsg::Command { cmd, callback })
-        {
-            let _ = callback.send(Err(region_error::server_is_busy(
-                "raftstore mailbox is full",
-            )));
-        }
-    }
-
-    pub fn send_read(
-        &self,
-        region_id: u64,
-        epoch: Option<RegionEpoch>,
-        keys: Vec<Vec<u8>>,
-        callback: ReadCallback,
-    ) {
-        if let Err(StoreMsg::Read { callback, .. }) = self.send(StoreMsg::Read {
-            region_id,
-            epoch,
-            keys,
-            callback,
-        }) {
-            let _ = callback.send(Err(region_error::server_is_busy(
-                "raftstore mailbox is full",
-            )));
-        }
-    }
-}
-
-/// The bounded mailbox of the raftstore and its router.
-pub fn mailbox(capacity: usize) -> (StoreRouter, Receiver<StoreMsg>) {
-    let (tx, rx) = crossbeam::channel::bounded(capacity);
-    (StoreRouter { tx }, rx)
-}
-
-/// The loop's state.
-pub struct RaftStore {
-    store_id: u64,
-    peers: HashMap<u64, Peer>,
-    log: Arc<dyn RaftLogEngine>,
-    kv: Arc<dyn KvEngine>,
-    transport: Transport,
-    events: mpsc::UnboundedSender<StoreEvent>,
-    cfg: RaftStoreConfig,
-    rx: Receiver<StoreMsg>,
-    ticks: u64,
-    split_checker: SplitChecker,
-    /// Regions with a split check running.
-    split_checks_running: HashSet<u64>,
-    /// Tick at which a split was last asked for, per region, so a slow placement driver is
-    /// not asked again every check.
-    split_asked_at: HashMap<u64, u64>,
-    /// Raft messages for regions this store does not have yet, kept for a few ticks: the new
-    /// region of a split starts campaigning on the parent leader's store while the other
-    /// stores may still be applying the split.
-    early_messages: HashMap<u64, Vec<(u64, RaftMessage)>>,
-    early_message_count: usize,
-    /// Log compactions applied but not yet carried out on the log engine: region -> index.
-    compactions_pending: HashMap<u64, u64>,
-    /// This raftstore's own mailbox, for reports from asynchronous work (snapshot sends).
-    router: StoreRouter,
+/// What every poller and the control thread share.
+pub struct StoreContext {
+    pub store_id: u64,
+    pub log: Arc<dyn RaftLogEngine>,
+    pub kv: Arc<dyn KvEngine>,
+    pub transport: Arc<dyn RaftTransport>,
+    pub events: mpsc::UnboundedSender<StoreEvent>,
+    pub cfg: RaftStoreConfig,
+    pub split_checker: SplitChecker,
+    pub router: StoreRouter,
 }
 
 /// Messages for not-yet-created regions kept at most, and for how many ticks.
@@ -205,212 +130,749 @@ const EARLY_MESSAGE_TICKS: u64 = 20;
 /// Ticks before a split that was asked for but did not happen is asked for again.
 const SPLIT_ASK_RETRY_TICKS: u64 = 30;
 
-/// What the raftstore drives and talks to.
-pub struct StoreParts {
-    pub store_id: u64,
-    pub log: Arc<dyn RaftLogEngine>,
-    pub kv: Arc<dyn KvEngine>,
-    pub transport: Transport,
-    pub events: mpsc::UnboundedSender<StoreEvent>,
-    pub cfg: RaftStoreConfig,
-    pub split_checker: SplitChecker,
-    pub router: StoreRouter,
+/// One peer and what the batch system keeps beside it.
+pub struct PeerFsm {
+    pub(crate) peer: Peer,
+    rx: Receiver<PeerMsg>,
+    pub(crate) mailbox: Option<Arc<crate::router::Mailbox>>,
+    ticks: u64,
+    idle_ticks: u32,
+    split_check_running: bool,
+    split_asked_at: Option<u64>,
+    /// The region as last published to the store meta.
+    published: Option<Region>,
 }
 
-impl RaftStore {
-    /// Loads every region stored on this node.
-    pub fn new(parts: StoreParts, rx: Receiver<StoreMsg>) -> Result<Self, crate::NodeError> {
-        let StoreParts {
-            store_id,
-            log,
-            kv,
-            transport,
-            events,
-            cfg,
-            split_checker,
-            router,
-        } = parts;
-        let mut peers = HashMap::new();
-        for state in layout::all_region_states(kv.as_ref())? {
-            if state.state != ringkv_proto::raftpb::PeerState::Normal as i32 {
-                continue;
-            }
-            let Some(region) = state.region else { continue };
-            let storage = PeerStorage::load(region.clone(), kv.as_ref(), log.clone())?;
-            let peer = Peer::new(store_id, storage, &cfg.peer)?;
-            tracing::info!(
-                region = region.id,
-                peer = peer.peer_id(),
-                applied = peer.applied_index(),
-                "loaded region"
-            );
-            peers.insert(region.id, peer);
-        }
-        Ok(RaftStore {
-            store_id,
-            peers,
-            log,
-            kv,
-            transport,
-            events,
-            cfg,
+impl PeerFsm {
+    fn new(peer: Peer, rx: Receiver<PeerMsg>) -> Box<Self> {
+        Box::new(PeerFsm {
+            peer,
             rx,
+            mailbox: None,
             ticks: 0,
-            split_checker,
-            split_checks_running: HashSet::new(),
-            split_asked_at: HashMap::new(),
-            early_messages: HashMap::new(),
-            early_message_count: 0,
-            compactions_pending: HashMap::new(),
-            router,
+            idle_ticks: 0,
+            split_check_running: false,
+            split_asked_at: None,
+            published: None,
         })
     }
 
-    /// Runs until `Stop` or until every router is dropped. A storage failure panics: a node
-    /// that cannot persist must stop rather than answer.
-    pub fn run(mut self) {
-        let mut next_tick = Instant::now() + self.cfg.tick_interval;
-        loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(wait) {
-                Ok(StoreMsg::Stop) => break,
-                Ok(msg) => {
-                    if !self.handle(msg) {
-                        break;
-                    }
-                    let mut stop = false;
-                    for _ in 1..self.cfg.messages_per_round_max {
-                        match self.rx.try_recv() {
-                            Ok(StoreMsg::Stop) => {
-                                stop = true;
-                                break;
-                            }
-                            Ok(msg) => {
-                                self.handle(msg);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    if stop {
-                        break;
-                    }
+    pub fn region_id(&self) -> u64 {
+        self.peer.region_id()
+    }
+
+    fn go_quiet(&mut self) {
+        if let Some(m) = &self.mailbox {
+            m.set_awake(false);
+        }
+    }
+
+    fn wake(&mut self) {
+        self.idle_ticks = 0;
+        if let Some(m) = &self.mailbox {
+            if !m.is_awake() {
+                m.set_awake(true);
+            }
+        }
+    }
+}
+
+/// Loads every region stored on this node and registers its peer.
+fn load_peers(ctx: &StoreContext) -> Result<(), crate::NodeError> {
+    for state in layout::all_region_states(ctx.kv.as_ref())? {
+        if state.state != ringkv_proto::raftpb::PeerState::Normal as i32 {
+            continue;
+        }
+        let Some(region) = state.region else { continue };
+        let storage = PeerStorage::load(region.clone(), ctx.kv.as_ref(), ctx.log.clone())?;
+        let peer = Peer::new(ctx.store_id, storage, &ctx.cfg.peer)?;
+        tracing::info!(
+            region = region.id,
+            peer = peer.peer_id(),
+            applied = peer.applied_index(),
+            "loaded region"
+        );
+        register_peer(ctx, peer);
+    }
+    Ok(())
+}
+
+fn register_peer(ctx: &StoreContext, peer: Peer) {
+    let (tx, rx) = ctx.router.channel();
+    let region = peer.region().clone();
+    let initialized = peer.is_initialized();
+    let mut fsm = PeerFsm::new(peer, rx);
+    if initialized {
+        ctx.router.meta().regions.insert(region.id, region.clone());
+        fsm.published = Some(region);
+    }
+    ctx.router.register(tx, fsm);
+}
+
+/// The running threads of a raftstore.
+pub struct RaftStore {
+    stopping: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    router: StoreRouter,
+    ready: Receiver<Box<PeerFsm>>,
+}
+
+impl RaftStore {
+    /// Loads the regions and starts the pollers and the control thread.
+    pub fn start(ctx: StoreContext, receivers: RouterReceivers) -> Result<Self, crate::NodeError> {
+        let ctx = Arc::new(ctx);
+        load_peers(&ctx)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for i in 0..ctx.cfg.pollers.max(1) {
+            let (ctx, ready, stopping) = (ctx.clone(), receivers.ready.clone(), stopping.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("raft-poller-{i}"))
+                    .spawn(move || run_poller(&ctx, &ready, &stopping))?,
+            );
+        }
+        let control = StoreFsm::new(ctx.clone());
+        let (rx, stop) = (receivers.control.clone(), stopping.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("raft-control".into())
+                .spawn(move || control.run(rx, stop))?,
+        );
+        Ok(RaftStore {
+            stopping,
+            threads,
+            router: ctx.router.clone(),
+            ready: receivers.ready,
+        })
+    }
+
+    /// Stops every thread and waits for them.
+    pub fn stop(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.router.send_control(StoreMsg::Stop);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.router.clear();
+        while self.ready.try_recv().is_ok() {}
+    }
+}
+
+impl Drop for RaftStore {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+fn run_poller(ctx: &StoreContext, ready: &Receiver<Box<PeerFsm>>, stopping: &AtomicBool) {
+    while !stopping.load(Ordering::SeqCst) {
+        let first = match ready.recv_timeout(Duration::from_millis(100)) {
+            Ok(f) => f,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batch = vec![first];
+        while batch.len() < ctx.cfg.batch_fsms_max {
+            match ready.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        poll(ctx, &mut batch);
+        for fsm in batch {
+            ctx.router.release(fsm);
+        }
+    }
+}
+
+/// One poll round over `batch`: handle mail, then group commit, send, apply, answer.
+/// A storage failure panics: a node that cannot persist must stop rather than answer.
+pub fn poll(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
+    for fsm in batch.iter_mut() {
+        for _ in 0..ctx.cfg.messages_per_fsm_max {
+            match fsm.rx.try_recv() {
+                Ok(msg) => handle_peer_msg(ctx, fsm, msg),
+                Err(_) => break,
+            }
+        }
+    }
+    round(ctx, batch);
+    for fsm in batch.iter_mut() {
+        publish_region(ctx, fsm);
+        generate_snapshot(ctx, fsm);
+    }
+}
+
+fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
+    match msg {
+        PeerMsg::Raft(m) if m.quiesce_term != 0 => {
+            let from = m.from_peer.map(|p| p.id).unwrap_or(0);
+            if fsm
+                .peer
+                .accepts_quiesce(from, m.quiesce_term, m.quiesce_index)
+            {
+                fsm.go_quiet();
+            }
+        }
+        PeerMsg::Raft(m) => {
+            fsm.wake();
+            on_raft_message(ctx, fsm, *m);
+        }
+        PeerMsg::Command { cmd, callback } => {
+            fsm.wake();
+            fsm.peer.propose(cmd, callback);
+        }
+        PeerMsg::Read {
+            epoch,
+            keys,
+            callback,
+        } => {
+            fsm.wake();
+            let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            fsm.peer.read(epoch, &keys, callback);
+        }
+        PeerMsg::Tick => on_tick(ctx, fsm),
+        PeerMsg::SplitCheckResult { version, outcome } => {
+            on_split_check_result(ctx, fsm, version, outcome)
+        }
+        PeerMsg::SnapshotStatus {
+            to_peer_id,
+            delivered,
+        } => fsm.peer.report_snapshot(to_peer_id, delivered),
+        PeerMsg::Status(callback) => {
+            let p = &fsm.peer;
+            let info = p.is_initialized().then(|| RegionInfoResponse {
+                found: true,
+                region: Some(p.region().clone()),
+                term: p.term(),
+                commit_index: p.commit_index(),
+                applied_index: p.applied_index(),
+                last_index: p.last_index(),
+                leader_id: p.leader_id(),
+                is_leader: p.is_leader(),
+                truncated_index: p.truncated_index(),
+            });
+            let _ = callback.send(info);
+        }
+        PeerMsg::Campaign => {
+            fsm.wake();
+            fsm.peer.campaign();
+        }
+        PeerMsg::Wake => fsm.wake(),
+    }
+}
+
+fn on_raft_message(ctx: &StoreContext, fsm: &mut PeerFsm, msg: RaftMessage) {
+    let Some(to) = msg.to_peer.filter(|p| p.store_id == ctx.store_id) else {
+        return;
+    };
+    if to.id != fsm.peer.peer_id() {
+        tracing::debug!(
+            region = msg.region_id,
+            to = to.id,
+            local = fsm.peer.peer_id(),
+            "raft message for another peer of the region dropped"
+        );
+        return;
+    }
+    let mut inner = raft::eraftpb::Message::default();
+    if let Err(e) = inner.merge_from_bytes(&msg.message) {
+        tracing::warn!(region = msg.region_id, error = %e, "malformed raft message dropped");
+        return;
+    }
+    if inner.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot
+        && !snapshot_fits(ctx, msg.region_id, inner.get_snapshot())
+    {
+        return;
+    }
+    fsm.peer.step(msg.from_peer, inner);
+}
+
+/// A snapshot may be installed only if its range overlaps no other local region (one that is
+/// stale must catch up first; the leader retries the snapshot).
+fn snapshot_fits(ctx: &StoreContext, region_id: u64, snap: &raft::eraftpb::Snapshot) -> bool {
+    let Some(region) = crate::snapshot::decode(snap).and_then(|d| d.region) else {
+        tracing::warn!(region = region_id, "undecodable snapshot dropped");
+        return false;
+    };
+    if region.id != region_id {
+        tracing::warn!(region = region_id, "snapshot of another region dropped");
+        return false;
+    }
+    if ctx
+        .router
+        .meta()
+        .overlaps(region_id, &region.start_key, &region.end_key)
+    {
+        tracing::info!(
+            region = region_id,
+            "snapshot overlaps a local region that is behind; dropped for now"
+        );
+        return false;
+    }
+    true
+}
+
+/// A tick: Raft time, and the periodic duties of a leader (heartbeat to the placement driver,
+/// split checks, log GC). A leader whose region was idle for `quiet_leader_ticks` (every
+/// follower has the whole log, nothing in flight) goes quiet and tells its followers, which go
+/// quiet too if they have exactly its log. A quiet peer does not tick; any mail, or news that
+/// a peer's store is unreachable, wakes it. A follower never goes quiet on its own, so a
+/// leader that fails while the region is active is noticed by the usual election timeout.
+fn on_tick(ctx: &StoreContext, fsm: &mut PeerFsm) {
+    let cfg = &ctx.cfg;
+    fsm.ticks += 1;
+    let idle = fsm.peer.is_leader() && fsm.peer.is_idle();
+    fsm.idle_ticks = if idle { fsm.idle_ticks + 1 } else { 0 };
+    fsm.peer.tick();
+    let leader = fsm.peer.is_leader();
+    if leader
+        && fsm
+            .ticks
+            .is_multiple_of(u64::from(cfg.region_heartbeat_ticks.max(1)))
+    {
+        let _ = ctx
+            .events
+            .send(StoreEvent::RegionHeartbeat(heartbeat_of(&fsm.peer)));
+    }
+    if fsm
+        .ticks
+        .is_multiple_of(u64::from(cfg.split.split_check_ticks.max(1)))
+    {
+        maybe_schedule_split_check(ctx, fsm);
+    }
+    if fsm
+        .ticks
+        .is_multiple_of(u64::from(cfg.raft_log_gc_ticks.max(1)))
+    {
+        maybe_compact_log(ctx, fsm);
+    }
+    if cfg.quiet_regions && leader && fsm.idle_ticks >= cfg.quiet_leader_ticks {
+        fsm.go_quiet();
+        ctx.transport.send_all(fsm.peer.quiesce_messages());
+    }
+}
+
+fn on_split_check_result(
+    ctx: &StoreContext,
+    fsm: &mut PeerFsm,
+    version: u64,
+    outcome: SplitCheckOutcome,
+) {
+    fsm.split_check_running = false;
+    let peer = &mut fsm.peer;
+    if peer.version() != version {
+        // Split or merged meanwhile: the figures describe another range.
+        peer.size.check_wanted = true;
+        return;
+    }
+    peer.size.approximate_size_bytes = Some(outcome.size_bytes);
+    peer.size.approximate_keys = Some(outcome.keys);
+    let Some(split_key) = outcome.split_key else {
+        return;
+    };
+    if !peer.is_leader() {
+        return;
+    }
+    tracing::info!(
+        region = peer.region_id(),
+        size_bytes = outcome.size_bytes,
+        keys = outcome.keys,
+        "region over the split threshold; asking for a split"
+    );
+    fsm.split_asked_at = Some(fsm.ticks);
+    let _ = ctx.events.send(StoreEvent::AskSplit {
+        region: peer.region().clone(),
+        split_key,
+    });
+}
+
+/// Schedules a split check of a leader that was written to enough, or wants one.
+fn maybe_schedule_split_check(ctx: &StoreContext, fsm: &mut PeerFsm) {
+    let cfg = ctx.cfg.split;
+    if !fsm.peer.is_leader() || fsm.split_check_running {
+        return;
+    }
+    if fsm
+        .split_asked_at
+        .is_some_and(|t| fsm.ticks < t + SPLIT_ASK_RETRY_TICKS)
+    {
+        return;
+    }
+    let size = fsm.peer.size;
+    let over = size
+        .approximate_size_bytes
+        .is_some_and(|s| s > cfg.region_split_size_bytes)
+        || size
+            .approximate_keys
+            .is_some_and(|k| k > cfg.region_split_keys);
+    if !(size.check_wanted || over || size.written_since_check_bytes >= cfg.split_check_diff_bytes)
+    {
+        return;
+    }
+    if ctx.split_checker.schedule(SplitCheckTask {
+        region: fsm.peer.region().clone(),
+    }) {
+        fsm.peer.size.check_wanted = false;
+        fsm.peer.size.written_since_check_bytes = 0;
+        fsm.split_check_running = true;
+    }
+}
+
+/// A leader proposes log compaction where due.
+fn maybe_compact_log(ctx: &StoreContext, fsm: &mut PeerFsm) {
+    let (threshold, limit) = (
+        ctx.cfg.raft_log_gc_threshold,
+        ctx.cfg.raft_log_gc_count_limit,
+    );
+    let Some((index, term)) = fsm.peer.compact_index_due(threshold, limit) else {
+        return;
+    };
+    let cmd = RaftCmdRequest {
+        region_id: fsm.peer.region_id(),
+        region_epoch: fsm.peer.region().region_epoch,
+        requests: Vec::new(),
+        admin: Some(AdminRequest {
+            cmd: Some(admin_request::Cmd::CompactLog(CompactLogRequest {
+                compact_index: index,
+                compact_term: term,
+            })),
+        }),
+    };
+    let (tx, _rx) = oneshot::channel();
+    fsm.peer.propose(cmd, tx);
+}
+
+/// Streams snapshot messages; each peer hears back whether its snapshot was delivered.
+fn send_snapshots(ctx: &StoreContext, snapshots: Vec<RaftMessage>) {
+    for msg in snapshots {
+        let (region_id, to) = (msg.region_id, msg.to_peer.map(|p| p.id).unwrap_or(0));
+        let router = ctx.router.clone();
+        ctx.transport.send_snapshot(
+            msg,
+            Box::new(move |delivered| {
+                let _ = router.send(
+                    region_id,
+                    PeerMsg::SnapshotStatus {
+                        to_peer_id: to,
+                        delivered,
+                    },
+                );
+            }),
+        );
+    }
+}
+
+/// Builds the snapshot raft asked for during the round. Runs after the round, where the
+/// region's data is exactly its applied state.
+fn generate_snapshot(ctx: &StoreContext, fsm: &mut PeerFsm) {
+    let storage = fsm.peer.storage();
+    if !storage.take_snapshot_wanted() {
+        return;
+    }
+    match crate::snapshot::generate(storage, ctx.kv.as_ref()) {
+        Ok(snap) => {
+            tracing::info!(
+                region = fsm.peer.region_id(),
+                index = snap.get_metadata().index,
+                bytes = snap.get_data().len(),
+                "snapshot generated"
+            );
+            storage.set_generated_snapshot(snap);
+            // Raft retries the send at its next heartbeat; make sure one comes.
+            fsm.wake();
+        }
+        Err(e) => {
+            tracing::error!(region = fsm.peer.region_id(), error = %e, "snapshot generation failed")
+        }
+    }
+}
+
+/// Keeps the store meta's copy of the region current (created, split, snapshot installed).
+fn publish_region(ctx: &StoreContext, fsm: &mut PeerFsm) {
+    if !fsm.peer.is_initialized() || fsm.published.as_ref() == Some(fsm.peer.region()) {
+        return;
+    }
+    let region = fsm.peer.region().clone();
+    ctx.router.meta().regions.insert(region.id, region.clone());
+    fsm.published = Some(region);
+}
+
+fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
+    let mut log_batch = RaftLogBatch::default();
+    let mut early = Outbox::default();
+    let mut ready = Vec::new();
+    for (i, fsm) in batch.iter_mut().enumerate() {
+        fsm.peer.flush_reads();
+        if fsm.peer.has_ready() {
+            fsm.peer
+                .collect_ready(ctx.kv.as_ref(), &mut log_batch, &mut early)
+                .unwrap_or_else(|e| panic!("snapshot install failed; stopping the node: {e}"));
+            ready.push(i);
+        }
+    }
+    ctx.transport.send_all(early.messages);
+    send_snapshots(ctx, early.snapshots);
+    if ready.is_empty() {
+        return;
+    }
+    if !log_batch.is_empty() {
+        ctx.log
+            .write(log_batch, ctx.cfg.sync_log)
+            .unwrap_or_else(|e| panic!("raft log write failed; stopping the node: {e}"));
+    }
+    let mut late = Outbox::default();
+    for &i in &ready {
+        batch[i].peer.after_write(&mut late);
+    }
+    ctx.transport.send_all(late.messages);
+    send_snapshots(ctx, late.snapshots);
+
+    let mut kv_batch = KvWriteBatch::default();
+    let mut results: Vec<(CmdCallback, CmdResult)> = Vec::new();
+    let mut applied = Vec::new();
+    let mut admin_results = Vec::new();
+    for &i in &ready {
+        let peer = &mut batch[i].peer;
+        if peer.has_entries_to_apply() {
+            let admin = peer
+                .apply(ctx.kv.as_ref(), &mut kv_batch, &mut results)
+                .unwrap_or_else(|e| panic!("apply failed; stopping the node: {e}"));
+            admin_results.extend(admin.into_iter().map(|a| (i, a)));
+            applied.push(i);
+        }
+    }
+    if !kv_batch.is_empty() {
+        ctx.kv
+            .write(kv_batch)
+            .unwrap_or_else(|e| panic!("apply write failed; stopping the node: {e}"));
+    }
+    for (i, admin) in admin_results {
+        match admin {
+            AdminResult::Split { left, right } => on_split_applied(ctx, &mut batch[i], left, right),
+            AdminResult::CompactLog { index, .. } => {
+                let region_id = batch[i].region_id();
+                if ctx
+                    .router
+                    .send_control(StoreMsg::CompactLog { region_id, index })
+                    .is_err()
+                {
+                    // The next compaction of the region covers this one.
+                    tracing::debug!(
+                        region = region_id,
+                        "control mailbox full; compaction deferred"
+                    );
                 }
+            }
+        }
+    }
+    for (callback, result) in results {
+        let _ = callback.send(result);
+    }
+    for &i in &applied {
+        batch[i].peer.after_apply();
+    }
+    for &i in &ready {
+        let fsm = &mut batch[i];
+        fsm.peer.after_round();
+        if let Some(view) = fsm.peer.leader_view_changed() {
+            let region_id = fsm.region_id();
+            tracing::info!(
+                region = region_id,
+                leader = view.leader_id,
+                term = view.term,
+                is_leader = view.is_leader,
+                "leader changed"
+            );
+            {
+                let mut meta = ctx.router.meta();
+                if view.is_leader {
+                    meta.leaders.insert(region_id);
+                } else {
+                    meta.leaders.remove(&region_id);
+                }
+            }
+            if view.is_leader {
+                let _ = ctx
+                    .events
+                    .send(StoreEvent::RegionHeartbeat(heartbeat_of(&fsm.peer)));
+            }
+        }
+    }
+}
+
+/// The parent's side of an applied split: the store meta takes both ranges at once (so a
+/// message for the new region is not mistaken for one of an unknown region), the control
+/// thread creates the new region's peer.
+fn on_split_applied(ctx: &StoreContext, fsm: &mut PeerFsm, left: Region, right: Region) {
+    fsm.split_asked_at = None;
+    let parent_leader = fsm.peer.is_leader();
+    if parent_leader {
+        let _ = ctx.events.send(StoreEvent::ReportSplit {
+            left: left.clone(),
+            right: right.clone(),
+        });
+    }
+    {
+        let mut meta = ctx.router.meta();
+        meta.regions.insert(left.id, left.clone());
+        meta.regions.insert(right.id, right.clone());
+    }
+    fsm.published = Some(left);
+    let mut msg = StoreMsg::SplitApplied {
+        right,
+        campaign: parent_leader,
+    };
+    // The control mailbox is bounded; a split must not be lost, so wait for room.
+    loop {
+        match ctx.router.send_control(msg) {
+            Ok(()) => break,
+            Err(StoreMsg::Stop) => break,
+            Err(back) => {
+                msg = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+fn heartbeat_of(peer: &Peer) -> RegionHeartbeatRequest {
+    RegionHeartbeatRequest {
+        header: None,
+        region: Some(peer.region().clone()),
+        leader: Some(peer.meta()),
+        term: peer.term(),
+        approximate_keys: peer.size.approximate_keys.unwrap_or(0),
+        approximate_size_bytes: peer.size.approximate_size_bytes.unwrap_or(0),
+    }
+}
+
+/// The control thread: ticks, peer creation, log compaction on the engine.
+pub struct StoreFsm {
+    ctx: Arc<StoreContext>,
+    ticks: u64,
+    /// Raft messages for regions this store does not have yet, kept for a few ticks: the new
+    /// region of a split starts campaigning on the parent leader's store while the other
+    /// stores may still be applying the split.
+    early_messages: HashMap<u64, Vec<(u64, RaftMessage)>>,
+    early_message_count: usize,
+    /// Log compactions applied but not yet carried out on the log engine: region -> index.
+    compactions_pending: HashMap<u64, u64>,
+}
+
+impl StoreFsm {
+    pub fn new(ctx: Arc<StoreContext>) -> Self {
+        StoreFsm {
+            ctx,
+            ticks: 0,
+            early_messages: HashMap::new(),
+            early_message_count: 0,
+            compactions_pending: HashMap::new(),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<StoreMsg>, stopping: Arc<AtomicBool>) {
+        let interval = self.ctx.cfg.tick_interval;
+        let mut next_tick = Instant::now() + interval;
+        while !stopping.load(Ordering::SeqCst) {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(StoreMsg::Stop) => break,
+                Ok(msg) => self.handle(msg),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             if Instant::now() >= next_tick {
                 self.tick();
-                next_tick = Instant::now() + self.cfg.tick_interval;
+                next_tick = Instant::now() + interval;
             }
-            self.round();
-            self.generate_snapshots();
         }
-        tracing::info!(store = self.store_id, "raftstore stopped");
+        tracing::info!(store = self.ctx.store_id, "raftstore stopped");
     }
 
-    fn handle(&mut self, msg: StoreMsg) -> bool {
+    /// Handles one message (also the simulation's entry point).
+    pub fn handle(&mut self, msg: StoreMsg) {
         match msg {
-            StoreMsg::Raft(m) => self.on_raft_message(*m),
-            StoreMsg::Command { cmd, callback } => match self.peers.get_mut(&cmd.region_id) {
-                Some(peer) => peer.propose(cmd, callback),
-                None => {
-                    let _ = callback.send(Err(region_error::region_not_found(cmd.region_id)));
-                }
-            },
-            StoreMsg::Read {
-                region_id,
-                epoch,
-                keys,
-                callback,
-            } => match self.peers.get_mut(&region_id) {
-                Some(peer) => {
-                    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-                    peer.read(epoch, &keys, callback);
-                }
-                None => {
-                    let _ = callback.send(Err(region_error::region_not_found(region_id)));
-                }
-            },
+            StoreMsg::Raft(m) => self.on_unknown_region_message(*m),
             StoreMsg::CreateBootstrapPeer(region) => self.create_bootstrap_peer(region),
-            StoreMsg::SnapshotStatus {
-                region_id,
-                to_peer_id,
-                delivered,
-            } => {
-                if let Some(peer) = self.peers.get_mut(&region_id) {
-                    peer.report_snapshot(to_peer_id, delivered);
-                }
+            StoreMsg::SplitApplied { right, campaign } => self.create_split_peer(right, campaign),
+            StoreMsg::CompactLog { region_id, index } => {
+                let pending = self.compactions_pending.entry(region_id).or_insert(index);
+                *pending = (*pending).max(index);
             }
-            StoreMsg::SplitCheckResult {
-                region_id,
-                version,
-                outcome,
-            } => self.on_split_check_result(region_id, version, outcome),
-            StoreMsg::Status {
-                region_id,
-                callback,
-            } => {
-                let infos = self
-                    .peers
-                    .values()
-                    .filter(|p| {
-                        p.is_initialized() && region_id.is_none_or(|id| id == p.region_id())
-                    })
-                    .map(|p| RegionInfoResponse {
-                        found: true,
-                        region: Some(p.region().clone()),
-                        term: p.term(),
-                        commit_index: p.commit_index(),
-                        applied_index: p.applied_index(),
-                        last_index: p.last_index(),
-                        leader_id: p.leader_id(),
-                        is_leader: p.is_leader(),
-                        truncated_index: p.truncated_index(),
-                    })
-                    .collect();
-                let _ = callback.send(infos);
-            }
-            StoreMsg::Stop => return false,
+            StoreMsg::StoreUnreachable(store_id) => self.wake_regions_with_peer_on(store_id),
+            StoreMsg::Stop => {}
         }
-        true
     }
 
-    fn on_raft_message(&mut self, msg: RaftMessage) {
-        let Some(to) = msg.to_peer.filter(|p| p.store_id == self.store_id) else {
-            tracing::warn!(
-                region = msg.region_id,
-                "raft message for another store dropped"
-            );
+    /// One tick of the store (also the simulation's entry point).
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        self.ctx.router.tick_awake();
+        self.expire_early_messages();
+        if self
+            .ticks
+            .is_multiple_of(u64::from(self.ctx.cfg.raft_log_gc_ticks.max(1)))
+        {
+            self.compact_logs();
+        }
+    }
+
+    /// Carries out applied compactions once the KV engine has made their truncated state
+    /// durable: after a crash the node replays from the last durable applied index.
+    fn compact_logs(&mut self) {
+        if self.compactions_pending.is_empty() {
+            return;
+        }
+        self.ctx
+            .kv
+            .flush()
+            .unwrap_or_else(|e| panic!("kv flush failed; stopping the node: {e}"));
+        for (region_id, index) in self.compactions_pending.drain() {
+            self.ctx
+                .log
+                .compact_to(region_id, index + 1)
+                .unwrap_or_else(|e| panic!("raft log compaction failed; stopping the node: {e}"));
+        }
+        if let Err(e) = self.ctx.log.purge() {
+            tracing::warn!(error = %e, "raft log purge failed");
+        }
+    }
+
+    fn wake_regions_with_peer_on(&self, store_id: u64) {
+        let regions: Vec<u64> = self
+            .ctx
+            .router
+            .meta()
+            .regions
+            .values()
+            .filter(|r| r.peers.iter().any(|p| p.store_id == store_id))
+            .map(|r| r.id)
+            .collect();
+        for id in regions {
+            let _ = self.ctx.router.send(id, PeerMsg::Wake);
+        }
+    }
+
+    fn on_unknown_region_message(&mut self, msg: RaftMessage) {
+        if self.ctx.router.has_region(msg.region_id) {
+            // Created meanwhile.
+            self.ctx.router.send_raft(msg);
+            return;
+        }
+        let Some(to) = msg.to_peer.filter(|p| p.store_id == self.ctx.store_id) else {
             return;
         };
-        let mut inner = raft::eraftpb::Message::default();
-        if let Err(e) = inner.merge_from_bytes(&msg.message) {
-            tracing::warn!(region = msg.region_id, error = %e, "malformed raft message dropped");
-            return;
-        }
-        if !self.peers.contains_key(&msg.region_id) && !self.maybe_create_uninitialized(&msg, to) {
+        if self.maybe_create_uninitialized(&msg, to) {
+            self.ctx.router.send_raft(msg);
+        } else {
             self.keep_early_message(msg);
-            return;
         }
-        if inner.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot
-            && !self.snapshot_fits(msg.region_id, inner.get_snapshot())
-        {
-            return;
-        }
-        let peer = self
-            .peers
-            .get_mut(&msg.region_id)
-            .expect("checked or created");
-        if peer.peer_id() != to.id {
-            tracing::debug!(
-                region = msg.region_id,
-                to = to.id,
-                local = peer.peer_id(),
-                "raft message for another peer of the region dropped"
-            );
-            return;
-        }
-        peer.step(msg.from_peer, inner);
     }
 
     /// Keeps a message for a region that does not exist here yet, for a few ticks.
@@ -429,215 +891,6 @@ impl RaftStore {
         }
     }
 
-    /// Whether an initialized local region other than `region_id` overlaps `[start, end)`.
-    fn overlaps_local(&self, region_id: u64, start: &[u8], end: &[u8]) -> bool {
-        self.peers.values().any(|p| {
-            p.region_id() != region_id
-                && p.is_initialized()
-                && ranges_overlap(&p.region().start_key, &p.region().end_key, start, end)
-        })
-    }
-
-    /// Creates an uninitialized peer for a message to a region this store does not have,
-    /// unless a local region still covers part of its range: then a split that creates it
-    /// here is pending, or a stale local region must catch up first.
-    fn maybe_create_uninitialized(&mut self, msg: &RaftMessage, to: PeerMeta) -> bool {
-        if to.id == 0 || self.overlaps_local(msg.region_id, &msg.start_key, &msg.end_key) {
-            return false;
-        }
-        match layout::read_region_state(self.kv.as_ref(), msg.region_id) {
-            Ok(None) => {}
-            Ok(Some(_)) => return false,
-            Err(e) => panic!("cannot read region state of region {}: {e}", msg.region_id),
-        }
-        let storage = PeerStorage::uninitialized(msg.region_id, self.log.clone());
-        match Peer::uninitialized(to, storage, &self.cfg.peer) {
-            Ok(peer) => {
-                tracing::info!(
-                    region = msg.region_id,
-                    peer = to.id,
-                    "created uninitialized peer; waiting for a snapshot"
-                );
-                self.peers.insert(msg.region_id, peer);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(region = msg.region_id, error = %e, "cannot create peer");
-                false
-            }
-        }
-    }
-
-    /// A snapshot may be installed only if its range overlaps no other local region (one that
-    /// is stale must catch up first; the leader retries the snapshot).
-    fn snapshot_fits(&self, region_id: u64, snap: &raft::eraftpb::Snapshot) -> bool {
-        let Some(region) = crate::snapshot::decode(snap).and_then(|d| d.region) else {
-            tracing::warn!(region = region_id, "undecodable snapshot dropped");
-            return false;
-        };
-        if region.id != region_id {
-            tracing::warn!(region = region_id, "snapshot of another region dropped");
-            return false;
-        }
-        if self.overlaps_local(region_id, &region.start_key, &region.end_key) {
-            tracing::info!(
-                region = region_id,
-                "snapshot overlaps a local region that is behind; dropped for now"
-            );
-            return false;
-        }
-        true
-    }
-
-    fn create_bootstrap_peer(&mut self, region: Region) {
-        if self.peers.contains_key(&region.id) {
-            return;
-        }
-        // A region state means this store had the region before (maybe removed): never recreate.
-        match layout::read_region_state(self.kv.as_ref(), region.id) {
-            Ok(None) => {}
-            Ok(Some(_)) => return,
-            Err(e) => panic!("cannot read region state of region {}: {e}", region.id),
-        }
-        let mut kv_batch = KvWriteBatch::default();
-        let mut log_batch = RaftLogBatch::default();
-        let storage = PeerStorage::create_at_bootstrap(
-            region.clone(),
-            self.log.clone(),
-            &mut kv_batch,
-            &mut log_batch,
-        );
-        // Log first: a region state without a hard state would be refused at restart.
-        self.log
-            .write(log_batch, true)
-            .unwrap_or_else(|e| panic!("cannot write bootstrap raft state: {e}"));
-        self.kv
-            .write(kv_batch)
-            .unwrap_or_else(|e| panic!("cannot write bootstrap region state: {e}"));
-        self.kv
-            .flush()
-            .unwrap_or_else(|e| panic!("cannot flush bootstrap region state: {e}"));
-        match Peer::new(self.store_id, storage, &self.cfg.peer) {
-            Ok(peer) => {
-                tracing::info!(
-                    region = region.id,
-                    peer = peer.peer_id(),
-                    "created peer at bootstrap state"
-                );
-                self.peers.insert(region.id, peer);
-            }
-            Err(e) => {
-                tracing::error!(region = region.id, error = %e, "cannot create bootstrap peer")
-            }
-        }
-    }
-
-    fn on_split_check_result(&mut self, region_id: u64, version: u64, outcome: SplitCheckOutcome) {
-        self.split_checks_running.remove(&region_id);
-        let Some(peer) = self.peers.get_mut(&region_id) else {
-            return;
-        };
-        if peer.version() != version {
-            // Split or merged meanwhile: the figures describe another range.
-            peer.size.check_wanted = true;
-            return;
-        }
-        peer.size.approximate_size_bytes = Some(outcome.size_bytes);
-        peer.size.approximate_keys = Some(outcome.keys);
-        let Some(split_key) = outcome.split_key else {
-            return;
-        };
-        if !peer.is_leader() {
-            return;
-        }
-        tracing::info!(
-            region = region_id,
-            size_bytes = outcome.size_bytes,
-            keys = outcome.keys,
-            "region over the split threshold; asking for a split"
-        );
-        self.split_asked_at.insert(region_id, self.ticks);
-        let _ = self.events.send(StoreEvent::AskSplit {
-            region: peer.region().clone(),
-            split_key,
-        });
-    }
-
-    /// Schedules split checks of leaders that were written to enough, or want one.
-    fn schedule_split_checks(&mut self) {
-        let cfg = self.cfg.split;
-        for (id, peer) in self.peers.iter_mut() {
-            if !peer.is_leader() || self.split_checks_running.contains(id) {
-                continue;
-            }
-            if self
-                .split_asked_at
-                .get(id)
-                .is_some_and(|t| self.ticks < t + SPLIT_ASK_RETRY_TICKS)
-            {
-                continue;
-            }
-            let size = peer.size;
-            let over = size
-                .approximate_size_bytes
-                .is_some_and(|s| s > cfg.region_split_size_bytes)
-                || size
-                    .approximate_keys
-                    .is_some_and(|k| k > cfg.region_split_keys);
-            if !(size.check_wanted
-                || over
-                || size.written_since_check_bytes >= cfg.split_check_diff_bytes)
-            {
-                continue;
-            }
-            if self.split_checker.schedule(SplitCheckTask {
-                region: peer.region().clone(),
-            }) {
-                peer.size.check_wanted = false;
-                peer.size.written_since_check_bytes = 0;
-                self.split_checks_running.insert(*id);
-            }
-        }
-    }
-
-    /// Creates the peer of the new region of an applied split, and hands it the messages that
-    /// arrived for it before it existed.
-    fn on_split_applied(&mut self, parent_id: u64, left: Region, right: Region) {
-        self.split_asked_at.remove(&parent_id);
-        let parent_leader = self.peers.get(&parent_id).is_some_and(|p| p.is_leader());
-        if parent_leader {
-            let _ = self.events.send(StoreEvent::ReportSplit {
-                left,
-                right: right.clone(),
-            });
-        }
-        let right_id = right.id;
-        if self
-            .peers
-            .get(&right_id)
-            .is_some_and(|p| p.is_initialized())
-        {
-            // Installed from a snapshot, which is newer than this split (see apply).
-            return;
-        }
-        let storage = PeerStorage::created_by_split(right, self.log.clone());
-        let mut peer = match Peer::new(self.store_id, storage, &self.cfg.peer) {
-            Ok(p) => p,
-            Err(e) => panic!("cannot create peer of region {right_id} from a split: {e}"),
-        };
-        if parent_leader {
-            peer.campaign();
-        }
-        // An uninitialized peer of the region (created from an early message) is replaced.
-        self.peers.insert(right_id, peer);
-        if let Some(early) = self.early_messages.remove(&right_id) {
-            self.early_message_count -= early.len();
-            for (_, msg) in early {
-                self.on_raft_message(msg);
-            }
-        }
-    }
-
     fn expire_early_messages(&mut self) {
         let now = self.ticks;
         let mut dropped = 0;
@@ -650,215 +903,115 @@ impl RaftStore {
         self.early_message_count -= dropped;
     }
 
-    fn tick(&mut self) {
-        self.ticks += 1;
-        self.expire_early_messages();
-        if self
-            .ticks
-            .is_multiple_of(u64::from(self.cfg.raft_log_gc_ticks.max(1)))
+    /// Creates an uninitialized peer for a message to a region this store does not have,
+    /// unless a local region still covers part of its range: then a split that creates it
+    /// here is pending, or a stale local region must catch up first.
+    fn maybe_create_uninitialized(&mut self, msg: &RaftMessage, to: PeerMeta) -> bool {
+        let ctx = &self.ctx;
+        if to.id == 0
+            || ctx
+                .router
+                .meta()
+                .overlaps(msg.region_id, &msg.start_key, &msg.end_key)
         {
-            self.gc_raft_logs();
+            return false;
         }
-        if self
-            .ticks
-            .is_multiple_of(u64::from(self.cfg.split.split_check_ticks.max(1)))
-        {
-            self.schedule_split_checks();
+        match layout::read_region_state(ctx.kv.as_ref(), msg.region_id) {
+            Ok(None) => {}
+            Ok(Some(_)) => return false,
+            Err(e) => panic!("cannot read region state of region {}: {e}", msg.region_id),
         }
-        let heartbeat_due = self
-            .ticks
-            .is_multiple_of(u64::from(self.cfg.region_heartbeat_ticks.max(1)));
-        let ids: Vec<u64> = self.peers.keys().copied().collect();
-        for id in ids {
-            let peer = self.peers.get_mut(&id).expect("listed");
-            peer.tick();
-            if heartbeat_due && peer.is_leader() {
-                let hb = heartbeat_of(peer);
-                let _ = self.events.send(StoreEvent::RegionHeartbeat(hb));
-            }
-        }
-    }
-
-    /// Streams snapshot messages; each peer hears back whether its snapshot was delivered.
-    fn send_snapshots(&self, snapshots: Vec<RaftMessage>) {
-        for msg in snapshots {
-            let (region_id, to) = (msg.region_id, msg.to_peer.map(|p| p.id).unwrap_or(0));
-            let router = self.router.clone();
-            self.transport.send_snapshot(
-                msg,
-                Box::new(move |delivered| {
-                    let _ = router.send(StoreMsg::SnapshotStatus {
-                        region_id,
-                        to_peer_id: to,
-                        delivered,
-                    });
-                }),
-            );
-        }
-    }
-
-    /// Builds the snapshots raft asked for during the round. Runs between rounds, where every
-    /// region's data is exactly its applied state.
-    fn generate_snapshots(&mut self) {
-        for peer in self.peers.values() {
-            if !peer.storage().take_snapshot_wanted() {
-                continue;
-            }
-            match crate::snapshot::generate(peer.storage(), self.kv.as_ref()) {
-                Ok(snap) => {
-                    tracing::info!(
-                        region = peer.region_id(),
-                        index = snap.get_metadata().index,
-                        bytes = snap.get_data().len(),
-                        "snapshot generated"
-                    );
-                    peer.storage().set_generated_snapshot(snap);
-                }
-                Err(e) => {
-                    tracing::error!(region = peer.region_id(), error = %e, "snapshot generation failed")
-                }
-            }
-        }
-    }
-
-    /// Leaders propose log compaction where due; compactions already applied are carried out
-    /// on the log engine once the KV engine has made their apply state durable.
-    fn gc_raft_logs(&mut self) {
-        let (threshold, limit) = (
-            self.cfg.raft_log_gc_threshold,
-            self.cfg.raft_log_gc_count_limit,
-        );
-        for peer in self.peers.values_mut() {
-            let Some((index, term)) = peer.compact_index_due(threshold, limit) else {
-                continue;
-            };
-            let cmd = RaftCmdRequest {
-                region_id: peer.region_id(),
-                region_epoch: peer.region().region_epoch,
-                requests: Vec::new(),
-                admin: Some(AdminRequest {
-                    cmd: Some(admin_request::Cmd::CompactLog(CompactLogRequest {
-                        compact_index: index,
-                        compact_term: term,
-                    })),
-                }),
-            };
-            let (tx, _rx) = oneshot::channel();
-            peer.propose(cmd, tx);
-        }
-        if self.compactions_pending.is_empty() {
-            return;
-        }
-        // The truncated state must be durable before the entries go: after a crash the node
-        // replays from the last durable applied index.
-        self.kv
-            .flush()
-            .unwrap_or_else(|e| panic!("kv flush failed; stopping the node: {e}"));
-        for (region_id, index) in self.compactions_pending.drain() {
-            self.log
-                .compact_to(region_id, index + 1)
-                .unwrap_or_else(|e| panic!("raft log compaction failed; stopping the node: {e}"));
-        }
-        if let Err(e) = self.log.purge() {
-            tracing::warn!(error = %e, "raft log purge failed");
-        }
-    }
-
-    /// One round of group commit, send and apply.
-    fn round(&mut self) {
-        let mut log_batch = RaftLogBatch::default();
-        let mut early = Outbox::default();
-        let mut ready_peers = Vec::new();
-        for (id, peer) in self.peers.iter_mut() {
-            peer.flush_reads();
-            if peer.has_ready() {
-                peer.collect_ready(self.kv.as_ref(), &mut log_batch, &mut early)
-                    .unwrap_or_else(|e| panic!("snapshot install failed; stopping the node: {e}"));
-                ready_peers.push(*id);
-            }
-        }
-        self.transport.send_all(early.messages);
-        self.send_snapshots(early.snapshots);
-        if ready_peers.is_empty() {
-            return;
-        }
-        if !log_batch.is_empty() {
-            self.log
-                .write(log_batch, self.cfg.sync_log)
-                .unwrap_or_else(|e| panic!("raft log write failed; stopping the node: {e}"));
-        }
-        let mut late = Outbox::default();
-        for id in &ready_peers {
-            self.peers
-                .get_mut(id)
-                .expect("listed")
-                .after_write(&mut late);
-        }
-        self.transport.send_all(late.messages);
-        self.send_snapshots(late.snapshots);
-
-        let mut kv_batch = KvWriteBatch::default();
-        let mut results: Vec<(CmdCallback, CmdResult)> = Vec::new();
-        let mut applied = Vec::new();
-        let mut admin_results = Vec::new();
-        for id in &ready_peers {
-            let peer = self.peers.get_mut(id).expect("listed");
-            if peer.has_entries_to_apply() {
-                let admin = peer
-                    .apply(self.kv.as_ref(), &mut kv_batch, &mut results)
-                    .unwrap_or_else(|e| panic!("apply failed; stopping the node: {e}"));
-                admin_results.extend(admin.into_iter().map(|a| (*id, a)));
-                applied.push(*id);
-            }
-        }
-        if !kv_batch.is_empty() {
-            self.kv
-                .write(kv_batch)
-                .unwrap_or_else(|e| panic!("apply write failed; stopping the node: {e}"));
-        }
-        for (id, admin) in admin_results {
-            match admin {
-                AdminResult::Split { left, right } => self.on_split_applied(id, left, right),
-                AdminResult::CompactLog { index, .. } => {
-                    let pending = self.compactions_pending.entry(id).or_insert(index);
-                    *pending = (*pending).max(index);
-                }
-            }
-        }
-        for (callback, result) in results {
-            let _ = callback.send(result);
-        }
-        for id in &applied {
-            self.peers.get_mut(id).expect("listed").after_apply();
-        }
-        for id in &ready_peers {
-            let peer = self.peers.get_mut(id).expect("listed");
-            peer.after_round();
-            if let Some(view) = peer.leader_view_changed() {
+        let storage = PeerStorage::uninitialized(msg.region_id, ctx.log.clone());
+        match Peer::uninitialized(to, storage, &ctx.cfg.peer) {
+            Ok(peer) => {
                 tracing::info!(
-                    region = id,
-                    leader = view.leader_id,
-                    term = view.term,
-                    is_leader = view.is_leader,
-                    "leader changed"
+                    region = msg.region_id,
+                    peer = to.id,
+                    "created uninitialized peer; waiting for a snapshot"
                 );
-                if view.is_leader {
-                    let _ = self
-                        .events
-                        .send(StoreEvent::RegionHeartbeat(heartbeat_of(peer)));
-                }
+                register_peer(ctx, peer);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(region = msg.region_id, error = %e, "cannot create peer");
+                false
             }
         }
     }
-}
 
-fn heartbeat_of(peer: &Peer) -> RegionHeartbeatRequest {
-    RegionHeartbeatRequest {
-        header: None,
-        region: Some(peer.region().clone()),
-        leader: Some(peer.meta()),
-        term: peer.term(),
-        approximate_keys: peer.size.approximate_keys.unwrap_or(0),
-        approximate_size_bytes: peer.size.approximate_size_bytes.unwrap_or(0),
+    fn create_bootstrap_peer(&mut self, region: Region) {
+        let ctx = &self.ctx;
+        if ctx.router.has_region(region.id) {
+            return;
+        }
+        // A region state means this store had the region before (maybe removed): never recreate.
+        match layout::read_region_state(ctx.kv.as_ref(), region.id) {
+            Ok(None) => {}
+            Ok(Some(_)) => return,
+            Err(e) => panic!("cannot read region state of region {}: {e}", region.id),
+        }
+        let mut kv_batch = KvWriteBatch::default();
+        let mut log_batch = RaftLogBatch::default();
+        let storage = PeerStorage::create_at_bootstrap(
+            region.clone(),
+            ctx.log.clone(),
+            &mut kv_batch,
+            &mut log_batch,
+        );
+        // Log first: a region state without a hard state would be refused at restart.
+        ctx.log
+            .write(log_batch, true)
+            .unwrap_or_else(|e| panic!("cannot write bootstrap raft state: {e}"));
+        ctx.kv
+            .write(kv_batch)
+            .unwrap_or_else(|e| panic!("cannot write bootstrap region state: {e}"));
+        ctx.kv
+            .flush()
+            .unwrap_or_else(|e| panic!("cannot flush bootstrap region state: {e}"));
+        match Peer::new(ctx.store_id, storage, &ctx.cfg.peer) {
+            Ok(peer) => {
+                tracing::info!(
+                    region = region.id,
+                    peer = peer.peer_id(),
+                    "created peer at bootstrap state"
+                );
+                register_peer(ctx, peer);
+            }
+            Err(e) => {
+                tracing::error!(region = region.id, error = %e, "cannot create bootstrap peer")
+            }
+        }
+    }
+
+    /// Creates the peer of the new region of an applied split, and hands it the messages that
+    /// arrived for it before it existed.
+    fn create_split_peer(&mut self, right: Region, campaign: bool) {
+        let ctx = self.ctx.clone();
+        let right_id = right.id;
+        let storage = PeerStorage::created_by_split(right.clone(), ctx.log.clone());
+        let peer = match Peer::new(ctx.store_id, storage, &ctx.cfg.peer) {
+            Ok(p) => p,
+            Err(e) => panic!("cannot create peer of region {right_id} from a split: {e}"),
+        };
+        let (tx, rx) = ctx.router.channel();
+        let mut fsm = PeerFsm::new(peer, rx);
+        fsm.published = Some(right);
+        if ctx.router.has_region(right_id) {
+            // An uninitialized peer created from an early message: the split supersedes it.
+            // (One initialized from a snapshot cannot exist: its range overlapped the parent
+            // until now, so no snapshot could be installed.)
+            ctx.router.replace(tx.clone(), fsm);
+        } else {
+            ctx.router.register(tx.clone(), fsm);
+        }
+        if campaign {
+            let _ = ctx.router.send(right_id, PeerMsg::Campaign);
+        }
+        if let Some(early) = self.early_messages.remove(&right_id) {
+            self.early_message_count -= early.len();
+            for (_, msg) in early {
+                ctx.router.send_raft(msg);
+            }
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Running a node: open storage, join the cluster through the placement driver, start the
 //! raftstore thread, serve gRPC, and report to the placement driver.
 
-use crate::raftstore::{mailbox, RaftStore, StoreEvent, StoreMsg, StoreParts, StoreRouter};
+use crate::raftstore::{RaftStore, StoreContext, StoreEvent};
+use crate::router::{StoreMsg, StoreRouter};
 use crate::service::{DebugService, KvService, NodeContext, RaftService};
 use crate::split_check::SplitChecker;
 use crate::transport::{NetFilter, Transport};
@@ -17,16 +18,17 @@ use ringkv_proto::raftpb::StoreIdent;
 use ringkv_storage::{layout, KvEngine, KvWriteBatch, RaftEngineLog, RaftLogEngine, SledKv};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
+
+/// Messages one peer's mailbox holds; past it the peer answers `ServerIsBusy`.
+const PEER_MAILBOX_CAPACITY: usize = 4096;
 
 /// A running node.
 pub struct NodeServer {
     store_id: u64,
     addr: SocketAddr,
-    router: StoreRouter,
-    raftstore: Option<JoinHandle<()>>,
+    raftstore: Option<RaftStore>,
     runtime: Option<tokio::runtime::Runtime>,
     shutdown: Option<oneshot::Sender<()>>,
     kv: Arc<SledKv>,
@@ -111,28 +113,34 @@ impl NodeServer {
             .clone()
             .unwrap_or_else(|| addr.to_string());
 
-        let (router, rx) = mailbox(config.mailbox_capacity);
+        let (router, receivers) = StoreRouter::new(config.mailbox_capacity, PEER_MAILBOX_CAPACITY);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let transport = Transport::new(store_id, pd.clone(), filter, runtime.handle().clone());
+        let unreachable_router = router.clone();
+        let transport = Transport::new(
+            store_id,
+            pd.clone(),
+            filter,
+            runtime.handle().clone(),
+            Box::new(move |store| {
+                let _ = unreachable_router.send_control(StoreMsg::StoreUnreachable(store));
+            }),
+        );
         let kv_dyn: Arc<dyn KvEngine> = kv.clone();
         let store_cfg = config.raftstore_config();
         let split_checker = SplitChecker::start(kv_dyn.clone(), store_cfg.split, router.clone())?;
-        let raftstore = RaftStore::new(
-            StoreParts {
+        let raftstore = RaftStore::start(
+            StoreContext {
                 store_id,
                 log,
                 kv: kv_dyn.clone(),
-                transport,
+                transport: Arc::new(transport),
                 events: events_tx,
                 cfg: store_cfg,
                 split_checker,
                 router: router.clone(),
             },
-            rx,
+            receivers,
         )?;
-        let raftstore = std::thread::Builder::new()
-            .name(format!("raftstore-{store_id}"))
-            .spawn(move || raftstore.run())?;
 
         let ctx = NodeContext {
             store_id,
@@ -190,7 +198,6 @@ impl NodeServer {
         Ok(NodeServer {
             store_id,
             addr,
-            router,
             raftstore: Some(raftstore),
             runtime: Some(runtime),
             shutdown: Some(shutdown),
@@ -215,20 +222,8 @@ impl NodeServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(handle) = self.raftstore.take() {
-            // The mailbox may be full; keep trying until the loop takes the stop.
-            let mut msg = StoreMsg::Stop;
-            loop {
-                match self.router.send(msg) {
-                    Ok(()) => break,
-                    Err(back) if !handle.is_finished() => {
-                        msg = back;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(_) => break,
-                }
-            }
-            let _ = handle.join();
+        if let Some(raftstore) = self.raftstore.take() {
+            raftstore.stop();
         }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(2));
@@ -248,7 +243,10 @@ impl Drop for NodeServer {
 
 fn create_bootstrap_peers(router: &StoreRouter, regions: Vec<Region>) {
     for region in regions {
-        if router.send(StoreMsg::CreateBootstrapPeer(region)).is_err() {
+        if router
+            .send_control(StoreMsg::CreateBootstrapPeer(region))
+            .is_err()
+        {
             tracing::warn!(
                 "raftstore mailbox full; bootstrap peer creation retried at next heartbeat"
             );
@@ -305,14 +303,10 @@ async fn report_to_placement(
     loop {
         tokio::select! {
             _ = timer.tick() => {
-                let (tx, rx) = oneshot::channel();
-                let (mut regions, mut leaders) = (0u32, 0u32);
-                if router.send(StoreMsg::Status { region_id: None, callback: tx }).is_ok() {
-                    if let Ok(Ok(infos)) = tokio::time::timeout(interval, rx).await {
-                        regions = infos.len() as u32;
-                        leaders = infos.iter().filter(|i| i.is_leader).count() as u32;
-                    }
-                }
+                let (regions, leaders) = {
+                    let meta = router.meta();
+                    (meta.regions.len() as u32, meta.leaders.len() as u32)
+                };
                 let (capacity_bytes, available_bytes) = disk_stats(&data_dir);
                 let stats = StoreStats { store_id, capacity_bytes, available_bytes, region_count: regions, leader_count: leaders, start_time_s };
                 match pd.store_heartbeat(stats).await {

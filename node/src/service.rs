@@ -2,7 +2,7 @@
 //! raftstore), Raft (incoming message streams) and Debug (local diagnostics).
 
 use crate::apply::{scan_span, user_in_range};
-use crate::raftstore::{StoreMsg, StoreRouter};
+use crate::router::StoreRouter;
 use prost::Message as _;
 use ringkv_proto::errorpb::RegionError;
 use ringkv_proto::keys;
@@ -417,9 +417,7 @@ impl Raft for RaftService {
                     continue;
                 }
                 // A full mailbox drops the message; Raft resends.
-                if self.ctx.router.send(StoreMsg::Raft(Box::new(msg))).is_err() {
-                    tracing::debug!("raftstore mailbox full; raft message dropped");
-                }
+                self.ctx.router.send_raft(msg);
             }
         }
         Ok(Response::new(Done {}))
@@ -444,10 +442,7 @@ impl Raft for RaftService {
         if msg.to_peer.map(|p| p.store_id) != Some(self.ctx.store_id) {
             return Err(invalid("snapshot for another store"));
         }
-        self.ctx
-            .router
-            .send(StoreMsg::Raft(Box::new(msg)))
-            .map_err(|_| Status::unavailable("raftstore mailbox is full; retry the snapshot"))?;
+        self.ctx.router.send_raft(msg);
         Ok(Response::new(Done {}))
     }
 }
@@ -466,18 +461,16 @@ impl DebugService {
     }
 
     async fn status(&self, region_id: Option<u64>) -> Result<Vec<RegionInfoResponse>, Status> {
-        let (tx, rx) = oneshot::channel();
-        self.ctx
-            .router
-            .send(StoreMsg::Status {
-                region_id,
-                callback: tx,
-            })
-            .map_err(|_| Status::unavailable("raftstore is busy or stopped"))?;
-        tokio::time::timeout(REQUEST_WAIT, rx)
-            .await
-            .map_err(|_| Status::deadline_exceeded("raftstore did not answer"))?
-            .map_err(|_| Status::unavailable("node is shutting down"))
+        Ok(match region_id {
+            Some(id) => self
+                .ctx
+                .router
+                .region_status(id, REQUEST_WAIT)
+                .await
+                .into_iter()
+                .collect(),
+            None => self.ctx.router.all_status(REQUEST_WAIT).await,
+        })
     }
 }
 

@@ -3,8 +3,8 @@
 //! too big) and by the `SplitRegion` RPC (placement driver, admin CLI, tests).
 
 use crate::apply::split_regions;
-use crate::raftstore::{StoreMsg, StoreRouter};
 use crate::region_error;
+use crate::router::StoreRouter;
 use ringkv_client::PdClient;
 use ringkv_proto::errorpb::RegionError;
 use ringkv_proto::metapb::Region;
@@ -37,18 +37,7 @@ impl std::fmt::Display for SplitFailure {
 
 /// The local peer's view of `region_id`, if this store has it.
 pub async fn local_region(router: &StoreRouter, region_id: u64) -> Option<(Region, bool)> {
-    let (tx, rx) = oneshot::channel();
-    router
-        .send(StoreMsg::Status {
-            region_id: Some(region_id),
-            callback: tx,
-        })
-        .ok()?;
-    let info = tokio::time::timeout(SPLIT_WAIT, rx)
-        .await
-        .ok()?
-        .ok()?
-        .pop()?;
+    let info = router.region_status(region_id, SPLIT_WAIT).await?;
     Some((info.region?, info.is_leader))
 }
 

@@ -4,7 +4,7 @@
 //! raftstore thread. [`check_region`] is the scan (deterministic given the data); [`SplitChecker`]
 //! is the worker that runs scans and reports back through the raftstore's mailbox.
 
-use crate::raftstore::{StoreMsg, StoreRouter};
+use crate::router::{PeerMsg, StoreRouter};
 use crossbeam::channel::{Sender, TrySendError};
 use ringkv_proto::keys::split_boundary;
 use ringkv_proto::metapb::Region;
@@ -143,7 +143,7 @@ pub struct SplitChecker {
 const QUEUE_MAX: usize = 1024;
 
 impl SplitChecker {
-    /// Starts the worker. Results go back to the raftstore as [`StoreMsg::SplitCheckResult`].
+    /// Starts the worker. Results go back to the region as [`PeerMsg::SplitCheckResult`].
     pub fn start(
         kv: Arc<dyn KvEngine>,
         cfg: SplitConfig,
@@ -163,8 +163,7 @@ impl SplitChecker {
                             continue;
                         }
                     };
-                    let msg = StoreMsg::SplitCheckResult {
-                        region_id: task.region.id,
+                    let msg = PeerMsg::SplitCheckResult {
                         version: task
                             .region
                             .region_epoch
@@ -172,7 +171,7 @@ impl SplitChecker {
                             .version,
                         outcome,
                     };
-                    if router.send(msg).is_err() {
+                    if router.send(task.region.id, msg).is_err() {
                         tracing::debug!(region = task.region.id, "split check result dropped: mailbox full");
                     }
                 }

@@ -74,14 +74,52 @@ struct Inner {
     links: Mutex<HashMap<u64, mpsc::Sender<RaftMessage>>>,
     filter: Arc<NetFilter>,
     runtime: tokio::runtime::Handle,
+    on_unreachable: UnreachableHook,
+    /// When each store was last reported unreachable, so reports stay rare.
+    reported: Mutex<HashMap<u64, std::time::Instant>>,
+}
+
+/// Told the id of a store messages could not be delivered to.
+pub type UnreachableHook = Box<dyn Fn(u64) + Send + Sync>;
+
+/// A store is reported unreachable at most this often.
+const UNREACHABLE_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Inner {
+    fn report_unreachable(&self, to: u64) {
+        let now = std::time::Instant::now();
+        let mut reported = self.reported.lock();
+        if reported
+            .get(&to)
+            .is_some_and(|t| now.duration_since(*t) < UNREACHABLE_REPORT_INTERVAL)
+        {
+            return;
+        }
+        reported.insert(to, now);
+        drop(reported);
+        (self.on_unreachable)(to);
+    }
+}
+
+impl crate::raftstore::RaftTransport for Transport {
+    fn send_all(&self, messages: Vec<RaftMessage>) {
+        Transport::send_all(self, messages)
+    }
+
+    fn send_snapshot(&self, message: RaftMessage, report: SnapshotReport) {
+        Transport::send_snapshot(self, message, report)
+    }
 }
 
 impl Transport {
+    /// `on_unreachable` hears of stores that messages could not reach (link broken, or cut
+    /// by the filter), so quiet regions with a peer there wake and notice.
     pub fn new(
         store_id: u64,
         pd: PdClient,
         filter: Arc<NetFilter>,
         runtime: tokio::runtime::Handle,
+        on_unreachable: UnreachableHook,
     ) -> Self {
         Transport {
             inner: Arc::new(Inner {
@@ -90,6 +128,8 @@ impl Transport {
                 links: Mutex::new(HashMap::new()),
                 filter,
                 runtime,
+                on_unreachable,
+                reported: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -130,6 +170,7 @@ impl Transport {
             return;
         };
         if !self.inner.filter.allows(self.inner.store_id, to) {
+            self.inner.report_unreachable(to);
             return;
         }
         let mut links = self.inner.links.lock();
@@ -137,7 +178,7 @@ impl Transport {
             let (tx, rx) = mpsc::channel(LINK_QUEUE_MESSAGES_MAX);
             self.inner
                 .runtime
-                .spawn(run_link(self.inner.store_id, to, rx, self.inner.pd.clone()));
+                .spawn(run_link(self.inner.clone(), to, rx));
             tx
         });
         if let Err(mpsc::error::TrySendError::Closed(_)) = link.try_send(msg) {
@@ -163,7 +204,8 @@ async fn send_snapshot_to(pd: &PdClient, to: u64, msg: RaftMessage) -> Result<()
 }
 
 /// Keeps one stream to store `to` open and pumps batches into it.
-async fn run_link(from: u64, to: u64, mut rx: mpsc::Receiver<RaftMessage>, pd: PdClient) {
+async fn run_link(inner: Arc<Inner>, to: u64, mut rx: mpsc::Receiver<RaftMessage>) {
+    let (from, pd) = (inner.store_id, inner.pd.clone());
     let mut backoff = Duration::from_millis(50);
     loop {
         let address = match pd.get_store(to).await {
@@ -214,6 +256,7 @@ async fn run_link(from: u64, to: u64, mut rx: mpsc::Receiver<RaftMessage>, pd: P
         }
         let outcome = call.await;
         tracing::debug!(from, to, %address, ?outcome, "raft link closed; reconnecting");
+        inner.report_unreachable(to);
         if sent_any {
             backoff = Duration::from_millis(50);
         }

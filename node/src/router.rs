@@ -1,0 +1,374 @@
+//! The batch system's plumbing: one bounded mailbox per peer, a router from region id to
+//! mailbox, and the queue of peers that have mail, which the poller threads drain.
+//!
+//! A peer FSM is either *parked* in its mailbox (idle) or *scheduled* (in the ready queue or in
+//! a poller's hands). Sending a message to an idle mailbox moves its FSM to the ready queue;
+//! a poller that is done with an FSM parks it again and re-schedules it if mail arrived
+//! meanwhile. So no thread or task exists per region, and an FSM is only ever held by one
+//! poller at a time.
+
+use crate::peer::{CmdCallback, ReadCallback};
+use crate::raftstore::PeerFsm;
+use crate::region_error;
+use crossbeam::channel::{Receiver, Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
+use ringkv_proto::keys::ranges_overlap;
+use ringkv_proto::metapb::{Region, RegionEpoch};
+use ringkv_proto::raftpb::{RaftCmdRequest, RaftMessage, RegionInfoResponse};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+use crate::split_check::SplitCheckOutcome;
+
+/// Messages to one peer.
+pub enum PeerMsg {
+    /// A Raft message from another store.
+    Raft(Box<RaftMessage>),
+    /// A write to propose.
+    Command {
+        cmd: RaftCmdRequest,
+        callback: CmdCallback,
+    },
+    /// A linearizable read to clear; `keys` must be in the region.
+    Read {
+        epoch: Option<RegionEpoch>,
+        keys: Vec<Vec<u8>>,
+        callback: ReadCallback,
+    },
+    /// One Raft tick has passed.
+    Tick,
+    /// A split check finished.
+    SplitCheckResult {
+        /// The region version the check saw.
+        version: u64,
+        outcome: SplitCheckOutcome,
+    },
+    /// How sending a snapshot ended.
+    SnapshotStatus { to_peer_id: u64, delivered: bool },
+    /// Report this replica's state (None while it has no data yet).
+    Status(oneshot::Sender<Option<RegionInfoResponse>>),
+    /// Start an election at once.
+    Campaign,
+    /// Leave quiet mode (a peer store may have failed).
+    Wake,
+}
+
+/// Messages to the store as a whole (the control thread).
+pub enum StoreMsg {
+    /// A Raft message for a region that has no mailbox here.
+    Raft(Box<RaftMessage>),
+    /// Create the peer of a region at its bootstrap state, unless it exists.
+    CreateBootstrapPeer(Region),
+    /// A split was applied here: create the new region's peer.
+    SplitApplied { right: Region, campaign: bool },
+    /// A log compaction was applied: carry it out on the log engine once the KV engine is
+    /// flushed.
+    CompactLog { region_id: u64, index: u64 },
+    /// Messages to this store could not be delivered: wake the regions that have a peer there.
+    StoreUnreachable(u64),
+    /// Leave the control loop.
+    Stop,
+}
+
+/// What the store knows about all its regions at once, kept by the pollers as regions change.
+#[derive(Default)]
+pub struct StoreMeta {
+    /// Initialized regions, plus the new regions of applied splits whose peers are being
+    /// created (so their range already counts as taken).
+    pub regions: HashMap<u64, Region>,
+    /// Regions this store leads.
+    pub leaders: HashSet<u64>,
+}
+
+impl StoreMeta {
+    /// Whether a region other than `region_id` covers part of `[start, end)`.
+    pub fn overlaps(&self, region_id: u64, start: &[u8], end: &[u8]) -> bool {
+        self.regions
+            .values()
+            .any(|r| r.id != region_id && ranges_overlap(&r.start_key, &r.end_key, start, end))
+    }
+}
+
+const IDLE: u8 = 0;
+const NOTIFIED: u8 = 1;
+
+/// One peer's mailbox.
+pub struct Mailbox {
+    pub region_id: u64,
+    tx: Sender<PeerMsg>,
+    state: AtomicU8,
+    parked: Mutex<Option<Box<PeerFsm>>>,
+    /// Ticks are delivered only while awake: a quiet region costs nothing until mail arrives.
+    awake: AtomicBool,
+}
+
+impl Mailbox {
+    pub fn set_awake(&self, awake: bool) {
+        self.awake.store(awake, Ordering::SeqCst);
+    }
+
+    pub fn is_awake(&self) -> bool {
+        self.awake.load(Ordering::SeqCst)
+    }
+}
+
+/// Routes messages to peers and to the store. Cheap to clone.
+#[derive(Clone)]
+pub struct StoreRouter {
+    inner: Arc<RouterInner>,
+}
+
+struct RouterInner {
+    mailboxes: RwLock<HashMap<u64, Arc<Mailbox>>>,
+    control: Sender<StoreMsg>,
+    ready: Sender<Box<PeerFsm>>,
+    meta: Mutex<StoreMeta>,
+    mailbox_capacity: usize,
+}
+
+/// The receiving ends the store's threads drain.
+pub struct RouterReceivers {
+    pub control: Receiver<StoreMsg>,
+    pub ready: Receiver<Box<PeerFsm>>,
+}
+
+impl StoreRouter {
+    /// A router whose control mailbox holds `control_capacity` messages and each peer mailbox
+    /// `mailbox_capacity`.
+    pub fn new(control_capacity: usize, mailbox_capacity: usize) -> (Self, RouterReceivers) {
+        let (control_tx, control_rx) = crossbeam::channel::bounded(control_capacity);
+        let (ready_tx, ready_rx) = crossbeam::channel::unbounded();
+        (
+            StoreRouter {
+                inner: Arc::new(RouterInner {
+                    mailboxes: RwLock::new(HashMap::new()),
+                    control: control_tx,
+                    ready: ready_tx,
+                    meta: Mutex::new(StoreMeta::default()),
+                    mailbox_capacity,
+                }),
+            },
+            RouterReceivers {
+                control: control_rx,
+                ready: ready_rx,
+            },
+        )
+    }
+
+    /// The store-wide region table.
+    pub fn meta(&self) -> parking_lot::MutexGuard<'_, StoreMeta> {
+        self.inner.meta.lock()
+    }
+
+    /// A fresh mailbox channel for a peer about to be registered.
+    pub(crate) fn channel(&self) -> (Sender<PeerMsg>, Receiver<PeerMsg>) {
+        crossbeam::channel::bounded(self.inner.mailbox_capacity)
+    }
+
+    /// Registers `fsm` (whose receiver pairs with `tx`) and schedules it once. Returns false if
+    /// the region already has a mailbox.
+    pub(crate) fn register(&self, tx: Sender<PeerMsg>, mut fsm: Box<PeerFsm>) -> bool {
+        let region_id = fsm.region_id();
+        let mailbox = Arc::new(Mailbox {
+            region_id,
+            tx,
+            state: AtomicU8::new(NOTIFIED),
+            parked: Mutex::new(None),
+            awake: AtomicBool::new(true),
+        });
+        {
+            let mut boxes = self.inner.mailboxes.write();
+            if boxes.contains_key(&region_id) {
+                return false;
+            }
+            boxes.insert(region_id, mailbox.clone());
+        }
+        fsm.mailbox = Some(mailbox);
+        let _ = self.inner.ready.send(fsm);
+        true
+    }
+
+    /// Replaces the mailbox of `region_id` by a new FSM's (an uninitialized peer superseded by
+    /// the split that creates the region). The old FSM is dropped when its poller releases it.
+    pub(crate) fn replace(&self, tx: Sender<PeerMsg>, fsm: Box<PeerFsm>) {
+        let region_id = fsm.region_id();
+        if let Some(old) = self.inner.mailboxes.write().remove(&region_id) {
+            old.parked.lock().take();
+        }
+        self.register(tx, fsm);
+    }
+
+    /// Drops every mailbox and the FSMs parked in them (at shutdown: the FSMs hold the
+    /// engines, which must close before the node can be restarted in this process).
+    pub(crate) fn clear(&self) {
+        let boxes: Vec<Arc<Mailbox>> = self
+            .inner
+            .mailboxes
+            .write()
+            .drain()
+            .map(|(_, m)| m)
+            .collect();
+        for m in boxes {
+            m.parked.lock().take();
+        }
+        self.inner.meta.lock().regions.clear();
+    }
+
+    pub fn region_ids(&self) -> Vec<u64> {
+        self.inner.mailboxes.read().keys().copied().collect()
+    }
+
+    pub fn has_region(&self, region_id: u64) -> bool {
+        self.inner.mailboxes.read().contains_key(&region_id)
+    }
+
+    fn mailbox(&self, region_id: u64) -> Option<Arc<Mailbox>> {
+        self.inner.mailboxes.read().get(&region_id).cloned()
+    }
+
+    /// Sends to a peer without blocking. Fails if the region has no mailbox here or it is full.
+    pub fn send(&self, region_id: u64, msg: PeerMsg) -> Result<(), PeerMsg> {
+        let Some(mailbox) = self.mailbox(region_id) else {
+            return Err(msg);
+        };
+        match mailbox.tx.try_send(msg) {
+            Ok(()) => {
+                self.notify(&mailbox);
+                Ok(())
+            }
+            Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => Err(m),
+        }
+    }
+
+    /// Sends to the control thread without blocking.
+    pub fn send_control(&self, msg: StoreMsg) -> Result<(), StoreMsg> {
+        self.inner.control.try_send(msg).map_err(|e| match e {
+            TrySendError::Full(m) | TrySendError::Disconnected(m) => m,
+        })
+    }
+
+    /// Delivers a Raft message to its peer, or to the control thread if the region has no
+    /// peer here (it may create one). A full mailbox drops it: Raft resends.
+    pub fn send_raft(&self, msg: RaftMessage) {
+        let region_id = msg.region_id;
+        match self.send(region_id, PeerMsg::Raft(Box::new(msg))) {
+            Ok(()) => {}
+            Err(PeerMsg::Raft(msg)) if !self.has_region(region_id) => {
+                let _ = self.send_control(StoreMsg::Raft(msg));
+            }
+            Err(_) => tracing::debug!(region = region_id, "mailbox full; raft message dropped"),
+        }
+    }
+
+    /// Sends a command, answering `RegionNotFound` or `ServerIsBusy` at once if it cannot be
+    /// queued.
+    pub fn send_command(&self, cmd: RaftCmdRequest, callback: CmdCallback) {
+        let region_id = cmd.region_id;
+        if let Err(PeerMsg::Command { callback, .. }) =
+            self.send(region_id, PeerMsg::Command { cmd, callback })
+        {
+            let _ = callback.send(Err(self.unavailable(region_id)));
+        }
+    }
+
+    pub fn send_read(
+        &self,
+        region_id: u64,
+        epoch: Option<RegionEpoch>,
+        keys: Vec<Vec<u8>>,
+        callback: ReadCallback,
+    ) {
+        if let Err(PeerMsg::Read { callback, .. }) = self.send(
+            region_id,
+            PeerMsg::Read {
+                epoch,
+                keys,
+                callback,
+            },
+        ) {
+            let _ = callback.send(Err(self.unavailable(region_id)));
+        }
+    }
+
+    fn unavailable(&self, region_id: u64) -> ringkv_proto::errorpb::RegionError {
+        if self.has_region(region_id) {
+            region_error::server_is_busy("the region's mailbox is full")
+        } else {
+            region_error::region_not_found(region_id)
+        }
+    }
+
+    /// The state of the local replica of `region_id`, if it is here and initialized. Waits at
+    /// most `wait`.
+    pub async fn region_status(
+        &self,
+        region_id: u64,
+        wait: std::time::Duration,
+    ) -> Option<RegionInfoResponse> {
+        let (tx, rx) = oneshot::channel();
+        self.send(region_id, PeerMsg::Status(tx)).ok()?;
+        tokio::time::timeout(wait, rx).await.ok()?.ok()?
+    }
+
+    /// The state of every initialized local replica (diagnostics: it asks every peer).
+    pub async fn all_status(&self, wait: std::time::Duration) -> Vec<RegionInfoResponse> {
+        let ids = self.region_ids();
+        let asks = ids.into_iter().map(|id| self.region_status(id, wait));
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Delivers a tick to every awake peer (quiet ones sleep through).
+    pub(crate) fn tick_awake(&self) {
+        let boxes: Vec<Arc<Mailbox>> = self
+            .inner
+            .mailboxes
+            .read()
+            .values()
+            .filter(|m| m.is_awake())
+            .cloned()
+            .collect();
+        for mailbox in boxes {
+            if mailbox.tx.try_send(PeerMsg::Tick).is_ok() {
+                self.notify(&mailbox);
+            }
+        }
+    }
+
+    /// Moves a parked FSM to the ready queue.
+    fn notify(&self, mailbox: &Mailbox) {
+        if mailbox
+            .state
+            .compare_exchange(IDLE, NOTIFIED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            if let Some(fsm) = mailbox.parked.lock().take() {
+                let _ = self.inner.ready.send(fsm);
+            }
+        }
+    }
+
+    /// Parks an FSM a poller is done with, and schedules it again if mail came meanwhile.
+    pub(crate) fn release(&self, fsm: Box<PeerFsm>) {
+        let Some(mailbox) = fsm.mailbox.clone() else {
+            return;
+        };
+        // A replaced or removed mailbox is no longer routed to: drop the FSM.
+        let current = self
+            .mailbox(mailbox.region_id)
+            .is_some_and(|m| Arc::ptr_eq(&m, &mailbox));
+        if !current {
+            return;
+        }
+        *mailbox.parked.lock() = Some(fsm);
+        mailbox.state.store(IDLE, Ordering::SeqCst);
+        if !mailbox.tx.is_empty() {
+            self.notify(&mailbox);
+        }
+    }
+}
