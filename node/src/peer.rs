@@ -33,6 +33,10 @@ pub struct PeerConfig {
     /// Reads waiting longer than this many ticks for their ReadIndex are failed (the client
     /// retries).
     pub read_timeout_ticks: u32,
+    /// Fixes each peer's election timeout to a value in `[election_ticks, 2 * election_ticks)`
+    /// drawn from this seed and the peer id, instead of raft-rs's thread-local randomness: a
+    /// simulation must replay exactly.
+    pub election_seed: Option<u64>,
 }
 
 impl Default for PeerConfig {
@@ -43,6 +47,7 @@ impl Default for PeerConfig {
             max_size_per_msg_bytes: 1024 * 1024,
             max_inflight_msgs: 256,
             read_timeout_ticks: 50,
+            election_seed: None,
         }
     }
 }
@@ -164,6 +169,19 @@ impl Peer {
             check_quorum: true,
             pre_vote: true,
             ..Default::default()
+        };
+        let raft_cfg = match cfg.election_seed {
+            Some(seed) => {
+                let spread = cfg.election_ticks.max(1) as u64;
+                let mixed = xxhash_rust::xxh3::xxh3_64_with_seed(&meta.id.to_be_bytes(), seed);
+                let timeout = cfg.election_ticks + (mixed % spread) as usize;
+                raft::Config {
+                    min_election_tick: timeout,
+                    max_election_tick: timeout + 1,
+                    ..raft_cfg
+                }
+            }
+            None => raft_cfg,
         };
         raft_cfg.validate()?;
         let logger = raft_logger(region.id, meta.id);
@@ -747,7 +765,6 @@ impl Peer {
                         Some(AdminResult::CompactLog { index, term })
                             if index > self.truncated_index() =>
                         {
-                            self.raw.mut_store().compact_to(index, term);
                             admin_results.push(AdminResult::CompactLog { index, term });
                         }
                         Some(AdminResult::CompactLog { .. }) => {}
@@ -780,12 +797,15 @@ impl Peer {
             };
             self.match_proposal(entry.index, entry.term, result, results);
         }
-        let apply_state = ApplyState {
-            applied_index: last_index,
-            ..*self.raw.store().apply_state()
-        };
-        layout::write_apply_state(batch, region.id, &apply_state);
         self.raw.mut_store().set_applied_index(last_index);
+        // Compactions take effect with this batch: only now is everything they drop applied.
+        for admin in &admin_results {
+            if let AdminResult::CompactLog { index, term } = admin {
+                self.raw.mut_store().compact_to(*index, *term);
+            }
+        }
+        let apply_state: ApplyState = *self.raw.store().apply_state();
+        layout::write_apply_state(batch, region.id, &apply_state);
         Ok(admin_results)
     }
 

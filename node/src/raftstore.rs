@@ -269,6 +269,64 @@ impl Drop for RaftStore {
     }
 }
 
+/// A raftstore driven step by step on the caller's thread, for deterministic simulation: no
+/// threads, no clock. The caller delivers messages through the router, calls [`tick`] for
+/// time and [`step`] to run everything that has mail.
+///
+/// [`tick`]: SteppedStore::tick
+/// [`step`]: SteppedStore::step
+pub struct SteppedStore {
+    ctx: Arc<StoreContext>,
+    control: StoreFsm,
+    receivers: RouterReceivers,
+}
+
+impl SteppedStore {
+    /// Loads the regions stored in `ctx`'s engines.
+    pub fn open(ctx: StoreContext, receivers: RouterReceivers) -> Result<Self, crate::NodeError> {
+        let ctx = Arc::new(ctx);
+        load_peers(&ctx)?;
+        Ok(SteppedStore {
+            control: StoreFsm::new(ctx.clone()),
+            ctx,
+            receivers,
+        })
+    }
+
+    pub fn router(&self) -> &StoreRouter {
+        &self.ctx.router
+    }
+
+    /// One tick of time for the store and its awake peers.
+    pub fn tick(&mut self) {
+        self.control.tick();
+    }
+
+    /// Handles the control mailbox, then polls every peer with mail, in region id order, in
+    /// one batch. Returns how many peers were polled.
+    pub fn step(&mut self) -> usize {
+        while let Ok(msg) = self.receivers.control.try_recv() {
+            self.control.handle(msg);
+        }
+        let mut batch: Vec<Box<PeerFsm>> = self.receivers.ready.try_iter().collect();
+        batch.sort_by_key(|f| f.region_id());
+        let polled = batch.len();
+        if polled > 0 {
+            poll(&self.ctx, &mut batch);
+            for fsm in batch {
+                self.ctx.router.release(fsm);
+            }
+        }
+        polled
+    }
+
+    /// Drops every peer (a crash); the engines stay with their owner.
+    pub fn crash(self) {
+        self.ctx.router.clear();
+        while self.receivers.ready.try_recv().is_ok() {}
+    }
+}
+
 fn run_poller(ctx: &StoreContext, ready: &Receiver<Box<PeerFsm>>, stopping: &AtomicBool) {
     while !stopping.load(Ordering::SeqCst) {
         let first = match ready.recv_timeout(Duration::from_millis(100)) {

@@ -133,10 +133,25 @@ pub struct SplitCheckTask {
     pub region: Region,
 }
 
-/// The worker thread that runs split checks.
+/// Runs split checks: on a worker thread in a node, inline in a simulation.
 pub struct SplitChecker {
     tx: Option<Sender<SplitCheckTask>>,
     handle: Option<JoinHandle<()>>,
+    /// Set for a checker that runs each check at once on the caller's thread.
+    inline: Option<(Arc<dyn KvEngine>, SplitConfig, StoreRouter)>,
+}
+
+fn report(router: &StoreRouter, task: &SplitCheckTask, outcome: SplitCheckOutcome) {
+    let msg = PeerMsg::SplitCheckResult {
+        version: task.region.region_epoch.unwrap_or_default().version,
+        outcome,
+    };
+    if router.send(task.region.id, msg).is_err() {
+        tracing::debug!(
+            region = task.region.id,
+            "split check result dropped: mailbox full"
+        );
+    }
 }
 
 /// Checks waiting at most; more are skipped and retried at a later tick.
@@ -163,27 +178,37 @@ impl SplitChecker {
                             continue;
                         }
                     };
-                    let msg = PeerMsg::SplitCheckResult {
-                        version: task
-                            .region
-                            .region_epoch
-                            .unwrap_or_default()
-                            .version,
-                        outcome,
-                    };
-                    if router.send(task.region.id, msg).is_err() {
-                        tracing::debug!(region = task.region.id, "split check result dropped: mailbox full");
-                    }
+                    report(&router, &task, outcome);
                 }
             })?;
         Ok(SplitChecker {
             tx: Some(tx),
             handle: Some(handle),
+            inline: None,
         })
+    }
+
+    /// A checker that runs every check at once on the caller's thread (deterministic, for
+    /// simulation).
+    pub fn inline(kv: Arc<dyn KvEngine>, cfg: SplitConfig, router: StoreRouter) -> SplitChecker {
+        SplitChecker {
+            tx: None,
+            handle: None,
+            inline: Some((kv, cfg, router)),
+        }
     }
 
     /// Queues a check; returns false if the queue is full (try again later).
     pub fn schedule(&self, task: SplitCheckTask) -> bool {
+        if let Some((kv, cfg, router)) = &self.inline {
+            match check_region(kv.as_ref(), &task.region, cfg) {
+                Ok(outcome) => report(router, &task, outcome),
+                Err(e) => {
+                    tracing::error!(region = task.region.id, error = %e, "split check failed")
+                }
+            }
+            return true;
+        }
         match self.tx.as_ref().map(|tx| tx.try_send(task)) {
             Some(Ok(())) => true,
             Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => false,

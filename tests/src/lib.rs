@@ -5,6 +5,7 @@
 //!   [`NetFilter`](ringkv_node::NetFilter).
 //! - [`process::ProcessCluster`]: the real `ringkv-placement` and `ringkv-node` binaries as child
 //!   processes, with `kill -9`, SIGSTOP/SIGCONT and restart.
+//! - [`sim`]: a deterministic, seeded simulation of a whole cluster on one thread.
 //! - [`regions`]: checks that regions tile the keyspace and never overlap on a node.
 //! - [`wait_until`]: bounded polling for conditions that become true eventually.
 
@@ -12,6 +13,7 @@ pub mod cluster;
 pub mod debug;
 pub mod process;
 pub mod regions;
+pub mod sim;
 
 use std::time::{Duration, Instant};
 

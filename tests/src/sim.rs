@@ -1,0 +1,788 @@
+//! A deterministic simulation of a whole cluster on one thread: N stores (each a
+//! [`SteppedStore`] over in-memory engines), the placement core, a seeded network that drops,
+//! delays, duplicates and reorders messages and can be partitioned, crashes and restarts of
+//! stores, and clients writing unique keys. Everything random comes from one seed, so a
+//! failure replays exactly from the seed it prints.
+//!
+//! What it checks: every acknowledged write is on every replica of its region once the cluster
+//! settles; replicas of a region hold the same data; no store ever holds two overlapping
+//! regions, no two regions of one version overlap anywhere, and the placement driver's
+//! regions tile the keyspace.
+
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use ringkv_node::peer::PeerConfig;
+use ringkv_node::raftstore::{
+    RaftStoreConfig, RaftTransport, SteppedStore, StoreContext, StoreEvent,
+};
+use ringkv_node::router::{StoreMsg, StoreRouter};
+use ringkv_node::split_check::{SplitChecker, SplitConfig};
+use ringkv_node::transport::SnapshotReport;
+use ringkv_placement::cluster::{MetaWrites, PersistedState, PlacementCore};
+use ringkv_proto::keys::{self, ranges_overlap};
+use ringkv_proto::metapb::{Region, Store};
+use ringkv_proto::pdpb::StoreStats;
+use ringkv_proto::raftpb::{
+    admin_request, request::Cmd, AdminRequest, PutRequest, RaftCmdRequest, RaftMessage, Request,
+    SplitRequest,
+};
+use ringkv_storage::layout::{data_key, data_range};
+use ringkv_storage::{KvEngine, MemKv, MemLogEngine};
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a simulation run does.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub stores: usize,
+    /// Steps of the faulty phase (writes and faults); then the cluster settles.
+    pub steps: u64,
+    /// Steps per Raft tick.
+    pub steps_per_tick: u64,
+    /// Per-mille chance that a message is dropped, and that it is delivered twice.
+    pub drop_per_mille: u32,
+    pub duplicate_per_mille: u32,
+    /// Messages take 1..=this many steps (so they reorder).
+    pub delay_steps_max: u64,
+    /// Per-mille chance per step that a client write starts.
+    pub write_per_mille: u32,
+    /// Inject partitions and crashes.
+    pub faults: bool,
+    pub split_size_bytes: u64,
+    pub value_bytes: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            stores: 3,
+            steps: 12_000,
+            steps_per_tick: 5,
+            drop_per_mille: 20,
+            duplicate_per_mille: 10,
+            delay_steps_max: 8,
+            write_per_mille: 400,
+            faults: true,
+            split_size_bytes: 8 * 1024,
+            value_bytes: 100,
+        }
+    }
+}
+
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What a run came to, for reports and the determinism check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimOutcome {
+    pub acked_writes: usize,
+    pub regions: usize,
+    pub messages_delivered: u64,
+    pub crashes: u32,
+    pub partitions: u32,
+    /// A hash over everything observable that happened, in order.
+    pub trace: u64,
+}
+
+#[derive(Default)]
+struct Outbox {
+    messages: Vec<RaftMessage>,
+    snapshots: Vec<(RaftMessage, SnapshotReport)>,
+}
+
+struct SimTransport {
+    outbox: Arc<Mutex<Outbox>>,
+}
+
+impl RaftTransport for SimTransport {
+    fn send_all(&self, messages: Vec<RaftMessage>) {
+        self.outbox.lock().messages.extend(messages);
+    }
+
+    fn send_snapshot(&self, message: RaftMessage, report: SnapshotReport) {
+        self.outbox.lock().snapshots.push((message, report));
+    }
+}
+
+struct SimStore {
+    id: u64,
+    log: Arc<MemLogEngine>,
+    kv: Arc<MemKv>,
+    running: Option<(SteppedStore, mpsc::UnboundedReceiver<StoreEvent>)>,
+    outbox: Arc<Mutex<Outbox>>,
+}
+
+struct InFlight {
+    to: u64,
+    msg: RaftMessage,
+    report: Option<SnapshotReport>,
+}
+
+struct PendingWrite {
+    key: u64,
+    rx: oneshot::Receiver<ringkv_node::apply::CmdResult>,
+    deadline: u64,
+}
+
+/// The simulated world.
+pub struct Sim {
+    seed: u64,
+    cfg: SimConfig,
+    rng: StdRng,
+    pd: PlacementCore,
+    stores: Vec<SimStore>,
+    now: u64,
+    net: BTreeMap<(u64, u64), InFlight>,
+    net_seq: u64,
+    cut: BTreeSet<u64>,
+    /// Store down or cut off, and the step it comes back.
+    fault: Option<(usize, u64, bool)>,
+    next_key: u64,
+    /// Keys whose write is not acknowledged yet, with the attempt in flight.
+    pending: Vec<PendingWrite>,
+    unacked: BTreeSet<u64>,
+    acked: BTreeSet<u64>,
+    last_error: BTreeMap<u64, String>,
+    /// Writes to try again at a step: (step, key).
+    deferred: Vec<(u64, u64)>,
+    trace: std::collections::hash_map::DefaultHasher,
+    outcome: SimOutcome,
+}
+
+fn user_key(n: u64) -> Vec<u8> {
+    format!("sim{n:08}").into_bytes()
+}
+
+fn value_of(n: u64, len: usize) -> Vec<u8> {
+    let mut v = format!("v{n}-").into_bytes();
+    v.resize(len.max(v.len()), b'.');
+    v
+}
+
+impl Sim {
+    pub fn new(seed: u64, cfg: SimConfig) -> Sim {
+        let mut pd = PlacementCore::new(1, 3, 3000, PersistedState::default());
+        let mut stores = Vec::new();
+        let mut w = MetaWrites::default();
+        for _ in 0..cfg.stores {
+            let id = pd.alloc_ids(1, &mut w).expect("ids");
+            pd.put_store(
+                Store {
+                    id,
+                    address: format!("sim-{id}"),
+                    ..Default::default()
+                },
+                0,
+                &mut w,
+            )
+            .expect("store registers");
+            stores.push(SimStore {
+                id,
+                log: Arc::new(MemLogEngine::new()),
+                kv: Arc::new(MemKv::new()),
+                running: None,
+                outbox: Arc::new(Mutex::new(Outbox::default())),
+            });
+        }
+        let mut sim = Sim {
+            seed,
+            rng: StdRng::seed_from_u64(seed),
+            pd,
+            stores,
+            now: 0,
+            net: BTreeMap::new(),
+            net_seq: 0,
+            cut: BTreeSet::new(),
+            fault: None,
+            next_key: 0,
+            pending: Vec::new(),
+            unacked: BTreeSet::new(),
+            acked: BTreeSet::new(),
+            last_error: BTreeMap::new(),
+            deferred: Vec::new(),
+            trace: Default::default(),
+            outcome: SimOutcome {
+                acked_writes: 0,
+                regions: 0,
+                messages_delivered: 0,
+                crashes: 0,
+                partitions: 0,
+                trace: 0,
+            },
+            cfg,
+        };
+        for i in 0..sim.stores.len() {
+            sim.start_store(i);
+        }
+        for i in 0..sim.stores.len() {
+            let id = sim.stores[i].id;
+            let regions = sim
+                .pd
+                .store_heartbeat(
+                    StoreStats {
+                        store_id: id,
+                        ..Default::default()
+                    },
+                    0,
+                )
+                .expect("heartbeat");
+            for r in regions {
+                let _ = sim.router(i).send_control(StoreMsg::CreateBootstrapPeer(r));
+            }
+        }
+        sim
+    }
+
+    fn store_config(&self) -> RaftStoreConfig {
+        RaftStoreConfig {
+            tick_interval: Duration::from_millis(100),
+            peer: PeerConfig {
+                election_seed: Some(self.seed),
+                ..PeerConfig::default()
+            },
+            sync_log: true,
+            region_heartbeat_ticks: 5,
+            split: SplitConfig {
+                region_split_size_bytes: self.cfg.split_size_bytes,
+                region_split_keys: 1 << 30,
+                split_check_diff_bytes: self.cfg.split_size_bytes / 4,
+                split_check_ticks: 2,
+            },
+            raft_log_gc_ticks: 5,
+            raft_log_gc_threshold: 10,
+            raft_log_gc_count_limit: 200,
+            ..RaftStoreConfig::default()
+        }
+    }
+
+    fn start_store(&mut self, i: usize) {
+        let cfg = self.store_config();
+        let s = &mut self.stores[i];
+        let (router, receivers) = StoreRouter::new(1 << 16, 1 << 12);
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let kv: Arc<dyn KvEngine> = s.kv.clone();
+        let ctx = StoreContext {
+            store_id: s.id,
+            log: s.log.clone(),
+            kv: kv.clone(),
+            transport: Arc::new(SimTransport {
+                outbox: s.outbox.clone(),
+            }),
+            events,
+            split_checker: SplitChecker::inline(kv, cfg.split, router.clone()),
+            cfg,
+            router,
+        };
+        let store = SteppedStore::open(ctx, receivers).expect("store opens");
+        s.running = Some((store, events_rx));
+    }
+
+    fn router(&self, i: usize) -> StoreRouter {
+        self.stores[i]
+            .running
+            .as_ref()
+            .expect("store is running")
+            .0
+            .router()
+            .clone()
+    }
+
+    fn index_of(&self, store_id: u64) -> Option<usize> {
+        self.stores.iter().position(|s| s.id == store_id)
+    }
+
+    fn note(&mut self, what: impl Hash) {
+        what.hash(&mut self.trace);
+    }
+
+    /// Runs the faulty phase, then settles and checks. Panics with the seed on a violation.
+    pub fn run(mut self) -> SimOutcome {
+        for _ in 0..self.cfg.steps {
+            self.step(true);
+        }
+        self.heal_all();
+        self.settle();
+        self.outcome.trace = self.trace.finish();
+        self.outcome
+    }
+
+    fn step(&mut self, faulty: bool) {
+        self.now += 1;
+        if faulty && self.cfg.faults {
+            self.inject_faults();
+        }
+        self.deliver_due();
+        if self.now.is_multiple_of(self.cfg.steps_per_tick) {
+            for s in &mut self.stores {
+                if let Some((store, _)) = s.running.as_mut() {
+                    store.tick();
+                }
+            }
+        }
+        for i in 0..self.stores.len() {
+            if let Some((store, _)) = self.stores[i].running.as_mut() {
+                store.step();
+            }
+            self.collect_output(i);
+            self.handle_events(i);
+        }
+        if faulty && self.rng.gen_range(0..1000) < self.cfg.write_per_mille {
+            let key = self.next_key;
+            self.next_key += 1;
+            self.unacked.insert(key);
+            self.start_write(key);
+        }
+        self.check_writes(faulty);
+        if self.now.is_multiple_of(50) {
+            self.check_no_overlap();
+        }
+    }
+
+    fn inject_faults(&mut self) {
+        if let Some((i, until, crashed)) = self.fault {
+            if self.now >= until {
+                if crashed {
+                    self.start_store(i);
+                    self.note(("restart", i, self.now));
+                } else {
+                    self.cut.clear();
+                    self.note(("heal", i, self.now));
+                }
+                self.fault = None;
+            }
+            return;
+        }
+        // Roughly one fault every few thousand steps, lasting long enough for elections.
+        if self.rng.gen_range(0..2500) != 0 {
+            return;
+        }
+        let i = self.rng.gen_range(0..self.stores.len());
+        let length = self.rng.gen_range(100..600);
+        if self.rng.gen_bool(0.5) {
+            if let Some((store, _)) = self.stores[i].running.take() {
+                store.crash();
+            }
+            self.stores[i].outbox.lock().messages.clear();
+            self.outcome.crashes += 1;
+            self.fault = Some((i, self.now + length, true));
+            self.note(("crash", i, self.now));
+        } else {
+            self.cut.insert(self.stores[i].id);
+            self.outcome.partitions += 1;
+            self.fault = Some((i, self.now + length, false));
+            self.note(("partition", i, self.now));
+        }
+    }
+
+    fn heal_all(&mut self) {
+        if let Some((i, _, crashed)) = self.fault.take() {
+            if crashed {
+                self.start_store(i);
+            }
+        }
+        self.cut.clear();
+    }
+
+    fn blocked(&self, from: u64, to: u64) -> bool {
+        from != to && (self.cut.contains(&from) || self.cut.contains(&to))
+    }
+
+    /// Moves what stores sent into the network, with drops, duplicates and delays.
+    fn collect_output(&mut self, i: usize) {
+        let from = self.stores[i].id;
+        let out = std::mem::take(&mut *self.stores[i].outbox.lock());
+        for msg in out.messages {
+            let Some(to) = msg.to_peer.map(|p| p.store_id) else {
+                continue;
+            };
+            if self.blocked(from, to) || self.rng.gen_range(0..1000) < self.cfg.drop_per_mille {
+                continue;
+            }
+            let copies = if self.rng.gen_range(0..1000) < self.cfg.duplicate_per_mille {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                self.enqueue(to, msg.clone(), None);
+            }
+        }
+        for (msg, report) in out.snapshots {
+            let to = msg.to_peer.map(|p| p.store_id).unwrap_or(0);
+            if self.blocked(from, to) || self.rng.gen_range(0..1000) < self.cfg.drop_per_mille {
+                report(false);
+                continue;
+            }
+            self.enqueue(to, msg, Some(report));
+        }
+    }
+
+    fn enqueue(&mut self, to: u64, msg: RaftMessage, report: Option<SnapshotReport>) {
+        let at = self.now + self.rng.gen_range(1..=self.cfg.delay_steps_max);
+        self.net_seq += 1;
+        self.net
+            .insert((at, self.net_seq), InFlight { to, msg, report });
+    }
+
+    fn deliver_due(&mut self) {
+        while let Some(entry) = self.net.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let flight = entry.remove();
+            let from = flight.msg.from_peer.map(|p| p.store_id).unwrap_or(0);
+            let target = self.index_of(flight.to);
+            let up = target.is_some_and(|i| self.stores[i].running.is_some());
+            let delivered = up && !self.blocked(from, flight.to);
+            if delivered {
+                self.note((
+                    "deliver",
+                    flight.to,
+                    flight.msg.region_id,
+                    flight.msg.message.len(),
+                ));
+                self.outcome.messages_delivered += 1;
+                self.router(target.expect("up")).send_raft(flight.msg);
+            }
+            if let Some(report) = flight.report {
+                report(delivered);
+            }
+        }
+    }
+
+    /// The placement driver's side: heartbeats, split requests and reports.
+    fn handle_events(&mut self, i: usize) {
+        let mut events = Vec::new();
+        if let Some((_, rx)) = self.stores[i].running.as_mut() {
+            while let Ok(e) = rx.try_recv() {
+                events.push(e);
+            }
+        }
+        let mut w = MetaWrites::default();
+        for event in events {
+            match event {
+                StoreEvent::RegionHeartbeat(hb) => {
+                    if let Some(region) = hb.region {
+                        let _ = self.pd.region_heartbeat(region, hb.leader, hb.term, &mut w);
+                    }
+                }
+                StoreEvent::AskSplit { region, split_key } => {
+                    let Ok((new_region_id, new_peer_ids)) = self.pd.ask_split(&region, &mut w)
+                    else {
+                        continue;
+                    };
+                    self.note(("ask_split", region.id, new_region_id));
+                    let cmd = RaftCmdRequest {
+                        region_id: region.id,
+                        region_epoch: region.region_epoch,
+                        requests: Vec::new(),
+                        admin: Some(AdminRequest {
+                            cmd: Some(admin_request::Cmd::Split(SplitRequest {
+                                split_key,
+                                new_region_id,
+                                new_peer_ids,
+                            })),
+                        }),
+                    };
+                    let (tx, _rx) = oneshot::channel();
+                    self.router(i).send_command(cmd, tx);
+                }
+                StoreEvent::ReportSplit { left, right } => {
+                    self.note(("split", left.id, right.id));
+                    let _ = self.pd.report_split(left, right, None, 0, &mut w);
+                }
+            }
+        }
+    }
+
+    /// Sends a put of `key` to the store the placement driver names as leader (or a random
+    /// replica), as a client would.
+    fn start_write(&mut self, key: u64) {
+        if !self.try_start_write(key) {
+            // No route or the store is down: a client would back off and try again.
+            self.last_error.insert(key, "not sent".into());
+            self.deferred.push((self.now + 20, key));
+        }
+    }
+
+    fn try_start_write(&mut self, key: u64) -> bool {
+        let encoded = keys::encode(&keys::default_keyspace(), &user_key(key));
+        let Some(info) = self.pd.region_by_key(&encoded) else {
+            return false;
+        };
+        let region = info.region.clone();
+        let target = match info.leader {
+            Some(l) if self.rng.gen_bool(0.9) => l.store_id,
+            _ => region.peers[self.rng.gen_range(0..region.peers.len())].store_id,
+        };
+        let Some(i) = self.index_of(target) else {
+            return false;
+        };
+        if self.stores[i].running.is_none() {
+            return false;
+        }
+        let cmd = RaftCmdRequest {
+            region_id: region.id,
+            region_epoch: region.region_epoch,
+            requests: vec![Request {
+                cmd: Some(Cmd::Put(PutRequest {
+                    key: encoded,
+                    value: value_of(key, self.cfg.value_bytes),
+                })),
+            }],
+            admin: None,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.router(i).send_command(cmd, tx);
+        self.pending.push(PendingWrite {
+            key,
+            rx,
+            deadline: self.now + 400,
+        });
+        true
+    }
+
+    /// Collects answers; failed or timed-out writes are retried (a put is idempotent).
+    fn check_writes(&mut self, retry: bool) {
+        let now = self.now;
+        let mut retries = Vec::new();
+        let mut acked = Vec::new();
+        let mut errors = Vec::new();
+        self.pending.retain_mut(|p| match p.rx.try_recv() {
+            Ok(Ok(())) => {
+                acked.push(p.key);
+                false
+            }
+            Ok(Err(e)) => {
+                errors.push((p.key, e.message));
+                retries.push(p.key);
+                false
+            }
+            Err(oneshot::error::TryRecvError::Closed) => {
+                errors.push((p.key, "dropped".into()));
+                retries.push(p.key);
+                false
+            }
+            Err(oneshot::error::TryRecvError::Empty) if now >= p.deadline => {
+                errors.push((p.key, "timed out".into()));
+                retries.push(p.key);
+                false
+            }
+            Err(oneshot::error::TryRecvError::Empty) => true,
+        });
+        for (key, e) in errors {
+            self.last_error.insert(key, e);
+        }
+        for key in acked {
+            self.note(("ack", key));
+            self.unacked.remove(&key);
+            self.acked.insert(key);
+        }
+        let _ = retry;
+        let due: Vec<u64> = {
+            let now = self.now;
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.deferred.drain(..).partition(|(at, _)| *at <= now);
+            self.deferred = later;
+            due.into_iter().map(|(_, k)| k).collect()
+        };
+        for key in retries.into_iter().chain(due) {
+            if self.unacked.contains(&key) {
+                self.start_write(key);
+            }
+        }
+    }
+
+    fn fail(&self, what: String) -> ! {
+        panic!(
+            "simulation seed {} failed at step {}: {what}\nreplay with RINGKV_SIM_SEED={}",
+            self.seed, self.now, self.seed
+        );
+    }
+
+    /// No store holds two overlapping regions; regions of one version never overlap anywhere.
+    fn check_no_overlap(&self) {
+        let mut all: Vec<(u64, Region)> = Vec::new();
+        for s in &self.stores {
+            let Some((store, _)) = s.running.as_ref() else {
+                continue;
+            };
+            let regions: Vec<Region> = store.router().meta().regions.values().cloned().collect();
+            for (k, a) in regions.iter().enumerate() {
+                for b in &regions[k + 1..] {
+                    if ranges_overlap(&a.start_key, &a.end_key, &b.start_key, &b.end_key) {
+                        self.fail(format!(
+                            "store {} holds overlapping regions {a:?} and {b:?}",
+                            s.id
+                        ));
+                    }
+                }
+            }
+            all.extend(regions.into_iter().map(|r| (s.id, r)));
+        }
+        for (k, (sa, a)) in all.iter().enumerate() {
+            for (sb, b) in &all[k + 1..] {
+                let same_version =
+                    a.region_epoch.map(|e| e.version) == b.region_epoch.map(|e| e.version);
+                if a.id != b.id
+                    && same_version
+                    && ranges_overlap(&a.start_key, &a.end_key, &b.start_key, &b.end_key)
+                {
+                    self.fail(format!(
+                        "regions {} (store {sa}) and {} (store {sb}) overlap at one version: {a:?} {b:?}",
+                        a.id, b.id
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Runs without faults until every write is acknowledged and replicas agree, then checks.
+    fn settle(&mut self) {
+        let limit = self.now + 40_000;
+        loop {
+            self.step(false);
+            if self.now.is_multiple_of(500) && self.unacked.is_empty() && self.settled() {
+                break;
+            }
+            if self.now >= limit {
+                let reason = if self.unacked.is_empty() {
+                    "replicas did not converge".to_string()
+                } else {
+                    let key = *self.unacked.iter().next().expect("non-empty");
+                    format!(
+                        "{} writes never acknowledged, e.g. {key}: {}",
+                        self.unacked.len(),
+                        self.describe_key(key)
+                    )
+                };
+                self.fail(format!("cluster did not settle: {reason}"));
+            }
+        }
+        self.check_no_overlap();
+        self.check_data();
+        self.outcome.acked_writes = self.acked.len();
+        self.outcome.regions = self.pd.region_count();
+    }
+
+    /// Where `key` is routed and what each store knows of that region, for failure reports.
+    fn describe_key(&self, key: u64) -> String {
+        let encoded = keys::encode(&keys::default_keyspace(), &user_key(key));
+        let Some(info) = self.pd.region_by_key(&encoded) else {
+            return "no routed region".into();
+        };
+        let mut out = format!(
+            "last error {:?}; routed to region {} epoch {:?} leader {:?}",
+            self.last_error.get(&key),
+            info.region.id,
+            info.region.region_epoch,
+            info.leader
+        );
+        for s in &self.stores {
+            let Some((store, _)) = s.running.as_ref() else {
+                out += &format!("; store {} down", s.id);
+                continue;
+            };
+            let meta = store.router().meta();
+            let local = meta.regions.get(&info.region.id);
+            let covering: Vec<u64> = meta
+                .regions
+                .values()
+                .filter(|r| keys::in_range(&encoded, &r.start_key, &r.end_key))
+                .map(|r| r.id)
+                .collect();
+            out += &format!(
+                "; store {}: mailbox {} local epoch {:?} leader {} covering {:?}",
+                s.id,
+                store.router().has_region(info.region.id),
+                local.map(|r| r.region_epoch),
+                meta.leaders.contains(&info.region.id),
+                covering
+            );
+        }
+        out
+    }
+
+    /// Every routed region is on all its stores at the routed epoch.
+    fn settled(&self) -> bool {
+        let routed: Vec<Region> = self
+            .pd
+            .scan_regions(b"", b"", usize::MAX)
+            .into_iter()
+            .map(|r| r.region.clone())
+            .collect();
+        routed.iter().all(|r| {
+            r.peers.iter().all(|p| {
+                self.index_of(p.store_id)
+                    .and_then(|i| self.stores[i].running.as_ref())
+                    .and_then(|(s, _)| s.router().meta().regions.get(&r.id).cloned())
+                    .is_some_and(|local| local == *r)
+            })
+        })
+    }
+
+    fn check_data(&self) {
+        let routed: Vec<Region> = self
+            .pd
+            .scan_regions(b"", b"", usize::MAX)
+            .into_iter()
+            .map(|r| r.region.clone())
+            .collect();
+        if let Some(e) = crate::regions::tiling_error(&routed) {
+            self.fail(format!("routing does not tile the keyspace: {e}"));
+        }
+        let dumps: BTreeMap<u64, BTreeMap<Vec<u8>, Vec<u8>>> =
+            self.stores.iter().map(|s| (s.id, s.kv.dump())).collect();
+        for region in &routed {
+            let (lo, hi) = data_range(&region.start_key, &region.end_key);
+            let mut first: Option<(u64, Pairs)> = None;
+            for p in &region.peers {
+                let data: Pairs = dumps[&p.store_id]
+                    .range(lo.clone()..hi.clone())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                match &first {
+                    None => first = Some((p.store_id, data)),
+                    Some((s0, d0)) if *d0 != data => self.fail(format!(
+                        "region {} differs between store {s0} ({} keys) and store {} ({} keys)",
+                        region.id,
+                        d0.len(),
+                        p.store_id,
+                        data.len()
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        for key in &self.acked {
+            let encoded = keys::encode(&keys::default_keyspace(), &user_key(*key));
+            let want = value_of(*key, self.cfg.value_bytes);
+            let region = routed
+                .iter()
+                .find(|r| keys::in_range(&encoded, &r.start_key, &r.end_key))
+                .expect("tiling checked");
+            for p in &region.peers {
+                if dumps[&p.store_id].get(&data_key(&encoded)) != Some(&want) {
+                    self.fail(format!(
+                        "acknowledged key {key} missing on store {} (region {})",
+                        p.store_id, region.id
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The seeds to run: `RINGKV_SIM_SEED` replays one, else `count` seeds from `first`.
+pub fn seeds(first: u64, count: u64) -> Vec<u64> {
+    match std::env::var("RINGKV_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(seed) => vec![seed],
+        None => (first..first + count).collect(),
+    }
+}
