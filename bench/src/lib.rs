@@ -1,1 +1,304 @@
+//! The cluster load generator and its pieces: a local cluster of real processes
+//! ([`LocalCluster`]), pre-splitting ([`presplit`]), a closed-loop write load
+//! ([`write_load`]) and process CPU accounting ([`cpu_seconds`]).
 
+use hdrhistogram::Histogram;
+use ringkv_client::{RawClient, RawConfig};
+use ringkv_proto::keys;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Placement and nodes as child processes of the bench, in a temporary directory. Killed on drop.
+pub struct LocalCluster {
+    pub dir: tempfile::TempDir,
+    pub pd_addr: String,
+    placement: Child,
+    pub nodes: Vec<Child>,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The directory holding the ringkv binaries: the bench's own.
+pub fn binary_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    exe.parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "executable has no directory".into())
+}
+
+impl LocalCluster {
+    /// Starts placement and `nodes` nodes with `node_toml` as their configuration.
+    pub fn start(nodes: usize, node_toml: &str) -> Result<Self, String> {
+        let bin = binary_dir()?;
+        for name in ["ringkv-placement", "ringkv-node"] {
+            if !bin.join(name).exists() {
+                return Err(format!(
+                    "{} is missing: build with `cargo build --release --workspace --bins`",
+                    bin.join(name).display()
+                ));
+            }
+        }
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let config = dir.path().join("node.toml");
+        std::fs::write(&config, node_toml).map_err(|e| format!("write node config: {e}"))?;
+        let pd_addr = format!("127.0.0.1:{}", free_port().map_err(|e| e.to_string())?);
+        let spawn = |name: &str, args: Vec<String>, log: &str| -> Result<Child, String> {
+            let log = std::fs::File::create(dir.path().join(log)).map_err(|e| e.to_string())?;
+            let err = log.try_clone().map_err(|e| e.to_string())?;
+            Command::new(bin.join(name))
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(err)
+                .spawn()
+                .map_err(|e| format!("cannot start {name}: {e}"))
+        };
+        let placement = spawn(
+            "ringkv-placement",
+            vec![
+                "--data-dir".into(),
+                dir.path().join("placement").display().to_string(),
+                "--listen-addr".into(),
+                pd_addr.clone(),
+                "--replicas".into(),
+                nodes.min(3).to_string(),
+            ],
+            "placement.log",
+        )?;
+        let mut children = Vec::new();
+        for i in 0..nodes {
+            let port = free_port().map_err(|e| e.to_string())?;
+            children.push(spawn(
+                "ringkv-node",
+                vec![
+                    "--config".into(),
+                    config.display().to_string(),
+                    "--data-dir".into(),
+                    dir.path().join(format!("node{i}")).display().to_string(),
+                    "--listen-addr".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--placement".into(),
+                    pd_addr.clone(),
+                    "--log-level".into(),
+                    "warn".into(),
+                ],
+                &format!("node{i}.log"),
+            )?);
+        }
+        Ok(LocalCluster {
+            dir,
+            pd_addr,
+            placement,
+            nodes: children,
+        })
+    }
+
+    /// A client, once the cluster accepts writes (waits up to `limit`).
+    pub async fn client(&self, limit: Duration) -> Result<RawClient, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let attempt = async {
+                let client = RawClient::connect_with_config(
+                    std::slice::from_ref(&self.pd_addr),
+                    RawConfig {
+                        timeout: Duration::from_secs(10),
+                        ..RawConfig::default()
+                    },
+                )
+                .await?;
+                client.put(b"bench-ready".to_vec(), b"1".to_vec()).await?;
+                Ok::<_, ringkv_client::ClientError>(client)
+            };
+            match attempt.await {
+                Ok(c) => return Ok(c),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(format!("cluster did not start serving: {e}")),
+            }
+        }
+    }
+
+    pub fn node_pids(&self) -> Vec<u32> {
+        self.nodes.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for c in self
+            .nodes
+            .iter_mut()
+            .chain(std::iter::once(&mut self.placement))
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The encoded key at ring position `pos` of the default keyspace.
+pub fn ring_position(pos: u64) -> Vec<u8> {
+    let mut key = keys::keyspace_prefix(&keys::default_keyspace());
+    key.extend_from_slice(&pos.to_be_bytes());
+    key
+}
+
+/// Splits the default keyspace into `regions` equal arcs of the ring, `concurrency` splits at
+/// a time, reporting progress on stderr.
+pub async fn presplit(client: &RawClient, regions: u64, concurrency: usize) -> Result<(), String> {
+    if regions <= 1 {
+        return Ok(());
+    }
+    let step = u64::MAX / regions;
+    let positions: Vec<u64> = (1..regions).map(|i| i * step).collect();
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    // Split in rounds of bisection so concurrent splits hit different regions.
+    let mut order = Vec::with_capacity(positions.len());
+    let mut stride = positions.len().next_power_of_two();
+    let mut taken = vec![false; positions.len()];
+    while stride > 0 {
+        let mut i = stride - 1;
+        while i < positions.len() {
+            if !taken[i] {
+                taken[i] = true;
+                order.push(positions[i]);
+            }
+            i += stride;
+        }
+        stride /= 2;
+    }
+    for chunk in order.chunks(concurrency.max(1)) {
+        let splits = chunk.iter().map(|pos| {
+            let (client, done) = (client.clone(), done.clone());
+            let key = ring_position(*pos);
+            async move {
+                client
+                    .split_region(key)
+                    .await
+                    .map_err(|e| format!("split failed: {e}"))?;
+                done.fetch_add(1, Ordering::Relaxed);
+                Ok::<(), String>(())
+            }
+        });
+        for r in futures::future::join_all(splits).await {
+            r?;
+        }
+        if last_report.elapsed() > Duration::from_secs(2) {
+            eprintln!(
+                "  pre-split: {}/{} splits ({:.0} s)",
+                done.load(Ordering::Relaxed),
+                positions.len(),
+                started.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+    }
+    Ok(())
+}
+
+/// What a load run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub clients: usize,
+    pub seconds: f64,
+    pub ops: u64,
+    pub errors: u64,
+    pub ops_per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+/// `clients` concurrent writers, each putting random keys of `value_bytes` one at a time, for
+/// `duration`.
+pub async fn write_load(
+    client: &RawClient,
+    clients: usize,
+    duration: Duration,
+    value_bytes: usize,
+) -> LoadReport {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+                let (mut ops, mut errors) = (0u64, 0u64);
+                let value = vec![b'v'; value_bytes];
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    n += 1;
+                    let key = format!("bench-{c:03}-{n:010}").into_bytes();
+                    let t = Instant::now();
+                    match client.put(key, value.clone()).await {
+                        Ok(()) => {
+                            ops += 1;
+                            let _ = hist.record(t.elapsed().as_micros() as u64);
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                (hist, ops, errors)
+            })
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let (mut ops, mut errors) = (0, 0);
+    for t in tasks {
+        if let Ok((h, o, e)) = t.await {
+            let _ = hist.add(&h);
+            ops += o;
+            errors += e;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    LoadReport {
+        clients,
+        seconds,
+        ops,
+        errors,
+        ops_per_second: ops as f64 / seconds,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: hist.max() as f64 / 1000.0,
+    }
+}
+
+/// CPU time (user + system) a process has used, in seconds, from `/proc`.
+pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("malformed /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields
+        .get(11)
+        .and_then(|f| f.parse().ok())
+        .ok_or("no utime")?;
+    let stime: f64 = fields
+        .get(12)
+        .and_then(|f| f.parse().ok())
+        .ok_or("no stime")?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((utime + stime) / ticks)
+}

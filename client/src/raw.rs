@@ -65,6 +65,35 @@ type BoxFut<'a, T> = std::pin::Pin<
     Box<dyn std::future::Future<Output = std::result::Result<T, tonic::Status>> + Send + 'a>,
 >;
 
+/// One region's part of a merged scan: its encoded range, where its user-key order resumes,
+/// and the page read but not yet merged.
+struct ScanCursor {
+    lo: Vec<u8>,
+    hi: Vec<u8>,
+    next: Vec<u8>,
+    buffer: std::collections::VecDeque<KvPair>,
+    exhausted: bool,
+}
+
+/// Region pages a merged scan fetches at once at most.
+const SCAN_FANOUT_MAX: usize = 64;
+
+/// The least key greater than `key`.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}
+
+/// The smaller of two range ends, an empty end being unbounded.
+fn clip_end(a: &[u8], b: &[u8]) -> Vec<u8> {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_vec(),
+        (_, true) => a.to_vec(),
+        _ => a.min(b).to_vec(),
+    }
+}
+
 /// The shared request rules (`ringkv_proto::limits`), as this SDK's error.
 fn rule(check: std::result::Result<(), String>) -> Result<()> {
     check.map_err(ClientError::InvalidArgument)
@@ -275,6 +304,11 @@ impl RawClient {
 
     /// Returns up to `limit` pairs with user key in `[start, end)` in user-key order; an empty
     /// `end` means "to the end of the keyspace".
+    ///
+    /// Memory stays bounded by the page size times the number of regions, not by the data:
+    /// over a hash keyspace every region is read in user-key pages and the pages are merged
+    /// (k-way) as they come; over a range keyspace the regions are walked in order and the walk
+    /// stops once `limit` pairs are found. Splits and merges during the scan are followed.
     pub async fn scan(
         &self,
         start: impl Into<Vec<u8>>,
@@ -284,37 +318,196 @@ impl RawClient {
         let (start, end) = (start.into(), end.into());
         rule(check_user_range(&start, &end))?;
         rule(check_scan_limit(limit))?;
-        let keyspace = self.config.keyspace;
-        let (start_arg, end_arg) = (start.clone(), end.clone());
-        let per_region = self
-            .for_each_region("scan", &start_arg, &end_arg, move |mut client, context| {
-                let (start_key, end_key) = (start.clone(), end.clone());
-                Box::pin(async move {
-                    let r = client
-                        .raw_scan(RawScanRequest {
-                            context: Some(context),
-                            keyspace: Some(keyspace),
-                            start_key,
-                            end_key,
-                            limit,
-                            key_only: false,
-                        })
-                        .await?
-                        .into_inner();
-                    Ok((r.region_error, r.pairs))
-                })
+        let deadline = Instant::now() + self.config.timeout;
+        if self.config.keyspace.mode == KeyspaceMode::Range as i32 {
+            self.scan_ordered(&start, &end, limit, deadline).await
+        } else {
+            self.scan_merged(&start, &end, limit, deadline).await
+        }
+    }
+
+    /// Range keyspace: encoded order is user order, so walk regions from the start.
+    async fn scan_ordered(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: u32,
+        deadline: Instant,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let (_, span_end) = self.encoded_span(start, end);
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut next = start.to_vec();
+        loop {
+            let remaining = limit - out.len() as u32;
+            let anchor = keys::encode(&self.config.keyspace, &next);
+            let (pairs, region) = self
+                .scan_page(&anchor, &next, end, remaining, deadline)
+                .await?;
+            let full = pairs.len() as u32 == remaining;
+            if let Some(last) = pairs.last() {
+                next = successor(&last.key);
+            }
+            out.extend(pairs.into_iter().map(|p| (p.key, p.value)));
+            if out.len() as u32 >= limit {
+                return Ok(out);
+            }
+            if !full {
+                // This region has no more: continue after it, if the span goes on.
+                if region.end_key.is_empty() || region.end_key >= span_end {
+                    return Ok(out);
+                }
+                match keys::user_key_unchecked(&region.end_key) {
+                    Some(user) => next = next.max(user.to_vec()),
+                    None => return Ok(out),
+                }
+            }
+        }
+    }
+
+    /// Hash keyspace: every region holds keys from all over the user-key order; read each in
+    /// pages and merge.
+    async fn scan_merged(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: u32,
+        deadline: Instant,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let (span_start, span_end) = self.encoded_span(start, end);
+        let routes = self.pd.scan_regions(&span_start, &span_end, 0).await?;
+        for route in &routes {
+            self.shared.regions.insert(route.clone());
+        }
+        // A page per region: enough that most regions answer in one page.
+        let page = (2 * limit / routes.len().max(1) as u32).clamp(16.min(limit), limit);
+        let mut cursors: Vec<ScanCursor> = routes
+            .iter()
+            .map(|r| ScanCursor {
+                lo: r.region.start_key.clone().max(span_start.clone()),
+                hi: clip_end(&r.region.end_key, &span_end),
+                next: start.to_vec(),
+                buffer: std::collections::VecDeque::new(),
+                exhausted: false,
             })
-            .await?;
-        // Each region returned its smallest `limit` keys in order; merge them.
-        let mut all: Vec<(Vec<u8>, Vec<u8>)> = per_region
-            .into_iter()
-            .flatten()
-            .map(|p| (p.key, p.value))
             .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all.dedup_by(|a, b| a.0 == b.0);
-        all.truncate(limit as usize);
-        Ok(all)
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(limit as usize);
+        while (out.len() as u32) < limit {
+            // Refill every empty cursor that may have more (in parallel), then take the least:
+            // every cursor that can still produce a key then shows its smallest.
+            let need: Vec<usize> = cursors
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.buffer.is_empty() && !c.exhausted)
+                .map(|(i, _)| i)
+                .collect();
+            for group in need.chunks(SCAN_FANOUT_MAX) {
+                let fetches = group.iter().map(|&i| {
+                    let (lo, next) = (cursors[i].lo.clone(), cursors[i].next.clone());
+                    async move { self.scan_page(&lo, &next, end, page, deadline).await }
+                });
+                let results = join_all(fetches).await;
+                for (&i, result) in group.iter().zip(results) {
+                    let (pairs, region) = result?;
+                    let region_end = clip_end(&region.end_key, &span_end);
+                    // The cursor's range split: the rest becomes a cursor of its own.
+                    if !region_end.is_empty()
+                        && (cursors[i].hi.is_empty() || region_end < cursors[i].hi)
+                    {
+                        let rest = ScanCursor {
+                            lo: region_end.clone(),
+                            hi: std::mem::replace(&mut cursors[i].hi, region_end),
+                            next: cursors[i].next.clone(),
+                            buffer: std::collections::VecDeque::new(),
+                            exhausted: false,
+                        };
+                        cursors.push(rest);
+                    }
+                    let c = &mut cursors[i];
+                    c.exhausted = (pairs.len() as u32) < page;
+                    if let Some(last) = pairs.last() {
+                        c.next = successor(&last.key);
+                    }
+                    c.buffer.extend(pairs);
+                }
+            }
+            if cursors.iter().any(|c| c.buffer.is_empty() && !c.exhausted) {
+                // A split added cursors this round; fill them before choosing.
+                continue;
+            }
+            let least = cursors
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.buffer.front().map(|p| (i, p.key.clone())))
+                .min_by(|a, b| a.1.cmp(&b.1));
+            let Some((i, key)) = least else { break };
+            let pair = cursors[i].buffer.pop_front().expect("non-empty");
+            // A region that merged while we read may have returned a neighbour's keys too.
+            if out.last().is_some_and(|(k, _)| *k == key) {
+                continue;
+            }
+            out.push((pair.key, pair.value));
+        }
+        Ok(out)
+    }
+
+    /// One page of a region's scan: up to `limit` pairs with user key in `[start, end)` from
+    /// the region holding encoded `anchor`, with that region, retrying within `deadline`.
+    async fn scan_page(
+        &self,
+        anchor: &[u8],
+        start: &[u8],
+        end: &[u8],
+        limit: u32,
+        deadline: Instant,
+    ) -> Result<(Vec<KvPair>, ringkv_proto::metapb::Region)> {
+        let keyspace = self.config.keyspace;
+        let mut backoff = Backoff::new(deadline);
+        let mut round = 0;
+        loop {
+            let route = match self.route(anchor).await {
+                Ok(r) => r,
+                Err(e) if e.is_retryable() => {
+                    if !backoff.wait().await {
+                        return Err(self.timeout("scan", e.to_string()));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let (start_key, end_key) = (start.to_vec(), end.to_vec());
+            let attempt = self
+                .attempt(&route, round, move |mut client, context| {
+                    Box::pin(async move {
+                        let r = client
+                            .raw_scan(RawScanRequest {
+                                context: Some(context),
+                                keyspace: Some(keyspace),
+                                start_key,
+                                end_key,
+                                limit,
+                                key_only: false,
+                            })
+                            .await?
+                            .into_inner();
+                        Ok((r.region_error, r.pairs))
+                    })
+                })
+                .await?;
+            round += 1;
+            match attempt {
+                Attempt::Done(pairs) => return Ok((pairs, route.region)),
+                Attempt::Retry {
+                    reason,
+                    immediately,
+                } => {
+                    let in_time =
+                        (immediately && Instant::now() < deadline) || backoff.wait().await;
+                    if !in_time {
+                        return Err(self.timeout("scan", reason));
+                    }
+                }
+            }
+        }
     }
 
     /// Deletes every key with user key in `[start, end)`; an empty `end` means "to the end".

@@ -514,8 +514,8 @@ impl Peer {
     }
 
     /// Whether nothing is in flight: no proposal or read waiting, nothing to persist or apply,
-    /// and, for a leader, every recently active follower has the whole log. A region idle for
-    /// a while goes quiet.
+    /// and, for a leader, every follower has the whole log. A region idle for a while goes
+    /// quiet.
     pub fn is_idle(&self) -> bool {
         if !self.proposals.is_empty()
             || !self.reads_queued.is_empty()
@@ -530,11 +530,14 @@ impl Peer {
             return false;
         }
         if self.is_leader() {
+            // Every follower, not only the active ones: a quiet leader sends nothing, so a
+            // follower left behind (partitioned, down) would stay behind for good. A region
+            // with a failed replica stays awake until the replica returns or is replaced.
             self.raw
                 .raft
                 .prs()
                 .iter()
-                .all(|(id, pr)| *id == self.meta.id || !pr.recent_active || pr.matched == last)
+                .all(|(id, pr)| *id == self.meta.id || pr.matched == last)
         } else {
             self.leader_id() != 0
         }

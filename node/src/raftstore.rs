@@ -377,10 +377,7 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
                 fsm.go_quiet();
             }
         }
-        PeerMsg::Raft(m) => {
-            fsm.wake();
-            on_raft_message(ctx, fsm, *m);
-        }
+        PeerMsg::Raft(m) => on_raft_message(ctx, fsm, *m),
         PeerMsg::Command { cmd, callback } => {
             fsm.wake();
             fsm.peer.propose(cmd, callback);
@@ -414,6 +411,7 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
                 leader_id: p.leader_id(),
                 is_leader: p.is_leader(),
                 truncated_index: p.truncated_index(),
+                quiet: fsm.mailbox.as_ref().is_some_and(|m| !m.is_awake()),
             });
             let _ = callback.send(info);
         }
@@ -443,10 +441,20 @@ fn on_raft_message(ctx: &StoreContext, fsm: &mut PeerFsm, msg: RaftMessage) {
         tracing::warn!(region = msg.region_id, error = %e, "malformed raft message dropped");
         return;
     }
-    if inner.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot
-        && !snapshot_fits(ctx, msg.region_id, inner.get_snapshot())
+    use raft::eraftpb::MessageType;
+    let kind = inner.get_msg_type();
+    if kind == MessageType::MsgSnapshot && !snapshot_fits(ctx, msg.region_id, inner.get_snapshot())
     {
         return;
+    }
+    // Heartbeats and their answers only say that things are as they were: a quiet region
+    // stays quiet (a late answer to the leader's last heartbeat must not wake it). Anything
+    // else is activity.
+    if !matches!(
+        kind,
+        MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse
+    ) {
+        fsm.wake();
     }
     fsm.peer.step(msg.from_peer, inner);
 }
@@ -487,8 +495,14 @@ fn on_tick(ctx: &StoreContext, fsm: &mut PeerFsm) {
     fsm.ticks += 1;
     let idle = fsm.peer.is_leader() && fsm.peer.is_idle();
     fsm.idle_ticks = if idle { fsm.idle_ticks + 1 } else { 0 };
-    fsm.peer.tick();
     let leader = fsm.peer.is_leader();
+    if cfg.quiet_regions && leader && fsm.idle_ticks >= cfg.quiet_leader_ticks {
+        // Quiet from this tick on: no heartbeat goes out whose answers would wake it again.
+        fsm.go_quiet();
+        ctx.transport.send_all(fsm.peer.quiesce_messages());
+        return;
+    }
+    fsm.peer.tick();
     if leader
         && fsm
             .ticks
@@ -782,20 +796,14 @@ fn on_split_applied(ctx: &StoreContext, fsm: &mut PeerFsm, left: Region, right: 
         meta.regions.insert(right.id, right.clone());
     }
     fsm.published = Some(left);
-    let mut msg = StoreMsg::SplitApplied {
+    let msg = StoreMsg::SplitApplied {
         right,
         campaign: parent_leader,
     };
-    // The control mailbox is bounded; a split must not be lost, so wait for room.
-    loop {
-        match ctx.router.send_control(msg) {
-            Ok(()) => break,
-            Err(StoreMsg::Stop) => break,
-            Err(back) => {
-                msg = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+    // The control mailbox is bounded; a split must not be lost, so wait for room (the control
+    // thread never waits on pollers, so this cannot deadlock).
+    if !ctx.router.send_control_wait(msg) {
+        tracing::warn!("control thread gone; the new region's peer is created at restart");
     }
 }
 

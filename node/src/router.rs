@@ -249,6 +249,12 @@ impl StoreRouter {
         })
     }
 
+    /// Sends to the control thread, waiting for room: for messages that must not be lost (a
+    /// split's new region). Gives up only if the control thread is gone (shutdown).
+    pub fn send_control_wait(&self, msg: StoreMsg) -> bool {
+        self.inner.control.send(msg).is_ok()
+    }
+
     /// Delivers a Raft message to its peer, or to the control thread if the region has no
     /// peer here (it may create one). A full mailbox drops it: Raft resends.
     pub fn send_raft(&self, msg: RaftMessage) {

@@ -254,12 +254,30 @@ fn create_bootstrap_peers(router: &StoreRouter, regions: Vec<Region>) {
     }
 }
 
-async fn on_store_event(pd: &PdClient, router: &StoreRouter, event: StoreEvent) {
+/// Placement calls of region events in flight at most; more wait (a burst of thousands of
+/// new regions must not open thousands of calls).
+const REGION_EVENTS_IN_FLIGHT_MAX: usize = 32;
+
+async fn on_store_event(
+    pd: &PdClient,
+    router: &StoreRouter,
+    event: StoreEvent,
+    in_flight: &Arc<tokio::sync::Semaphore>,
+) {
     match event {
         StoreEvent::RegionHeartbeat(hb) => {
-            if let Err(e) = pd.region_heartbeat(hb).await {
-                tracing::debug!(error = %e, "region heartbeat failed");
-            }
+            // Concurrent, so a split report or a new leader is not queued behind thousands of
+            // heartbeats.
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let pd = pd.clone();
+            tokio::spawn(async move {
+                if let Err(e) = pd.region_heartbeat(hb).await {
+                    tracing::debug!(error = %e, "region heartbeat failed");
+                }
+                drop(permit);
+            });
         }
         StoreEvent::AskSplit { region, split_key } => {
             // Its own task: a split waits for Raft, heartbeats must not wait for it.
@@ -278,9 +296,12 @@ async fn on_store_event(pd: &PdClient, router: &StoreRouter, event: StoreEvent) 
             });
         }
         StoreEvent::ReportSplit { left, right } => {
-            if let Err(e) = pd.report_split(&left, &right).await {
-                tracing::warn!(region = left.id, new_region = right.id, error = %e, "split report failed; heartbeats will catch up");
-            }
+            let pd = pd.clone();
+            tokio::spawn(async move {
+                if let Err(e) = pd.report_split(&left, &right).await {
+                    tracing::warn!(region = left.id, new_region = right.id, error = %e, "split report failed; heartbeats will catch up");
+                }
+            });
         }
     }
 }
@@ -298,6 +319,7 @@ async fn report_to_placement(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(REGION_EVENTS_IN_FLIGHT_MAX));
     let mut timer = tokio::time::interval(interval);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -316,7 +338,7 @@ async fn report_to_placement(
             }
             event = events.recv() => {
                 let Some(event) = event else { return };
-                on_store_event(&pd, &router, event).await;
+                on_store_event(&pd, &router, event, &in_flight).await;
             }
         }
     }

@@ -4,7 +4,7 @@
 use crate::apply::{scan_span, user_in_range};
 use crate::router::StoreRouter;
 use prost::Message as _;
-use ringkv_proto::errorpb::RegionError;
+use ringkv_proto::errorpb::{region_error, RegionError};
 use ringkv_proto::keys;
 use ringkv_proto::kvrpcpb::kv_server::Kv;
 use ringkv_proto::kvrpcpb::*;
@@ -95,6 +95,14 @@ impl KvService {
         context: Context,
         requests: Vec<raftpb::Request>,
     ) -> Result<Option<RegionError>, Status> {
+        let keys: Vec<Vec<u8>> = requests
+            .iter()
+            .filter_map(|r| match &r.cmd {
+                Some(Cmd::Put(p)) => Some(p.key.clone()),
+                Some(Cmd::Delete(d)) => Some(d.key.clone()),
+                _ => None,
+            })
+            .collect();
         let cmd = RaftCmdRequest {
             region_id: context.region_id,
             region_epoch: context.region_epoch,
@@ -105,7 +113,7 @@ impl KvService {
         self.ctx.router.send_command(cmd, tx);
         match tokio::time::timeout(REQUEST_WAIT, rx).await {
             Ok(Ok(Ok(()))) => Ok(None),
-            Ok(Ok(Err(region_error))) => Ok(Some(region_error)),
+            Ok(Ok(Err(region_error))) => Ok(Some(self.with_current_regions(region_error, &keys))),
             Ok(Err(_)) => Err(Status::unavailable("node is shutting down")),
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "write to region {} not applied within {REQUEST_WAIT:?}; its outcome is unknown",
@@ -123,15 +131,33 @@ impl KvService {
         let (tx, rx) = oneshot::channel();
         self.ctx
             .router
-            .send_read(context.region_id, context.region_epoch, keys, tx);
+            .send_read(context.region_id, context.region_epoch, keys.clone(), tx);
         match tokio::time::timeout(REQUEST_WAIT, rx).await {
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(r)) => Ok(r.map_err(|e| self.with_current_regions(e, &keys))),
             Ok(Err(_)) => Err(Status::unavailable("node is shutting down")),
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "read of region {} could not be confirmed within {REQUEST_WAIT:?}",
                 context.region_id
             ))),
         }
+    }
+
+    /// An `EpochNotMatch` names the regions that now hold the request's keys as far as this
+    /// store knows (after a split, the new region too), so the client need not ask the
+    /// placement driver, which may lag.
+    fn with_current_regions(&self, mut error: RegionError, keys: &[Vec<u8>]) -> RegionError {
+        if let Some(region_error::Kind::EpochNotMatch(e)) = &mut error.kind {
+            let meta = self.ctx.router.meta();
+            for region in meta.regions.values() {
+                let holds = keys
+                    .iter()
+                    .any(|k| keys::in_range(k, &region.start_key, &region.end_key));
+                if holds && !e.current_regions.iter().any(|r| r.id == region.id) {
+                    e.current_regions.push(region.clone());
+                }
+            }
+        }
+        error
     }
 
     fn get_local(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {

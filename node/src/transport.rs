@@ -237,8 +237,19 @@ async fn run_link(inner: Arc<Inner>, to: u64, mut rx: mpsc::Receiver<RaftMessage
                 .await
         });
         let mut sent_any = false;
+        let mut call = call;
+        let mut ended = None;
         loop {
-            let Some(first) = rx.recv().await else {
+            // Watch the call too: a peer that goes away must be noticed even when nothing is
+            // being sent (quiet regions send nothing).
+            let first = tokio::select! {
+                m = rx.recv() => m,
+                r = &mut call => {
+                    ended = Some(r);
+                    break;
+                }
+            };
+            let Some(first) = first else {
                 call.abort();
                 return;
             };
@@ -254,7 +265,11 @@ async fn run_link(inner: Arc<Inner>, to: u64, mut rx: mpsc::Receiver<RaftMessage
             }
             sent_any = true;
         }
-        let outcome = call.await;
+        drop(stream_tx);
+        let outcome = match ended {
+            Some(r) => r,
+            None => call.await,
+        };
         tracing::debug!(from, to, %address, ?outcome, "raft link closed; reconnecting");
         inner.report_unreachable(to);
         if sent_any {

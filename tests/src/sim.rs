@@ -642,15 +642,34 @@ impl Sim {
 
     /// Runs without faults until every write is acknowledged and replicas agree, then checks.
     fn settle(&mut self) {
+        self.settle_inner();
+    }
+
+    fn settle_inner(&mut self) {
         let limit = self.now + 40_000;
         loop {
             self.step(false);
-            if self.now.is_multiple_of(500) && self.unacked.is_empty() && self.settled() {
+            if self.now.is_multiple_of(500)
+                && self.unacked.is_empty()
+                && self.settled()
+                && self.data_difference().is_none()
+            {
                 break;
             }
             if self.now >= limit {
                 let reason = if self.unacked.is_empty() {
-                    "replicas did not converge".to_string()
+                    let difference = self
+                        .data_difference()
+                        .unwrap_or_else(|| "region metadata differs".into());
+                    let region_id = difference
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|w| w.parse().ok())
+                        .unwrap_or(0);
+                    format!(
+                        "replicas did not converge: {difference}; {}",
+                        self.describe_region(region_id)
+                    )
                 } else {
                     let key = *self.unacked.iter().next().expect("non-empty");
                     format!(
@@ -706,6 +725,36 @@ impl Sim {
         out
     }
 
+    /// Each running store's replica of `region_id` as its peer reports it.
+    fn describe_region(&mut self, region_id: u64) -> String {
+        let mut out = String::new();
+        for s in &mut self.stores {
+            let Some((store, _)) = s.running.as_mut() else {
+                continue;
+            };
+            let (tx, mut rx) = oneshot::channel();
+            let _ = store
+                .router()
+                .send(region_id, ringkv_node::router::PeerMsg::Status(tx));
+            store.step();
+            if let Ok(Some(info)) = rx.try_recv() {
+                out += &format!(
+                    "store {}: term {} commit {} applied {} last {} truncated {} leader {} is_leader {} quiet {}; ",
+                    s.id,
+                    info.term,
+                    info.commit_index,
+                    info.applied_index,
+                    info.last_index,
+                    info.truncated_index,
+                    info.leader_id,
+                    info.is_leader,
+                    info.quiet
+                );
+            }
+        }
+        out
+    }
+
     /// Every routed region is on all its stores at the routed epoch.
     fn settled(&self) -> bool {
         let routed: Vec<Region> = self
@@ -724,16 +773,14 @@ impl Sim {
         })
     }
 
-    fn check_data(&self) {
+    /// The first routed region whose replicas hold different data, described.
+    fn data_difference(&self) -> Option<String> {
         let routed: Vec<Region> = self
             .pd
             .scan_regions(b"", b"", usize::MAX)
             .into_iter()
             .map(|r| r.region.clone())
             .collect();
-        if let Some(e) = crate::regions::tiling_error(&routed) {
-            self.fail(format!("routing does not tile the keyspace: {e}"));
-        }
         let dumps: BTreeMap<u64, BTreeMap<Vec<u8>, Vec<u8>>> =
             self.stores.iter().map(|s| (s.id, s.kv.dump())).collect();
         for region in &routed {
@@ -746,17 +793,37 @@ impl Sim {
                     .collect();
                 match &first {
                     None => first = Some((p.store_id, data)),
-                    Some((s0, d0)) if *d0 != data => self.fail(format!(
-                        "region {} differs between store {s0} ({} keys) and store {} ({} keys)",
-                        region.id,
-                        d0.len(),
-                        p.store_id,
-                        data.len()
-                    )),
+                    Some((s0, d0)) if *d0 != data => {
+                        return Some(format!(
+                            "region {} differs between store {s0} ({} keys) and store {} ({} keys)",
+                            region.id,
+                            d0.len(),
+                            p.store_id,
+                            data.len()
+                        ))
+                    }
                     Some(_) => {}
                 }
             }
         }
+        None
+    }
+
+    fn check_data(&self) {
+        let routed: Vec<Region> = self
+            .pd
+            .scan_regions(b"", b"", usize::MAX)
+            .into_iter()
+            .map(|r| r.region.clone())
+            .collect();
+        if let Some(e) = crate::regions::tiling_error(&routed) {
+            self.fail(format!("routing does not tile the keyspace: {e}"));
+        }
+        if let Some(difference) = self.data_difference() {
+            self.fail(difference);
+        }
+        let dumps: BTreeMap<u64, BTreeMap<Vec<u8>, Vec<u8>>> =
+            self.stores.iter().map(|s| (s.id, s.kv.dump())).collect();
         for key in &self.acked {
             let encoded = keys::encode(&keys::default_keyspace(), &user_key(*key));
             let want = value_of(*key, self.cfg.value_bytes);

@@ -1,0 +1,246 @@
+//! `ringkv-bench`: the cluster load generator.
+//!
+//! `ringkv-bench multi-raft` starts fresh local clusters (release binaries next to this one),
+//! measures write throughput with 1, 64 and 1,024 regions, and the CPU that 10,000 idle
+//! regions cost. `ringkv-bench write --pd ADDR` runs the write load against a running cluster.
+
+use clap::{Parser, Subcommand};
+use ringkv_bench::{cpu_seconds, presplit, write_load, LoadReport, LocalCluster};
+use ringkv_client::{RawClient, RawConfig};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "ringkv-bench",
+    version,
+    about = "Load generator and benchmarks for ringkv"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write throughput of 3 local nodes at several region counts, then the CPU cost of many
+    /// idle regions. Starts and stops its own clusters.
+    MultiRaft {
+        /// Region counts to measure write throughput at.
+        #[arg(long, value_delimiter = ',', default_value = "1,64,1024")]
+        regions: Vec<u64>,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Seconds of load per region count (after a warm-up of a fifth of it).
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// Regions for the idle-CPU measurement (0 skips it).
+        #[arg(long, default_value_t = 10_000)]
+        idle_regions: u64,
+        /// Seconds the idle CPU is measured over.
+        #[arg(long, default_value_t = 30)]
+        idle_seconds: u64,
+        /// Print one JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the write load against a running cluster.
+    Write {
+        /// Placement endpoint(s), comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        pd: Vec<String>,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Serialize)]
+struct RegionsRun {
+    regions: u64,
+    load: LoadReport,
+}
+
+#[derive(Serialize)]
+struct IdleRun {
+    regions: u64,
+    seconds: f64,
+    /// CPU of each node process, as a percentage of one core.
+    node_cpu_percent: Vec<f64>,
+}
+
+/// Nodes of the benchmark: defaults, except that regions split only when the bench asks, so
+/// each run has exactly the region count it names.
+const NODE_TOML: &str = r#"
+[split]
+region_split_size_bytes = 1073741824
+region_split_keys = 100000000
+"#;
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = rt.block_on(async {
+        match cli.command {
+            Cmd::MultiRaft {
+                regions,
+                clients,
+                seconds,
+                value_bytes,
+                idle_regions,
+                idle_seconds,
+                json,
+            } => {
+                multi_raft(
+                    &regions,
+                    clients,
+                    seconds,
+                    value_bytes,
+                    idle_regions,
+                    idle_seconds,
+                    json,
+                )
+                .await
+            }
+            Cmd::Write {
+                pd,
+                clients,
+                seconds,
+                value_bytes,
+                json,
+            } => {
+                let client = RawClient::connect_with_config(&pd, RawConfig::default())
+                    .await
+                    .map_err(|e| format!("cannot reach the cluster: {e}"))?;
+                let report =
+                    write_load(&client, clients, Duration::from_secs(seconds), value_bytes).await;
+                print_load(&[("-".into(), report)], json);
+                Ok(())
+            }
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("ringkv-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn print_load(rows: &[(String, LoadReport)], json: bool) {
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(k, r)| serde_json::json!({"regions": k, "load": r}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return;
+    }
+    println!(
+        "{:>8} {:>8} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "regions", "clients", "ops/s", "ops", "p50 ms", "p99 ms", "p99.9 ms", "errors"
+    );
+    for (k, r) in rows {
+        println!(
+            "{:>8} {:>8} {:>10.0} {:>10} {:>9.2} {:>9.2} {:>9.2} {:>8}",
+            k, r.clients, r.ops_per_second, r.ops, r.p50_ms, r.p99_ms, r.p999_ms, r.errors
+        );
+    }
+}
+
+async fn multi_raft(
+    region_counts: &[u64],
+    clients: usize,
+    seconds: u64,
+    value_bytes: usize,
+    idle_regions: u64,
+    idle_seconds: u64,
+    json: bool,
+) -> Result<(), String> {
+    let mut runs = Vec::new();
+    for &regions in region_counts {
+        eprintln!("== {regions} region(s): starting 3 nodes");
+        let cluster = LocalCluster::start(3, NODE_TOML)?;
+        let client = cluster.client(Duration::from_secs(60)).await?;
+        presplit(&client, regions, 16).await?;
+        let warmup = Duration::from_secs((seconds / 5).max(1));
+        eprintln!("   warming up for {warmup:?}");
+        write_load(&client, clients, warmup, value_bytes).await;
+        eprintln!("   measuring for {seconds} s with {clients} clients");
+        let load = write_load(&client, clients, Duration::from_secs(seconds), value_bytes).await;
+        eprintln!("   {:.0} ops/s", load.ops_per_second);
+        runs.push(RegionsRun { regions, load });
+    }
+    let idle = if idle_regions > 0 {
+        eprintln!("== idle: {idle_regions} regions on 3 nodes");
+        let cluster = LocalCluster::start(3, NODE_TOML)?;
+        let client = cluster.client(Duration::from_secs(60)).await?;
+        let started = Instant::now();
+        presplit(&client, idle_regions, 32).await?;
+        eprintln!(
+            "   pre-split took {:.0} s; letting regions go quiet",
+            started.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let pids = cluster.node_pids();
+        let before: Vec<f64> = pids
+            .iter()
+            .map(|p| cpu_seconds(*p))
+            .collect::<Result<_, _>>()?;
+        let t = Instant::now();
+        tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
+        let after: Vec<f64> = pids
+            .iter()
+            .map(|p| cpu_seconds(*p))
+            .collect::<Result<_, _>>()?;
+        let window = t.elapsed().as_secs_f64();
+        let node_cpu_percent = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| (a - b) / window * 100.0)
+            .collect();
+        Some(IdleRun {
+            regions: idle_regions,
+            seconds: window,
+            node_cpu_percent,
+        })
+    } else {
+        None
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"writes": runs, "idle": idle}))
+                .expect("json")
+        );
+        return Ok(());
+    }
+    let rows: Vec<(String, LoadReport)> = runs
+        .into_iter()
+        .map(|r| (r.regions.to_string(), r.load))
+        .collect();
+    print_load(&rows, false);
+    if let Some(idle) = idle {
+        println!(
+            "idle: {} regions, CPU per node over {:.0} s: {}",
+            idle.regions,
+            idle.seconds,
+            idle.node_cpu_percent
+                .iter()
+                .map(|c| format!("{c:.1}%"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
