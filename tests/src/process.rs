@@ -190,6 +190,27 @@ impl ProcessCluster {
         self.nodes[i].1.signal(libc::SIGCONT);
     }
 
+    /// A runtime for the test's clients and a raw client of this cluster with a 30 s deadline.
+    pub fn client(&self) -> (tokio::runtime::Runtime, ringkv_client::RawClient) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let config = ringkv_client::RawConfig {
+            timeout: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(2),
+            ..ringkv_client::RawConfig::default()
+        };
+        let client = rt
+            .block_on(ringkv_client::RawClient::connect_with_config(
+                std::slice::from_ref(&self.pd_addr),
+                config,
+            ))
+            .expect("client connects");
+        (rt, client)
+    }
+
     /// The tail of node `i`'s log, for failure messages.
     pub fn log_tail(&self, i: usize) -> String {
         let text = std::fs::read_to_string(&self.nodes[i].1.log).unwrap_or_default();

@@ -755,14 +755,18 @@ impl Sim {
         out
     }
 
-    /// Every routed region is on all its stores at the routed epoch.
-    fn settled(&self) -> bool {
-        let routed: Vec<Region> = self
-            .pd
+    /// The placement driver's regions, in key order.
+    fn routed(&self) -> Vec<Region> {
+        self.pd
             .scan_regions(b"", b"", usize::MAX)
             .into_iter()
             .map(|r| r.region.clone())
-            .collect();
+            .collect()
+    }
+
+    /// Every routed region is on all its stores at the routed epoch.
+    fn settled(&self) -> bool {
+        let routed = self.routed();
         routed.iter().all(|r| {
             r.peers.iter().all(|p| {
                 self.index_of(p.store_id)
@@ -775,12 +779,7 @@ impl Sim {
 
     /// The first routed region whose replicas hold different data, described.
     fn data_difference(&self) -> Option<String> {
-        let routed: Vec<Region> = self
-            .pd
-            .scan_regions(b"", b"", usize::MAX)
-            .into_iter()
-            .map(|r| r.region.clone())
-            .collect();
+        let routed = self.routed();
         let dumps: BTreeMap<u64, BTreeMap<Vec<u8>, Vec<u8>>> =
             self.stores.iter().map(|s| (s.id, s.kv.dump())).collect();
         for region in &routed {
@@ -810,12 +809,7 @@ impl Sim {
     }
 
     fn check_data(&self) {
-        let routed: Vec<Region> = self
-            .pd
-            .scan_regions(b"", b"", usize::MAX)
-            .into_iter()
-            .map(|r| r.region.clone())
-            .collect();
+        let routed = self.routed();
         if let Some(e) = crate::regions::tiling_error(&routed) {
             self.fail(format!("routing does not tile the keyspace: {e}"));
         }

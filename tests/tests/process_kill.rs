@@ -2,7 +2,6 @@
 //! writes, keep writing through the new leader, restart the killed node, and find every
 //! acknowledged key on all three replicas.
 
-use ringkv_client::{RawClient, RawConfig};
 use ringkv_proto::keys::{default_keyspace, encode};
 use ringkv_tests::process::ProcessCluster;
 use ringkv_tests::{debug, wait_until};
@@ -24,22 +23,7 @@ fn value(i: usize) -> Vec<u8> {
 #[test]
 fn kill_leader_mid_write_loses_no_acknowledged_key() {
     let mut cluster = ProcessCluster::start(3);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let config = RawConfig {
-        timeout: Duration::from_secs(30),
-        attempt_timeout: Duration::from_secs(2),
-        ..RawConfig::default()
-    };
-    let client = rt
-        .block_on(RawClient::connect_with_config(
-            &[cluster.pd_addr.clone()],
-            config,
-        ))
-        .unwrap();
+    let (rt, client) = cluster.client();
 
     let next = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(parking_lot::Mutex::new(Vec::new()));

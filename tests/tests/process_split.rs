@@ -3,7 +3,7 @@
 //! check that every acknowledged key is readable, that the placement driver's regions tile the
 //! keyspace, and that every node ends up holding exactly those regions, never two overlapping.
 
-use ringkv_client::{PdClient, RawClient, RawConfig};
+use ringkv_client::PdClient;
 use ringkv_proto::metapb::Region;
 use ringkv_tests::process::ProcessCluster;
 use ringkv_tests::regions::{assert_disjoint, node_regions, pd_regions, tiling_error};
@@ -40,22 +40,7 @@ fn value(i: usize) -> Vec<u8> {
 #[test]
 fn fifty_splits_with_a_node_killed_lose_nothing_and_tile_the_keyspace() {
     let mut cluster = ProcessCluster::start_with_config(3, NODE_TOML);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let config = RawConfig {
-        timeout: Duration::from_secs(30),
-        attempt_timeout: Duration::from_secs(2),
-        ..RawConfig::default()
-    };
-    let client = rt
-        .block_on(RawClient::connect_with_config(
-            &[cluster.pd_addr.clone()],
-            config,
-        ))
-        .unwrap();
+    let (rt, client) = cluster.client();
     let pd = rt
         .block_on(PdClient::connect(&[cluster.pd_addr.clone()]))
         .unwrap();

@@ -58,6 +58,22 @@ fn assert_nodes_agree(c: &TestCluster, limit: Duration) {
     });
 }
 
+/// A client of keyspace 0 in range mode.
+fn range_client(c: &TestCluster) -> (Keyspace, RawClient) {
+    let keyspace = Keyspace {
+        id: 0,
+        mode: KeyspaceMode::Range as i32,
+    };
+    let config = RawConfig {
+        keyspace,
+        ..RawConfig::default()
+    };
+    let client =
+        c.rt.block_on(RawClient::connect_with_config(&[c.pd_addr()], config))
+            .unwrap();
+    (keyspace, client)
+}
+
 #[test]
 fn ordered_splits_route_reads_writes_and_scans() {
     let c = ClusterBuilder::default().start();
@@ -145,19 +161,7 @@ fn sequential_keys_spread_evenly_over_hash_regions_and_not_over_range_regions() 
     for chunk in pairs.chunks(500) {
         c.rt.block_on(hash.batch_put(chunk.to_vec())).unwrap();
     }
-    let range_keyspace = Keyspace {
-        id: 0,
-        mode: KeyspaceMode::Range as i32,
-    };
-    let ranged =
-        c.rt.block_on(RawClient::connect_with_config(
-            &[c.pd_addr()],
-            RawConfig {
-                keyspace: range_keyspace,
-                ..RawConfig::default()
-            },
-        ))
-        .unwrap();
+    let (range_keyspace, ranged) = range_client(&c);
     c.rt.block_on(ranged.batch_put(pairs[..1000].to_vec()))
         .unwrap();
 
@@ -230,19 +234,7 @@ fn scans_merge_many_hash_regions_and_walk_range_regions_in_order() {
         c.rt.block_on(hash.split_region(ring_position(i * (u64::MAX / 32))))
             .unwrap();
     }
-    let range_keyspace = Keyspace {
-        id: 0,
-        mode: KeyspaceMode::Range as i32,
-    };
-    let ranged =
-        c.rt.block_on(RawClient::connect_with_config(
-            &[c.pd_addr()],
-            RawConfig {
-                keyspace: range_keyspace,
-                ..RawConfig::default()
-            },
-        ))
-        .unwrap();
+    let (range_keyspace, ranged) = range_client(&c);
     // Range keyspace regions cut at user keys k0250, k0500, k0750.
     for boundary in ["k0250", "k0500", "k0750"] {
         c.rt.block_on(ranged.split_region(keys::encode(&range_keyspace, boundary.as_bytes())))
