@@ -681,6 +681,9 @@ impl Peer {
         let region = data.region.clone().expect("decode checked");
         assert_eq!(region.id, self.region_id(), "snapshot for another region");
         kv.write(crate::snapshot::install_batch(kv, &data, index, term)?)?;
+        // The log reset below is synced with the round; the data it replaces must be durable
+        // first, or a crash would leave neither the old log nor the new data.
+        kv.flush()?;
         tracing::info!(
             region = region.id,
             index,

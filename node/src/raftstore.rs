@@ -1054,7 +1054,12 @@ impl StoreFsm {
     fn create_split_peer(&mut self, right: Region, campaign: bool) {
         let ctx = self.ctx.clone();
         let right_id = right.id;
-        let storage = PeerStorage::created_by_split(right.clone(), ctx.log.clone());
+        // Load rather than start from the initial state: after a crash that lost the parent's
+        // unflushed apply of this split, the split is applied again, but the new region's
+        // Raft state (its vote, its log) may already be durable in the log engine and must
+        // not be forgotten.
+        let storage = PeerStorage::load(right.clone(), ctx.kv.as_ref(), ctx.log.clone())
+            .unwrap_or_else(|e| panic!("cannot load the state of new region {right_id}: {e}"));
         let peer = match Peer::new(ctx.store_id, storage, &ctx.cfg.peer) {
             Ok(p) => p,
             Err(e) => panic!("cannot create peer of region {right_id} from a split: {e}"),

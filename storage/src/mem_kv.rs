@@ -6,14 +6,35 @@ use parking_lot::RwLock;
 use std::collections::BTreeMap;
 
 /// Applied state in memory, in a `BTreeMap`.
+///
+/// Like sled, it can be made to lose writes on a crash: with [`MemKv::losing_unflushed`] only
+/// what was written before the last [`KvEngine::flush`] survives [`MemKv::crash`].
 #[derive(Default)]
 pub struct MemKv {
     map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// What survives a crash, when unflushed writes are to be lost.
+    durable: RwLock<Option<BTreeMap<Vec<u8>, Vec<u8>>>>,
 }
 
 impl MemKv {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An engine whose writes are durable only once flushed (the pessimistic view of sled,
+    /// which flushes in the background as well).
+    pub fn losing_unflushed() -> Self {
+        MemKv {
+            map: RwLock::new(BTreeMap::new()),
+            durable: RwLock::new(Some(BTreeMap::new())),
+        }
+    }
+
+    /// Forgets every write since the last flush, as a crash would.
+    pub fn crash(&self) {
+        if let Some(durable) = self.durable.read().as_ref() {
+            *self.map.write() = durable.clone();
+        }
     }
 
     /// A copy of everything stored, for comparing with a model.
@@ -61,6 +82,9 @@ impl KvEngine for MemKv {
     }
 
     fn flush(&self) -> Result<()> {
+        if let Some(durable) = self.durable.write().as_mut() {
+            *durable = self.map.read().clone();
+        }
         Ok(())
     }
 }

@@ -72,15 +72,9 @@ impl PeerStorage {
     /// Writes the initial state of a peer of a region created by a split into `kv_batch`, the
     /// parent's apply batch, so the split and the new region's existence are one atomic write.
     /// No hard state is written: until raft first persists one, [`PeerStorage::load`] rebuilds
-    /// the initial one (see there).
+    /// the initial one (see there). The new peer's storage is then loaded like any other.
     pub fn write_split_state(region: &Region, kv_batch: &mut KvWriteBatch) {
         Self::write_initial_kv_state(region, kv_batch);
-    }
-
-    /// The storage of a region whose initial state [`PeerStorage::write_split_state`] has put
-    /// in an apply batch that is now written.
-    pub fn created_by_split(region: Region, log: Arc<dyn RaftLogEngine>) -> PeerStorage {
-        PeerStorage::initial(region, log)
     }
 
     fn initial_apply_state() -> ApplyState {

@@ -182,7 +182,7 @@ impl Sim {
             stores.push(SimStore {
                 id,
                 log: Arc::new(MemLogEngine::new()),
-                kv: Arc::new(MemKv::new()),
+                kv: Arc::new(MemKv::losing_unflushed()),
                 running: None,
                 outbox: Arc::new(Mutex::new(Outbox::default())),
             });
@@ -365,6 +365,8 @@ impl Sim {
             if let Some((store, _)) = self.stores[i].running.take() {
                 store.crash();
             }
+            // Writes the KV engine had not flushed are gone; the synced Raft log is not.
+            self.stores[i].kv.crash();
             self.stores[i].outbox.lock().messages.clear();
             self.outcome.crashes += 1;
             self.fault = Some((i, self.now + length, true));
