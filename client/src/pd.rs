@@ -4,6 +4,7 @@
 use crate::backoff::Backoff;
 use crate::{ClientError, Result};
 use parking_lot::Mutex;
+use ringkv_proto::kvrpcpb::KeyspaceMode;
 use ringkv_proto::limits::GRPC_MESSAGE_BYTES_MAX;
 use ringkv_proto::metapb::{Peer, Region, Store};
 use ringkv_proto::pdpb::placement_client::PlacementClient;
@@ -286,6 +287,47 @@ impl PdClient {
             })
             .await?;
         check_header(r.header.as_ref())
+    }
+
+    /// Creates keyspace `name`, hash- or range-ordered; fails if it exists.
+    pub async fn create_keyspace(&self, name: &str, mode: KeyspaceMode) -> Result<KeyspaceMeta> {
+        let r = self
+            .call("create_keyspace", |mut c, h| {
+                let name = name.to_string();
+                async move {
+                    Ok(c.create_keyspace(CreateKeyspaceRequest {
+                        header: Some(h),
+                        name,
+                        mode: mode as i32,
+                    })
+                    .await?
+                    .into_inner())
+                }
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        r.keyspace
+            .ok_or_else(|| ClientError::Server("placement driver returned no keyspace".into()))
+    }
+
+    /// The keyspace called `name`.
+    pub async fn get_keyspace(&self, name: &str) -> Result<KeyspaceMeta> {
+        let r = self
+            .call("get_keyspace", |mut c, h| {
+                let name = name.to_string();
+                async move {
+                    Ok(c.get_keyspace(GetKeyspaceRequest {
+                        header: Some(h),
+                        name,
+                    })
+                    .await?
+                    .into_inner())
+                }
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        r.keyspace
+            .ok_or_else(|| ClientError::Server("placement driver returned no keyspace".into()))
     }
 
     /// Ids for splitting `region`: the new region's id and one new peer id per peer.

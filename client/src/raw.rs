@@ -114,6 +114,22 @@ impl RawClient {
     }
 
     /// A client over an existing placement client.
+    /// A client of the keyspace called `name` (created with
+    /// [`PdClient::create_keyspace`]); its ordering comes from the placement driver.
+    pub async fn connect_keyspace(
+        pd_endpoints: &[impl AsRef<str>],
+        name: &str,
+        config: RawConfig,
+    ) -> Result<Self> {
+        let pd = PdClient::connect(pd_endpoints).await?;
+        let keyspace = pd
+            .get_keyspace(name)
+            .await?
+            .keyspace
+            .ok_or_else(|| ClientError::Server(format!("keyspace {name:?} has no id")))?;
+        Ok(Self::with_pd(pd, RawConfig { keyspace, ..config }))
+    }
+
     pub fn with_pd(pd: PdClient, config: RawConfig) -> Self {
         RawClient {
             pd,

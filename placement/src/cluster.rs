@@ -7,8 +7,9 @@ use crate::meta_store::keys;
 use crate::tso::{TsBatch, Tso, TSO_BATCH_MAX};
 use crate::PlacementError;
 use prost::Message;
+use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
 use ringkv_proto::metapb::{Peer, PeerRole, Region, RegionEpoch, Store, StoreState};
-use ringkv_proto::pdpb::StoreStats;
+use ringkv_proto::pdpb::{KeyspaceMeta, StoreStats};
 use std::collections::{BTreeMap, HashMap};
 
 /// Writes the core asks the edge to persist.
@@ -60,7 +61,13 @@ pub struct PersistedState {
     pub bootstrap_region: Option<Region>,
     pub stores: Vec<Store>,
     pub regions: Vec<Region>,
+    pub keyspaces: Vec<KeyspaceMeta>,
 }
+
+/// The keyspace every cluster has.
+pub const DEFAULT_KEYSPACE_NAME: &str = "default";
+/// Keyspace names: 1..=64 bytes of letters, digits, `-` and `_`.
+const KEYSPACE_NAME_BYTES_MAX: usize = 64;
 
 /// The placement driver's state machine.
 pub struct PlacementCore {
@@ -73,6 +80,8 @@ pub struct PlacementCore {
     /// Region start key -> region id: the routing table.
     region_tree: BTreeMap<Vec<u8>, u64>,
     bootstrap_region: Option<Region>,
+    /// Keyspaces by name (the default one included).
+    keyspaces: BTreeMap<String, KeyspaceMeta>,
 }
 
 fn check_has_epoch(region: &Region) -> Result<(), PlacementError> {
@@ -107,7 +116,18 @@ impl PlacementCore {
             regions: HashMap::new(),
             region_tree: BTreeMap::new(),
             bootstrap_region: state.bootstrap_region,
+            keyspaces: BTreeMap::new(),
         };
+        core.keyspaces.insert(
+            DEFAULT_KEYSPACE_NAME.into(),
+            KeyspaceMeta {
+                name: DEFAULT_KEYSPACE_NAME.into(),
+                keyspace: Some(ringkv_proto::keys::default_keyspace()),
+            },
+        );
+        for ks in state.keyspaces {
+            core.keyspaces.insert(ks.name.clone(), ks);
+        }
         for store in state.stores {
             core.stores.insert(
                 store.id,
@@ -348,6 +368,58 @@ impl PlacementCore {
         }
         self.upsert_region(region, leader, term, writes);
         Ok(())
+    }
+
+    /// Creates keyspace `name`, ordered by `mode`, with the next free id.
+    pub fn create_keyspace(
+        &mut self,
+        name: &str,
+        mode: i32,
+        writes: &mut MetaWrites,
+    ) -> Result<KeyspaceMeta, PlacementError> {
+        let valid_name = !name.is_empty()
+            && name.len() <= KEYSPACE_NAME_BYTES_MAX
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_name {
+            return Err(PlacementError::InvalidArgument(format!(
+                "keyspace name {name:?} must be 1..={KEYSPACE_NAME_BYTES_MAX} letters, digits, '-' or '_'"
+            )));
+        }
+        if KeyspaceMode::try_from(mode).is_err() {
+            return Err(PlacementError::InvalidArgument(format!(
+                "keyspace mode {mode} is neither hash nor range"
+            )));
+        }
+        if let Some(existing) = self.keyspaces.get(name) {
+            return Err(PlacementError::KeyspaceExists {
+                name: name.into(),
+                id: existing.keyspace.map(|k| k.id).unwrap_or(0),
+            });
+        }
+        let id = self
+            .keyspaces
+            .values()
+            .filter_map(|k| k.keyspace.map(|k| k.id))
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| PlacementError::InvalidArgument("no keyspace id left".into()))?;
+        let meta = KeyspaceMeta {
+            name: name.into(),
+            keyspace: Some(Keyspace { id, mode }),
+        };
+        writes.put(keys::keyspace(id), meta.encode_to_vec());
+        writes.sync = true;
+        self.keyspaces.insert(name.into(), meta.clone());
+        Ok(meta)
+    }
+
+    pub fn keyspace(&self, name: &str) -> Result<&KeyspaceMeta, PlacementError> {
+        self.keyspaces
+            .get(name)
+            .ok_or_else(|| PlacementError::KeyspaceNotFound { name: name.into() })
     }
 
     /// Allocates the ids a split of `region` needs: the new region's and one per peer.
@@ -601,12 +673,18 @@ mod tests {
             .filter(|(k, _)| k.starts_with(keys::REGION_PREFIX))
             .map(|(_, v)| Region::decode(v.as_slice()).unwrap())
             .collect();
+        let keyspaces = kv
+            .iter()
+            .filter(|(k, _)| k.starts_with(keys::KEYSPACE_PREFIX))
+            .map(|(_, v)| KeyspaceMeta::decode(v.as_slice()).unwrap())
+            .collect();
         PlacementCore::new(
             42,
             1,
             3000,
             PersistedState {
                 regions,
+                keyspaces,
                 ..Default::default()
             },
         )
@@ -661,6 +739,48 @@ mod tests {
         assert_eq!(restarted.region_count(), 2);
         assert_eq!(restarted.region_by_key(b"a").unwrap().region, left);
         assert_eq!(restarted.region_by_key(b"z").unwrap().region, right);
+    }
+
+    #[test]
+    fn keyspaces_are_created_once_named_checked_and_kept() {
+        let mut pd = core(1);
+        let mut w = MetaWrites::default();
+        let default = pd
+            .keyspace(DEFAULT_KEYSPACE_NAME)
+            .unwrap()
+            .keyspace
+            .unwrap();
+        assert_eq!((default.id, default.mode), (0, KeyspaceMode::Hash as i32));
+        let orders = pd
+            .create_keyspace("orders", KeyspaceMode::Range as i32, &mut w)
+            .unwrap();
+        let users = pd
+            .create_keyspace("users", KeyspaceMode::Hash as i32, &mut w)
+            .unwrap();
+        assert_eq!(orders.keyspace.unwrap().id, 1);
+        assert_eq!(users.keyspace.unwrap().id, 2);
+        assert!(
+            w.sync,
+            "a created keyspace is durable before it is answered"
+        );
+        assert!(matches!(
+            pd.create_keyspace("orders", KeyspaceMode::Hash as i32, &mut w),
+            Err(PlacementError::KeyspaceExists { id: 1, .. })
+        ));
+        for bad in ["", "has space", &"x".repeat(65)] {
+            assert!(matches!(
+                pd.create_keyspace(bad, KeyspaceMode::Hash as i32, &mut w),
+                Err(PlacementError::InvalidArgument(_))
+            ));
+        }
+        assert!(pd.create_keyspace("m", 7, &mut w).is_err());
+        assert!(matches!(
+            pd.keyspace("nope"),
+            Err(PlacementError::KeyspaceNotFound { .. })
+        ));
+        let restarted = reload(&[w]);
+        assert_eq!(restarted.keyspace("orders").unwrap(), &orders);
+        assert_eq!(restarted.keyspace("users").unwrap(), &users);
     }
 
     #[test]

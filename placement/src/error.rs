@@ -17,6 +17,10 @@ pub enum PlacementError {
     RegionNotFound { region_id: u64 },
     #[error("region {region_id} has changed since the request's view of it; refresh and retry")]
     StaleRegion { region_id: u64 },
+    #[error("keyspace {name:?} does not exist; create it first")]
+    KeyspaceNotFound { name: String },
+    #[error("keyspace {name:?} exists already (id {id})")]
+    KeyspaceExists { name: String, id: u32 },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("placement metadata store: {0}")]
@@ -39,6 +43,8 @@ impl PlacementError {
             PlacementError::RegionNotFound { .. } => ErrorType::RegionNotFound,
             PlacementError::InvalidArgument(_) => ErrorType::InvalidArgument,
             PlacementError::StaleRegion { .. } => ErrorType::StaleRegion,
+            PlacementError::KeyspaceNotFound { .. } => ErrorType::KeyspaceNotFound,
+            PlacementError::KeyspaceExists { .. } => ErrorType::KeyspaceExists,
             _ => ErrorType::Unknown,
         }
     }

@@ -13,6 +13,7 @@ use crate::cluster::{MetaWrites, PersistedState};
 use crate::PlacementError;
 use prost::Message;
 use ringkv_proto::metapb::{Region, Store};
+use ringkv_proto::pdpb::KeyspaceMeta;
 use std::path::Path;
 
 pub mod keys {
@@ -22,6 +23,11 @@ pub mod keys {
     pub const BOOTSTRAP: &[u8] = b"bootstrap";
     pub const STORE_PREFIX: &[u8] = b"store/";
     pub const REGION_PREFIX: &[u8] = b"region/";
+    pub const KEYSPACE_PREFIX: &[u8] = b"keyspace/";
+
+    pub fn keyspace(id: u32) -> Vec<u8> {
+        with_id(KEYSPACE_PREFIX, u64::from(id))
+    }
 
     fn with_id(prefix: &[u8], id: u64) -> Vec<u8> {
         let mut key = prefix.to_vec();
@@ -94,6 +100,12 @@ impl MetaStore {
             state
                 .stores
                 .push(Store::decode(v.as_ref()).map_err(|e| corruption(&k, e))?);
+        }
+        for item in self.db.scan_prefix(keys::KEYSPACE_PREFIX) {
+            let (k, v) = item?;
+            state
+                .keyspaces
+                .push(KeyspaceMeta::decode(v.as_ref()).map_err(|e| corruption(&k, e))?);
         }
         for item in self.db.scan_prefix(keys::REGION_PREFIX) {
             let (k, v) = item?;

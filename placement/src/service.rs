@@ -208,6 +208,28 @@ impl Placement for PlacementService {
         Ok(Response::new(RegionHeartbeatResponse { header }))
     }
 
+    async fn create_keyspace(
+        &self,
+        request: Request<CreateKeyspaceRequest>,
+    ) -> Result<Response<KeyspaceResponse>, Status> {
+        let req = request.into_inner();
+        let (header, keyspace) = self.run(req.header, |core, w, _| {
+            core.create_keyspace(&req.name, req.mode, w).map(Some)
+        });
+        Ok(Response::new(KeyspaceResponse { header, keyspace }))
+    }
+
+    async fn get_keyspace(
+        &self,
+        request: Request<GetKeyspaceRequest>,
+    ) -> Result<Response<KeyspaceResponse>, Status> {
+        let req = request.into_inner();
+        let (header, keyspace) = self.run(req.header, |core, _, _| {
+            core.keyspace(&req.name).map(|k| Some(k.clone()))
+        });
+        Ok(Response::new(KeyspaceResponse { header, keyspace }))
+    }
+
     async fn ask_split(
         &self,
         request: Request<AskSplitRequest>,
