@@ -59,6 +59,12 @@ pub fn channel_to(addr: &str) -> Result<Channel> {
         .connect_lazy())
 }
 
+fn keyspace_of(r: KeyspaceResponse) -> Result<KeyspaceMeta> {
+    check_header(r.header.as_ref())?;
+    r.keyspace
+        .ok_or_else(|| ClientError::Server("placement driver returned no keyspace".into()))
+}
+
 fn check_header(header: Option<&ResponseHeader>) -> Result<()> {
     match header.and_then(|h| h.error.as_ref()) {
         Some(e) if e.r#type != ErrorType::Ok as i32 => Err(ClientError::Placement {
@@ -305,9 +311,7 @@ impl PdClient {
                 }
             })
             .await?;
-        check_header(r.header.as_ref())?;
-        r.keyspace
-            .ok_or_else(|| ClientError::Server("placement driver returned no keyspace".into()))
+        keyspace_of(r)
     }
 
     /// The keyspace called `name`.
@@ -325,9 +329,7 @@ impl PdClient {
                 }
             })
             .await?;
-        check_header(r.header.as_ref())?;
-        r.keyspace
-            .ok_or_else(|| ClientError::Server("placement driver returned no keyspace".into()))
+        keyspace_of(r)
     }
 
     /// Ids for splitting `region`: the new region's id and one new peer id per peer.
