@@ -231,13 +231,12 @@ async fn run_link(inner: Arc<Inner>, to: u64, mut rx: mpsc::Receiver<RaftMessage
         };
         let mut client = RaftClient::new(channel).max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
         let (stream_tx, stream_rx) = mpsc::channel::<RaftMessageBatch>(64);
-        let call = tokio::spawn(async move {
+        let mut call = tokio::spawn(async move {
             client
                 .raft(tokio_stream::wrappers::ReceiverStream::new(stream_rx))
                 .await
         });
         let mut sent_any = false;
-        let mut call = call;
         let mut ended = None;
         loop {
             // Watch the call too: a peer that goes away must be noticed even when nothing is

@@ -335,7 +335,7 @@ impl Sim {
             self.unacked.insert(key);
             self.start_write(key);
         }
-        self.check_writes(faulty);
+        self.check_writes();
         if self.now.is_multiple_of(50) {
             self.check_no_overlap();
         }
@@ -548,7 +548,7 @@ impl Sim {
     }
 
     /// Collects answers; failed or timed-out writes are retried (a put is idempotent).
-    fn check_writes(&mut self, retry: bool) {
+    fn check_writes(&mut self) {
         let now = self.now;
         let mut retries = Vec::new();
         let mut acked = Vec::new();
@@ -583,7 +583,6 @@ impl Sim {
             self.unacked.remove(&key);
             self.acked.insert(key);
         }
-        let _ = retry;
         let due: Vec<u64> = {
             let now = self.now;
             let (due, later): (Vec<_>, Vec<_>) =
@@ -644,10 +643,6 @@ impl Sim {
 
     /// Runs without faults until every write is acknowledged and replicas agree, then checks.
     fn settle(&mut self) {
-        self.settle_inner();
-    }
-
-    fn settle_inner(&mut self) {
         let limit = self.now + 40_000;
         loop {
             self.step(false);

@@ -29,39 +29,40 @@ enum Cmd {
         /// Region counts to measure write throughput at.
         #[arg(long, value_delimiter = ',', default_value = "1,64,1024")]
         regions: Vec<u64>,
-        /// Concurrent writers.
-        #[arg(long, default_value_t = 64)]
-        clients: usize,
-        /// Seconds of load per region count (after a warm-up of a fifth of it).
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
-        /// Value size in bytes.
-        #[arg(long, default_value_t = 100)]
-        value_bytes: usize,
+        #[command(flatten)]
+        load: LoadArgs,
         /// Regions for the idle-CPU measurement (0 skips it).
         #[arg(long, default_value_t = 10_000)]
         idle_regions: u64,
         /// Seconds the idle CPU is measured over.
         #[arg(long, default_value_t = 30)]
         idle_seconds: u64,
-        /// Print one JSON document instead of tables.
-        #[arg(long)]
-        json: bool,
     },
     /// Run the write load against a running cluster.
     Write {
         /// Placement endpoint(s), comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         pd: Vec<String>,
-        #[arg(long, default_value_t = 64)]
-        clients: usize,
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
-        #[arg(long, default_value_t = 100)]
-        value_bytes: usize,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        load: LoadArgs,
     },
+}
+
+/// The write load, shared by every command.
+#[derive(clap::Args, Clone, Copy)]
+struct LoadArgs {
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds of load per measurement (multi-raft warms up for a fifth of it first).
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// Print one JSON document instead of tables.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Serialize)]
@@ -96,37 +97,22 @@ fn main() {
         match cli.command {
             Cmd::MultiRaft {
                 regions,
-                clients,
-                seconds,
-                value_bytes,
+                load,
                 idle_regions,
                 idle_seconds,
-                json,
-            } => {
-                multi_raft(
-                    &regions,
-                    clients,
-                    seconds,
-                    value_bytes,
-                    idle_regions,
-                    idle_seconds,
-                    json,
-                )
-                .await
-            }
-            Cmd::Write {
-                pd,
-                clients,
-                seconds,
-                value_bytes,
-                json,
-            } => {
+            } => multi_raft(&regions, &load, idle_regions, idle_seconds).await,
+            Cmd::Write { pd, load } => {
                 let client = RawClient::connect_with_config(&pd, RawConfig::default())
                     .await
                     .map_err(|e| format!("cannot reach the cluster: {e}"))?;
-                let report =
-                    write_load(&client, clients, Duration::from_secs(seconds), value_bytes).await;
-                print_load(&[("-".into(), report)], json);
+                let report = write_load(
+                    &client,
+                    load.clients,
+                    Duration::from_secs(load.seconds),
+                    load.value_bytes,
+                )
+                .await;
+                print_load(&[("-".into(), report)], load.json);
                 Ok(())
             }
         }
@@ -160,13 +146,16 @@ fn print_load(rows: &[(String, LoadReport)], json: bool) {
 
 async fn multi_raft(
     region_counts: &[u64],
-    clients: usize,
-    seconds: u64,
-    value_bytes: usize,
+    load: &LoadArgs,
     idle_regions: u64,
     idle_seconds: u64,
-    json: bool,
 ) -> Result<(), String> {
+    let LoadArgs {
+        clients,
+        seconds,
+        value_bytes,
+        json,
+    } = *load;
     let mut runs = Vec::new();
     for &regions in region_counts {
         eprintln!("== {regions} region(s): starting 3 nodes");
