@@ -284,7 +284,12 @@ impl PdClient {
         Ok(r.bootstrap_regions)
     }
 
-    pub async fn region_heartbeat(&self, request: RegionHeartbeatRequest) -> Result<()> {
+    /// Reports a region's leader and figures; the answer may order the region merged into an
+    /// adjacent one.
+    pub async fn region_heartbeat(
+        &self,
+        request: RegionHeartbeatRequest,
+    ) -> Result<Option<MergeOrder>> {
         let r = self
             .call("region_heartbeat", |mut c, h| {
                 let mut req = request.clone();
@@ -292,7 +297,8 @@ impl PdClient {
                 async move { Ok(c.region_heartbeat(req).await?.into_inner()) }
             })
             .await?;
-        check_header(r.header.as_ref())
+        check_header(r.header.as_ref())?;
+        Ok(r.merge)
     }
 
     /// Creates keyspace `name`, hash- or range-ordered; fails if it exists.

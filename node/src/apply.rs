@@ -7,7 +7,8 @@ use ringkv_proto::keys::{self, in_range};
 use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
 use ringkv_proto::metapb::{Peer as PeerMeta, Region, RegionEpoch};
 use ringkv_proto::raftpb::{
-    admin_request, request::Cmd, PeerState, RaftCmdRequest, RegionLocalState, Request, SplitRequest,
+    admin_request, request::Cmd, CommitMergeRequest, MergeState, PeerState, RaftCmdRequest,
+    RegionLocalState, Request, SplitRequest,
 };
 use ringkv_storage::layout::{self, data_key, data_range, origin_key};
 use ringkv_storage::{KvEngine, KvWriteBatch, PeerStorage, Result as StorageResult};
@@ -25,6 +26,17 @@ pub enum AdminResult {
     /// Entries up to `index` may go: the peer updates its truncated state (written with this
     /// apply batch) and the raftstore compacts the log engine once that state is durable.
     CompactLog { index: u64, term: u64 },
+    /// This region is now the source of a merge: it serves nothing until merged or rolled back.
+    PrepareMerge { region: Region, state: MergeState },
+    /// This region (the target) now also covers `source`, whose state is `Tombstone` in the
+    /// batch: the raftstore destroys the local source peer.
+    CommitMerge {
+        region: Region,
+        source: Region,
+        merged_sources: Vec<u64>,
+    },
+    /// The merge this region prepared is abandoned; it serves again at a new version.
+    RollbackMerge { region: Region },
 }
 
 /// A command's result and, for an admin command that succeeded, what it changed.
@@ -41,33 +53,196 @@ impl Applied {
             admin: None,
         }
     }
+
+    fn done(admin: Option<AdminResult>) -> Applied {
+        Applied {
+            result: Ok(()),
+            admin,
+        }
+    }
+}
+
+/// Regions merged into a region that are remembered (see `RegionLocalState.merged_sources`).
+pub const MERGED_SOURCES_MAX: usize = 1024;
+
+/// What apply knows of the local region besides its range: the merge it is the source of, if
+/// any, and the regions merged into it.
+#[derive(Debug, Clone, Copy)]
+pub struct RegionView<'a> {
+    pub region: &'a Region,
+    pub merge_state: Option<&'a MergeState>,
+    pub merged_sources: &'a [u64],
+}
+
+impl RegionView<'_> {
+    /// The region's local state as stored, in `state`.
+    pub fn local_state(&self, state: PeerState) -> RegionLocalState {
+        RegionLocalState {
+            state: state as i32,
+            region: Some(self.region.clone()),
+            merge_state: self.merge_state.cloned(),
+            merged_sources: self.merged_sources.to_vec(),
+        }
+    }
+}
+
+fn store_ids(region: &Region) -> Vec<u64> {
+    let mut ids: Vec<u64> = region.peers.iter().map(|p| p.store_id).collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Whether `a` and `b` are neighbours in key order.
+pub fn adjacent(a: &Region, b: &Region) -> bool {
+    (!a.end_key.is_empty() && a.end_key == b.start_key)
+        || (!b.end_key.is_empty() && b.end_key == a.start_key)
+}
+
+/// Why `source` cannot merge into `target` as they stand, if it cannot.
+pub fn merge_refusal(source: &Region, target: &Region) -> Option<String> {
+    if source.id == target.id {
+        return Some(format!("region {} cannot merge into itself", source.id));
+    }
+    if target.region_epoch.is_none() || target.peers.is_empty() {
+        return Some(format!("target region {} has no epoch or peers", target.id));
+    }
+    if !adjacent(source, target) {
+        return Some(format!(
+            "regions {} and {} are not adjacent",
+            source.id, target.id
+        ));
+    }
+    if store_ids(source) != store_ids(target) {
+        return Some(format!(
+            "regions {} and {} have peers on different stores ({:?} vs {:?}); move them together first",
+            source.id,
+            target.id,
+            store_ids(source),
+            store_ids(target)
+        ));
+    }
+    None
+}
+
+/// The region a commit of the merge of `source` into `target` produces: the union of both
+/// ranges, with a version above both.
+pub fn merged_region(target: &Region, source: &Region) -> Region {
+    let (t, s) = (
+        target.region_epoch.unwrap_or_default(),
+        source.region_epoch.unwrap_or_default(),
+    );
+    let (start_key, end_key) = if source.end_key == target.start_key && !source.end_key.is_empty()
+    {
+        (source.start_key.clone(), target.end_key.clone())
+    } else {
+        (target.start_key.clone(), source.end_key.clone())
+    };
+    Region {
+        start_key,
+        end_key,
+        region_epoch: Some(RegionEpoch {
+            conf_ver: t.conf_ver,
+            version: t.version.max(s.version) + 1,
+        }),
+        ..target.clone()
+    }
+}
+
+/// For a CommitMerge that `view`'s region will apply (rather than refuse or answer as already
+/// done), the source and the index its local replica must have applied first.
+pub fn merge_to_wait_for<'c>(
+    view: RegionView<'_>,
+    cmd: &'c RaftCmdRequest,
+) -> Option<&'c CommitMergeRequest> {
+    let Some(admin_request::Cmd::CommitMerge(commit)) = cmd.admin.as_ref()?.cmd.as_ref() else {
+        return None;
+    };
+    let source = commit.source.as_ref()?;
+    if view.merged_sources.contains(&source.id) || check_command(view, cmd).is_err() {
+        return None;
+    }
+    Some(commit)
 }
 
 /// Checks that a command still fits the region: same version (splits and merges change which keys
-/// the region owns) and every key inside it.
-pub fn check_command(region: &Region, cmd: &RaftCmdRequest) -> CmdResult {
+/// the region owns), every key inside it, and nothing but a rollback while it is merging away.
+pub fn check_command(view: RegionView<'_>, cmd: &RaftCmdRequest) -> CmdResult {
+    let region = view.region;
+    let admin = cmd.admin.as_ref().and_then(|a| a.cmd.as_ref());
+    if let Some(admin_request::Cmd::CommitMerge(c)) = admin {
+        // A retry of a merge that happened: done, whatever the epoch became since.
+        if c
+            .source
+            .as_ref()
+            .is_some_and(|s| view.merged_sources.contains(&s.id))
+        {
+            return Ok(());
+        }
+    }
     let current = region.region_epoch.unwrap_or_default();
     let asked = cmd.region_epoch.unwrap_or_default();
     if asked.version != current.version {
         return Err(region_error::epoch_not_match(region, cmd.region_epoch));
     }
-    if let Some(admin) = &cmd.admin {
-        if !cmd.requests.is_empty() {
-            return Err(region_error::invalid_command(
-                region.id,
-                "an admin command must be alone in its entry",
-            ));
-        }
-        match &admin.cmd {
-            Some(admin_request::Cmd::Split(split)) => check_split(region, split)?,
-            Some(admin_request::Cmd::CompactLog(_)) => {}
-            None => {
+    if let Some(state) = view.merge_state {
+        let target = state.target.as_ref().map(|t| t.id).unwrap_or_default();
+        return match admin {
+            Some(admin_request::Cmd::RollbackMerge(r)) if r.commit == state.commit => Ok(()),
+            // A merging target can never take this merge: the source must roll back, so the
+            // refusal is an epoch mismatch.
+            Some(admin_request::Cmd::CommitMerge(_)) => {
+                Err(region_error::epoch_not_match(region, cmd.region_epoch))
+            }
+            _ => Err(region_error::merging(region.id, target)),
+        };
+    }
+    if cmd.admin.is_some() && !cmd.requests.is_empty() {
+        return Err(region_error::invalid_command(
+            region.id,
+            "an admin command must be alone in its entry",
+        ));
+    }
+    match admin {
+        Some(admin_request::Cmd::Split(split)) => check_split(region, split)?,
+        Some(admin_request::Cmd::CompactLog(_)) => {}
+        Some(admin_request::Cmd::PrepareMerge(p)) => {
+            let Some(target) = p.target.as_ref() else {
                 return Err(region_error::invalid_command(
                     region.id,
-                    "admin command is empty",
-                ))
+                    "prepare merge names no target",
+                ));
+            };
+            if let Some(why) = merge_refusal(region, target) {
+                return Err(region_error::invalid_command(region.id, &why));
             }
         }
+        Some(admin_request::Cmd::CommitMerge(c)) => {
+            if asked.conf_ver != current.conf_ver {
+                return Err(region_error::epoch_not_match(region, cmd.region_epoch));
+            }
+            let Some(source) = c.source.as_ref() else {
+                return Err(region_error::invalid_command(
+                    region.id,
+                    "commit merge names no source",
+                ));
+            };
+            if let Some(why) = merge_refusal(source, region) {
+                return Err(region_error::invalid_command(region.id, &why));
+            }
+        }
+        Some(admin_request::Cmd::RollbackMerge(_)) => {
+            return Err(region_error::invalid_command(
+                region.id,
+                "rollback of a merge the region is not preparing",
+            ))
+        }
+        None if cmd.admin.is_some() => {
+            return Err(region_error::invalid_command(
+                region.id,
+                "admin command is empty",
+            ))
+        }
+        None => {}
     }
     for req in &cmd.requests {
         match &req.cmd {
@@ -151,45 +326,132 @@ pub fn split_regions(region: &Region, split: &SplitRequest) -> (Region, Region) 
     (left, right)
 }
 
-/// Adds the writes of `cmd` to `batch`. A delete range scans `kv`, so the caller must have
-/// written every earlier write of the round first (see [`needs_flushed_state`]).
+/// Adds the writes of `cmd` (the entry at `index`) to `batch`. A delete range scans `kv`, so
+/// the caller must have written every earlier write of the round first (see
+/// [`needs_flushed_state`]). A CommitMerge must only get here once the local source replica has
+/// applied the prepare (see [`merge_to_wait_for`]).
 pub fn exec_command(
-    region: &Region,
+    view: RegionView<'_>,
+    index: u64,
     cmd: &RaftCmdRequest,
     kv: &dyn KvEngine,
     batch: &mut KvWriteBatch,
 ) -> StorageResult<Applied> {
-    if let Err(e) = check_command(region, cmd) {
+    if let Err(e) = check_command(view, cmd) {
         return Ok(Applied::refused(e));
     }
+    let region = view.region;
     if let Some(admin) = &cmd.admin {
         let admin = match &admin.cmd {
             Some(admin_request::Cmd::Split(split)) => {
                 let (left, right) = split_regions(region, split);
                 layout::write_region_state(
                     batch,
-                    &RegionLocalState {
-                        state: PeerState::Normal as i32,
-                        region: Some(left.clone()),
-                    },
+                    &RegionView {
+                        region: &left,
+                        ..view
+                    }
+                    .local_state(PeerState::Normal),
                 );
                 // A peer of the new region can only exist here already if it was created
                 // from a snapshot, which is newer than this split: keep it.
                 if layout::read_region_state(kv, right.id)?.is_none() {
                     PeerStorage::write_split_state(&right, batch);
                 }
-                AdminResult::Split { left, right }
+                Some(AdminResult::Split { left, right })
             }
-            Some(admin_request::Cmd::CompactLog(c)) => AdminResult::CompactLog {
+            Some(admin_request::Cmd::CompactLog(c)) => Some(AdminResult::CompactLog {
                 index: c.compact_index,
                 term: c.compact_term,
-            },
+            }),
+            Some(admin_request::Cmd::PrepareMerge(p)) => {
+                let epoch = region.region_epoch.unwrap_or_default();
+                let prepared = Region {
+                    region_epoch: Some(RegionEpoch {
+                        conf_ver: epoch.conf_ver + 1,
+                        version: epoch.version + 1,
+                    }),
+                    ..region.clone()
+                };
+                let state = MergeState {
+                    target: p.target.clone(),
+                    commit: index,
+                };
+                layout::write_region_state(
+                    batch,
+                    &RegionView {
+                        region: &prepared,
+                        merge_state: Some(&state),
+                        merged_sources: view.merged_sources,
+                    }
+                    .local_state(PeerState::Merging),
+                );
+                Some(AdminResult::PrepareMerge {
+                    region: prepared,
+                    state,
+                })
+            }
+            Some(admin_request::Cmd::CommitMerge(c)) => {
+                let source = c.source.clone().expect("check_command checked the source");
+                if view.merged_sources.contains(&source.id) {
+                    None
+                } else {
+                    let merged = merged_region(region, &source);
+                    let mut sources = view.merged_sources.to_vec();
+                    sources.extend(c.source_merged_sources.iter().copied());
+                    sources.push(source.id);
+                    let excess = sources.len().saturating_sub(MERGED_SOURCES_MAX);
+                    sources.drain(..excess);
+                    layout::write_region_state(
+                        batch,
+                        &RegionView {
+                            region: &merged,
+                            merge_state: None,
+                            merged_sources: &sources,
+                        }
+                        .local_state(PeerState::Normal),
+                    );
+                    layout::write_region_state(
+                        batch,
+                        &RegionLocalState {
+                            state: PeerState::Tombstone as i32,
+                            region: Some(source.clone()),
+                            merge_state: None,
+                            merged_sources: Vec::new(),
+                        },
+                    );
+                    Some(AdminResult::CommitMerge {
+                        region: merged,
+                        source,
+                        merged_sources: sources,
+                    })
+                }
+            }
+            Some(admin_request::Cmd::RollbackMerge(_)) => {
+                let epoch = region.region_epoch.unwrap_or_default();
+                let rolled_back = Region {
+                    region_epoch: Some(RegionEpoch {
+                        conf_ver: epoch.conf_ver,
+                        version: epoch.version + 1,
+                    }),
+                    ..region.clone()
+                };
+                layout::write_region_state(
+                    batch,
+                    &RegionView {
+                        region: &rolled_back,
+                        merge_state: None,
+                        merged_sources: view.merged_sources,
+                    }
+                    .local_state(PeerState::Normal),
+                );
+                Some(AdminResult::RollbackMerge {
+                    region: rolled_back,
+                })
+            }
             None => unreachable!("check_command refuses an empty admin command"),
         };
-        return Ok(Applied {
-            result: Ok(()),
-            admin: Some(admin),
-        });
+        return Ok(Applied::done(admin));
     }
     for Request { cmd } in &cmd.requests {
         match cmd {
@@ -204,9 +466,34 @@ pub fn exec_command(
             None => {}
         }
     }
-    Ok(Applied {
-        result: Ok(()),
-        admin: None,
+    Ok(Applied::done(None))
+}
+
+/// How far the local replica of a merge source is, seen from its target's apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceProgress {
+    /// Prepared at exactly the commit the target waits for, and applied at least that far.
+    Ready,
+    /// Not there yet: it has to apply its log up to the prepare.
+    Behind,
+}
+
+/// Reads the local source replica's state for a target waiting on `commit`.
+pub fn source_progress(
+    kv: &dyn KvEngine,
+    source_id: u64,
+    commit: u64,
+) -> StorageResult<SourceProgress> {
+    let state = layout::read_region_state(kv, source_id)?;
+    let applied = layout::read_apply_state(kv, source_id)?.map(|a| a.applied_index);
+    let prepared = state.as_ref().is_some_and(|s| {
+        s.state == PeerState::Merging as i32
+            && s.merge_state.as_ref().is_some_and(|m| m.commit == commit)
+    });
+    Ok(if prepared && applied.is_some_and(|a| a >= commit) {
+        SourceProgress::Ready
+    } else {
+        SourceProgress::Behind
     })
 }
 
@@ -303,7 +590,12 @@ mod tests {
             admin: None,
         };
         let mut batch = KvWriteBatch::default();
-        let applied = exec_command(region, &cmd, kv, &mut batch).unwrap();
+        let view = RegionView {
+            region,
+            merge_state: None,
+            merged_sources: &[],
+        };
+        let applied = exec_command(view, 10, &cmd, kv, &mut batch).unwrap();
         kv.write(batch).unwrap();
         applied.result
     }

@@ -10,6 +10,7 @@
 //! - [`snapshot`]: generating a region snapshot and installing one.
 //! - [`split_check`]: measuring regions and finding the key that halves one (worker thread).
 //! - [`split`]: asking the placement driver for ids and proposing a split.
+//! - [`merge`]: preparing, committing and rolling back the merge of two adjacent regions.
 //! - [`transport`]: Raft messages to other nodes over one gRPC stream per destination.
 //! - [`service`]: the raw KV, Raft and Debug gRPC services.
 //! - [`server`]: joining the cluster through the placement driver and running all of the above.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 mod error;
 mod logger;
+pub mod merge;
 pub mod peer;
 pub mod playground;
 pub mod raftstore;

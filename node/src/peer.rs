@@ -2,7 +2,7 @@
 //! raftstore feeds it ticks, messages and requests, and it hands back log writes (into the
 //! round's [`RaftLogBatch`]), messages to send, and results to deliver after apply.
 
-use crate::apply::{self, AdminResult, CmdResult};
+use crate::apply::{self, AdminResult, CmdResult, RegionView, SourceProgress};
 use crate::logger::raft_logger;
 use crate::region_error;
 use prost::Message as _;
@@ -12,7 +12,10 @@ use raft::{RawNode, ReadState, StateRole};
 use ringkv_proto::errorpb::RegionError;
 use ringkv_proto::keys::in_range;
 use ringkv_proto::metapb::{Peer as PeerMeta, Region};
-use ringkv_proto::raftpb::{ApplyState, RaftCmdRequest, RaftMessage};
+use ringkv_proto::raftpb::{
+    admin_request, AdminRequest, ApplyState, CommitMergeRequest, MergeState, PeerState,
+    RaftCmdRequest, RaftMessage, RegionLocalState,
+};
 use ringkv_storage::layout;
 use ringkv_storage::{KvEngine, KvWriteBatch, PeerStorage, RaftLogBatch, StorageError};
 use std::collections::{HashMap, VecDeque};
@@ -115,6 +118,13 @@ pub struct Peer {
     /// A snapshot was installed in the current round: raft is told it is applied after the
     /// round's log write.
     snapshot_installed: Option<u64>,
+    /// Set while this region is the source of a merge (prepared, not yet merged or rolled back).
+    merge_state: Option<MergeState>,
+    /// Regions merged into this one, most recent last.
+    merged_sources: Vec<u64>,
+    /// A CommitMerge this region (the target) cannot apply until the local source replica has
+    /// applied up to the prepare; apply stops before it.
+    merge_wait: Option<CommitMergeRequest>,
 }
 
 /// Messages a round has produced, to send once the round's log write is done (or at once).
@@ -207,7 +217,93 @@ impl Peer {
             },
             peer_cache: HashMap::new(),
             snapshot_installed: None,
+            merge_state: None,
+            merged_sources: Vec::new(),
+            merge_wait: None,
         })
+    }
+
+    /// Takes the merge part of the region's stored state (after a restart).
+    pub fn set_local_state(&mut self, state: &RegionLocalState) {
+        self.merge_state = if state.state == PeerState::Merging as i32 {
+            state.merge_state.clone()
+        } else {
+            None
+        };
+        self.merged_sources = state.merged_sources.clone();
+    }
+
+    /// The region with its merge state, as apply sees it.
+    pub fn view(&self) -> RegionView<'_> {
+        RegionView {
+            region: self.region(),
+            merge_state: self.merge_state.as_ref(),
+            merged_sources: &self.merged_sources,
+        }
+    }
+
+    /// The merge this region is the source of, while it is in progress.
+    pub fn merge_state(&self) -> Option<&MergeState> {
+        self.merge_state.as_ref()
+    }
+
+    /// The CommitMerge this region (the target) waits to apply, if any.
+    pub fn merge_wait(&self) -> Option<&CommitMergeRequest> {
+        self.merge_wait.as_ref()
+    }
+
+    /// For the leader of a merging source that has applied its prepare, and whose followers
+    /// all hold the log up to it: the CommitMerge to propose to the target. Until every
+    /// follower has the prepare entry, a target replica could find its local source unable to
+    /// catch up once the source's other replicas are gone, so the leader waits.
+    pub fn commit_merge_command(&self) -> Option<RaftCmdRequest> {
+        let state = self.merge_state.as_ref()?;
+        let target = state.target.as_ref()?;
+        if !self.is_leader() || self.applied_index() < state.commit {
+            return None;
+        }
+        let everyone_has_it = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .all(|(_, pr)| pr.matched >= state.commit);
+        if !everyone_has_it {
+            return None;
+        }
+        let commit_term = self.raw.raft.raft_log.term(state.commit).ok()?;
+        Some(RaftCmdRequest {
+            region_id: target.id,
+            region_epoch: target.region_epoch,
+            requests: Vec::new(),
+            admin: Some(AdminRequest {
+                cmd: Some(admin_request::Cmd::CommitMerge(CommitMergeRequest {
+                    source: Some(self.region().clone()),
+                    commit: state.commit,
+                    commit_term,
+                    source_merged_sources: self.merged_sources.clone(),
+                })),
+            }),
+        })
+    }
+
+    /// A target replica applied (or is about to apply) the CommitMerge of this region's merge
+    /// at `commit`: that proves the prepare entry committed. If this replica holds that very
+    /// entry (same index and term) it may commit up to it without hearing from its leader,
+    /// which may be gone already.
+    pub fn catch_up_merge(&mut self, commit: u64, commit_term: u64) {
+        let log = &self.raw.raft.raft_log;
+        if log.committed >= commit || log.last_index() < commit {
+            return;
+        }
+        if log.term(commit).ok() == Some(commit_term) {
+            tracing::info!(
+                region = self.region_id(),
+                commit,
+                "merge committed on the target; committing the prepare locally"
+            );
+            self.raw.raft.raft_log.commit_to(commit);
+        }
     }
 
     pub fn region(&self) -> &Region {
@@ -321,6 +417,21 @@ impl Peer {
         Some((index, term))
     }
 
+    /// Followers whose log is behind the leader's (empty on a follower).
+    pub fn pending_peers(&self) -> Vec<PeerMeta> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let last = self.last_index();
+        self.raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, pr)| **id != self.meta.id && pr.matched < last)
+            .filter_map(|(id, _)| self.peer_by_id(*id))
+            .collect()
+    }
+
     /// Advances logical time by one tick. Returns whether raft has work.
     pub fn tick(&mut self) -> bool {
         for batch in &mut self.reads_in_flight {
@@ -370,6 +481,10 @@ impl Peer {
             return Err(region_error::not_leader(self.region_id(), self.leader()));
         }
         let region = self.region();
+        if let Some(state) = &self.merge_state {
+            let target = state.target.as_ref().map(|t| t.id).unwrap_or_default();
+            return Err(region_error::merging(region.id, target));
+        }
         let current = region.region_epoch.unwrap_or_default();
         let asked = epoch.unwrap_or_default();
         if asked.version != current.version || asked.conf_ver != current.conf_ver {
@@ -385,12 +500,30 @@ impl Peer {
 
     /// Proposes `cmd`; `callback` gets its applied result, or an error if it cannot be proposed.
     pub fn propose(&mut self, cmd: RaftCmdRequest, callback: CmdCallback) {
-        // Keys are checked against the region by `apply::check_command` below.
-        if let Err(e) = self.check_request(cmd.region_epoch, &[]) {
+        // Merge commands carry their own epoch rules (a CommitMerge names the target's epoch as
+        // the source saw it; a rollback is the one command a merging region takes), which
+        // `apply::check_command` knows. Keys are checked there too.
+        let merge_admin = cmd.admin.as_ref().is_some_and(|a| {
+            matches!(
+                a.cmd,
+                Some(admin_request::Cmd::CommitMerge(_))
+                    | Some(admin_request::Cmd::RollbackMerge(_))
+            )
+        });
+        let checked = if merge_admin {
+            if self.is_leader() {
+                Ok(())
+            } else {
+                Err(region_error::not_leader(self.region_id(), self.leader()))
+            }
+        } else {
+            self.check_request(cmd.region_epoch, &[])
+        };
+        if let Err(e) = checked {
             let _ = callback.send(Err(e));
             return;
         }
-        if let Err(e) = apply::check_command(self.region(), &cmd) {
+        if let Err(e) = apply::check_command(self.view(), &cmd) {
             let _ = callback.send(Err(e));
             return;
         }
@@ -518,6 +651,8 @@ impl Peer {
     /// quiet.
     pub fn is_idle(&self) -> bool {
         if !self.proposals.is_empty()
+            || self.merge_state.is_some()
+            || self.merge_wait.is_some()
             || !self.reads_queued.is_empty()
             || !self.reads_in_flight.is_empty()
             || !self.to_apply.is_empty()
@@ -680,6 +815,9 @@ impl Peer {
         })?;
         let region = data.region.clone().expect("decode checked");
         assert_eq!(region.id, self.region_id(), "snapshot for another region");
+        self.merge_state = data.merge_state.clone();
+        self.merged_sources = data.merged_sources.clone();
+        self.merge_wait = None;
         kv.write(crate::snapshot::install_batch(kv, &data, index, term)?)?;
         // The log reset below is synced with the round; the data it replaces must be durable
         // first, or a crash would leave neither the old log nor the new data.
@@ -728,23 +866,26 @@ impl Peer {
 
     /// Applies this round's committed entries into `batch` (writing `batch` early only when a
     /// command must see earlier writes). Results to deliver after the batch is written go to
-    /// `results`; region changes (splits) are returned for the raftstore to act on once the
-    /// batch is written. Storage errors are returned: they stop the node.
+    /// `results`; region changes (splits, merges) are returned for the raftstore to act on once
+    /// the batch is written. A CommitMerge whose local source replica is not ready yet stops
+    /// apply before it ([`Peer::merge_wait`]); the rest waits for a later round. Storage
+    /// errors are returned: they stop the node.
     pub fn apply(
         &mut self,
         kv: &dyn KvEngine,
         batch: &mut KvWriteBatch,
         results: &mut Vec<(CmdCallback, CmdResult)>,
     ) -> Result<Vec<AdminResult>, StorageError> {
-        let entries = std::mem::take(&mut self.to_apply);
+        let mut entries = std::mem::take(&mut self.to_apply);
+        self.merge_wait = None;
         let mut admin_results = Vec::new();
-        let Some(last) = entries.last() else {
-            return Ok(admin_results);
-        };
-        let last_index = last.index;
         let mut region = self.region().clone();
+        let mut merge_state = self.merge_state.clone();
+        let mut merged_sources = self.merged_sources.clone();
         let applied_before = self.applied_index();
-        for entry in &entries {
+        let mut last_applied = None;
+        let mut stop_at = None;
+        for (pos, entry) in entries.iter().enumerate() {
             assert!(
                 entry.index > applied_before,
                 "region {}: entry {} applied twice (applied {applied_before})",
@@ -760,12 +901,31 @@ impl Peer {
                             detail: e.to_string(),
                         }
                     })?;
+                    let view = RegionView {
+                        region: &region,
+                        merge_state: merge_state.as_ref(),
+                        merged_sources: &merged_sources,
+                    };
+                    if let Some(commit) = apply::merge_to_wait_for(view, &cmd) {
+                        let source_id = commit.source.as_ref().map(|s| s.id).unwrap_or_default();
+                        if apply::source_progress(kv, source_id, commit.commit)?
+                            == SourceProgress::Behind
+                        {
+                            self.merge_wait = Some(commit.clone());
+                            stop_at = Some(pos);
+                            break;
+                        }
+                    }
                     if apply::needs_flushed_state(&cmd) && !batch.is_empty() {
                         kv.write(std::mem::take(batch))?;
                     }
-                    let applied = apply::exec_command(&region, &cmd, kv, batch)?;
+                    let applied = apply::exec_command(view, entry.index, &cmd, kv, batch)?;
                     if applied.result.is_ok() {
                         self.size.written_since_check_bytes += apply::written_bytes(&cmd);
+                        if apply::needs_flushed_state(&cmd) {
+                            // A range delete may have emptied the region: measure it again.
+                            self.size.check_wanted = true;
+                        }
                     }
                     match applied.admin {
                         Some(AdminResult::CompactLog { index, term })
@@ -773,24 +933,61 @@ impl Peer {
                         {
                             admin_results.push(AdminResult::CompactLog { index, term });
                         }
-                        Some(AdminResult::CompactLog { .. }) => {}
-                        Some(AdminResult::Split { left, right }) => {
-                            tracing::info!(
-                                region = region.id,
-                                new_region = right.id,
-                                index = entry.index,
-                                "split applied"
-                            );
-                            // Later entries of this round must see the narrowed region.
-                            region = left.clone();
-                            self.raw.mut_store().set_region(left.clone());
+                        Some(AdminResult::CompactLog { .. }) | None => {}
+                        Some(admin) => {
+                            match &admin {
+                                AdminResult::Split { left, right } => {
+                                    tracing::info!(
+                                        region = region.id,
+                                        new_region = right.id,
+                                        index = entry.index,
+                                        "split applied"
+                                    );
+                                    region = left.clone();
+                                }
+                                AdminResult::PrepareMerge { region: r, state } => {
+                                    tracing::info!(
+                                        region = region.id,
+                                        target = state.target.as_ref().map(|t| t.id),
+                                        index = entry.index,
+                                        "merge prepared; the region serves nothing until it is merged or rolled back"
+                                    );
+                                    region = r.clone();
+                                    merge_state = Some(state.clone());
+                                }
+                                AdminResult::CommitMerge {
+                                    region: r,
+                                    source,
+                                    merged_sources: sources,
+                                } => {
+                                    tracing::info!(
+                                        region = region.id,
+                                        source = source.id,
+                                        index = entry.index,
+                                        "merge committed"
+                                    );
+                                    region = r.clone();
+                                    merged_sources = sources.clone();
+                                }
+                                AdminResult::RollbackMerge { region: r } => {
+                                    tracing::info!(
+                                        region = region.id,
+                                        index = entry.index,
+                                        "merge rolled back"
+                                    );
+                                    region = r.clone();
+                                    merge_state = None;
+                                }
+                                AdminResult::CompactLog { .. } => unreachable!("matched above"),
+                            }
+                            // Later entries of this round must see the changed region.
+                            self.raw.mut_store().set_region(region.clone());
                             self.size = SizeStats {
                                 check_wanted: true,
                                 ..Default::default()
                             };
-                            admin_results.push(AdminResult::Split { left, right });
+                            admin_results.push(admin);
                         }
-                        None => {}
                     }
                     Some(applied.result)
                 }
@@ -802,7 +999,16 @@ impl Peer {
                 }
             };
             self.match_proposal(entry.index, entry.term, result, results);
+            last_applied = Some(entry.index);
         }
+        if let Some(pos) = stop_at {
+            self.to_apply = entries.split_off(pos);
+        }
+        self.merge_state = merge_state;
+        self.merged_sources = merged_sources;
+        let Some(last_index) = last_applied else {
+            return Ok(admin_results);
+        };
         self.raw.mut_store().set_applied_index(last_index);
         // Compactions take effect with this batch: only now is everything they drop applied.
         for admin in &admin_results {
@@ -838,9 +1044,28 @@ impl Peer {
         }
     }
 
-    /// After the apply batch is written: tells raft.
+    /// After the apply batch is written: tells raft. (Raft may believe more is applied: it
+    /// counts entries handed out as applied, and a target waiting on a merge holds some back.)
     pub fn after_apply(&mut self) {
-        self.raw.advance_apply_to(self.applied_index());
+        let applied = self.applied_index();
+        if applied > self.raw.raft.raft_log.applied() {
+            self.raw.advance_apply_to(applied);
+        }
+    }
+
+    /// Drops every proposal and read in flight with `error` (the peer is being destroyed).
+    pub fn fail_all(&mut self, error: RegionError) {
+        for p in self.proposals.drain(..) {
+            let _ = p.callback.send(Err(error.clone()));
+        }
+        for w in self.reads_queued.drain(..) {
+            let _ = w.callback.send(Err(error.clone()));
+        }
+        for batch in self.reads_in_flight.drain(..) {
+            for w in batch.waiters {
+                let _ = w.callback.send(Err(error.clone()));
+            }
+        }
     }
 
     /// Releases the reads that became safe this round (confirmed and applied).

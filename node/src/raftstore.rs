@@ -24,7 +24,8 @@ use protobuf::Message as _;
 use ringkv_proto::metapb::{Peer as PeerMeta, Region};
 use ringkv_proto::pdpb::RegionHeartbeatRequest;
 use ringkv_proto::raftpb::{
-    admin_request, AdminRequest, CompactLogRequest, RaftCmdRequest, RaftMessage, RegionInfoResponse,
+    admin_request, AdminRequest, CompactLogRequest, PeerState, RaftCmdRequest, RaftMessage,
+    RegionInfoResponse, RegionLocalState,
 };
 use ringkv_storage::{layout, KvEngine, KvWriteBatch, PeerStorage, RaftLogBatch, RaftLogEngine};
 use std::collections::HashMap;
@@ -48,6 +49,13 @@ pub enum StoreEvent {
     ReportSplit {
         left: Region,
         right: Region,
+    },
+    /// The leader of a merging source is ready for the merge to be committed: propose `cmd`
+    /// (a CommitMerge) to the leader of the target, wherever it is, and roll the merge back
+    /// if the target refuses it for good (see [`crate::merge::after_commit_attempt`]).
+    ProposeCommitMerge {
+        source: Region,
+        cmd: RaftCmdRequest,
     },
 }
 
@@ -129,6 +137,8 @@ const EARLY_MESSAGES_MAX: usize = 4096;
 const EARLY_MESSAGE_TICKS: u64 = 20;
 /// Ticks before a split that was asked for but did not happen is asked for again.
 const SPLIT_ASK_RETRY_TICKS: u64 = 30;
+/// Ticks between a merging source leader's attempts to get its merge committed.
+const MERGE_RETRY_TICKS: u64 = 10;
 
 /// One peer and what the batch system keeps beside it.
 pub struct PeerFsm {
@@ -141,6 +151,10 @@ pub struct PeerFsm {
     split_asked_at: Option<u64>,
     /// The region as last published to the store meta.
     published: Option<Region>,
+    /// The peer was destroyed (merged away): its poller drops it.
+    destroyed: bool,
+    /// Tick of the last request to commit this source's merge.
+    merge_asked_at: Option<u64>,
 }
 
 impl PeerFsm {
@@ -154,6 +168,8 @@ impl PeerFsm {
             split_check_running: false,
             split_asked_at: None,
             published: None,
+            destroyed: false,
+            merge_asked_at: None,
         })
     }
 
@@ -179,13 +195,21 @@ impl PeerFsm {
 
 /// Loads every region stored on this node and registers its peer.
 fn load_peers(ctx: &StoreContext) -> Result<(), crate::NodeError> {
+    let logs: std::collections::HashSet<u64> = ctx.log.region_ids().into_iter().collect();
     for state in layout::all_region_states(ctx.kv.as_ref())? {
-        if state.state != ringkv_proto::raftpb::PeerState::Normal as i32 {
+        let Some(region) = state.region.clone() else {
+            continue;
+        };
+        if state.state == PeerState::Tombstone as i32 {
+            // Destroyed; a crash may have come before its log was cleaned.
+            if logs.contains(&region.id) {
+                ctx.log.clean(region.id)?;
+            }
             continue;
         }
-        let Some(region) = state.region else { continue };
         let storage = PeerStorage::load(region.clone(), ctx.kv.as_ref(), ctx.log.clone())?;
-        let peer = Peer::new(ctx.store_id, storage, &ctx.cfg.peer)?;
+        let mut peer = Peer::new(ctx.store_id, storage, &ctx.cfg.peer)?;
+        peer.set_local_state(&state);
         tracing::info!(
             region = region.id,
             peer = peer.peer_id(),
@@ -353,6 +377,9 @@ fn run_poller(ctx: &StoreContext, ready: &Receiver<Box<PeerFsm>>, stopping: &Ato
 pub fn poll(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
     for fsm in batch.iter_mut() {
         for _ in 0..ctx.cfg.messages_per_fsm_max {
+            if fsm.destroyed {
+                break;
+            }
             match fsm.rx.try_recv() {
                 Ok(msg) => handle_peer_msg(ctx, fsm, msg),
                 Err(_) => break,
@@ -360,7 +387,7 @@ pub fn poll(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
         }
     }
     round(ctx, batch);
-    for fsm in batch.iter_mut() {
+    for fsm in batch.iter_mut().filter(|f| !f.destroyed) {
         publish_region(ctx, fsm);
         generate_snapshot(ctx, fsm);
     }
@@ -420,6 +447,66 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
             fsm.peer.campaign();
         }
         PeerMsg::Wake => fsm.wake(),
+        PeerMsg::CatchUpMerge {
+            commit,
+            commit_term,
+        } => {
+            fsm.wake();
+            fsm.peer.catch_up_merge(commit, commit_term);
+        }
+        PeerMsg::Destroy { tombstone } => destroy_peer(ctx, fsm, tombstone),
+    }
+}
+
+/// Destroys the local peer of a region that was merged away. With `tombstone`, writes the
+/// tombstone itself and drops the region's data (a snapshot of the region that absorbed it
+/// refills what it covers); otherwise the target's apply wrote the tombstone and the data now
+/// belongs to the target.
+fn destroy_peer(ctx: &StoreContext, fsm: &mut PeerFsm, tombstone: bool) {
+    let region = fsm.peer.region().clone();
+    if !fsm.peer.is_initialized() {
+        return;
+    }
+    if tombstone {
+        let mut batch = KvWriteBatch::default();
+        let (lo, hi) = layout::data_range(&region.start_key, &region.end_key);
+        ctx.kv
+            .scan(&lo, &hi, &mut |k, _| {
+                batch.delete(k.to_vec());
+                true
+            })
+            .unwrap_or_else(|e| panic!("cannot read region {}: {e}", region.id));
+        layout::write_region_state(
+            &mut batch,
+            &RegionLocalState {
+                state: PeerState::Tombstone as i32,
+                region: Some(region.clone()),
+                ..Default::default()
+            },
+        );
+        ctx.kv
+            .write(batch)
+            .unwrap_or_else(|e| panic!("cannot write tombstone of region {}: {e}", region.id));
+    }
+    tracing::info!(region = region.id, tombstone, "merged-away peer destroyed");
+    fsm.peer
+        .fail_all(crate::region_error::region_not_found(region.id));
+    {
+        let mut meta = ctx.router.meta();
+        if !meta.merged_away.remove(&region.id) {
+            meta.regions.remove(&region.id);
+        }
+        meta.leaders.remove(&region.id);
+    }
+    fsm.destroyed = true;
+    ctx.router.close(region.id);
+    if !ctx
+        .router
+        .send_control_wait(StoreMsg::CleanLog {
+            region_id: region.id,
+        })
+    {
+        tracing::debug!(region = region.id, "control thread gone; log cleaned at restart");
     }
 }
 
@@ -470,18 +557,72 @@ fn snapshot_fits(ctx: &StoreContext, region_id: u64, snap: &raft::eraftpb::Snaps
         tracing::warn!(region = region_id, "snapshot of another region dropped");
         return false;
     }
-    if ctx
+    let overlapping: Vec<Region> = ctx
         .router
         .meta()
-        .overlaps(region_id, &region.start_key, &region.end_key)
-    {
-        tracing::info!(
-            region = region_id,
-            "snapshot overlaps a local region that is behind; dropped for now"
-        );
+        .regions
+        .values()
+        .filter(|r| {
+            r.id != region_id
+                && ringkv_proto::keys::ranges_overlap(
+                    &r.start_key,
+                    &r.end_key,
+                    &region.start_key,
+                    &region.end_key,
+                )
+        })
+        .cloned()
+        .collect();
+    if overlapping.is_empty() {
+        return true;
+    }
+    let data = crate::snapshot::decode(snap).expect("decoded above");
+    let version = region.region_epoch.unwrap_or_default().version;
+    for local in &overlapping {
+        if merged_into(ctx, local, region_id, version, &data.merged_sources) {
+            // A source the snapshot's region absorbed, whose replica here never caught up
+            // with the merge: it goes, and the snapshot fits once it is gone.
+            tracing::info!(
+                region = local.id,
+                target = region_id,
+                "local replica was merged away; destroying it for the target's snapshot"
+            );
+            let _ = ctx
+                .router
+                .send(local.id, PeerMsg::Destroy { tombstone: true });
+        } else {
+            tracing::info!(
+                region = region_id,
+                overlapping = local.id,
+                "snapshot overlaps a local region that is behind; dropped for now"
+            );
+        }
+    }
+    false
+}
+
+/// Whether local region `local` was merged into region `target_id` (at `version`), as a
+/// snapshot of the target shows: the snapshot is newer than the local replica and lists it as
+/// merged, or the local replica itself was preparing that very merge.
+fn merged_into(
+    ctx: &StoreContext,
+    local: &Region,
+    target_id: u64,
+    version: u64,
+    merged_sources: &[u64],
+) -> bool {
+    if local.region_epoch.unwrap_or_default().version >= version {
         return false;
     }
-    true
+    if merged_sources.contains(&local.id) {
+        return true;
+    }
+    layout::read_region_state(ctx.kv.as_ref(), local.id)
+        .ok()
+        .flatten()
+        .and_then(|s| s.merge_state)
+        .and_then(|m| m.target)
+        .is_some_and(|t| t.id == target_id)
 }
 
 /// A tick: Raft time, and the periodic duties of a leader (heartbeat to the placement driver,
@@ -503,6 +644,14 @@ fn on_tick(ctx: &StoreContext, fsm: &mut PeerFsm) {
         return;
     }
     fsm.peer.tick();
+    if leader
+        && fsm.peer.merge_state().is_some()
+        && fsm
+            .merge_asked_at
+            .is_none_or(|t| fsm.ticks >= t + MERGE_RETRY_TICKS)
+    {
+        ask_commit_merge(ctx, fsm);
+    }
     if leader
         && fsm
             .ticks
@@ -527,6 +676,17 @@ fn on_tick(ctx: &StoreContext, fsm: &mut PeerFsm) {
     if cfg.quiet_regions && leader && fsm.idle_ticks >= cfg.quiet_leader_ticks {
         fsm.go_quiet();
         ctx.transport.send_all(fsm.peer.quiesce_messages());
+    }
+}
+
+/// Hands the leader of a merging source's CommitMerge to the node, once the merge can commit.
+fn ask_commit_merge(ctx: &StoreContext, fsm: &mut PeerFsm) {
+    if let Some(cmd) = fsm.peer.commit_merge_command() {
+        fsm.merge_asked_at = Some(fsm.ticks);
+        let _ = ctx.events.send(StoreEvent::ProposeCommitMerge {
+            source: fsm.peer.region().clone(),
+            cmd,
+        });
     }
 }
 
@@ -671,7 +831,13 @@ fn publish_region(ctx: &StoreContext, fsm: &mut PeerFsm) {
         return;
     }
     let region = fsm.peer.region().clone();
-    ctx.router.meta().regions.insert(region.id, region.clone());
+    {
+        let mut meta = ctx.router.meta();
+        if meta.merged_away.contains(&region.id) {
+            return;
+        }
+        meta.regions.insert(region.id, region.clone());
+    }
     fsm.published = Some(region);
 }
 
@@ -680,6 +846,9 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
     let mut early = Outbox::default();
     let mut ready = Vec::new();
     for (i, fsm) in batch.iter_mut().enumerate() {
+        if fsm.destroyed {
+            continue;
+        }
         fsm.peer.flush_reads();
         if fsm.peer.has_ready() {
             fsm.peer
@@ -690,7 +859,11 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
     }
     ctx.transport.send_all(early.messages);
     send_snapshots(ctx, early.snapshots);
-    if ready.is_empty() {
+    // A merge target waiting for its local source has entries left from earlier rounds.
+    let waiting = batch
+        .iter()
+        .any(|f| !f.destroyed && f.peer.has_entries_to_apply());
+    if ready.is_empty() && !waiting {
         return;
     }
     if !log_batch.is_empty() {
@@ -709,9 +882,9 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
     let mut results: Vec<(CmdCallback, CmdResult)> = Vec::new();
     let mut applied = Vec::new();
     let mut admin_results = Vec::new();
-    for &i in &ready {
-        let peer = &mut batch[i].peer;
-        if peer.has_entries_to_apply() {
+    for (i, fsm) in batch.iter_mut().enumerate() {
+        let peer = &mut fsm.peer;
+        if !fsm.destroyed && peer.has_entries_to_apply() {
             let admin = peer
                 .apply(ctx.kv.as_ref(), &mut kv_batch, &mut results)
                 .unwrap_or_else(|e| panic!("apply failed; stopping the node: {e}"));
@@ -727,6 +900,25 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
     for (i, admin) in admin_results {
         match admin {
             AdminResult::Split { left, right } => on_split_applied(ctx, &mut batch[i], left, right),
+            AdminResult::PrepareMerge { .. } => {
+                if batch[i].peer.is_leader() {
+                    let _ = ctx
+                        .events
+                        .send(StoreEvent::RegionHeartbeat(heartbeat_of(&batch[i].peer)));
+                    ask_commit_merge(ctx, &mut batch[i]);
+                }
+            }
+            AdminResult::CommitMerge { region, source, .. } => {
+                on_merge_applied(ctx, &mut batch[i], region, source)
+            }
+            AdminResult::RollbackMerge { .. } => {
+                batch[i].merge_asked_at = None;
+                if batch[i].peer.is_leader() {
+                    let _ = ctx
+                        .events
+                        .send(StoreEvent::RegionHeartbeat(heartbeat_of(&batch[i].peer)));
+                }
+            }
             AdminResult::CompactLog { index, .. } => {
                 let region_id = batch[i].region_id();
                 if ctx
@@ -747,7 +939,26 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
         let _ = callback.send(result);
     }
     for &i in &applied {
-        batch[i].peer.after_apply();
+        let peer = &mut batch[i].peer;
+        peer.after_apply();
+        if let Some(wait) = peer.merge_wait() {
+            // Tell the local source the prepare is committed; it answers with a wake-up once
+            // it has applied it.
+            let source = wait.source.as_ref().map(|s| s.id).unwrap_or_default();
+            let _ = ctx.router.send(
+                source,
+                PeerMsg::CatchUpMerge {
+                    commit: wait.commit,
+                    commit_term: wait.commit_term,
+                },
+            );
+        }
+        if let Some(state) = peer.merge_state() {
+            if peer.applied_index() >= state.commit {
+                let target = state.target.as_ref().map(|t| t.id).unwrap_or_default();
+                let _ = ctx.router.send(target, PeerMsg::Wake);
+            }
+        }
     }
     for &i in &ready {
         let fsm = &mut batch[i];
@@ -807,6 +1018,38 @@ fn on_split_applied(ctx: &StoreContext, fsm: &mut PeerFsm, left: Region, right: 
     }
 }
 
+/// The target's side of an applied merge: the store meta takes the widened region and drops
+/// the source at once, and the source's peer is destroyed (its tombstone is in the batch just
+/// written).
+fn on_merge_applied(ctx: &StoreContext, fsm: &mut PeerFsm, region: Region, source: Region) {
+    {
+        let mut meta = ctx.router.meta();
+        meta.regions.remove(&source.id);
+        meta.leaders.remove(&source.id);
+        meta.merged_away.insert(source.id);
+        meta.regions.insert(region.id, region.clone());
+    }
+    fsm.published = Some(region);
+    if ctx
+        .router
+        .send(source.id, PeerMsg::Destroy { tombstone: false })
+        .is_err()
+    {
+        // No mailbox (already gone) or full: the tombstone is written, so a restart finishes
+        // the job; until then the peer refuses everything as a merging source does.
+        ctx.router.meta().merged_away.remove(&source.id);
+        tracing::warn!(
+            region = source.id,
+            "could not tell the merged-away peer to go; it is removed at restart"
+        );
+    }
+    if fsm.peer.is_leader() {
+        let _ = ctx
+            .events
+            .send(StoreEvent::RegionHeartbeat(heartbeat_of(&fsm.peer)));
+    }
+}
+
 fn heartbeat_of(peer: &Peer) -> RegionHeartbeatRequest {
     RegionHeartbeatRequest {
         header: None,
@@ -815,6 +1058,8 @@ fn heartbeat_of(peer: &Peer) -> RegionHeartbeatRequest {
         term: peer.term(),
         approximate_keys: peer.size.approximate_keys.unwrap_or(0),
         approximate_size_bytes: peer.size.approximate_size_bytes.unwrap_or(0),
+        stats_known: peer.size.approximate_size_bytes.is_some(),
+        pending_peers: peer.pending_peers(),
     }
 }
 
@@ -872,6 +1117,7 @@ impl StoreFsm {
                 *pending = (*pending).max(index);
             }
             StoreMsg::StoreUnreachable(store_id) => self.wake_regions_with_peer_on(store_id),
+            StoreMsg::CleanLog { region_id } => self.clean_log(region_id),
             StoreMsg::Stop => {}
         }
     }
@@ -908,6 +1154,19 @@ impl StoreFsm {
         if let Err(e) = self.ctx.log.purge() {
             tracing::warn!(error = %e, "raft log purge failed");
         }
+    }
+
+    /// Drops a destroyed peer's log once its tombstone is durable (before that, a crash must
+    /// still find the log of a peer it will load).
+    fn clean_log(&self, region_id: u64) {
+        self.ctx
+            .kv
+            .flush()
+            .unwrap_or_else(|e| panic!("kv flush failed; stopping the node: {e}"));
+        self.ctx
+            .log
+            .clean(region_id)
+            .unwrap_or_else(|e| panic!("raft log clean failed; stopping the node: {e}"));
     }
 
     fn wake_regions_with_peer_on(&self, store_id: u64) {

@@ -81,3 +81,17 @@ pub fn stale_command(region_id: u64) -> RegionError {
         kind: Some(Kind::StaleCommand(errorpb::StaleCommand {})),
     }
 }
+
+/// The region is the source of a merge in progress: it serves nothing until the merge is done
+/// (then its keys belong to the target) or rolled back. Retryable after a short backoff.
+pub fn merging(region_id: u64, target_id: u64) -> RegionError {
+    RegionError {
+        message: format!(
+            "region {region_id} is merging into region {target_id}; retry shortly (the keys move to region {target_id})"
+        ),
+        kind: Some(Kind::ServerIsBusy(errorpb::ServerIsBusy {
+            reason: format!("region {region_id} is merging"),
+            backoff_ms: 50,
+        })),
+    }
+}

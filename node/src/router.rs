@@ -53,6 +53,13 @@ pub enum PeerMsg {
     Campaign,
     /// Leave quiet mode (a peer store may have failed).
     Wake,
+    /// The local target replica of this region's merge is waiting for this replica to apply
+    /// the prepare at `commit` (see [`crate::peer::Peer::catch_up_merge`]).
+    CatchUpMerge { commit: u64, commit_term: u64 },
+    /// This replica is finished: its region was merged into another (whose apply already wrote
+    /// this region's tombstone) or, with `tombstone`, a snapshot of the region that absorbed it
+    /// needs its range.
+    Destroy { tombstone: bool },
 }
 
 /// Messages to the store as a whole (the control thread).
@@ -68,6 +75,8 @@ pub enum StoreMsg {
     CompactLog { region_id: u64, index: u64 },
     /// Messages to this store could not be delivered: wake the regions that have a peer there.
     StoreUnreachable(u64),
+    /// A destroyed peer's log can go once its tombstone is durable.
+    CleanLog { region_id: u64 },
     /// Leave the control loop.
     Stop,
 }
@@ -80,6 +89,9 @@ pub struct StoreMeta {
     pub regions: HashMap<u64, Region>,
     /// Regions this store leads.
     pub leaders: HashSet<u64>,
+    /// Regions merged into another here whose peer is not destroyed yet: their range belongs
+    /// to the target now, so they must not be published again.
+    pub merged_away: HashSet<u64>,
 }
 
 impl StoreMeta {
@@ -214,6 +226,14 @@ impl StoreRouter {
             m.parked.lock().take();
         }
         self.inner.meta.lock().regions.clear();
+    }
+
+    /// Removes the mailbox of `region_id` (its peer is destroyed); the FSM is dropped when its
+    /// poller releases it.
+    pub(crate) fn close(&self, region_id: u64) {
+        if let Some(old) = self.inner.mailboxes.write().remove(&region_id) {
+            old.parked.lock().take();
+        }
     }
 
     pub fn region_ids(&self) -> Vec<u64> {

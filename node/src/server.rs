@@ -258,25 +258,72 @@ fn create_bootstrap_peers(router: &StoreRouter, regions: Vec<Region>) {
 /// new regions must not open thousands of calls).
 const REGION_EVENTS_IN_FLIGHT_MAX: usize = 32;
 
-async fn on_store_event(
-    pd: &PdClient,
-    router: &StoreRouter,
-    event: StoreEvent,
-    in_flight: &Arc<tokio::sync::Semaphore>,
-) {
+/// What the placement task keeps between events.
+struct PlacementTask {
+    pd: PdClient,
+    router: StoreRouter,
+    store_id: u64,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// Sources whose merge step (prepare or commit) is under way, so a repeated order or a
+    /// timer's retry does not start a second one.
+    merges: Arc<parking_lot::Mutex<std::collections::HashSet<u64>>>,
+}
+
+/// Runs `step` for merge source `source_id` unless one is under way.
+fn spawn_merge_step<F>(task: &PlacementTask, source_id: u64, step: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    if !task.merges.lock().insert(source_id) {
+        return;
+    }
+    let merges = task.merges.clone();
+    tokio::spawn(async move {
+        step.await;
+        merges.lock().remove(&source_id);
+    });
+}
+
+async fn on_store_event(task: &PlacementTask, event: StoreEvent) {
+    let (pd, router) = (&task.pd, &task.router);
     match event {
         StoreEvent::RegionHeartbeat(hb) => {
             // Concurrent, so a split report or a new leader is not queued behind thousands of
             // heartbeats.
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            let Ok(permit) = task.in_flight.clone().acquire_owned().await else {
                 return;
             };
-            let pd = pd.clone();
+            let (pd, router, merges, store_id) = (
+                pd.clone(),
+                router.clone(),
+                task.merges.clone(),
+                task.store_id,
+            );
+            let source = hb.region.clone().unwrap_or_default();
             tokio::spawn(async move {
-                if let Err(e) = pd.region_heartbeat(hb).await {
-                    tracing::debug!(error = %e, "region heartbeat failed");
+                match pd.region_heartbeat(hb).await {
+                    Ok(Some(order)) => {
+                        let Some(target) = order.target else { return };
+                        if !merges.lock().insert(source.id) {
+                            return;
+                        }
+                        tracing::info!(region = source.id, target = target.id, "placement driver orders a merge");
+                        if let Err(e) = crate::merge::prepare_merge(&router, source.id, source.region_epoch, target.id).await {
+                            tracing::info!(region = source.id, target = target.id, store = store_id, reason = %e, "merge not prepared");
+                        }
+                        merges.lock().remove(&source.id);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "region heartbeat failed"),
                 }
                 drop(permit);
+            });
+        }
+        StoreEvent::ProposeCommitMerge { source, cmd } => {
+            let (pd, router, store_id) = (pd.clone(), router.clone(), task.store_id);
+            let source_id = source.id;
+            spawn_merge_step(task, source_id, async move {
+                crate::merge::commit_merge(&pd, &router, store_id, source, cmd).await;
             });
         }
         StoreEvent::AskSplit { region, split_key } => {
@@ -319,7 +366,13 @@ async fn report_to_placement(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(REGION_EVENTS_IN_FLIGHT_MAX));
+    let task = PlacementTask {
+        pd: pd.clone(),
+        router: router.clone(),
+        store_id,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(REGION_EVENTS_IN_FLIGHT_MAX)),
+        merges: Default::default(),
+    };
     let mut timer = tokio::time::interval(interval);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -338,7 +391,7 @@ async fn report_to_placement(
             }
             event = events.recv() => {
                 let Some(event) = event else { return };
-                on_store_event(&pd, &router, event, &in_flight).await;
+                on_store_event(&task, event).await;
             }
         }
     }

@@ -375,6 +375,44 @@ impl Kv for KvService {
             Err(crate::split::SplitFailure::Unavailable(m)) => Err(Status::unavailable(m)),
         }
     }
+
+    async fn merge_region(
+        &self,
+        request: Request<MergeRegionRequest>,
+    ) -> Result<Response<MergeRegionResponse>, Status> {
+        let req = request.into_inner();
+        if req.source_region_id == 0 || req.target_region_id == 0 {
+            return Err(invalid("source and target region ids must be set"));
+        }
+        if req.source_region_id == req.target_region_id {
+            return Err(invalid(format!(
+                "region {} cannot merge into itself",
+                req.source_region_id
+            )));
+        }
+        if req.source_epoch.is_none() {
+            return Err(invalid(format!(
+                "merge of region {} names no source epoch",
+                req.source_region_id
+            )));
+        }
+        match crate::merge::prepare_merge(
+            &self.ctx.router,
+            req.source_region_id,
+            req.source_epoch,
+            req.target_region_id,
+        )
+        .await
+        {
+            Ok(()) => Ok(Response::new(MergeRegionResponse { region_error: None })),
+            Err(crate::merge::MergeFailure::Region(e)) => {
+                Ok(Response::new(MergeRegionResponse {
+                    region_error: Some(e),
+                }))
+            }
+            Err(crate::merge::MergeFailure::Unavailable(m)) => Err(Status::unavailable(m)),
+        }
+    }
 }
 
 /// The smallest `limit` user keys of `keyspace` in `[start, end)` within `region`, ascending.
@@ -432,6 +470,27 @@ impl RaftService {
 
 #[tonic::async_trait]
 impl Raft for RaftService {
+    async fn propose_merge(
+        &self,
+        request: Request<raftpb::ProposeMergeRequest>,
+    ) -> Result<Response<raftpb::ProposeMergeResponse>, Status> {
+        let cmd = request
+            .into_inner()
+            .cmd
+            .ok_or_else(|| invalid("propose merge carries no command"))?;
+        let is_commit_merge = matches!(
+            cmd.admin.as_ref().and_then(|a| a.cmd.as_ref()),
+            Some(raftpb::admin_request::Cmd::CommitMerge(_))
+        );
+        if !is_commit_merge || !cmd.requests.is_empty() {
+            return Err(invalid("propose merge takes exactly one CommitMerge command"));
+        }
+        let result = crate::merge::propose_local(&self.ctx.router, cmd).await;
+        Ok(Response::new(raftpb::ProposeMergeResponse {
+            region_error: result.err(),
+        }))
+    }
+
     async fn raft(
         &self,
         request: Request<Streaming<RaftMessageBatch>>,

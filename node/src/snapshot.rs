@@ -32,9 +32,19 @@ pub fn generate(storage: &PeerStorage, kv: &dyn KvEngine) -> StorageResult<Snaps
         });
         true
     })?;
+    // The merge part of the region's state is the applied state too (written by the same
+    // apply batches as the data).
+    let local = layout::read_region_state(kv, region.id)?.unwrap_or_default();
+    let merge_state = if local.state == PeerState::Merging as i32 {
+        local.merge_state
+    } else {
+        None
+    };
     let data = SnapshotData {
         region: Some(region.clone()),
         kvs,
+        merge_state,
+        merged_sources: local.merged_sources,
     };
     let mut snap = Snapshot::default();
     snap.set_data(data.encode_to_vec().into());
@@ -70,11 +80,18 @@ pub fn install_batch(
     for pair in &data.kvs {
         batch.put(data_key(&pair.key), pair.value.clone());
     }
+    let state = if data.merge_state.is_some() {
+        PeerState::Merging
+    } else {
+        PeerState::Normal
+    };
     layout::write_region_state(
         &mut batch,
         &RegionLocalState {
-            state: PeerState::Normal as i32,
+            state: state as i32,
             region: Some(region.clone()),
+            merge_state: data.merge_state.clone(),
+            merged_sources: data.merged_sources.clone(),
         },
     );
     layout::write_apply_state(

@@ -3,6 +3,7 @@
 //! persisted in a [`MetaWrites`]; the edge writes those (syncing when asked) before it replies.
 
 use crate::id::IdAllocator;
+use crate::merge_checker::{self, Candidate, MergeConfig, MergesInFlight, RegionStats};
 use crate::meta_store::keys;
 use crate::tso::{TsBatch, Tso, TSO_BATCH_MAX};
 use crate::PlacementError;
@@ -51,6 +52,10 @@ pub struct RegionInfo {
     pub leader: Option<Peer>,
     /// Raft term of the leader report; a report from an older term never replaces a newer one.
     pub term: u64,
+    /// Size and health as last measured at this epoch (None until a leader reports them).
+    pub stats: Option<RegionStats>,
+    /// When the placement driver first heard of the region's current range.
+    pub range_since_ms: Option<i64>,
 }
 
 /// What the placement driver restores from its metadata store on start.
@@ -82,6 +87,8 @@ pub struct PlacementCore {
     bootstrap_region: Option<Region>,
     /// Keyspaces by name (the default one included).
     keyspaces: BTreeMap<String, KeyspaceMeta>,
+    merge_config: MergeConfig,
+    merges: MergesInFlight,
 }
 
 fn check_has_epoch(region: &Region) -> Result<(), PlacementError> {
@@ -117,6 +124,8 @@ impl PlacementCore {
             region_tree: BTreeMap::new(),
             bootstrap_region: state.bootstrap_region,
             keyspaces: BTreeMap::new(),
+            merge_config: MergeConfig::default(),
+            merges: MergesInFlight::default(),
         };
         core.keyspaces.insert(
             DEFAULT_KEYSPACE_NAME.into(),
@@ -370,6 +379,65 @@ impl PlacementCore {
         Ok(())
     }
 
+    /// Sets the merge checker's limits.
+    pub fn set_merge_config(&mut self, cfg: MergeConfig) {
+        self.merge_config = cfg;
+    }
+
+    /// Takes a leader's measurement of its region (at the epoch it reported just before).
+    pub fn region_stats(&mut self, region_id: u64, stats: Option<RegionStats>, now_ms: i64) {
+        if let Some(info) = self.regions.get_mut(&region_id) {
+            info.stats = stats;
+            info.range_since_ms.get_or_insert(now_ms);
+        }
+    }
+
+    /// Merges ordered and not yet completed.
+    pub fn merges_in_flight(&self) -> usize {
+        self.merges.len()
+    }
+
+    /// Whether `region_id` should merge into a neighbour now (see [`merge_checker`]); the
+    /// order is recorded so it is not given twice at once.
+    pub fn merge_order(&mut self, region_id: u64, now_ms: i64) -> Option<Region> {
+        self.merges.expire(now_ms);
+        let info = self.regions.get(&region_id)?;
+        if self.merges.involves(region_id) {
+            return None;
+        }
+        fn candidate(i: &RegionInfo) -> Candidate<'_> {
+            Candidate {
+                region: &i.region,
+                stats: i.stats,
+                range_since_ms: i.range_since_ms,
+            }
+        }
+        let prev = self
+            .region_tree
+            .range(..info.region.start_key.clone())
+            .next_back()
+            .and_then(|(_, id)| self.regions.get(id))
+            .filter(|p| !self.merges.involves(p.region.id));
+        let next = (!info.region.end_key.is_empty())
+            .then(|| self.region_by_key(&info.region.end_key))
+            .flatten()
+            .filter(|n| !self.merges.involves(n.region.id));
+        let target = merge_checker::merge_target(
+            &candidate(info),
+            prev.map(candidate).as_ref(),
+            next.map(candidate).as_ref(),
+            &self.merge_config,
+            now_ms,
+        )?
+        .clone();
+        self.merges.record(
+            region_id,
+            target.id,
+            now_ms + self.merge_config.merge_timeout_ms,
+        );
+        Some(target)
+    }
+
     /// Creates keyspace `name`, ordered by `mode`, with the next free id.
     pub fn create_keyspace(
         &mut self,
@@ -532,11 +600,20 @@ impl PlacementCore {
             if let Some(old) = self.regions.remove(&id) {
                 self.region_tree.remove(&old.region.start_key);
                 writes.delete(keys::region(id));
+                self.merges.forget(id);
             }
         }
+        let mut range_since_ms = None;
+        let mut stats = None;
         if let Some(old) = self.regions.get(&region.id) {
             if self.region_tree.get(&old.region.start_key) == Some(&region.id) {
                 self.region_tree.remove(&old.region.start_key);
+            }
+            if old.region.start_key == region.start_key && old.region.end_key == region.end_key {
+                range_since_ms = old.range_since_ms;
+                if epoch_of(&old.region) == new_epoch {
+                    stats = old.stats;
+                }
             }
         }
         writes.put(keys::region(region.id), region.encode_to_vec());
@@ -547,6 +624,8 @@ impl PlacementCore {
                 region,
                 leader,
                 term,
+                stats,
+                range_since_ms,
             },
         );
         true

@@ -26,6 +26,17 @@ pub struct PlacementConfig {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `ringkv_placement=debug`.
     /// Default `info`.
     pub log_level: String,
+    /// Regions at most this large, whose merged result also stays within it, are merged into
+    /// a neighbour on the same stores. 0 turns merging off. Default 20 MiB (20971520).
+    pub merge_size_bytes_max: u64,
+    /// The same limit in keys. Default 200000.
+    pub merge_keys_max: u64,
+    /// A region whose range changed (split or merge) less than this long ago is not merged,
+    /// so fresh splits are not undone. Default 3600000 (1 hour); 0..=604800000.
+    pub split_merge_interval_ms: i64,
+    /// A merge order not completed within this long may be given again. Default 60000;
+    /// 1000..=3600000.
+    pub merge_timeout_ms: i64,
 }
 
 impl Default for PlacementConfig {
@@ -38,11 +49,25 @@ impl Default for PlacementConfig {
             replicas: 3,
             tso_save_window_ms: 3000,
             log_level: "info".into(),
+            merge_size_bytes_max: 20 * 1024 * 1024,
+            merge_keys_max: 200_000,
+            split_merge_interval_ms: 3_600_000,
+            merge_timeout_ms: 60_000,
         }
     }
 }
 
 impl PlacementConfig {
+    /// The merge checker's limits.
+    pub fn merge_config(&self) -> crate::merge_checker::MergeConfig {
+        crate::merge_checker::MergeConfig {
+            merge_size_bytes_max: self.merge_size_bytes_max,
+            merge_keys_max: self.merge_keys_max,
+            split_merge_interval_ms: self.split_merge_interval_ms,
+            merge_timeout_ms: self.merge_timeout_ms,
+        }
+    }
+
     /// Reads a TOML file; unknown keys are errors, missing keys take their defaults.
     pub fn from_file(path: &Path) -> Result<Self, PlacementError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -64,6 +89,18 @@ impl PlacementConfig {
             return Err(PlacementError::Config(format!(
                 "tso_save_window_ms = {} is outside 100..=60000",
                 self.tso_save_window_ms
+            )));
+        }
+        if !(0..=604_800_000).contains(&self.split_merge_interval_ms) {
+            return Err(PlacementError::Config(format!(
+                "split_merge_interval_ms = {} is outside 0..=604800000 (a week)",
+                self.split_merge_interval_ms
+            )));
+        }
+        if !(1000..=3_600_000).contains(&self.merge_timeout_ms) {
+            return Err(PlacementError::Config(format!(
+                "merge_timeout_ms = {} is outside 1000..=3600000",
+                self.merge_timeout_ms
             )));
         }
         if self.name.is_empty() {

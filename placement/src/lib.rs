@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 mod error;
 pub mod id;
+pub mod merge_checker;
 pub mod meta_store;
 pub mod server;
 mod service;

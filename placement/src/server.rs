@@ -46,12 +46,13 @@ impl PlacementServer {
         let meta = Arc::new(MetaStore::open(&config.data_dir)?);
         let cluster_id = meta.cluster_id_or_init(fresh_cluster_id)?;
         let state = meta.load()?;
-        let core = PlacementCore::new(
+        let mut core = PlacementCore::new(
             cluster_id,
             config.replicas,
             config.tso_save_window_ms,
             state,
         );
+        core.set_merge_config(config.merge_config());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("placement")

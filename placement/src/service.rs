@@ -3,6 +3,7 @@
 
 use crate::cluster::{MetaWrites, PlacementCore};
 use crate::meta_store::MetaStore;
+use crate::merge_checker::RegionStats;
 use crate::PlacementError;
 use parking_lot::Mutex;
 use ringkv_proto::pdpb::placement_server::Placement;
@@ -199,13 +200,29 @@ impl Placement for PlacementService {
         request: Request<RegionHeartbeatRequest>,
     ) -> Result<Response<RegionHeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let (header, ()) = self.run(req.header, |core, w, _| {
+        let (header, merge) = self.run(req.header, |core, w, now| {
             let region = req.region.ok_or_else(|| {
                 PlacementError::InvalidArgument("region heartbeat without a region".into())
             })?;
-            core.region_heartbeat(region, req.leader, req.term, w)
+            let (region_id, epoch) = (region.id, region.region_epoch);
+            core.region_heartbeat(region, req.leader, req.term, w)?;
+            if core.region_by_id(region_id).map(|i| i.region.region_epoch) != Some(epoch) {
+                // A stale report: its figures describe another range.
+                return Ok(None);
+            }
+            let stats = req.stats_known.then_some(RegionStats {
+                size_bytes: req.approximate_size_bytes,
+                keys: req.approximate_keys,
+                pending_peers: req.pending_peers.len(),
+            });
+            core.region_stats(region_id, stats, now);
+            Ok(core
+                .merge_order(region_id, now)
+                .map(|target| MergeOrder {
+                    target: Some(target),
+                }))
         });
-        Ok(Response::new(RegionHeartbeatResponse { header }))
+        Ok(Response::new(RegionHeartbeatResponse { header, merge }))
     }
 
     async fn create_keyspace(

@@ -99,6 +99,7 @@ impl PeerStorage {
             &RegionLocalState {
                 state: PeerState::Normal as i32,
                 region: Some(region.clone()),
+                ..Default::default()
             },
         );
         layout::write_apply_state(kv_batch, region.id, &Self::initial_apply_state());

@@ -54,6 +54,9 @@ pub struct SimConfig {
     pub faults: bool,
     pub split_size_bytes: u64,
     pub value_bytes: usize,
+    /// Per-mille chance per step that an admin orders a merge of a random region into a
+    /// neighbour (0: never).
+    pub merge_per_mille: u32,
 }
 
 impl Default for SimConfig {
@@ -69,6 +72,7 @@ impl Default for SimConfig {
             faults: true,
             split_size_bytes: 8 * 1024,
             value_bytes: 100,
+            merge_per_mille: 0,
         }
     }
 }
@@ -83,6 +87,10 @@ pub struct SimOutcome {
     pub messages_delivered: u64,
     pub crashes: u32,
     pub partitions: u32,
+    /// Merges ordered, committed on the target, and rolled back.
+    pub merges_ordered: u32,
+    pub merges_committed: u32,
+    pub merges_rolled_back: u32,
     /// A hash over everything observable that happened, in order.
     pub trace: u64,
 }
@@ -121,6 +129,15 @@ struct InFlight {
     report: Option<SnapshotReport>,
 }
 
+/// A CommitMerge proposed to a target's leader, waiting for its result.
+struct PendingMerge {
+    source_store: usize,
+    source: Region,
+    commit: u64,
+    rx: oneshot::Receiver<ringkv_node::apply::CmdResult>,
+    deadline: u64,
+}
+
 struct PendingWrite {
     key: u64,
     rx: oneshot::Receiver<ringkv_node::apply::CmdResult>,
@@ -148,6 +165,7 @@ pub struct Sim {
     last_error: BTreeMap<u64, String>,
     /// Writes to try again at a step: (step, key).
     deferred: Vec<(u64, u64)>,
+    merges: Vec<PendingMerge>,
     trace: std::collections::hash_map::DefaultHasher,
     outcome: SimOutcome,
 }
@@ -203,6 +221,7 @@ impl Sim {
             acked: BTreeSet::new(),
             last_error: BTreeMap::new(),
             deferred: Vec::new(),
+            merges: Vec::new(),
             trace: Default::default(),
             outcome: SimOutcome {
                 acked_writes: 0,
@@ -210,6 +229,9 @@ impl Sim {
                 messages_delivered: 0,
                 crashes: 0,
                 partitions: 0,
+                merges_ordered: 0,
+                merges_committed: 0,
+                merges_rolled_back: 0,
                 trace: 0,
             },
             cfg,
@@ -335,6 +357,10 @@ impl Sim {
             self.unacked.insert(key);
             self.start_write(key);
         }
+        if faulty && self.rng.gen_range(0..1000) < self.cfg.merge_per_mille {
+            self.order_merge();
+        }
+        self.check_merges();
         self.check_writes();
         if self.now.is_multiple_of(50) {
             self.check_no_overlap();
@@ -495,6 +521,104 @@ impl Sim {
                 StoreEvent::ReportSplit { left, right } => {
                     self.note(("split", left.id, right.id));
                     let _ = self.pd.report_split(left, right, None, 0, &mut w);
+                }
+                StoreEvent::ProposeCommitMerge { source, cmd } => {
+                    self.propose_commit_merge(i, source, cmd);
+                }
+            }
+        }
+    }
+
+    /// An admin's merge order: a random routed region into a neighbour, sent to the source's
+    /// leader as the node's MergeRegion RPC would propose it (the nodes check the rest).
+    fn order_merge(&mut self) {
+        let routed = self.routed();
+        if routed.len() < 2 {
+            return;
+        }
+        let k = self.rng.gen_range(0..routed.len());
+        let source = routed[k].clone();
+        let target = if k + 1 < routed.len() && (k == 0 || self.rng.gen_bool(0.5)) {
+            routed[k + 1].clone()
+        } else {
+            routed[k - 1].clone()
+        };
+        let Some(leader) = self.pd.region_by_id(source.id).and_then(|i| i.leader) else {
+            return;
+        };
+        let Some(i) = self.index_of(leader.store_id) else {
+            return;
+        };
+        if self.stores[i].running.is_none() {
+            return;
+        }
+        self.note(("order_merge", source.id, target.id));
+        self.outcome.merges_ordered += 1;
+        let (tx, _rx) = oneshot::channel();
+        self.router(i)
+            .send_command(ringkv_node::merge::prepare_command(&source, &target), tx);
+    }
+
+    /// What a source leader's node does with its CommitMerge: propose it where the target
+    /// leads (a store that thinks it leads the target; the target's raft settles who really
+    /// does).
+    fn propose_commit_merge(&mut self, source_store: usize, source: Region, cmd: RaftCmdRequest) {
+        let commit = match cmd.admin.as_ref().and_then(|a| a.cmd.as_ref()) {
+            Some(admin_request::Cmd::CommitMerge(c)) => c.commit,
+            _ => return,
+        };
+        let target = cmd.region_id;
+        let leader = (0..self.stores.len()).find(|&j| {
+            self.stores[j]
+                .running
+                .as_ref()
+                .is_some_and(|(s, _)| s.router().meta().leaders.contains(&target))
+        });
+        let Some(j) = leader else {
+            // No leader known: the source's leader asks again later.
+            return;
+        };
+        self.note(("commit_merge", source.id, target, j));
+        let (tx, rx) = oneshot::channel();
+        self.router(j).send_command(cmd, tx);
+        self.merges.push(PendingMerge {
+            source_store,
+            source,
+            commit,
+            rx,
+            deadline: self.now + 400,
+        });
+    }
+
+    /// Collects CommitMerge results; a target's final refusal rolls the source back.
+    fn check_merges(&mut self) {
+        let now = self.now;
+        let mut done = Vec::new();
+        self.merges.retain_mut(|m| match m.rx.try_recv() {
+            Ok(result) => {
+                done.push((m.source_store, m.source.clone(), m.commit, result));
+                false
+            }
+            Err(oneshot::error::TryRecvError::Empty) => now < m.deadline,
+            Err(oneshot::error::TryRecvError::Closed) => false,
+        });
+        for (i, source, commit, result) in done {
+            match ringkv_node::merge::after_commit_attempt(&result) {
+                ringkv_node::merge::MergeStep::Done => {
+                    self.note(("merged", source.id));
+                    self.outcome.merges_committed += 1;
+                }
+                ringkv_node::merge::MergeStep::Retry => {}
+                ringkv_node::merge::MergeStep::RollBack => {
+                    self.note(("rollback", source.id));
+                    self.outcome.merges_rolled_back += 1;
+                    if self.stores[i].running.is_some() {
+                        let (tx, _rx) = oneshot::channel();
+                        self.router(i).send_command(
+                            ringkv_node::merge::rollback_command(&source, commit),
+                            tx,
+                        );
+                    }
                 }
             }
         }

@@ -20,6 +20,29 @@ fn splits_under_load_with_faults_lose_nothing() {
     }
 }
 
+#[test]
+fn splits_and_merges_under_load_with_faults_lose_nothing() {
+    let cfg = SimConfig {
+        merge_per_mille: 4,
+        ..SimConfig::default()
+    };
+    let mut committed = 0;
+    for seed in seeds(101, 6) {
+        let outcome = run_reporting_seed(seed, cfg.clone());
+        println!("seed {seed}: {outcome:?}");
+        assert!(
+            outcome.acked_writes > 1000,
+            "seed {seed}: too few writes: {outcome:?}"
+        );
+        assert!(
+            outcome.merges_ordered > 10,
+            "seed {seed}: too few merges ordered: {outcome:?}"
+        );
+        committed += outcome.merges_committed;
+    }
+    assert!(committed > 0, "no merge committed in any seed");
+}
+
 /// Runs one seed; a panic anywhere (a node's own invariant included) names the seed.
 fn run_reporting_seed(seed: u64, cfg: SimConfig) -> ringkv_tests::sim::SimOutcome {
     match std::panic::catch_unwind(|| Sim::new(seed, cfg).run()) {

@@ -1,0 +1,243 @@
+//! Merging a region (the source) into an adjacent one (the target) whose peers sit on the same
+//! stores, after TiKV's prepare / commit / rollback merge:
+//!
+//! 1. *Prepare*, through the source's log at index p: the source records its merge state,
+//!    bumps its epoch and serves nothing from then on ([`prepare_merge`]).
+//! 2. *Commit*, through the target's log: once every source replica holds the log up to p, the
+//!    source's leader asks the target's leader to propose a CommitMerge ([`commit_merge`]).
+//!    Each target replica applies it only after its local source replica applied p (telling
+//!    it p is committed if need be), widens itself over the source and writes the source's
+//!    tombstone in the same batch; the source's peer is then destroyed.
+//! 3. *Rollback*, through the source's log, only when the target refused the commit for good
+//!    (its epoch moved first: [`after_commit_attempt`]). A target that already merged the
+//!    source answers a retry as done, so a late retry never rolls back a merge that happened.
+
+use crate::apply::{merge_refusal, CmdResult};
+use crate::region_error;
+use crate::router::StoreRouter;
+use ringkv_client::PdClient;
+use ringkv_proto::errorpb::{region_error::Kind, RegionError};
+use ringkv_proto::metapb::{Region, RegionEpoch};
+use ringkv_proto::raftpb::raft_client::RaftClient;
+use ringkv_proto::raftpb::{
+    admin_request, AdminRequest, PrepareMergeRequest, ProposeMergeRequest, RaftCmdRequest,
+    RollbackMergeRequest,
+};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// How long a merge step waits for its proposal to apply before calling the outcome unknown.
+const MERGE_WAIT: Duration = Duration::from_secs(10);
+
+/// What a merging source does after an attempt to commit its merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeStep {
+    /// The target applied the merge (now or before).
+    Done,
+    /// Unknown or temporary (no leader, busy, unreachable, timed out): ask again later.
+    Retry,
+    /// The target refused it for good: its epoch is past the one the source prepared for, so
+    /// no CommitMerge of this prepare can ever apply. Roll back.
+    RollBack,
+}
+
+/// Classifies the result of proposing a CommitMerge to the target.
+pub fn after_commit_attempt(result: &CmdResult) -> MergeStep {
+    match result {
+        Ok(()) => MergeStep::Done,
+        Err(RegionError {
+            kind: Some(Kind::EpochNotMatch(_)),
+            ..
+        }) => MergeStep::RollBack,
+        Err(_) => MergeStep::Retry,
+    }
+}
+
+fn admin(region_id: u64, epoch: Option<RegionEpoch>, cmd: admin_request::Cmd) -> RaftCmdRequest {
+    RaftCmdRequest {
+        region_id,
+        region_epoch: epoch,
+        requests: Vec::new(),
+        admin: Some(AdminRequest { cmd: Some(cmd) }),
+    }
+}
+
+/// The proposal that prepares merging `source` into `target`.
+pub fn prepare_command(source: &Region, target: &Region) -> RaftCmdRequest {
+    admin(
+        source.id,
+        source.region_epoch,
+        admin_request::Cmd::PrepareMerge(PrepareMergeRequest {
+            target: Some(target.clone()),
+        }),
+    )
+}
+
+/// The proposal that rolls back the merge `source` (as prepared) prepared at `commit`.
+pub fn rollback_command(source: &Region, commit: u64) -> RaftCmdRequest {
+    admin(
+        source.id,
+        source.region_epoch,
+        admin_request::Cmd::RollbackMerge(RollbackMergeRequest { commit }),
+    )
+}
+
+/// Why a merge request did not go through.
+#[derive(Debug)]
+pub enum MergeFailure {
+    /// The region refused (not leader, epoch changed, not mergeable): the error says why.
+    Region(RegionError),
+    /// The raftstore could not be reached, or the proposal did not apply in time.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for MergeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MergeFailure::Region(e) => write!(f, "{}", e.message),
+            MergeFailure::Unavailable(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+/// Proposes `cmd` to its region's local peer and waits for the applied result.
+pub async fn propose_local(router: &StoreRouter, cmd: RaftCmdRequest) -> CmdResult {
+    let region_id = cmd.region_id;
+    let (tx, rx) = oneshot::channel();
+    router.send_command(cmd, tx);
+    match tokio::time::timeout(MERGE_WAIT, rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(region_error::region_not_found(region_id)),
+        Err(_) => Err(region_error::server_is_busy(&format!(
+            "proposal to region {region_id} not applied within {MERGE_WAIT:?}; its outcome is unknown"
+        ))),
+    }
+}
+
+/// Prepares merging the local region `source_id` (which this store must lead, at `epoch`)
+/// into `target_id`, whose local replica gives the target's range and epoch.
+pub async fn prepare_merge(
+    router: &StoreRouter,
+    source_id: u64,
+    epoch: Option<RegionEpoch>,
+    target_id: u64,
+) -> Result<(), MergeFailure> {
+    let Some((source, is_leader)) = crate::split::local_region(router, source_id).await else {
+        return Err(MergeFailure::Region(region_error::region_not_found(
+            source_id,
+        )));
+    };
+    if !is_leader {
+        return Err(MergeFailure::Region(region_error::not_leader(
+            source_id, None,
+        )));
+    }
+    if let Some(asked) = epoch {
+        if source.region_epoch != Some(asked) {
+            return Err(MergeFailure::Region(region_error::epoch_not_match(
+                &source, epoch,
+            )));
+        }
+    }
+    let Some((target, _)) = crate::split::local_region(router, target_id).await else {
+        return Err(MergeFailure::Region(RegionError {
+            message: format!(
+                "target region {target_id} has no replica on this store, so it cannot take region {source_id}"
+            ),
+            ..region_error::region_not_found(target_id)
+        }));
+    };
+    if let Some(why) = merge_refusal(&source, &target) {
+        return Err(MergeFailure::Region(region_error::invalid_command(
+            source_id, &why,
+        )));
+    }
+    match propose_local(router, prepare_command(&source, &target)).await {
+        Ok(()) => {
+            tracing::info!(
+                region = source_id,
+                target = target_id,
+                "merge prepared"
+            );
+            Ok(())
+        }
+        Err(e) => Err(MergeFailure::Region(e)),
+    }
+}
+
+/// Gets the CommitMerge `cmd` proposed by the target's leader: through the local replica if it
+/// leads, else on the store it names as leader.
+pub async fn propose_to_target(
+    pd: &PdClient,
+    router: &StoreRouter,
+    store_id: u64,
+    cmd: RaftCmdRequest,
+) -> CmdResult {
+    let local = propose_local(router, cmd.clone()).await;
+    let leader_store = match &local {
+        Err(RegionError {
+            kind: Some(Kind::NotLeader(n)),
+            ..
+        }) => n.leader.map(|l| l.store_id).filter(|s| *s != store_id),
+        _ => None,
+    };
+    let Some(leader_store) = leader_store else {
+        return local;
+    };
+    let unreachable = |e: String| {
+        region_error::server_is_busy(&format!("store {leader_store} unreachable: {e}"))
+    };
+    let store = pd
+        .get_store(leader_store)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let channel =
+        ringkv_client::pd::channel_to(&store.address).map_err(|e| unreachable(e.to_string()))?;
+    let mut client = RaftClient::new(channel);
+    let call = client.propose_merge(ProposeMergeRequest { cmd: Some(cmd) });
+    match tokio::time::timeout(MERGE_WAIT, call).await {
+        Ok(Ok(response)) => match response.into_inner().region_error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        },
+        Ok(Err(status)) => Err(unreachable(status.message().to_string())),
+        Err(_) => Err(unreachable("no answer in time".into())),
+    }
+}
+
+/// One attempt of a merging source's leader to get its merge committed (the raftstore asks
+/// again on a timer until the source is gone or back to normal).
+pub async fn commit_merge(
+    pd: &PdClient,
+    router: &StoreRouter,
+    store_id: u64,
+    source: Region,
+    cmd: RaftCmdRequest,
+) {
+    let commit = match cmd.admin.as_ref().and_then(|a| a.cmd.as_ref()) {
+        Some(admin_request::Cmd::CommitMerge(c)) => c.commit,
+        _ => return,
+    };
+    let target = cmd.region_id;
+    let result = propose_to_target(pd, router, store_id, cmd).await;
+    match after_commit_attempt(&result) {
+        MergeStep::Done => tracing::info!(region = source.id, target, "merge committed"),
+        MergeStep::Retry => tracing::debug!(
+            region = source.id,
+            target,
+            reason = %result.err().map(|e| e.message).unwrap_or_default(),
+            "merge not committed yet; retrying later"
+        ),
+        MergeStep::RollBack => {
+            tracing::info!(
+                region = source.id,
+                target,
+                reason = %result.err().map(|e| e.message).unwrap_or_default(),
+                "target refused the merge for good; rolling back"
+            );
+            if let Err(e) = propose_local(router, rollback_command(&source, commit)).await {
+                tracing::info!(region = source.id, reason = %e.message, "rollback not applied yet; retrying later");
+            }
+        }
+    }
+}
