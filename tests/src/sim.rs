@@ -166,6 +166,8 @@ pub struct Sim {
     /// Writes to try again at a step: (step, key).
     deferred: Vec<(u64, u64)>,
     merges: Vec<PendingMerge>,
+    /// Sources whose merge the target confirmed.
+    merged: BTreeSet<u64>,
     trace: std::collections::hash_map::DefaultHasher,
     outcome: SimOutcome,
 }
@@ -222,6 +224,7 @@ impl Sim {
             last_error: BTreeMap::new(),
             deferred: Vec::new(),
             merges: Vec::new(),
+            merged: BTreeSet::new(),
             trace: Default::default(),
             outcome: SimOutcome {
                 acked_writes: 0,
@@ -605,8 +608,11 @@ impl Sim {
         for (i, source, commit, result) in done {
             match ringkv_node::merge::after_commit_attempt(&result) {
                 ringkv_node::merge::MergeStep::Done => {
-                    self.note(("merged", source.id));
-                    self.outcome.merges_committed += 1;
+                    // Retries of a merge that happened answer "done" again: count it once.
+                    if self.merged.insert(source.id) {
+                        self.note(("merged", source.id));
+                        self.outcome.merges_committed += 1;
+                    }
                 }
                 ringkv_node::merge::MergeStep::Retry => {}
                 ringkv_node::merge::MergeStep::RollBack => {
