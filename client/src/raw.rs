@@ -318,6 +318,64 @@ impl RawClient {
         Ok(())
     }
 
+    /// Merges region `source_region_id` into the adjacent region `target_region_id`, whose
+    /// peers must sit on the same stores. An admin operation (the placement driver merges small
+    /// regions by itself). Returns once the source has prepared the merge; the target completes
+    /// it moments later, and routing follows. A merge the regions cannot make (not adjacent,
+    /// peers elsewhere) is an `InvalidArgument` error that says why.
+    pub async fn merge_region(&self, source_region_id: u64, target_region_id: u64) -> Result<()> {
+        if source_region_id == 0 || target_region_id == 0 {
+            return Err(ClientError::InvalidArgument(
+                "merge needs a source and a target region id".into(),
+            ));
+        }
+        if source_region_id == target_region_id {
+            return Err(ClientError::InvalidArgument(format!(
+                "region {source_region_id} cannot merge into itself"
+            )));
+        }
+        let deadline = Instant::now() + self.config.timeout;
+        let mut backoff = Backoff::new(deadline);
+        let mut last_error = String::from("none");
+        for round in 0.. {
+            match self.pd.get_region_by_id(source_region_id).await {
+                Ok(route) => {
+                    let outcome = self
+                        .attempt(&route, round, move |mut client, context| {
+                            Box::pin(async move {
+                                let r = client
+                                    .merge_region(MergeRegionRequest {
+                                        source_region_id: context.region_id,
+                                        source_epoch: context.region_epoch,
+                                        target_region_id,
+                                    })
+                                    .await?
+                                    .into_inner();
+                                match r.region_error {
+                                    // No kind: the regions cannot merge as they are.
+                                    Some(e) if e.kind.is_none() => {
+                                        Err(tonic::Status::failed_precondition(e.message))
+                                    }
+                                    other => Ok((other, ())),
+                                }
+                            })
+                        })
+                        .await?;
+                    match outcome {
+                        Attempt::Done(()) => return Ok(()),
+                        Attempt::Retry { reason, .. } => last_error = reason,
+                    }
+                }
+                Err(e) if e.is_retryable() => last_error = e.to_string(),
+                Err(e) => return Err(e),
+            }
+            if !backoff.wait().await {
+                break;
+            }
+        }
+        Err(self.timeout("merge_region", last_error))
+    }
+
     /// Returns up to `limit` pairs with user key in `[start, end)` in user-key order; an empty
     /// `end` means "to the end of the keyspace".
     ///

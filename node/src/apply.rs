@@ -131,8 +131,7 @@ pub fn merged_region(target: &Region, source: &Region) -> Region {
         target.region_epoch.unwrap_or_default(),
         source.region_epoch.unwrap_or_default(),
     );
-    let (start_key, end_key) = if source.end_key == target.start_key && !source.end_key.is_empty()
-    {
+    let (start_key, end_key) = if source.end_key == target.start_key && !source.end_key.is_empty() {
         (source.start_key.clone(), target.end_key.clone())
     } else {
         (target.start_key.clone(), source.end_key.clone())
@@ -171,8 +170,7 @@ pub fn check_command(view: RegionView<'_>, cmd: &RaftCmdRequest) -> CmdResult {
     let admin = cmd.admin.as_ref().and_then(|a| a.cmd.as_ref());
     if let Some(admin_request::Cmd::CommitMerge(c)) = admin {
         // A retry of a merge that happened: done, whatever the epoch became since.
-        if c
-            .source
+        if c.source
             .as_ref()
             .is_some_and(|s| view.merged_sources.contains(&s.id))
         {

@@ -115,6 +115,9 @@ pub struct RaftSection {
     /// Ticks a leader must be idle before its region goes quiet. Default 20; at least
     /// `election_ticks`.
     pub quiet_leader_ticks: u32,
+    /// Ticks between the reports of a quiet leader to the placement driver (which may answer
+    /// with a merge order), made without waking the region. Default 600 (a minute); at least 1.
+    pub region_heartbeat_quiet_ticks: u32,
 }
 
 impl Default for RaftSection {
@@ -135,6 +138,7 @@ impl Default for RaftSection {
             pollers: None,
             quiet_regions: store.quiet_regions,
             quiet_leader_ticks: store.quiet_leader_ticks,
+            region_heartbeat_quiet_ticks: store.region_heartbeat_quiet_ticks,
         }
     }
 }
@@ -195,6 +199,9 @@ impl NodeConfig {
                 "mailbox_capacity = {} is below 1024",
                 self.mailbox_capacity
             ));
+        }
+        if self.raft.region_heartbeat_quiet_ticks == 0 {
+            return bad("raft.region_heartbeat_quiet_ticks must be at least 1".into());
         }
         if self.raft.region_heartbeat_ticks == 0 {
             return bad("raft.region_heartbeat_ticks must be at least 1".into());
@@ -258,6 +265,7 @@ impl NodeConfig {
             raft_log_gc_count_limit: self.raft.raft_log_gc_count_limit,
             quiet_regions: self.raft.quiet_regions,
             quiet_leader_ticks: self.raft.quiet_leader_ticks,
+            region_heartbeat_quiet_ticks: self.raft.region_heartbeat_quiet_ticks,
             pollers: self
                 .raft
                 .pollers

@@ -154,11 +154,7 @@ pub async fn prepare_merge(
     }
     match propose_local(router, prepare_command(&source, &target)).await {
         Ok(()) => {
-            tracing::info!(
-                region = source_id,
-                target = target_id,
-                "merge prepared"
-            );
+            tracing::info!(region = source_id, target = target_id, "merge prepared");
             Ok(())
         }
         Err(e) => Err(MergeFailure::Region(e)),
@@ -184,9 +180,8 @@ pub async fn propose_to_target(
     let Some(leader_store) = leader_store else {
         return local;
     };
-    let unreachable = |e: String| {
-        region_error::server_is_busy(&format!("store {leader_store} unreachable: {e}"))
-    };
+    let unreachable =
+        |e: String| region_error::server_is_busy(&format!("store {leader_store} unreachable: {e}"));
     let store = pd
         .get_store(leader_store)
         .await

@@ -96,6 +96,8 @@ pub struct RaftStoreConfig {
     pub quiet_regions: bool,
     /// Ticks a leader must be idle before it goes quiet.
     pub quiet_leader_ticks: u32,
+    /// Ticks between reports of quiet leaders to the placement driver (without waking them).
+    pub region_heartbeat_quiet_ticks: u32,
 }
 
 impl Default for RaftStoreConfig {
@@ -116,6 +118,7 @@ impl Default for RaftStoreConfig {
             raft_log_gc_count_limit: 20_000,
             quiet_regions: true,
             quiet_leader_ticks: 20,
+            region_heartbeat_quiet_ticks: 600,
         }
     }
 }
@@ -455,6 +458,16 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
             fsm.peer.catch_up_merge(commit, commit_term);
         }
         PeerMsg::Destroy { tombstone } => destroy_peer(ctx, fsm, tombstone),
+        PeerMsg::ReportQuiet => {
+            // Without waking: the placement driver hears of the region (and may order a
+            // merge), and a region that went quiet before it was measured gets measured.
+            if fsm.peer.is_leader() {
+                let _ = ctx
+                    .events
+                    .send(StoreEvent::RegionHeartbeat(heartbeat_of(&fsm.peer)));
+                maybe_schedule_split_check(ctx, fsm);
+            }
+        }
     }
 }
 
@@ -500,13 +513,13 @@ fn destroy_peer(ctx: &StoreContext, fsm: &mut PeerFsm, tombstone: bool) {
     }
     fsm.destroyed = true;
     ctx.router.close(region.id);
-    if !ctx
-        .router
-        .send_control_wait(StoreMsg::CleanLog {
-            region_id: region.id,
-        })
-    {
-        tracing::debug!(region = region.id, "control thread gone; log cleaned at restart");
+    if !ctx.router.send_control_wait(StoreMsg::CleanLog {
+        region_id: region.id,
+    }) {
+        tracing::debug!(
+            region = region.id,
+            "control thread gone; log cleaned at restart"
+        );
     }
 }
 
@@ -1132,6 +1145,15 @@ impl StoreFsm {
             .is_multiple_of(u64::from(self.ctx.cfg.raft_log_gc_ticks.max(1)))
         {
             self.compact_logs();
+        }
+        if self
+            .ticks
+            .is_multiple_of(u64::from(self.ctx.cfg.region_heartbeat_quiet_ticks.max(1)))
+        {
+            let leaders: Vec<u64> = self.ctx.router.meta().leaders.iter().copied().collect();
+            for id in self.ctx.router.quiet(&leaders) {
+                let _ = self.ctx.router.send(id, PeerMsg::ReportQuiet);
+            }
         }
     }
 

@@ -60,6 +60,8 @@ pub enum PeerMsg {
     /// this region's tombstone) or, with `tombstone`, a snapshot of the region that absorbed it
     /// needs its range.
     Destroy { tombstone: bool },
+    /// A quiet leader reports to the placement driver, staying quiet.
+    ReportQuiet,
 }
 
 /// Messages to the store as a whole (the control thread).
@@ -234,6 +236,16 @@ impl StoreRouter {
         if let Some(old) = self.inner.mailboxes.write().remove(&region_id) {
             old.parked.lock().take();
         }
+    }
+
+    /// Those of `region_ids` whose mailbox is quiet.
+    pub fn quiet(&self, region_ids: &[u64]) -> Vec<u64> {
+        let boxes = self.inner.mailboxes.read();
+        region_ids
+            .iter()
+            .filter(|id| boxes.get(id).is_some_and(|m| !m.is_awake()))
+            .copied()
+            .collect()
     }
 
     pub fn region_ids(&self) -> Vec<u64> {

@@ -307,8 +307,19 @@ async fn on_store_event(task: &PlacementTask, event: StoreEvent) {
                         if !merges.lock().insert(source.id) {
                             return;
                         }
-                        tracing::info!(region = source.id, target = target.id, "placement driver orders a merge");
-                        if let Err(e) = crate::merge::prepare_merge(&router, source.id, source.region_epoch, target.id).await {
+                        tracing::info!(
+                            region = source.id,
+                            target = target.id,
+                            "placement driver orders a merge"
+                        );
+                        if let Err(e) = crate::merge::prepare_merge(
+                            &router,
+                            source.id,
+                            source.region_epoch,
+                            target.id,
+                        )
+                        .await
+                        {
                             tracing::info!(region = source.id, target = target.id, store = store_id, reason = %e, "merge not prepared");
                         }
                         merges.lock().remove(&source.id);

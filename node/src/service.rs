@@ -405,11 +405,9 @@ impl Kv for KvService {
         .await
         {
             Ok(()) => Ok(Response::new(MergeRegionResponse { region_error: None })),
-            Err(crate::merge::MergeFailure::Region(e)) => {
-                Ok(Response::new(MergeRegionResponse {
-                    region_error: Some(e),
-                }))
-            }
+            Err(crate::merge::MergeFailure::Region(e)) => Ok(Response::new(MergeRegionResponse {
+                region_error: Some(e),
+            })),
             Err(crate::merge::MergeFailure::Unavailable(m)) => Err(Status::unavailable(m)),
         }
     }
@@ -483,7 +481,9 @@ impl Raft for RaftService {
             Some(raftpb::admin_request::Cmd::CommitMerge(_))
         );
         if !is_commit_merge || !cmd.requests.is_empty() {
-            return Err(invalid("propose merge takes exactly one CommitMerge command"));
+            return Err(invalid(
+                "propose merge takes exactly one CommitMerge command",
+            ));
         }
         let result = crate::merge::propose_local(&self.ctx.router, cmd).await;
         Ok(Response::new(raftpb::ProposeMergeResponse {

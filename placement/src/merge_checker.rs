@@ -132,7 +132,9 @@ pub fn merge_target<'a>(
         .filter(|p| !p.region.end_key.is_empty() && p.region.end_key == source.region.start_key)
         .and_then(|p| eligible(&p).map(|size| (size, p)));
     let next = next
-        .filter(|n| !source.region.end_key.is_empty() && n.region.start_key == source.region.end_key)
+        .filter(|n| {
+            !source.region.end_key.is_empty() && n.region.start_key == source.region.end_key
+        })
         .and_then(|n| eligible(&n).map(|size| (size, n)));
     match (prev, next) {
         (Some((ps, p)), Some((ns, n))) => Some(if ns < ps { n.region } else { p.region }),
@@ -215,7 +217,10 @@ mod tests {
 
     #[test]
     fn refuses_big_young_unmeasured_lagging_or_scattered_regions() {
-        let (a, b) = (region(1, b"", b"m", &[1, 2, 3]), region(2, b"m", b"", &[1, 2, 3]));
+        let (a, b) = (
+            region(1, b"", b"m", &[1, 2, 3]),
+            region(2, b"m", b"", &[1, 2, 3]),
+        );
         let now = 50;
         // Together over the size limit.
         assert!(merge_target(&cand(&b, 600), Some(&cand(&a, 600)), None, &cfg(), now).is_none());
@@ -242,7 +247,14 @@ mod tests {
         assert!(merge_target(&cand(&b, 10), Some(&lagging), None, &cfg(), now).is_none());
         // Peers on other stores.
         let elsewhere = region(1, b"", b"m", &[1, 2, 4]);
-        assert!(merge_target(&cand(&b, 10), Some(&cand(&elsewhere, 10)), None, &cfg(), now).is_none());
+        assert!(merge_target(
+            &cand(&b, 10),
+            Some(&cand(&elsewhere, 10)),
+            None,
+            &cfg(),
+            now
+        )
+        .is_none());
         // Not adjacent.
         let apart = region(1, b"", b"k", &[1, 2, 3]);
         assert!(merge_target(&cand(&b, 10), Some(&cand(&apart, 10)), None, &cfg(), now).is_none());

@@ -2,8 +2,8 @@
 //! its lock, persist what it asked for, reply. Errors travel in the response header, typed.
 
 use crate::cluster::{MetaWrites, PlacementCore};
-use crate::meta_store::MetaStore;
 use crate::merge_checker::RegionStats;
+use crate::meta_store::MetaStore;
 use crate::PlacementError;
 use parking_lot::Mutex;
 use ringkv_proto::pdpb::placement_server::Placement;
@@ -216,11 +216,9 @@ impl Placement for PlacementService {
                 pending_peers: req.pending_peers.len(),
             });
             core.region_stats(region_id, stats, now);
-            Ok(core
-                .merge_order(region_id, now)
-                .map(|target| MergeOrder {
-                    target: Some(target),
-                }))
+            Ok(core.merge_order(region_id, now).map(|target| MergeOrder {
+                target: Some(target),
+            }))
         });
         Ok(Response::new(RegionHeartbeatResponse { header, merge }))
     }

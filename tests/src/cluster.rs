@@ -20,6 +20,9 @@ pub struct ClusterBuilder {
     pub split: SplitSection,
     /// `[raft]` log GC settings: ticks, threshold, count limit.
     pub log_gc: (u32, u64, u64),
+    /// The placement driver's merge checker (default: the production limits, which merge
+    /// nothing a test creates within its run).
+    pub merge: ringkv_placement::merge_checker::MergeConfig,
 }
 
 impl Default for ClusterBuilder {
@@ -37,6 +40,7 @@ impl Default for ClusterBuilder {
                     r.raft_log_gc_count_limit,
                 )
             },
+            merge: Default::default(),
         }
     }
 }
@@ -62,6 +66,18 @@ impl ClusterBuilder {
     /// entries needs a snapshot.
     pub fn eager_log_gc(mut self, count_limit: u64) -> Self {
         self.log_gc = (2, 5, count_limit);
+        self
+    }
+
+    /// The placement driver merges regions of at most `size_bytes` (and whose union stays
+    /// within it) into a neighbour soon after they last changed.
+    pub fn auto_merge(mut self, size_bytes: u64) -> Self {
+        self.merge = ringkv_placement::merge_checker::MergeConfig {
+            merge_size_bytes_max: size_bytes,
+            merge_keys_max: u64::MAX,
+            split_merge_interval_ms: 500,
+            merge_timeout_ms: 5_000,
+        };
         self
     }
 
@@ -96,6 +112,10 @@ impl TestCluster {
             data_dir: dir.path().join("placement"),
             listen_addr: "127.0.0.1:0".parse().unwrap(),
             replicas: b.replicas,
+            merge_size_bytes_max: b.merge.merge_size_bytes_max,
+            merge_keys_max: b.merge.merge_keys_max,
+            split_merge_interval_ms: b.merge.split_merge_interval_ms,
+            merge_timeout_ms: b.merge.merge_timeout_ms,
             ..PlacementConfig::default()
         })
         .expect("placement starts");
@@ -112,6 +132,8 @@ impl TestCluster {
             };
             config.raft.tick_interval_ms = b.tick_interval_ms;
             config.split = b.split.clone();
+            // Quiet leaders report every second, so merge orders reach them within a test.
+            config.raft.region_heartbeat_quiet_ticks = (1000 / b.tick_interval_ms.max(1)) as u32;
             (
                 config.raft.raft_log_gc_ticks,
                 config.raft.raft_log_gc_threshold,

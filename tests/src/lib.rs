@@ -10,6 +10,7 @@
 //! - [`wait_until`]: bounded polling for conditions that become true eventually.
 
 pub mod cluster;
+pub mod cluster_checks;
 pub mod debug;
 pub mod process;
 pub mod regions;
