@@ -5,11 +5,9 @@
 use ringkv_client::{RawClient, RawConfig};
 use ringkv_proto::keys;
 use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
-use ringkv_proto::metapb::Region;
 use ringkv_tests::cluster::{ClusterBuilder, TestCluster};
 use ringkv_tests::cluster_checks::{assert_nodes_agree, ring_position, wait_for_regions};
-use ringkv_tests::regions::{assert_disjoint, count_keys, node_regions, pd_regions, tiling_error};
-use ringkv_tests::wait_until;
+use ringkv_tests::regions::count_keys;
 use std::time::Duration;
 
 /// A client of keyspace 0 in range mode.
