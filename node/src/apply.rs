@@ -553,6 +553,7 @@ fn keys_in_user_range(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringkv_proto::metapb::Peer as PeerMeta;
     use ringkv_proto::metapb::RegionEpoch;
     use ringkv_proto::raftpb::{DeleteRangeRequest, PutRequest};
     use ringkv_storage::MemKv;
@@ -632,5 +633,175 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, vec![b"a".to_vec(), b"d".to_vec(), b"e".to_vec()]);
+    }
+
+    fn peers(first_id: u64) -> Vec<PeerMeta> {
+        (0..3)
+            .map(|i| PeerMeta {
+                id: first_id + i,
+                store_id: 1 + i,
+                role: 0,
+            })
+            .collect()
+    }
+
+    fn admin_cmd(region: &Region, cmd: admin_request::Cmd) -> RaftCmdRequest {
+        RaftCmdRequest {
+            region_id: region.id,
+            region_epoch: region.region_epoch,
+            requests: Vec::new(),
+            admin: Some(ringkv_proto::raftpb::AdminRequest { cmd: Some(cmd) }),
+        }
+    }
+
+    fn exec(kv: &MemKv, view: RegionView<'_>, index: u64, cmd: &RaftCmdRequest) -> Applied {
+        let mut batch = KvWriteBatch::default();
+        let applied = exec_command(view, index, cmd, kv, &mut batch).unwrap();
+        kv.write(batch).unwrap();
+        applied
+    }
+
+    #[test]
+    fn merge_prepares_commits_once_and_signals_rollback_only_on_a_final_refusal() {
+        let kv = MemKv::new();
+        let target = Region {
+            id: 1,
+            end_key: b"m".to_vec(),
+            region_epoch: Some(RegionEpoch {
+                conf_ver: 1,
+                version: 2,
+            }),
+            peers: peers(10),
+            ..Default::default()
+        };
+        let source = Region {
+            id: 2,
+            start_key: b"m".to_vec(),
+            region_epoch: Some(RegionEpoch {
+                conf_ver: 1,
+                version: 3,
+            }),
+            peers: peers(20),
+            ..Default::default()
+        };
+        let plain = |r| RegionView {
+            region: r,
+            merge_state: None,
+            merged_sources: &[],
+        };
+        let prepare = admin_cmd(
+            &source,
+            admin_request::Cmd::PrepareMerge(ringkv_proto::raftpb::PrepareMergeRequest {
+                target: Some(target.clone()),
+            }),
+        );
+        let Some(AdminResult::PrepareMerge {
+            region: prepared,
+            state,
+        }) = exec(&kv, plain(&source), 7, &prepare).admin
+        else {
+            panic!("prepare applies");
+        };
+        assert_eq!(state.commit, 7);
+        assert_eq!(
+            prepared.region_epoch,
+            Some(RegionEpoch {
+                conf_ver: 2,
+                version: 4
+            })
+        );
+        assert_eq!(source_progress(&kv, 2, 7).unwrap(), SourceProgress::Behind);
+        // Once the source's apply state reaches the prepare, a waiting target may go on.
+        let mut b = KvWriteBatch::default();
+        layout::write_apply_state(
+            &mut b,
+            2,
+            &ringkv_proto::raftpb::ApplyState {
+                applied_index: 7,
+                ..Default::default()
+            },
+        );
+        kv.write(b).unwrap();
+        assert_eq!(source_progress(&kv, 2, 7).unwrap(), SourceProgress::Ready);
+
+        // The merging source refuses writes and splits, and takes only its own rollback.
+        let merging = RegionView {
+            region: &prepared,
+            merge_state: Some(&state),
+            merged_sources: &[],
+        };
+        let put = RaftCmdRequest {
+            region_id: 2,
+            region_epoch: prepared.region_epoch,
+            requests: vec![put(b"x")],
+            admin: None,
+        };
+        assert!(check_command(merging, &put).is_err());
+        let rollback = |commit| {
+            admin_cmd(
+                &prepared,
+                admin_request::Cmd::RollbackMerge(ringkv_proto::raftpb::RollbackMergeRequest {
+                    commit,
+                }),
+            )
+        };
+        assert!(check_command(merging, &rollback(6)).is_err());
+        assert!(check_command(merging, &rollback(7)).is_ok());
+
+        // The target widens once, over the source, above both versions.
+        let commit = admin_cmd(
+            &target,
+            admin_request::Cmd::CommitMerge(CommitMergeRequest {
+                source: Some(prepared.clone()),
+                commit: 7,
+                commit_term: 5,
+                source_merged_sources: vec![9],
+            }),
+        );
+        assert!(merge_to_wait_for(plain(&target), &commit).is_some());
+        let Some(AdminResult::CommitMerge {
+            region: merged,
+            merged_sources,
+            ..
+        }) = exec(&kv, plain(&target), 30, &commit).admin
+        else {
+            panic!("commit applies");
+        };
+        assert_eq!(
+            (merged.start_key.as_slice(), merged.end_key.as_slice()),
+            (&b""[..], &b""[..])
+        );
+        assert_eq!(merged.region_epoch.unwrap().version, 5);
+        assert_eq!(merged_sources, vec![9, 2]);
+        let tomb = layout::read_region_state(&kv, 2).unwrap().unwrap();
+        assert_eq!(tomb.state, PeerState::Tombstone as i32);
+
+        // A retry after the merge is answered as done, whatever the epoch became...
+        let after = RegionView {
+            region: &merged,
+            merge_state: None,
+            merged_sources: &merged_sources,
+        };
+        assert!(merge_to_wait_for(after, &commit).is_none());
+        let retried = exec(&kv, after, 31, &commit);
+        assert!(retried.result.is_ok() && retried.admin.is_none());
+        // ...while a target whose epoch moved without merging refuses with EpochNotMatch, the
+        // one answer that rolls the source back.
+        let moved = Region {
+            region_epoch: Some(RegionEpoch {
+                conf_ver: 1,
+                version: 3,
+            }),
+            ..target.clone()
+        };
+        let refused = check_command(plain(&moved), &commit);
+        assert_eq!(
+            crate::merge::after_commit_attempt(&refused),
+            crate::merge::MergeStep::RollBack
+        );
+        assert_eq!(
+            crate::merge::after_commit_attempt(&Err(region_error::server_is_busy("x"))),
+            crate::merge::MergeStep::Retry
+        );
     }
 }
