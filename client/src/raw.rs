@@ -324,16 +324,7 @@ impl RawClient {
     /// it moments later, and routing follows. A merge the regions cannot make (not adjacent,
     /// peers elsewhere) is an `InvalidArgument` error that says why.
     pub async fn merge_region(&self, source_region_id: u64, target_region_id: u64) -> Result<()> {
-        if source_region_id == 0 || target_region_id == 0 {
-            return Err(ClientError::InvalidArgument(
-                "merge needs a source and a target region id".into(),
-            ));
-        }
-        if source_region_id == target_region_id {
-            return Err(ClientError::InvalidArgument(format!(
-                "region {source_region_id} cannot merge into itself"
-            )));
-        }
+        rule(check_merge_ids(source_region_id, target_region_id))?;
         let deadline = Instant::now() + self.config.timeout;
         let mut backoff = Backoff::new(deadline);
         let mut last_error = String::from("none");

@@ -10,6 +10,7 @@ use ringkv_proto::raftpb::{
     admin_request, request::Cmd, CommitMergeRequest, MergeState, PeerState, RaftCmdRequest,
     RegionLocalState, Request, SplitRequest,
 };
+use ringkv_proto::region;
 use ringkv_storage::layout::{self, data_key, data_range, origin_key};
 use ringkv_storage::{KvEngine, KvWriteBatch, PeerStorage, Result as StorageResult};
 
@@ -37,6 +38,48 @@ pub enum AdminResult {
     },
     /// The merge this region prepared is abandoned; it serves again at a new version.
     RollbackMerge { region: Region },
+}
+
+impl AdminResult {
+    /// The local region as this change leaves it (None for a log compaction).
+    pub fn region_after(&self) -> Option<&Region> {
+        match self {
+            AdminResult::Split { left, .. } => Some(left),
+            AdminResult::PrepareMerge { region, .. }
+            | AdminResult::CommitMerge { region, .. }
+            | AdminResult::RollbackMerge { region } => Some(region),
+            AdminResult::CompactLog { .. } => None,
+        }
+    }
+}
+
+/// For logs: what the change was.
+impl std::fmt::Display for AdminResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminResult::Split { right, .. } => write!(f, "split applied; new region {}", right.id),
+            AdminResult::CompactLog { index, .. } => write!(f, "log compacted to {index}"),
+            AdminResult::PrepareMerge { state, .. } => write!(
+                f,
+                "merge into region {} prepared; the region serves nothing until it is merged or rolled back",
+                state.target.as_ref().map(|t| t.id).unwrap_or_default()
+            ),
+            AdminResult::CommitMerge { source, .. } => {
+                write!(f, "merge committed; region {} merged in", source.id)
+            }
+            AdminResult::RollbackMerge { .. } => write!(f, "merge rolled back"),
+        }
+    }
+}
+
+/// Whether `cmd` is checked only by [`check_command`]'s own epoch rules, not by the request
+/// epoch check: a CommitMerge names the target's epoch as the source saw it, and a rollback is
+/// the one command a merging region takes.
+pub fn has_own_epoch_rules(cmd: &RaftCmdRequest) -> bool {
+    matches!(
+        cmd.admin.as_ref().and_then(|a| a.cmd.as_ref()),
+        Some(admin_request::Cmd::CommitMerge(_)) | Some(admin_request::Cmd::RollbackMerge(_))
+    )
 }
 
 /// A command's result and, for an admin command that succeeded, what it changed.
@@ -86,18 +129,6 @@ impl RegionView<'_> {
     }
 }
 
-fn store_ids(region: &Region) -> Vec<u64> {
-    let mut ids: Vec<u64> = region.peers.iter().map(|p| p.store_id).collect();
-    ids.sort_unstable();
-    ids
-}
-
-/// Whether `a` and `b` are neighbours in key order.
-pub fn adjacent(a: &Region, b: &Region) -> bool {
-    (!a.end_key.is_empty() && a.end_key == b.start_key)
-        || (!b.end_key.is_empty() && b.end_key == a.start_key)
-}
-
 /// Why `source` cannot merge into `target` as they stand, if it cannot.
 pub fn merge_refusal(source: &Region, target: &Region) -> Option<String> {
     if source.id == target.id {
@@ -106,19 +137,19 @@ pub fn merge_refusal(source: &Region, target: &Region) -> Option<String> {
     if target.region_epoch.is_none() || target.peers.is_empty() {
         return Some(format!("target region {} has no epoch or peers", target.id));
     }
-    if !adjacent(source, target) {
+    if !region::adjacent(source, target) {
         return Some(format!(
             "regions {} and {} are not adjacent",
             source.id, target.id
         ));
     }
-    if store_ids(source) != store_ids(target) {
+    if !region::same_stores(source, target) {
         return Some(format!(
             "regions {} and {} have peers on different stores ({:?} vs {:?}); move them together first",
             source.id,
             target.id,
-            store_ids(source),
-            store_ids(target)
+            region::store_ids(source),
+            region::store_ids(target)
         ));
     }
     None
@@ -409,15 +440,7 @@ pub fn exec_command(
                         }
                         .local_state(PeerState::Normal),
                     );
-                    layout::write_region_state(
-                        batch,
-                        &RegionLocalState {
-                            state: PeerState::Tombstone as i32,
-                            region: Some(source.clone()),
-                            merge_state: None,
-                            merged_sources: Vec::new(),
-                        },
-                    );
+                    layout::write_tombstone(batch, &source);
                     Some(AdminResult::CommitMerge {
                         region: merged,
                         source,

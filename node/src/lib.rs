@@ -2,6 +2,7 @@
 //!
 //! - [`peer`]: one replica of one region: raft-rs `RawNode` plus proposals and reads waiting on
 //!   it. Pure: ticks, messages and requests in; log writes, messages and applied results out.
+//! - [`admin`]: what split and merge share: the local leader check, proposing and waiting.
 //! - [`apply`]: turns committed commands into one atomic write batch (data + applied index).
 //! - [`router`]: per-peer mailboxes, the router from region id to mailbox, the ready queue.
 //! - [`raftstore`]: the batch system: poller threads that drive batches of peers, writing all
@@ -15,6 +16,7 @@
 //! - [`service`]: the raw KV, Raft and Debug gRPC services.
 //! - [`server`]: joining the cluster through the placement driver and running all of the above.
 
+pub mod admin;
 pub mod apply;
 pub mod cli;
 pub mod config;

@@ -12,6 +12,7 @@
 //!    (its epoch moved first: [`after_commit_attempt`]). A target that already merged the
 //!    source answers a retry as done, so a late retry never rolls back a merge that happened.
 
+use crate::admin::{self, AdminFailure};
 use crate::apply::{merge_refusal, CmdResult};
 use crate::region_error;
 use crate::router::StoreRouter;
@@ -24,9 +25,8 @@ use ringkv_proto::raftpb::{
     RollbackMergeRequest,
 };
 use std::time::Duration;
-use tokio::sync::oneshot;
 
-/// How long a merge step waits for its proposal to apply before calling the outcome unknown.
+/// How long the target's store may take to answer a forwarded CommitMerge.
 const MERGE_WAIT: Duration = Duration::from_secs(10);
 
 /// What a merging source does after an attempt to commit its merge.
@@ -62,6 +62,14 @@ fn admin(region_id: u64, epoch: Option<RegionEpoch>, cmd: admin_request::Cmd) ->
     }
 }
 
+/// The index of the source's prepare that a CommitMerge `cmd` completes.
+pub fn prepared_commit(cmd: &RaftCmdRequest) -> Option<u64> {
+    match cmd.admin.as_ref()?.cmd.as_ref()? {
+        admin_request::Cmd::CommitMerge(c) => Some(c.commit),
+        _ => None,
+    }
+}
+
 /// The proposal that prepares merging `source` into `target`.
 pub fn prepare_command(source: &Region, target: &Region) -> RaftCmdRequest {
     admin(
@@ -82,38 +90,6 @@ pub fn rollback_command(source: &Region, commit: u64) -> RaftCmdRequest {
     )
 }
 
-/// Why a merge request did not go through.
-#[derive(Debug)]
-pub enum MergeFailure {
-    /// The region refused (not leader, epoch changed, not mergeable): the error says why.
-    Region(RegionError),
-    /// The raftstore could not be reached, or the proposal did not apply in time.
-    Unavailable(String),
-}
-
-impl std::fmt::Display for MergeFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MergeFailure::Region(e) => write!(f, "{}", e.message),
-            MergeFailure::Unavailable(m) => write!(f, "{m}"),
-        }
-    }
-}
-
-/// Proposes `cmd` to its region's local peer and waits for the applied result.
-pub async fn propose_local(router: &StoreRouter, cmd: RaftCmdRequest) -> CmdResult {
-    let region_id = cmd.region_id;
-    let (tx, rx) = oneshot::channel();
-    router.send_command(cmd, tx);
-    match tokio::time::timeout(MERGE_WAIT, rx).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(region_error::region_not_found(region_id)),
-        Err(_) => Err(region_error::server_is_busy(&format!(
-            "proposal to region {region_id} not applied within {MERGE_WAIT:?}; its outcome is unknown"
-        ))),
-    }
-}
-
 /// Prepares merging the local region `source_id` (which this store must lead, at `epoch`)
 /// into `target_id`, whose local replica gives the target's range and epoch.
 pub async fn prepare_merge(
@@ -121,26 +97,10 @@ pub async fn prepare_merge(
     source_id: u64,
     epoch: Option<RegionEpoch>,
     target_id: u64,
-) -> Result<(), MergeFailure> {
-    let Some((source, is_leader)) = crate::split::local_region(router, source_id).await else {
-        return Err(MergeFailure::Region(region_error::region_not_found(
-            source_id,
-        )));
-    };
-    if !is_leader {
-        return Err(MergeFailure::Region(region_error::not_leader(
-            source_id, None,
-        )));
-    }
-    if let Some(asked) = epoch {
-        if source.region_epoch != Some(asked) {
-            return Err(MergeFailure::Region(region_error::epoch_not_match(
-                &source, epoch,
-            )));
-        }
-    }
-    let Some((target, _)) = crate::split::local_region(router, target_id).await else {
-        return Err(MergeFailure::Region(RegionError {
+) -> Result<(), AdminFailure> {
+    let source = admin::local_leader(router, source_id, epoch).await?;
+    let Some((target, _)) = admin::local_region(router, target_id).await else {
+        return Err(AdminFailure::Region(RegionError {
             message: format!(
                 "target region {target_id} has no replica on this store, so it cannot take region {source_id}"
             ),
@@ -148,17 +108,13 @@ pub async fn prepare_merge(
         }));
     };
     if let Some(why) = merge_refusal(&source, &target) {
-        return Err(MergeFailure::Region(region_error::invalid_command(
+        return Err(AdminFailure::Region(region_error::invalid_command(
             source_id, &why,
         )));
     }
-    match propose_local(router, prepare_command(&source, &target)).await {
-        Ok(()) => {
-            tracing::info!(region = source_id, target = target_id, "merge prepared");
-            Ok(())
-        }
-        Err(e) => Err(MergeFailure::Region(e)),
-    }
+    admin::propose(router, prepare_command(&source, &target)).await?;
+    tracing::info!(region = source_id, target = target_id, "merge prepared");
+    Ok(())
 }
 
 /// Gets the CommitMerge `cmd` proposed by the target's leader: through the local replica if it
@@ -169,7 +125,7 @@ pub async fn propose_to_target(
     store_id: u64,
     cmd: RaftCmdRequest,
 ) -> CmdResult {
-    let local = propose_local(router, cmd.clone()).await;
+    let local = admin::propose_for_result(router, cmd.clone()).await;
     let leader_store = match &local {
         Err(RegionError {
             kind: Some(Kind::NotLeader(n)),
@@ -209,9 +165,8 @@ pub async fn commit_merge(
     source: Region,
     cmd: RaftCmdRequest,
 ) {
-    let commit = match cmd.admin.as_ref().and_then(|a| a.cmd.as_ref()) {
-        Some(admin_request::Cmd::CommitMerge(c)) => c.commit,
-        _ => return,
+    let Some(commit) = prepared_commit(&cmd) else {
+        return;
     };
     let target = cmd.region_id;
     let result = propose_to_target(pd, router, store_id, cmd).await;
@@ -230,8 +185,8 @@ pub async fn commit_merge(
                 reason = %result.err().map(|e| e.message).unwrap_or_default(),
                 "target refused the merge for good; rolling back"
             );
-            if let Err(e) = propose_local(router, rollback_command(&source, commit)).await {
-                tracing::info!(region = source.id, reason = %e.message, "rollback not applied yet; retrying later");
+            if let Err(e) = admin::propose(router, rollback_command(&source, commit)).await {
+                tracing::info!(region = source.id, reason = %e, "rollback not applied yet; retrying later");
             }
         }
     }

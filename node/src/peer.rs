@@ -477,9 +477,7 @@ impl Peer {
         epoch: Option<ringkv_proto::metapb::RegionEpoch>,
         keys: &[&[u8]],
     ) -> Result<(), RegionError> {
-        if !self.is_leader() {
-            return Err(region_error::not_leader(self.region_id(), self.leader()));
-        }
+        self.check_leader()?;
         let region = self.region();
         if let Some(state) = &self.merge_state {
             let target = state.target.as_ref().map(|t| t.id).unwrap_or_default();
@@ -498,24 +496,19 @@ impl Peer {
         Ok(())
     }
 
+    fn check_leader(&self) -> Result<(), RegionError> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(region_error::not_leader(self.region_id(), self.leader()))
+        }
+    }
+
     /// Proposes `cmd`; `callback` gets its applied result, or an error if it cannot be proposed.
     pub fn propose(&mut self, cmd: RaftCmdRequest, callback: CmdCallback) {
-        // Merge commands carry their own epoch rules (a CommitMerge names the target's epoch as
-        // the source saw it; a rollback is the one command a merging region takes), which
-        // `apply::check_command` knows. Keys are checked there too.
-        let merge_admin = cmd.admin.as_ref().is_some_and(|a| {
-            matches!(
-                a.cmd,
-                Some(admin_request::Cmd::CommitMerge(_))
-                    | Some(admin_request::Cmd::RollbackMerge(_))
-            )
-        });
-        let checked = if merge_admin {
-            if self.is_leader() {
-                Ok(())
-            } else {
-                Err(region_error::not_leader(self.region_id(), self.leader()))
-            }
+        // Keys, and the epoch rules of merge commands, are checked by `apply::check_command`.
+        let checked = if apply::has_own_epoch_rules(&cmd) {
+            self.check_leader()
         } else {
             self.check_request(cmd.region_epoch, &[])
         };
@@ -634,8 +627,7 @@ impl Peer {
         }
     }
 
-    fn fail_reads(&mut self) {
-        let err = region_error::not_leader(self.region_id(), self.leader());
+    fn fail_reads(&mut self, err: RegionError) {
         for w in self.reads_queued.drain(..) {
             let _ = w.callback.send(Err(err.clone()));
         }
@@ -880,8 +872,10 @@ impl Peer {
         self.merge_wait = None;
         let mut admin_results = Vec::new();
         let mut region = self.region().clone();
-        let mut merge_state = self.merge_state.clone();
-        let mut merged_sources = self.merged_sources.clone();
+        // Taken, not copied (the list of merged sources can be long); put back below. An error
+        // return stops the node, so nothing is lost by leaving them taken then.
+        let mut merge_state = self.merge_state.take();
+        let mut merged_sources = std::mem::take(&mut self.merged_sources);
         let applied_before = self.applied_index();
         let mut last_applied = None;
         let mut stop_at = None;
@@ -916,16 +910,15 @@ impl Peer {
                             break;
                         }
                     }
-                    if apply::needs_flushed_state(&cmd) && !batch.is_empty() {
+                    let flushed_state = apply::needs_flushed_state(&cmd);
+                    if flushed_state && !batch.is_empty() {
                         kv.write(std::mem::take(batch))?;
                     }
                     let applied = apply::exec_command(view, entry.index, &cmd, kv, batch)?;
                     if applied.result.is_ok() {
                         self.size.written_since_check_bytes += apply::written_bytes(&cmd);
-                        if apply::needs_flushed_state(&cmd) {
-                            // A range delete may have emptied the region: measure it again.
-                            self.size.check_wanted = true;
-                        }
+                        // A range delete may have emptied the region: measure it again.
+                        self.size.check_wanted |= flushed_state;
                     }
                     match applied.admin {
                         Some(AdminResult::CompactLog { index, term })
@@ -935,52 +928,23 @@ impl Peer {
                         }
                         Some(AdminResult::CompactLog { .. }) | None => {}
                         Some(admin) => {
+                            tracing::info!(region = region.id, index = entry.index, "{admin}");
                             match &admin {
-                                AdminResult::Split { left, right } => {
-                                    tracing::info!(
-                                        region = region.id,
-                                        new_region = right.id,
-                                        index = entry.index,
-                                        "split applied"
-                                    );
-                                    region = left.clone();
-                                }
-                                AdminResult::PrepareMerge { region: r, state } => {
-                                    tracing::info!(
-                                        region = region.id,
-                                        target = state.target.as_ref().map(|t| t.id),
-                                        index = entry.index,
-                                        "merge prepared; the region serves nothing until it is merged or rolled back"
-                                    );
-                                    region = r.clone();
-                                    merge_state = Some(state.clone());
+                                AdminResult::PrepareMerge { state, .. } => {
+                                    merge_state = Some(state.clone())
                                 }
                                 AdminResult::CommitMerge {
-                                    region: r,
-                                    source,
                                     merged_sources: sources,
-                                } => {
-                                    tracing::info!(
-                                        region = region.id,
-                                        source = source.id,
-                                        index = entry.index,
-                                        "merge committed"
-                                    );
-                                    region = r.clone();
-                                    merged_sources = sources.clone();
-                                }
-                                AdminResult::RollbackMerge { region: r } => {
-                                    tracing::info!(
-                                        region = region.id,
-                                        index = entry.index,
-                                        "merge rolled back"
-                                    );
-                                    region = r.clone();
-                                    merge_state = None;
-                                }
-                                AdminResult::CompactLog { .. } => unreachable!("matched above"),
+                                    ..
+                                } => merged_sources = sources.clone(),
+                                AdminResult::RollbackMerge { .. } => merge_state = None,
+                                AdminResult::Split { .. } | AdminResult::CompactLog { .. } => {}
                             }
                             // Later entries of this round must see the changed region.
+                            region = admin
+                                .region_after()
+                                .expect("every admin result but CompactLog changes the region")
+                                .clone();
                             self.raw.mut_store().set_region(region.clone());
                             self.size = SizeStats {
                                 check_wanted: true,
@@ -1058,14 +1022,7 @@ impl Peer {
         for p in self.proposals.drain(..) {
             let _ = p.callback.send(Err(error.clone()));
         }
-        for w in self.reads_queued.drain(..) {
-            let _ = w.callback.send(Err(error.clone()));
-        }
-        for batch in self.reads_in_flight.drain(..) {
-            for w in batch.waiters {
-                let _ = w.callback.send(Err(error.clone()));
-            }
-        }
+        self.fail_reads(error);
     }
 
     /// Releases the reads that became safe this round (confirmed and applied).
@@ -1085,7 +1042,7 @@ impl Peer {
         }
         if self.last_view.is_leader && !view.is_leader {
             // Reads were promised by a leader that no longer is one.
-            self.fail_reads();
+            self.fail_reads(region_error::not_leader(self.region_id(), self.leader()));
         }
         self.last_view = view;
         Some(view)

@@ -25,7 +25,7 @@ use ringkv_proto::metapb::{Peer as PeerMeta, Region};
 use ringkv_proto::pdpb::RegionHeartbeatRequest;
 use ringkv_proto::raftpb::{
     admin_request, AdminRequest, CompactLogRequest, PeerState, RaftCmdRequest, RaftMessage,
-    RegionInfoResponse, RegionLocalState,
+    RegionInfoResponse,
 };
 use ringkv_storage::{layout, KvEngine, KvWriteBatch, PeerStorage, RaftLogBatch, RaftLogEngine};
 use std::collections::HashMap;
@@ -461,12 +461,8 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
         PeerMsg::ReportQuiet => {
             // Without waking: the placement driver hears of the region (and may order a
             // merge), and a region that went quiet before it was measured gets measured.
-            if fsm.peer.is_leader() {
-                let _ = ctx
-                    .events
-                    .send(StoreEvent::RegionHeartbeat(heartbeat_of(&fsm.peer)));
-                maybe_schedule_split_check(ctx, fsm);
-            }
+            report_region(ctx, &fsm.peer);
+            maybe_schedule_split_check(ctx, fsm);
         }
     }
 }
@@ -482,21 +478,14 @@ fn destroy_peer(ctx: &StoreContext, fsm: &mut PeerFsm, tombstone: bool) {
     }
     if tombstone {
         let mut batch = KvWriteBatch::default();
-        let (lo, hi) = layout::data_range(&region.start_key, &region.end_key);
-        ctx.kv
-            .scan(&lo, &hi, &mut |k, _| {
-                batch.delete(k.to_vec());
-                true
-            })
-            .unwrap_or_else(|e| panic!("cannot read region {}: {e}", region.id));
-        layout::write_region_state(
+        layout::delete_data(
+            ctx.kv.as_ref(),
+            &region.start_key,
+            &region.end_key,
             &mut batch,
-            &RegionLocalState {
-                state: PeerState::Tombstone as i32,
-                region: Some(region.clone()),
-                ..Default::default()
-            },
-        );
+        )
+        .unwrap_or_else(|e| panic!("cannot read region {}: {e}", region.id));
+        layout::write_tombstone(&mut batch, &region);
         ctx.kv
             .write(batch)
             .unwrap_or_else(|e| panic!("cannot write tombstone of region {}: {e}", region.id));
@@ -560,36 +549,22 @@ fn on_raft_message(ctx: &StoreContext, fsm: &mut PeerFsm, msg: RaftMessage) {
 }
 
 /// A snapshot may be installed only if its range overlaps no other local region (one that is
-/// stale must catch up first; the leader retries the snapshot).
+/// stale must catch up first; the leader retries the snapshot). A local region the snapshot's
+/// region absorbed by a merge is destroyed, so a later try fits.
 fn snapshot_fits(ctx: &StoreContext, region_id: u64, snap: &raft::eraftpb::Snapshot) -> bool {
-    let Some(region) = crate::snapshot::decode(snap).and_then(|d| d.region) else {
+    let Some(data) = crate::snapshot::decode(snap) else {
         tracing::warn!(region = region_id, "undecodable snapshot dropped");
         return false;
     };
+    let region = data.region.as_ref().expect("decode checks the region");
     if region.id != region_id {
         tracing::warn!(region = region_id, "snapshot of another region dropped");
         return false;
     }
-    let overlapping: Vec<Region> = ctx
+    let overlapping = ctx
         .router
         .meta()
-        .regions
-        .values()
-        .filter(|r| {
-            r.id != region_id
-                && ringkv_proto::keys::ranges_overlap(
-                    &r.start_key,
-                    &r.end_key,
-                    &region.start_key,
-                    &region.end_key,
-                )
-        })
-        .cloned()
-        .collect();
-    if overlapping.is_empty() {
-        return true;
-    }
-    let data = crate::snapshot::decode(snap).expect("decoded above");
+        .overlapping(region_id, &region.start_key, &region.end_key);
     let version = region.region_epoch.unwrap_or_default().version;
     for local in &overlapping {
         if merged_into(ctx, local, region_id, version, &data.merged_sources) {
@@ -611,7 +586,7 @@ fn snapshot_fits(ctx: &StoreContext, region_id: u64, snap: &raft::eraftpb::Snaps
             );
         }
     }
-    false
+    overlapping.is_empty()
 }
 
 /// Whether local region `local` was merged into region `target_id` (at `version`), as a
@@ -873,10 +848,10 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
     ctx.transport.send_all(early.messages);
     send_snapshots(ctx, early.snapshots);
     // A merge target waiting for its local source has entries left from earlier rounds.
-    let waiting = batch
+    let apply_pending = batch
         .iter()
         .any(|f| !f.destroyed && f.peer.has_entries_to_apply());
-    if ready.is_empty() && !waiting {
+    if ready.is_empty() && !apply_pending {
         return;
     }
     if !log_batch.is_empty() {
@@ -914,23 +889,15 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
         match admin {
             AdminResult::Split { left, right } => on_split_applied(ctx, &mut batch[i], left, right),
             AdminResult::PrepareMerge { .. } => {
-                if batch[i].peer.is_leader() {
-                    let _ = ctx
-                        .events
-                        .send(StoreEvent::RegionHeartbeat(heartbeat_of(&batch[i].peer)));
-                    ask_commit_merge(ctx, &mut batch[i]);
-                }
+                report_region(ctx, &batch[i].peer);
+                ask_commit_merge(ctx, &mut batch[i]);
             }
             AdminResult::CommitMerge { region, source, .. } => {
                 on_merge_applied(ctx, &mut batch[i], region, source)
             }
             AdminResult::RollbackMerge { .. } => {
                 batch[i].merge_asked_at = None;
-                if batch[i].peer.is_leader() {
-                    let _ = ctx
-                        .events
-                        .send(StoreEvent::RegionHeartbeat(heartbeat_of(&batch[i].peer)));
-                }
+                report_region(ctx, &batch[i].peer);
             }
             AdminResult::CompactLog { index, .. } => {
                 let region_id = batch[i].region_id();
@@ -1056,10 +1023,15 @@ fn on_merge_applied(ctx: &StoreContext, fsm: &mut PeerFsm, region: Region, sourc
             "could not tell the merged-away peer to go; it is removed at restart"
         );
     }
-    if fsm.peer.is_leader() {
+    report_region(ctx, &fsm.peer);
+}
+
+/// A leader reports its region to the placement driver (a follower has nothing to report).
+fn report_region(ctx: &StoreContext, peer: &Peer) {
+    if peer.is_leader() {
         let _ = ctx
             .events
-            .send(StoreEvent::RegionHeartbeat(heartbeat_of(&fsm.peer)));
+            .send(StoreEvent::RegionHeartbeat(heartbeat_of(peer)));
     }
 }
 

@@ -99,9 +99,27 @@ pub struct StoreMeta {
 impl StoreMeta {
     /// Whether a region other than `region_id` covers part of `[start, end)`.
     pub fn overlaps(&self, region_id: u64, start: &[u8], end: &[u8]) -> bool {
-        self.regions
-            .values()
-            .any(|r| r.id != region_id && ranges_overlap(&r.start_key, &r.end_key, start, end))
+        self.others_overlapping(region_id, start, end)
+            .next()
+            .is_some()
+    }
+
+    /// The regions other than `region_id` that cover part of `[start, end)`.
+    pub fn overlapping(&self, region_id: u64, start: &[u8], end: &[u8]) -> Vec<Region> {
+        self.others_overlapping(region_id, start, end)
+            .cloned()
+            .collect()
+    }
+
+    fn others_overlapping<'a>(
+        &'a self,
+        region_id: u64,
+        start: &'a [u8],
+        end: &'a [u8],
+    ) -> impl Iterator<Item = &'a Region> {
+        self.regions.values().filter(move |r| {
+            r.id != region_id && ranges_overlap(&r.start_key, &r.end_key, start, end)
+        })
     }
 }
 
@@ -207,10 +225,7 @@ impl StoreRouter {
     /// Replaces the mailbox of `region_id` by a new FSM's (an uninitialized peer superseded by
     /// the split that creates the region). The old FSM is dropped when its poller releases it.
     pub(crate) fn replace(&self, tx: Sender<PeerMsg>, fsm: Box<PeerFsm>) {
-        let region_id = fsm.region_id();
-        if let Some(old) = self.inner.mailboxes.write().remove(&region_id) {
-            old.parked.lock().take();
-        }
+        self.close(fsm.region_id());
         self.register(tx, fsm);
     }
 

@@ -264,20 +264,22 @@ struct PlacementTask {
     router: StoreRouter,
     store_id: u64,
     in_flight: Arc<tokio::sync::Semaphore>,
-    /// Sources whose merge step (prepare or commit) is under way, so a repeated order or a
-    /// timer's retry does not start a second one.
-    merges: Arc<parking_lot::Mutex<std::collections::HashSet<u64>>>,
+    merges: MergesUnderWay,
 }
 
-/// Runs `step` for merge source `source_id` unless one is under way.
-fn spawn_merge_step<F>(task: &PlacementTask, source_id: u64, step: F)
+/// Sources whose merge step (prepare or commit) is under way on this node.
+type MergesUnderWay = Arc<parking_lot::Mutex<std::collections::HashSet<u64>>>;
+
+/// Runs `step` for merge source `source_id` unless one is under way, so a repeated order or a
+/// timer's retry does not start a second one.
+fn spawn_merge_step<F>(merges: &MergesUnderWay, source_id: u64, step: F)
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    if !task.merges.lock().insert(source_id) {
+    if !merges.lock().insert(source_id) {
         return;
     }
-    let merges = task.merges.clone();
+    let merges = merges.clone();
     tokio::spawn(async move {
         step.await;
         merges.lock().remove(&source_id);
@@ -304,25 +306,23 @@ async fn on_store_event(task: &PlacementTask, event: StoreEvent) {
                 match pd.region_heartbeat(hb).await {
                     Ok(Some(order)) => {
                         let Some(target) = order.target else { return };
-                        if !merges.lock().insert(source.id) {
-                            return;
-                        }
                         tracing::info!(
                             region = source.id,
                             target = target.id,
                             "placement driver orders a merge"
                         );
-                        if let Err(e) = crate::merge::prepare_merge(
-                            &router,
-                            source.id,
-                            source.region_epoch,
-                            target.id,
-                        )
-                        .await
-                        {
-                            tracing::info!(region = source.id, target = target.id, store = store_id, reason = %e, "merge not prepared");
-                        }
-                        merges.lock().remove(&source.id);
+                        spawn_merge_step(&merges, source.id, async move {
+                            let prepared = crate::merge::prepare_merge(
+                                &router,
+                                source.id,
+                                source.region_epoch,
+                                target.id,
+                            )
+                            .await;
+                            if let Err(e) = prepared {
+                                tracing::info!(region = source.id, target = target.id, store = store_id, reason = %e, "merge not prepared");
+                            }
+                        });
                     }
                     Ok(None) => {}
                     Err(e) => tracing::debug!(error = %e, "region heartbeat failed"),
@@ -333,7 +333,7 @@ async fn on_store_event(task: &PlacementTask, event: StoreEvent) {
         StoreEvent::ProposeCommitMerge { source, cmd } => {
             let (pd, router, store_id) = (pd.clone(), router.clone(), task.store_id);
             let source_id = source.id;
-            spawn_merge_step(task, source_id, async move {
+            spawn_merge_step(&task.merges, source_id, async move {
                 crate::merge::commit_merge(&pd, &router, store_id, source, cmd).await;
             });
         }

@@ -56,6 +56,18 @@ fn storage_failed(e: impl std::fmt::Display) -> Status {
     Status::internal(format!("storage failure on this node: {e}"))
 }
 
+/// An admin operation's outcome as an RPC answer: a region's refusal goes back in the
+/// response, an unavailable raftstore or placement driver is a gRPC `Unavailable`.
+fn admin_outcome<T>(
+    outcome: Result<T, crate::admin::AdminFailure>,
+) -> Result<(Option<RegionError>, Option<T>), Status> {
+    match outcome {
+        Ok(value) => Ok((None, Some(value))),
+        Err(crate::admin::AdminFailure::Region(e)) => Ok((Some(e), None)),
+        Err(crate::admin::AdminFailure::Unavailable(m)) => Err(Status::unavailable(m)),
+    }
+}
+
 /// The shared request rules (`ringkv_proto::limits`), as a gRPC status.
 fn rule(check: Result<(), String>) -> Result<(), Status> {
     check.map_err(invalid)
@@ -353,27 +365,21 @@ impl Kv for KvService {
         }
         // Any byte string is a valid boundary: a ring position splits a hash keyspace cleanly.
         rule(check_user_key(&req.split_key))?;
-        match crate::split::split_local_region(
+        let outcome = crate::split::split_local_region(
             &self.ctx.pd,
             &self.ctx.router,
             context.region_id,
             context.region_epoch,
             req.split_key,
         )
-        .await
-        {
-            Ok((left, right)) => Ok(Response::new(SplitRegionResponse {
-                region_error: None,
-                left: Some(left),
-                right: Some(right),
-            })),
-            Err(crate::split::SplitFailure::Region(e)) => Ok(Response::new(SplitRegionResponse {
-                region_error: Some(e),
-                left: None,
-                right: None,
-            })),
-            Err(crate::split::SplitFailure::Unavailable(m)) => Err(Status::unavailable(m)),
-        }
+        .await;
+        let (region_error, halves) = admin_outcome(outcome)?;
+        let (left, right) = halves.unzip();
+        Ok(Response::new(SplitRegionResponse {
+            region_error,
+            left,
+            right,
+        }))
     }
 
     async fn merge_region(
@@ -381,35 +387,22 @@ impl Kv for KvService {
         request: Request<MergeRegionRequest>,
     ) -> Result<Response<MergeRegionResponse>, Status> {
         let req = request.into_inner();
-        if req.source_region_id == 0 || req.target_region_id == 0 {
-            return Err(invalid("source and target region ids must be set"));
-        }
-        if req.source_region_id == req.target_region_id {
-            return Err(invalid(format!(
-                "region {} cannot merge into itself",
-                req.source_region_id
-            )));
-        }
+        rule(check_merge_ids(req.source_region_id, req.target_region_id))?;
         if req.source_epoch.is_none() {
             return Err(invalid(format!(
                 "merge of region {} names no source epoch",
                 req.source_region_id
             )));
         }
-        match crate::merge::prepare_merge(
+        let outcome = crate::merge::prepare_merge(
             &self.ctx.router,
             req.source_region_id,
             req.source_epoch,
             req.target_region_id,
         )
-        .await
-        {
-            Ok(()) => Ok(Response::new(MergeRegionResponse { region_error: None })),
-            Err(crate::merge::MergeFailure::Region(e)) => Ok(Response::new(MergeRegionResponse {
-                region_error: Some(e),
-            })),
-            Err(crate::merge::MergeFailure::Unavailable(m)) => Err(Status::unavailable(m)),
-        }
+        .await;
+        let (region_error, _) = admin_outcome(outcome)?;
+        Ok(Response::new(MergeRegionResponse { region_error }))
     }
 }
 
@@ -485,7 +478,7 @@ impl Raft for RaftService {
                 "propose merge takes exactly one CommitMerge command",
             ));
         }
-        let result = crate::merge::propose_local(&self.ctx.router, cmd).await;
+        let result = crate::admin::propose_for_result(&self.ctx.router, cmd).await;
         Ok(Response::new(raftpb::ProposeMergeResponse {
             region_error: result.err(),
         }))

@@ -72,11 +72,7 @@ pub fn install_batch(
 ) -> StorageResult<KvWriteBatch> {
     let region: &Region = data.region.as_ref().expect("decode checked the region");
     let mut batch = KvWriteBatch::default();
-    let (lo, hi) = data_range(&region.start_key, &region.end_key);
-    kv.scan(&lo, &hi, &mut |k, _| {
-        batch.delete(k.to_vec());
-        true
-    })?;
+    layout::delete_data(kv, &region.start_key, &region.end_key, &mut batch)?;
     for pair in &data.kvs {
         batch.put(data_key(&pair.key), pair.value.clone());
     }

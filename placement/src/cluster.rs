@@ -392,11 +392,6 @@ impl PlacementCore {
         }
     }
 
-    /// Merges ordered and not yet completed.
-    pub fn merges_in_flight(&self) -> usize {
-        self.merges.len()
-    }
-
     /// Whether `region_id` should merge into a neighbour now (see [`merge_checker`]); the
     /// order is recorded so it is not given twice at once.
     pub fn merge_order(&mut self, region_id: u64, now_ms: i64) -> Option<Region> {

@@ -9,6 +9,7 @@
 //! `merge_timeout_ms` may be given again.
 
 use ringkv_proto::metapb::Region;
+use ringkv_proto::region::same_stores;
 use std::collections::HashMap;
 
 /// Limits of the merge checker.
@@ -80,19 +81,9 @@ impl MergesInFlight {
         self.orders.insert(source, (target, deadline_ms));
     }
 
-    pub fn len(&self) -> usize {
-        self.orders.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.orders.is_empty()
     }
-}
-
-fn store_ids(region: &Region) -> Vec<u64> {
-    let mut ids: Vec<u64> = region.peers.iter().map(|p| p.store_id).collect();
-    ids.sort_unstable();
-    ids
 }
 
 fn small_and_settled(c: &Candidate<'_>, cfg: &MergeConfig, now_ms: i64) -> Option<RegionStats> {
@@ -120,12 +111,11 @@ pub fn merge_target<'a>(
         return None;
     }
     let own = small_and_settled(source, cfg, now_ms)?;
-    let stores = store_ids(source.region);
     let eligible = |c: &&Candidate<'a>| -> Option<u64> {
         let stats = small_and_settled(c, cfg, now_ms)?;
         let fits = own.size_bytes + stats.size_bytes <= cfg.merge_size_bytes_max
             && own.keys + stats.keys <= cfg.merge_keys_max;
-        (fits && store_ids(c.region) == stores && c.region.id != source.region.id)
+        (fits && same_stores(c.region, source.region) && c.region.id != source.region.id)
             .then_some(stats.size_bytes)
     };
     let prev = prev

@@ -1,9 +1,10 @@
-//! Wire definitions of ringkv and the two wire-level facts every component shares: how user keys
-//! are encoded into the ordered keyspace that regions cut up (`keys`), and the request size limits
-//! (`limits`).
+//! Wire definitions of ringkv and the wire-level facts every component shares: how user keys
+//! are encoded into the ordered keyspace that regions cut up (`keys`), the request size limits
+//! (`limits`), and which regions may merge (`region`).
 
 pub mod keys;
 pub mod limits;
+pub mod region;
 
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod metapb {

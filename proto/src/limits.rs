@@ -78,3 +78,16 @@ pub fn check_batch(count: usize, what: &str, bytes: usize) -> Result<(), String>
     }
     Ok(())
 }
+
+/// A merge names two distinct, real regions.
+pub fn check_merge_ids(source_region_id: u64, target_region_id: u64) -> Result<(), String> {
+    if source_region_id == 0 || target_region_id == 0 {
+        return Err("merge needs a source and a target region id".into());
+    }
+    if source_region_id == target_region_id {
+        return Err(format!(
+            "region {source_region_id} cannot merge into itself"
+        ));
+    }
+    Ok(())
+}

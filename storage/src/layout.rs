@@ -9,7 +9,8 @@
 
 use crate::{KvEngine, KvWriteBatch, Result, StorageError};
 use prost::Message;
-use ringkv_proto::raftpb::{ApplyState, RegionLocalState, StoreIdent};
+use ringkv_proto::metapb::Region;
+use ringkv_proto::raftpb::{ApplyState, PeerState, RegionLocalState, StoreIdent};
 
 const META_PREFIX: u8 = 0x01;
 /// First byte of every data key.
@@ -92,6 +93,32 @@ pub fn read_region_state(
 pub fn write_region_state(batch: &mut KvWriteBatch, state: &RegionLocalState) {
     let region_id = state.region.as_ref().map(|r| r.id).unwrap_or_default();
     batch.put(region_state_key(region_id), state.encode_to_vec());
+}
+
+/// Marks `region` as gone from this store for good: its peer is never loaded or recreated.
+pub fn write_tombstone(batch: &mut KvWriteBatch, region: &Region) {
+    write_region_state(
+        batch,
+        &RegionLocalState {
+            state: PeerState::Tombstone as i32,
+            region: Some(region.clone()),
+            ..Default::default()
+        },
+    );
+}
+
+/// Deletes every data key of the region range `[start, end)` (of encoded keys) in `batch`.
+pub fn delete_data(
+    engine: &dyn KvEngine,
+    start: &[u8],
+    end: &[u8],
+    batch: &mut KvWriteBatch,
+) -> Result<()> {
+    let (lo, hi) = data_range(start, end);
+    engine.scan(&lo, &hi, &mut |k, _| {
+        batch.delete(k.to_vec());
+        true
+    })
 }
 
 pub fn read_apply_state(engine: &dyn KvEngine, region_id: u64) -> Result<Option<ApplyState>> {

@@ -35,24 +35,24 @@ pub fn wait_for_regions(c: &TestCluster, min: usize, limit: Duration) -> Vec<(Re
 /// Every running node's regions are disjoint, and once replication settles, every node holds
 /// exactly the placement driver's regions (same ids and epochs).
 pub fn assert_nodes_agree(c: &TestCluster, limit: Duration) {
-    let pd = c.pd();
     wait_until("every node to hold the routed regions", limit, || {
-        let mut want: Vec<Region> =
-            c.rt.block_on(pd_regions(&pd))
-                .into_iter()
-                .map(|(r, _)| r)
-                .collect();
-        want.sort_by_key(|r| r.id);
-        for i in 0..c.node_count() {
-            let mut have = c.rt.block_on(node_regions(&c.node_addr(i)))?;
-            assert_disjoint(&c.node_addr(i), &have);
-            have.sort_by_key(|r| r.id);
-            if have != want {
-                return None;
-            }
-        }
-        Some(())
+        (0..c.node_count()).try_for_each(|i| node_matches_routing(c, i))
     });
+}
+
+/// Some if node `i` holds exactly the placement driver's regions (same ids and epochs);
+/// panics if two of its regions overlap.
+pub fn node_matches_routing(c: &TestCluster, i: usize) -> Option<()> {
+    let mut want: Vec<Region> =
+        c.rt.block_on(pd_regions(&c.pd()))
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+    want.sort_by_key(|r| r.id);
+    let mut have = c.rt.block_on(node_regions(&c.node_addr(i)))?;
+    assert_disjoint(&c.node_addr(i), &have);
+    have.sort_by_key(|r| r.id);
+    (have == want).then_some(())
 }
 
 /// Waits until the placement driver routes exactly `count` regions that tile the keyspace,

@@ -566,9 +566,8 @@ impl Sim {
     /// leads (a store that thinks it leads the target; the target's raft settles who really
     /// does).
     fn propose_commit_merge(&mut self, source_store: usize, source: Region, cmd: RaftCmdRequest) {
-        let commit = match cmd.admin.as_ref().and_then(|a| a.cmd.as_ref()) {
-            Some(admin_request::Cmd::CommitMerge(c)) => c.commit,
-            _ => return,
+        let Some(commit) = ringkv_node::merge::prepared_commit(&cmd) else {
+            return;
         };
         let target = cmd.region_id;
         let leader = (0..self.stores.len()).find(|&j| {

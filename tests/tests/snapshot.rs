@@ -3,7 +3,8 @@
 //! the new regions from their leaders' messages and gets a snapshot of each).
 
 use ringkv_tests::cluster::ClusterBuilder;
-use ringkv_tests::regions::{assert_disjoint, node_regions, pd_regions, tiling_error};
+use ringkv_tests::cluster_checks::node_matches_routing;
+use ringkv_tests::regions::{node_regions, pd_regions, tiling_error};
 use ringkv_tests::wait_until;
 use std::time::Duration;
 
@@ -89,18 +90,7 @@ fn follower_away_during_splits_gets_every_new_region() {
     wait_until(
         "the returning follower to hold every routed region",
         Duration::from_secs(60),
-        || {
-            let mut want: Vec<_> =
-                c.rt.block_on(pd_regions(&pd))
-                    .into_iter()
-                    .map(|(r, _)| r)
-                    .collect();
-            want.sort_by_key(|r| r.id);
-            let mut have = c.rt.block_on(node_regions(&c.node_addr(follower)))?;
-            assert_disjoint(&c.node_addr(follower), &have);
-            have.sort_by_key(|r| r.id);
-            (have == want).then_some(())
-        },
+        || node_matches_routing(&c, follower),
     );
     for i in (0..1500).step_by(7) {
         wait_until(
