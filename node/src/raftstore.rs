@@ -410,7 +410,7 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
         PeerMsg::Raft(m) => on_raft_message(ctx, fsm, *m),
         PeerMsg::Command { cmd, callback } => {
             fsm.wake();
-            fsm.peer.propose(cmd, callback);
+            fsm.peer.propose(*cmd, callback);
         }
         PeerMsg::Read {
             epoch,

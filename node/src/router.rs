@@ -26,9 +26,9 @@ use crate::split_check::SplitCheckOutcome;
 pub enum PeerMsg {
     /// A Raft message from another store.
     Raft(Box<RaftMessage>),
-    /// A write to propose.
+    /// A write to propose. Boxed, like the Raft message: see [`PEER_MSG_BYTES_MAX`].
     Command {
-        cmd: RaftCmdRequest,
+        cmd: Box<RaftCmdRequest>,
         callback: CmdCallback,
     },
     /// A linearizable read to clear; `keys` must be in the region.
@@ -63,6 +63,11 @@ pub enum PeerMsg {
     /// A quiet leader reports to the placement driver, staying quiet.
     ReportQuiet,
 }
+
+/// The largest a [`PeerMsg`] may be: queued messages cost this much each, for every region
+/// with mail, so large payloads (commands, Raft messages) travel boxed.
+pub const PEER_MSG_BYTES_MAX: usize = 64;
+const _: () = assert!(std::mem::size_of::<PeerMsg>() <= PEER_MSG_BYTES_MAX);
 
 /// Messages to the store as a whole (the control thread).
 pub enum StoreMsg {
@@ -129,7 +134,10 @@ const NOTIFIED: u8 = 1;
 /// One peer's mailbox.
 pub struct Mailbox {
     pub region_id: u64,
+    /// An unbounded channel, which allocates as mail arrives (a bounded one would allocate
+    /// every slot for every region up front), kept within `capacity` by [`Mailbox::push`].
     tx: Sender<PeerMsg>,
+    capacity: usize,
     state: AtomicU8,
     parked: Mutex<Option<Box<PeerFsm>>>,
     /// Ticks are delivered only while awake: a quiet region costs nothing until mail arrives.
@@ -137,6 +145,15 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
+    /// Queues `msg` unless the mailbox holds `capacity` messages already. The bound is loose
+    /// by the number of concurrent senders, which is all a bound on memory needs.
+    fn push(&self, msg: PeerMsg) -> Result<(), PeerMsg> {
+        if self.tx.len() >= self.capacity {
+            return Err(msg);
+        }
+        self.tx.send(msg).map_err(|e| e.0)
+    }
+
     pub fn set_awake(&self, awake: bool) {
         self.awake.store(awake, Ordering::SeqCst);
     }
@@ -196,7 +213,7 @@ impl StoreRouter {
 
     /// A fresh mailbox channel for a peer about to be registered.
     pub(crate) fn channel(&self) -> (Sender<PeerMsg>, Receiver<PeerMsg>) {
-        crossbeam::channel::bounded(self.inner.mailbox_capacity)
+        crossbeam::channel::unbounded()
     }
 
     /// Registers `fsm` (whose receiver pairs with `tx`) and schedules it once. Returns false if
@@ -206,6 +223,7 @@ impl StoreRouter {
         let mailbox = Arc::new(Mailbox {
             region_id,
             tx,
+            capacity: self.inner.mailbox_capacity,
             state: AtomicU8::new(NOTIFIED),
             parked: Mutex::new(None),
             awake: AtomicBool::new(true),
@@ -276,20 +294,13 @@ impl StoreRouter {
     }
 
     /// Sends to a peer without blocking. Fails if the region has no mailbox here or it is full.
-    // The error hands the message back so the caller can answer its callback; boxing every
-    // message to shrink it would cost an allocation per write.
-    #[allow(clippy::result_large_err)]
     pub fn send(&self, region_id: u64, msg: PeerMsg) -> Result<(), PeerMsg> {
         let Some(mailbox) = self.mailbox(region_id) else {
             return Err(msg);
         };
-        match mailbox.tx.try_send(msg) {
-            Ok(()) => {
-                self.notify(&mailbox);
-                Ok(())
-            }
-            Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => Err(m),
-        }
+        mailbox.push(msg)?;
+        self.notify(&mailbox);
+        Ok(())
     }
 
     /// Sends to the control thread without blocking.
@@ -322,9 +333,13 @@ impl StoreRouter {
     /// queued.
     pub fn send_command(&self, cmd: RaftCmdRequest, callback: CmdCallback) {
         let region_id = cmd.region_id;
-        if let Err(PeerMsg::Command { callback, .. }) =
-            self.send(region_id, PeerMsg::Command { cmd, callback })
-        {
+        if let Err(PeerMsg::Command { callback, .. }) = self.send(
+            region_id,
+            PeerMsg::Command {
+                cmd: Box::new(cmd),
+                callback,
+            },
+        ) {
             let _ = callback.send(Err(self.unavailable(region_id)));
         }
     }
@@ -390,7 +405,7 @@ impl StoreRouter {
             .cloned()
             .collect();
         for mailbox in boxes {
-            if mailbox.tx.try_send(PeerMsg::Tick).is_ok() {
+            if mailbox.push(PeerMsg::Tick).is_ok() {
                 self.notify(&mailbox);
             }
         }
