@@ -2,6 +2,8 @@
 //! them more than fifty times: `kill -9` one node in the middle of the splits, restart it, and
 //! check that every acknowledged key is readable, that the placement driver's regions tile the
 //! keyspace, and that every node ends up holding exactly those regions, never two overlapping.
+//! Then a bulk delete and merges of twenty region pairs, with the same node killed -9 during
+//! the merges, bring the region count back down.
 
 use ringkv_client::PdClient;
 use ringkv_proto::metapb::Region;
@@ -156,5 +158,80 @@ fn fifty_splits_with_a_node_killed_lose_nothing_and_tile_the_keyspace() {
         !cluster.log_tail(victim).contains("panicked"),
         "restarted node panicked:\n{}",
         cluster.log_tail(victim)
+    );
+
+    // A bulk delete leaves the regions empty; merging pairs of them (a node killed -9 in the
+    // middle, so its replicas hold the merges up until it is back) brings the count down.
+    rt.block_on(client.delete_range("split-", "split."))
+        .unwrap();
+    // The routing as it stands now: nothing splits once the data is gone.
+    let regions: Vec<Region> = rt
+        .block_on(pd_regions(&pd))
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    let before = regions.len();
+    let pairs: Vec<(u64, u64)> = regions
+        .chunks(2)
+        .filter_map(|p| match p {
+            [target, source] => Some((source.id, target.id)),
+            _ => None,
+        })
+        .take(20)
+        .collect();
+    for (k, (source, target)) in pairs.iter().enumerate() {
+        if k == pairs.len() / 2 {
+            cluster.kill_node(victim);
+            std::thread::sleep(Duration::from_secs(1));
+            cluster.restart_node(victim);
+        }
+        rt.block_on(client.merge_region(*source, *target))
+            .unwrap_or_else(|e| panic!("merge of region {source} into {target}: {e}"));
+    }
+    let merged: Vec<Region> = wait_until(
+        "every merged source to leave the routing",
+        Duration::from_secs(120),
+        || {
+            let regions: Vec<Region> = rt
+                .block_on(pd_regions(&pd))
+                .into_iter()
+                .map(|(r, _)| r)
+                .collect();
+            let left: Vec<u64> = pairs
+                .iter()
+                .map(|(source, _)| *source)
+                .filter(|source| regions.iter().any(|r| r.id == *source))
+                .collect();
+            if !left.is_empty() {
+                println!("sources still routed: {left:?}");
+            }
+            (left.is_empty() && tiling_error(&regions).is_none()).then_some(regions)
+        },
+    );
+    assert_eq!(
+        merged.len(),
+        before - pairs.len(),
+        "each merge removes one region"
+    );
+    println!("{before} regions before the merges, {} after", merged.len());
+    assert!(rt
+        .block_on(client.scan("split-", "split.", 100))
+        .unwrap()
+        .is_empty());
+    rt.block_on(client.put(key(1), value(1))).unwrap();
+    assert_eq!(rt.block_on(client.get(key(1))).unwrap(), Some(value(1)));
+    wait_until(
+        "every node to hold exactly the merged regions",
+        Duration::from_secs(120),
+        || {
+            for i in 0..cluster.node_count() {
+                let have = rt.block_on(node_regions(cluster.node_addr(i)))?;
+                assert_disjoint(cluster.node_addr(i), &have);
+                if have.len() != merged.len() {
+                    return None;
+                }
+            }
+            Some(())
+        },
     );
 }
