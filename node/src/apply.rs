@@ -440,7 +440,14 @@ pub fn exec_command(
                         }
                         .local_state(PeerState::Normal),
                     );
-                    layout::write_tombstone(batch, &source);
+                    layout::write_tombstone(
+                        batch,
+                        &source,
+                        Some(MergeState {
+                            target: Some(merged.clone()),
+                            commit: c.commit,
+                        }),
+                    );
                     Some(AdminResult::CommitMerge {
                         region: merged,
                         source,

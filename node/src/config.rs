@@ -109,6 +109,8 @@ pub struct RaftSection {
     pub raft_log_gc_count_limit: u64,
     /// Poller threads driving the node's peers. Default: the number of cores; 1..=64.
     pub pollers: Option<usize>,
+    /// Threads applying committed entries to the KV engine. Default 2; 1..=64.
+    pub apply_pool_size: usize,
     /// Idle regions stop ticking and heartbeating, and wake on any message or request.
     /// Default true.
     pub quiet_regions: bool,
@@ -136,6 +138,7 @@ impl Default for RaftSection {
             raft_log_gc_threshold: store.raft_log_gc_threshold,
             raft_log_gc_count_limit: store.raft_log_gc_count_limit,
             pollers: None,
+            apply_pool_size: store.apply_pool_size,
             quiet_regions: store.quiet_regions,
             quiet_leader_ticks: store.quiet_leader_ticks,
             region_heartbeat_quiet_ticks: store.region_heartbeat_quiet_ticks,
@@ -219,6 +222,12 @@ impl NodeConfig {
         if r.pollers.is_some_and(|p| !(1..=64).contains(&p)) {
             return bad(format!("raft.pollers = {:?} is outside 1..=64", r.pollers));
         }
+        if !(1..=64).contains(&r.apply_pool_size) {
+            return bad(format!(
+                "raft.apply_pool_size = {} is outside 1..=64",
+                r.apply_pool_size
+            ));
+        }
         if (r.quiet_leader_ticks as usize) < r.election_ticks {
             return bad(format!(
                 "raft.quiet_leader_ticks ({}) must be at least raft.election_ticks ({})",
@@ -266,6 +275,7 @@ impl NodeConfig {
             quiet_regions: self.raft.quiet_regions,
             quiet_leader_ticks: self.raft.quiet_leader_ticks,
             region_heartbeat_quiet_ticks: self.raft.region_heartbeat_quiet_ticks,
+            apply_pool_size: self.raft.apply_pool_size,
             pollers: self
                 .raft
                 .pollers

@@ -4,10 +4,11 @@
 //!   it. Pure: ticks, messages and requests in; log writes, messages and applied results out.
 //! - [`admin`]: what split and merge share: the local leader check, proposing and waiting.
 //! - [`apply`]: turns committed commands into one atomic write batch (data + applied index).
+//! - [`apply_pool`]: each region's apply delegate, and the threads that apply batches of them.
 //! - [`router`]: per-peer mailboxes, the router from region id to mailbox, the ready queue.
 //! - [`raftstore`]: the batch system: poller threads that drive batches of peers, writing all
-//!   their log entries in one synced batch per round (group commit), sending and applying; a
-//!   control thread for ticks, peer creation and log compaction.
+//!   their log entries in one synced batch per round (group commit), sending, and handing
+//!   committed entries to the apply pool; a control thread for ticks, peer creation and log compaction.
 //! - [`snapshot`]: generating a region snapshot and installing one.
 //! - [`split_check`]: measuring regions and finding the key that halves one (worker thread).
 //! - [`split`]: asking the placement driver for ids and proposing a split.
@@ -18,6 +19,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod apply_pool;
 pub mod cli;
 pub mod config;
 mod error;

@@ -9,7 +9,8 @@
 //!    it p is committed if need be), widens itself over the source and writes the source's
 //!    tombstone in the same batch; the source's peer is then destroyed.
 //! 3. *Rollback*, through the source's log, only when the target refused the commit for good
-//!    (its epoch moved first: [`after_commit_attempt`]). A target that already merged the
+//!    (its epoch moved first: [`after_commit_attempt`]), or its local replica shows it moved on
+//!    (it split, or merged away itself: [`target_moved_on`]). A target that already merged the
 //!    source answers a retry as done, so a late retry never rolls back a merge that happened.
 
 use crate::admin::{self, AdminFailure};
@@ -21,9 +22,10 @@ use ringkv_proto::errorpb::{region_error::Kind, RegionError};
 use ringkv_proto::metapb::{Region, RegionEpoch};
 use ringkv_proto::raftpb::raft_client::RaftClient;
 use ringkv_proto::raftpb::{
-    admin_request, AdminRequest, PrepareMergeRequest, ProposeMergeRequest, RaftCmdRequest,
-    RollbackMergeRequest,
+    admin_request, AdminRequest, MergeState, PeerState, PrepareMergeRequest, ProposeMergeRequest,
+    RaftCmdRequest, RollbackMergeRequest,
 };
+use ringkv_storage::{layout, KvEngine, StorageError};
 use std::time::Duration;
 
 /// How long the target's store may take to answer a forwarded CommitMerge.
@@ -88,6 +90,48 @@ pub fn rollback_command(source: &Region, commit: u64) -> RaftCmdRequest {
         source.region_epoch,
         admin_request::Cmd::RollbackMerge(RollbackMergeRequest { commit }),
     )
+}
+
+/// Whether this store's replica of the target of `source_id`'s merge (prepared with `state`)
+/// shows that no CommitMerge of this prepare can ever apply, so the merge must roll back:
+/// - alive at a version above the one the merge was prepared for, without the source among
+///   its merged sources: it applies its log in order and refuses a CommitMerge whose version
+///   is not its own, so it changed before our commit, everywhere;
+/// - a tombstone left by its own merge into another region: its replica here applied its log
+///   up to that prepare, and a merging region refuses every CommitMerge.
+///
+/// Either way, had the target taken our merge before, the same write would have tombstoned
+/// the local source; that is read after the target, so a write landing between the two reads
+/// cannot mislead. A target removed here by a snapshot tells nothing: the merge waits.
+pub fn target_moved_on(
+    kv: &dyn KvEngine,
+    source_id: u64,
+    state: &MergeState,
+) -> Result<bool, StorageError> {
+    let Some(target) = state.target.as_ref() else {
+        return Ok(false);
+    };
+    let prepared_for = target.region_epoch.unwrap_or_default().version;
+    let Some(local_target) = layout::read_region_state(kv, target.id)? else {
+        return Ok(false);
+    };
+    let moved_on = if local_target.state == PeerState::Tombstone as i32 {
+        local_target.merge_state.is_some()
+    } else {
+        let local_version = local_target
+            .region
+            .as_ref()
+            .and_then(|r| r.region_epoch)
+            .unwrap_or_default()
+            .version;
+        local_version > prepared_for && !local_target.merged_sources.contains(&source_id)
+    };
+    if !moved_on {
+        return Ok(false);
+    }
+    let source_gone = layout::read_region_state(kv, source_id)?
+        .is_some_and(|s| s.state == PeerState::Tombstone as i32);
+    Ok(!source_gone)
 }
 
 /// Prepares merging the local region `source_id` (which this store must lead, at `epoch`)
@@ -189,5 +233,87 @@ pub async fn commit_merge(
                 tracing::info!(region = source.id, reason = %e, "rollback not applied yet; retrying later");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::RegionView;
+    use ringkv_storage::{KvWriteBatch, MemKv};
+
+    fn region(id: u64, version: u64) -> Region {
+        Region {
+            id,
+            region_epoch: Some(RegionEpoch {
+                conf_ver: 1,
+                version,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn write_state(kv: &MemKv, region: &Region, state: PeerState, merged_sources: &[u64]) {
+        let mut batch = KvWriteBatch::default();
+        layout::write_region_state(
+            &mut batch,
+            &RegionView {
+                region,
+                merge_state: None,
+                merged_sources,
+            }
+            .local_state(state),
+        );
+        kv.write(batch).unwrap();
+    }
+
+    fn tombstone(kv: &MemKv, region: &Region, merged_into: Option<MergeState>) {
+        let mut batch = KvWriteBatch::default();
+        layout::write_tombstone(&mut batch, region, merged_into);
+        kv.write(batch).unwrap();
+    }
+
+    /// Source 2 prepared a merge into target 1 at version 5.
+    fn prepared() -> MergeState {
+        MergeState {
+            target: Some(region(1, 5)),
+            commit: 40,
+        }
+    }
+
+    #[test]
+    fn a_merge_rolls_back_only_when_the_local_target_proves_it_can_never_commit() {
+        let kv = MemKv::new();
+        let state = prepared();
+        write_state(&kv, &region(2, 8), PeerState::Merging, &[]);
+        // Unknown here, or at the prepared version (or behind it): keep asking.
+        assert!(!target_moved_on(&kv, 2, &state).unwrap());
+        write_state(&kv, &region(1, 4), PeerState::Normal, &[]);
+        assert!(!target_moved_on(&kv, 2, &state).unwrap());
+        write_state(&kv, &region(1, 5), PeerState::Normal, &[]);
+        assert!(!target_moved_on(&kv, 2, &state).unwrap());
+        // The target split first: it refuses this merge for good.
+        write_state(&kv, &region(1, 6), PeerState::Normal, &[]);
+        assert!(target_moved_on(&kv, 2, &state).unwrap());
+        // ... unless its version moved because it took the merge.
+        write_state(&kv, &region(1, 6), PeerState::Normal, &[2]);
+        assert!(!target_moved_on(&kv, 2, &state).unwrap());
+        // The target merged away itself: it applied its log up to that prepare.
+        tombstone(
+            &kv,
+            &region(1, 5),
+            Some(MergeState {
+                target: Some(region(3, 9)),
+                commit: 17,
+            }),
+        );
+        assert!(target_moved_on(&kv, 2, &state).unwrap());
+        // A target removed by a snapshot tells nothing.
+        tombstone(&kv, &region(1, 7), None);
+        assert!(!target_moved_on(&kv, 2, &state).unwrap());
+        // Nor does anything once the source here is a tombstone: the merge happened.
+        write_state(&kv, &region(1, 6), PeerState::Normal, &[]);
+        tombstone(&kv, &region(2, 8), None);
+        assert!(!target_moved_on(&kv, 2, &state).unwrap());
     }
 }

@@ -2,22 +2,22 @@
 //! raftstore feeds it ticks, messages and requests, and it hands back log writes (into the
 //! round's [`RaftLogBatch`]), messages to send, and results to deliver after apply.
 
-use crate::apply::{self, AdminResult, CmdResult, RegionView, SourceProgress};
+use crate::apply::{self, AdminResult, CmdResult, RegionView};
+use crate::apply_pool::{ApplyDelegate, Proposal};
 use crate::logger::raft_logger;
 use crate::region_error;
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::eraftpb::{self, EntryType};
+use raft::eraftpb;
 use raft::{RawNode, ReadState, StateRole};
 use ringkv_proto::errorpb::RegionError;
 use ringkv_proto::keys::in_range;
 use ringkv_proto::metapb::{Peer as PeerMeta, Region};
 use ringkv_proto::raftpb::{
-    admin_request, AdminRequest, ApplyState, CommitMergeRequest, MergeState, PeerState,
-    RaftCmdRequest, RaftMessage, RegionLocalState,
+    admin_request, AdminRequest, CommitMergeRequest, MergeState, PeerState, RaftCmdRequest,
+    RaftMessage, RegionLocalState,
 };
-use ringkv_storage::layout;
-use ringkv_storage::{KvEngine, KvWriteBatch, PeerStorage, RaftLogBatch, StorageError};
+use ringkv_storage::{KvEngine, PeerStorage, RaftLogBatch, StorageError};
 use std::collections::{HashMap, VecDeque};
 use tokio::sync::oneshot;
 
@@ -53,12 +53,6 @@ impl Default for PeerConfig {
             election_seed: None,
         }
     }
-}
-
-struct Proposal {
-    index: u64,
-    term: u64,
-    callback: CmdCallback,
 }
 
 /// A read waiting for its go-ahead, with the region version its keys were checked against.
@@ -107,8 +101,10 @@ pub struct Peer {
     next_read_id: u64,
     /// The `Ready` whose log writes are in the round's batch, to be advanced after the write.
     unpersisted: Option<raft::Ready>,
-    /// Committed entries waiting to be applied this round.
+    /// Committed entries not handed to the apply delegate yet.
     to_apply: Vec<eraftpb::Entry>,
+    /// The region's apply side: here while idle, None while the apply pool has it.
+    applier: Option<Box<ApplyDelegate>>,
     last_view: LeaderView,
     read_timeout_ticks: u32,
     pub size: SizeStats,
@@ -123,7 +119,8 @@ pub struct Peer {
     /// Regions merged into this one, most recent last.
     merged_sources: Vec<u64>,
     /// A CommitMerge this region (the target) cannot apply until the local source replica has
-    /// applied up to the prepare; apply stops before it.
+    /// applied up to the prepare; apply stopped before it and is retried on a tick or wake-up
+    /// ([`Peer::retry_merge_apply`]).
     merge_wait: Option<CommitMergeRequest>,
 }
 
@@ -195,6 +192,7 @@ impl Peer {
         };
         raft_cfg.validate()?;
         let logger = raft_logger(region.id, meta.id);
+        let applier = ApplyDelegate::new(region.clone(), *storage.apply_state(), None, Vec::new());
         let raw = RawNode::new(&raft_cfg, storage, &logger)?;
         Ok(Peer {
             meta,
@@ -205,6 +203,7 @@ impl Peer {
             next_read_id: 1,
             unpersisted: None,
             to_apply: Vec::new(),
+            applier: Some(applier),
             last_view: LeaderView {
                 leader_id: 0,
                 term: 0,
@@ -231,6 +230,18 @@ impl Peer {
             None
         };
         self.merged_sources = state.merged_sources.clone();
+        self.reset_applier();
+    }
+
+    /// Gives the apply delegate the peer's state (at load, or after a snapshot).
+    fn reset_applier(&mut self) {
+        let region = self.region().clone();
+        let apply_state = *self.raw.store().apply_state();
+        let (merge_state, merged_sources) = (self.merge_state.clone(), self.merged_sources.clone());
+        self.applier
+            .as_mut()
+            .expect("the apply delegate is home when the peer's state is reset")
+            .reset(region, apply_state, merge_state, merged_sources);
     }
 
     /// The region with its merge state, as apply sees it.
@@ -648,6 +659,7 @@ impl Peer {
             || !self.reads_queued.is_empty()
             || !self.reads_in_flight.is_empty()
             || !self.to_apply.is_empty()
+            || self.applier.as_ref().is_none_or(|a| a.has_entries())
             || self.raw.has_ready()
         {
             return false;
@@ -826,6 +838,7 @@ impl Peer {
             .apply_snapshot(region, index, term, log_batch);
         // Anything committed below the snapshot is in it; nothing of ours waits on it.
         self.to_apply.retain(|e| e.index > index);
+        self.reset_applier();
         self.size = SizeStats {
             check_wanted: true,
             ..Default::default()
@@ -852,175 +865,107 @@ impl Peer {
         self.to_apply.extend(light.take_committed_entries());
     }
 
-    pub fn has_entries_to_apply(&self) -> bool {
-        !self.to_apply.is_empty()
+    /// Whether the apply delegate is with the apply pool.
+    pub fn apply_in_flight(&self) -> bool {
+        self.applier.is_none()
     }
 
-    /// Applies this round's committed entries into `batch` (writing `batch` early only when a
-    /// command must see earlier writes). Results to deliver after the batch is written go to
-    /// `results`; region changes (splits, merges) are returned for the raftstore to act on once
-    /// the batch is written. A CommitMerge whose local source replica is not ready yet stops
-    /// apply before it ([`Peer::merge_wait`]); the rest waits for a later round. Storage
-    /// errors are returned: they stop the node.
-    pub fn apply(
-        &mut self,
-        kv: &dyn KvEngine,
-        batch: &mut KvWriteBatch,
-        results: &mut Vec<(CmdCallback, CmdResult)>,
-    ) -> Result<Vec<AdminResult>, StorageError> {
-        let mut entries = std::mem::take(&mut self.to_apply);
-        self.merge_wait = None;
-        let mut admin_results = Vec::new();
-        let mut region = self.region().clone();
-        // Taken, not copied (the list of merged sources can be long); put back below. An error
-        // return stops the node, so nothing is lost by leaving them taken then.
-        let mut merge_state = self.merge_state.take();
-        let mut merged_sources = std::mem::take(&mut self.merged_sources);
-        let applied_before = self.applied_index();
-        let mut last_applied = None;
-        let mut stop_at = None;
-        for (pos, entry) in entries.iter().enumerate() {
-            assert!(
-                entry.index > applied_before,
-                "region {}: entry {} applied twice (applied {applied_before})",
-                region.id,
-                entry.index
-            );
-            let result = match entry.get_entry_type() {
-                EntryType::EntryNormal if entry.get_data().is_empty() => None,
-                EntryType::EntryNormal => {
-                    let cmd = RaftCmdRequest::decode(entry.get_data()).map_err(|e| {
-                        StorageError::Corruption {
-                            what: format!("raft entry {} of region {}", entry.index, region.id),
-                            detail: e.to_string(),
-                        }
-                    })?;
-                    let view = RegionView {
-                        region: &region,
-                        merge_state: merge_state.as_ref(),
-                        merged_sources: &merged_sources,
-                    };
-                    if let Some(commit) = apply::merge_to_wait_for(view, &cmd) {
-                        let source_id = commit.source.as_ref().map(|s| s.id).unwrap_or_default();
-                        if apply::source_progress(kv, source_id, commit.commit)?
-                            == SourceProgress::Behind
-                        {
-                            self.merge_wait = Some(commit.clone());
-                            stop_at = Some(pos);
-                            break;
-                        }
-                    }
-                    let flushed_state = apply::needs_flushed_state(&cmd);
-                    if flushed_state && !batch.is_empty() {
-                        kv.write(std::mem::take(batch))?;
-                    }
-                    let applied = apply::exec_command(view, entry.index, &cmd, kv, batch)?;
-                    if applied.result.is_ok() {
-                        self.size.written_since_check_bytes += apply::written_bytes(&cmd);
-                        // A range delete may have emptied the region: measure it again.
-                        self.size.check_wanted |= flushed_state;
-                    }
-                    match applied.admin {
-                        Some(AdminResult::CompactLog { index, term })
-                            if index > self.truncated_index() =>
-                        {
-                            admin_results.push(AdminResult::CompactLog { index, term });
-                        }
-                        Some(AdminResult::CompactLog { .. }) | None => {}
-                        Some(admin) => {
-                            tracing::info!(region = region.id, index = entry.index, "{admin}");
-                            match &admin {
-                                AdminResult::PrepareMerge { state, .. } => {
-                                    merge_state = Some(state.clone())
-                                }
-                                AdminResult::CommitMerge {
-                                    merged_sources: sources,
-                                    ..
-                                } => merged_sources = sources.clone(),
-                                AdminResult::RollbackMerge { .. } => merge_state = None,
-                                AdminResult::Split { .. } | AdminResult::CompactLog { .. } => {}
-                            }
-                            // Later entries of this round must see the changed region.
-                            region = admin
-                                .region_after()
-                                .expect("every admin result but CompactLog changes the region")
-                                .clone();
-                            self.raw.mut_store().set_region(region.clone());
-                            self.size = SizeStats {
-                                check_wanted: true,
-                                ..Default::default()
-                            };
-                            admin_results.push(admin);
-                        }
-                    }
-                    Some(applied.result)
-                }
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    panic!(
-                        "region {}: entry {} is a membership change, which this version cannot apply",
-                        region.id, entry.index
-                    );
-                }
-            };
-            self.match_proposal(entry.index, entry.term, result, results);
-            last_applied = Some(entry.index);
+    /// Whether raft holds a snapshot to install. It waits while apply is in flight: the pool
+    /// must not write the region while a snapshot replaces it.
+    pub fn has_pending_snapshot(&self) -> bool {
+        self.raw.raft.snap().is_some()
+    }
+
+    /// Hands the committed entries, with the proposals waiting on them, to the apply delegate
+    /// and returns the delegate for the apply pool, if it is home, has work, and is not held
+    /// back by a merge ([`Peer::retry_merge_apply`]).
+    pub fn take_apply_work(&mut self) -> Option<Box<ApplyDelegate>> {
+        if self.merge_wait.is_some() {
+            return None;
         }
-        if let Some(pos) = stop_at {
-            self.to_apply = entries.split_off(pos);
+        let applier = self.applier.as_mut()?;
+        let last = self
+            .to_apply
+            .last()
+            .map(|e| e.index)
+            .or_else(|| applier.last_entry_index())?;
+        let entries = std::mem::take(&mut self.to_apply);
+        let handed = self
+            .proposals
+            .iter()
+            .take_while(|p| p.index <= last)
+            .count();
+        applier.push(entries, self.proposals.drain(..handed));
+        self.applier.take()
+    }
+
+    /// The apply delegate is back from the pool: takes over what it applied (region, merge
+    /// state, applied index, log compaction, size) and returns the region changes and
+    /// compactions for the raftstore to act on.
+    pub fn on_applied(&mut self, mut applier: Box<ApplyDelegate>) -> Vec<AdminResult> {
+        assert!(
+            self.applier.is_none(),
+            "region {}: two apply delegates",
+            self.region_id()
+        );
+        let outcome = applier.take_outcome();
+        self.merge_wait = outcome.merge_wait;
+        for admin in &outcome.admin {
+            match admin {
+                AdminResult::PrepareMerge { state, .. } => self.merge_state = Some(state.clone()),
+                AdminResult::CommitMerge { merged_sources, .. } => {
+                    self.merged_sources = merged_sources.clone()
+                }
+                AdminResult::RollbackMerge { .. } => self.merge_state = None,
+                AdminResult::Split { .. } | AdminResult::CompactLog { .. } => {}
+            }
+            if let Some(region) = admin.region_after() {
+                self.raw.mut_store().set_region(region.clone());
+                self.size = SizeStats {
+                    check_wanted: true,
+                    ..Default::default()
+                };
+            }
         }
-        self.merge_state = merge_state;
-        self.merged_sources = merged_sources;
-        let Some(last_index) = last_applied else {
-            return Ok(admin_results);
-        };
-        self.raw.mut_store().set_applied_index(last_index);
-        // Compactions take effect with this batch: only now is everything they drop applied.
-        for admin in &admin_results {
+        self.size.written_since_check_bytes += outcome.written_bytes;
+        self.size.check_wanted |= outcome.check_wanted;
+        assert_eq!(
+            applier.region(),
+            self.region(),
+            "the apply delegate and its peer disagree on the region"
+        );
+        let applied = applier.applied_index();
+        if applied > self.applied_index() {
+            self.raw.mut_store().set_applied_index(applied);
+        }
+        // Compactions take effect only now: everything they drop is applied and written.
+        for admin in &outcome.admin {
             if let AdminResult::CompactLog { index, term } = admin {
                 self.raw.mut_store().compact_to(*index, *term);
             }
         }
-        let apply_state: ApplyState = *self.raw.store().apply_state();
-        layout::write_apply_state(batch, region.id, &apply_state);
-        Ok(admin_results)
-    }
-
-    /// Pairs an applied entry with the proposal waiting on it, if any.
-    fn match_proposal(
-        &mut self,
-        index: u64,
-        term: u64,
-        result: Option<CmdResult>,
-        results: &mut Vec<(CmdCallback, CmdResult)>,
-    ) {
-        let region_id = self.region_id();
-        while let Some(p) = self.proposals.front() {
-            if p.index > index {
-                break;
-            }
-            let p = self.proposals.pop_front().expect("checked");
-            if p.index == index && p.term == term {
-                results.push((p.callback, result.clone().unwrap_or(Ok(()))));
-            } else {
-                // Another leader's entry took this index: ours was never committed.
-                results.push((p.callback, Err(region_error::stale_command(region_id))));
-            }
-        }
-    }
-
-    /// After the apply batch is written: tells raft. (Raft may believe more is applied: it
-    /// counts entries handed out as applied, and a target waiting on a merge holds some back.)
-    pub fn after_apply(&mut self) {
-        let applied = self.applied_index();
+        // Raft may believe more is applied: it counts entries handed out as applied, and a
+        // target waiting on a merge holds some back.
         if applied > self.raw.raft.raft_log.applied() {
             self.raw.advance_apply_to(applied);
         }
+        self.applier = Some(applier);
+        outcome.admin
+    }
+
+    /// Lets apply try again a CommitMerge it stopped before (on a tick, or when the local
+    /// source replica says it has caught up).
+    pub fn retry_merge_apply(&mut self) {
+        self.merge_wait = None;
     }
 
     /// Drops every proposal and read in flight with `error` (the peer is being destroyed).
     pub fn fail_all(&mut self, error: RegionError) {
         for p in self.proposals.drain(..) {
             let _ = p.callback.send(Err(error.clone()));
+        }
+        if let Some(applier) = &mut self.applier {
+            applier.fail_all(&error);
         }
         self.fail_reads(error);
     }

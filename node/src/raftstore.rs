@@ -14,8 +14,9 @@
 //! The threads are the edge; peers stay pure, and a poll round is a plain function of the
 //! FSMs it is given, so a simulation can drive it on one thread.
 
-use crate::apply::{AdminResult, CmdResult};
-use crate::peer::{CmdCallback, Outbox, Peer, PeerConfig};
+use crate::apply::AdminResult;
+use crate::apply_pool::{self, ApplyDelegate};
+use crate::peer::{Outbox, Peer, PeerConfig};
 use crate::router::{PeerMsg, RouterReceivers, StoreMsg, StoreRouter};
 use crate::split_check::{SplitCheckOutcome, SplitCheckTask, SplitChecker, SplitConfig};
 use crate::transport::SnapshotReport;
@@ -80,6 +81,10 @@ pub struct RaftStoreConfig {
     pub region_heartbeat_ticks: u32,
     /// Poller threads of the batch system.
     pub pollers: usize,
+    /// Threads of the apply pool, which writes committed entries to the KV engine.
+    pub apply_pool_size: usize,
+    /// Regions one apply batch (one KV write) takes at most.
+    pub apply_batch_regions_max: usize,
     /// FSMs one poll round takes at most.
     pub batch_fsms_max: usize,
     /// Messages one FSM handles per poll round at most, so a busy region cannot starve others.
@@ -110,6 +115,8 @@ impl Default for RaftStoreConfig {
             pollers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            apply_pool_size: 2,
+            apply_batch_regions_max: 256,
             batch_fsms_max: 256,
             messages_per_fsm_max: 256,
             split: SplitConfig::default(),
@@ -158,6 +165,8 @@ pub struct PeerFsm {
     destroyed: bool,
     /// Tick of the last request to commit this source's merge.
     merge_asked_at: Option<u64>,
+    /// A destroy that came while apply was in flight (with its `tombstone` flag).
+    destroy_pending: Option<bool>,
 }
 
 impl PeerFsm {
@@ -173,6 +182,7 @@ impl PeerFsm {
             published: None,
             destroyed: false,
             merge_asked_at: None,
+            destroy_pending: None,
         })
     }
 
@@ -242,6 +252,7 @@ pub struct RaftStore {
     threads: Vec<JoinHandle<()>>,
     router: StoreRouter,
     ready: Receiver<Box<PeerFsm>>,
+    apply: Receiver<apply_pool::ApplyBatch>,
 }
 
 impl RaftStore {
@@ -259,6 +270,22 @@ impl RaftStore {
                     .spawn(move || run_poller(&ctx, &ready, &stopping))?,
             );
         }
+        for i in 0..ctx.cfg.apply_pool_size.max(1) {
+            let (ctx, queue, stopping) = (ctx.clone(), receivers.apply.clone(), stopping.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("raft-apply-{i}"))
+                    .spawn(move || {
+                        apply_pool::run_apply_thread(
+                            ctx.kv.as_ref(),
+                            &ctx.router,
+                            &queue,
+                            ctx.cfg.apply_batch_regions_max,
+                            &stopping,
+                        )
+                    })?,
+            );
+        }
         let control = StoreFsm::new(ctx.clone());
         let (rx, stop) = (receivers.control.clone(), stopping.clone());
         threads.push(
@@ -271,6 +298,7 @@ impl RaftStore {
             threads,
             router: ctx.router.clone(),
             ready: receivers.ready,
+            apply: receivers.apply,
         })
     }
 
@@ -287,6 +315,7 @@ impl RaftStore {
         }
         self.router.clear();
         while self.ready.try_recv().is_ok() {}
+        while self.apply.try_recv().is_ok() {}
     }
 }
 
@@ -330,7 +359,8 @@ impl SteppedStore {
     }
 
     /// Handles the control mailbox, then polls every peer with mail, in region id order, in
-    /// one batch. Returns how many peers were polled.
+    /// one batch, then applies what that round handed to the apply pool, on this thread (the
+    /// delegates come home as mail for the next step). Returns how many peers were polled.
     pub fn step(&mut self) -> usize {
         while let Ok(msg) = self.receivers.control.try_recv() {
             self.control.handle(msg);
@@ -344,6 +374,9 @@ impl SteppedStore {
                 self.ctx.router.release(fsm);
             }
         }
+        while let Ok(delegates) = self.receivers.apply.try_recv() {
+            apply_pool::apply_batch(self.ctx.kv.as_ref(), &self.ctx.router, delegates);
+        }
         polled
     }
 
@@ -351,6 +384,7 @@ impl SteppedStore {
     pub fn crash(self) {
         self.ctx.router.clear();
         while self.receivers.ready.try_recv().is_ok() {}
+        while self.receivers.apply.try_recv().is_ok() {}
     }
 }
 
@@ -421,7 +455,10 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
             let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
             fsm.peer.read(epoch, &keys, callback);
         }
-        PeerMsg::Tick => on_tick(ctx, fsm),
+        PeerMsg::Tick => {
+            fsm.peer.retry_merge_apply();
+            on_tick(ctx, fsm)
+        }
         PeerMsg::SplitCheckResult { version, outcome } => {
             on_split_check_result(ctx, fsm, version, outcome)
         }
@@ -449,7 +486,10 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
             fsm.wake();
             fsm.peer.campaign();
         }
-        PeerMsg::Wake => fsm.wake(),
+        PeerMsg::Wake => {
+            fsm.wake();
+            fsm.peer.retry_merge_apply();
+        }
         PeerMsg::CatchUpMerge {
             commit,
             commit_term,
@@ -457,7 +497,13 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
             fsm.wake();
             fsm.peer.catch_up_merge(commit, commit_term);
         }
+        PeerMsg::Destroy { tombstone } if fsm.peer.apply_in_flight() => {
+            // Carried out when the apply delegate is home: the pool must not write the region
+            // while it is being destroyed.
+            fsm.destroy_pending = Some(tombstone);
+        }
         PeerMsg::Destroy { tombstone } => destroy_peer(ctx, fsm, tombstone),
+        PeerMsg::Applied(delegate) => on_applied(ctx, fsm, delegate),
         PeerMsg::ReportQuiet => {
             // Without waking: the placement driver hears of the region (and may order a
             // merge), and a region that went quiet before it was measured gets measured.
@@ -485,7 +531,7 @@ fn destroy_peer(ctx: &StoreContext, fsm: &mut PeerFsm, tombstone: bool) {
             &mut batch,
         )
         .unwrap_or_else(|e| panic!("cannot read region {}: {e}", region.id));
-        layout::write_tombstone(&mut batch, &region);
+        layout::write_tombstone(&mut batch, &region, None);
         ctx.kv
             .write(batch)
             .unwrap_or_else(|e| panic!("cannot write tombstone of region {}: {e}", region.id));
@@ -638,7 +684,11 @@ fn on_tick(ctx: &StoreContext, fsm: &mut PeerFsm) {
             .merge_asked_at
             .is_none_or(|t| fsm.ticks >= t + MERGE_RETRY_TICKS)
     {
-        ask_commit_merge(ctx, fsm);
+        if merge_target_moved_on(ctx, &fsm.peer) {
+            roll_back_merge(fsm);
+        } else {
+            ask_commit_merge(ctx, fsm);
+        }
     }
     if leader
         && fsm
@@ -665,6 +715,34 @@ fn on_tick(ctx: &StoreContext, fsm: &mut PeerFsm) {
         fsm.go_quiet();
         ctx.transport.send_all(fsm.peer.quiesce_messages());
     }
+}
+
+/// Whether the local replica of this merging source's target shows the merge can never
+/// commit (see [`crate::merge::target_moved_on`]).
+fn merge_target_moved_on(ctx: &StoreContext, peer: &Peer) -> bool {
+    let Some(state) = peer.merge_state() else {
+        return false;
+    };
+    crate::merge::target_moved_on(ctx.kv.as_ref(), peer.region_id(), state)
+        .unwrap_or_else(|e| panic!("cannot read region states; stopping the node: {e}"))
+}
+
+/// The leader of a merging source proposes the rollback of its merge (again every
+/// `MERGE_RETRY_TICKS` until it applies).
+fn roll_back_merge(fsm: &mut PeerFsm) {
+    let Some(state) = fsm.peer.merge_state() else {
+        return;
+    };
+    let target = state.target.as_ref().map(|t| t.id).unwrap_or_default();
+    tracing::info!(
+        region = fsm.region_id(),
+        target,
+        "the merge target moved on before committing the merge; rolling back"
+    );
+    let cmd = crate::merge::rollback_command(fsm.peer.region(), state.commit);
+    fsm.merge_asked_at = Some(fsm.ticks);
+    let (tx, _rx) = oneshot::channel();
+    fsm.peer.propose(cmd, tx);
 }
 
 /// Hands the leader of a merging source's CommitMerge to the node, once the merge can commit.
@@ -788,9 +866,13 @@ fn send_snapshots(ctx: &StoreContext, snapshots: Vec<RaftMessage>) {
     }
 }
 
-/// Builds the snapshot raft asked for during the round. Runs after the round, where the
-/// region's data is exactly its applied state.
+/// Builds the snapshot raft asked for during the round. Runs after the round and only while the
+/// apply delegate is home, where the region's data is exactly its applied state.
 fn generate_snapshot(ctx: &StoreContext, fsm: &mut PeerFsm) {
+    if fsm.peer.apply_in_flight() {
+        // The pool may be writing the region; generated once the delegate is home.
+        return;
+    }
     let storage = fsm.peer.storage();
     if !storage.take_snapshot_wanted() {
         return;
@@ -838,6 +920,10 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
             continue;
         }
         fsm.peer.flush_reads();
+        if fsm.peer.has_pending_snapshot() && fsm.peer.apply_in_flight() {
+            // Installed once the apply delegate is home (its return polls the peer again).
+            continue;
+        }
         if fsm.peer.has_ready() {
             fsm.peer
                 .collect_ready(ctx.kv.as_ref(), &mut log_batch, &mut early)
@@ -847,13 +933,6 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
     }
     ctx.transport.send_all(early.messages);
     send_snapshots(ctx, early.snapshots);
-    // A merge target waiting for its local source has entries left from earlier rounds.
-    let apply_pending = batch
-        .iter()
-        .any(|f| !f.destroyed && f.peer.has_entries_to_apply());
-    if ready.is_empty() && !apply_pending {
-        return;
-    }
     if !log_batch.is_empty() {
         ctx.log
             .write(log_batch, ctx.cfg.sync_log)
@@ -865,84 +944,19 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
     }
     ctx.transport.send_all(late.messages);
     send_snapshots(ctx, late.snapshots);
-
-    let mut kv_batch = KvWriteBatch::default();
-    let mut results: Vec<(CmdCallback, CmdResult)> = Vec::new();
-    let mut applied = Vec::new();
-    let mut admin_results = Vec::new();
-    for (i, fsm) in batch.iter_mut().enumerate() {
-        let peer = &mut fsm.peer;
-        if !fsm.destroyed && peer.has_entries_to_apply() {
-            let admin = peer
-                .apply(ctx.kv.as_ref(), &mut kv_batch, &mut results)
-                .unwrap_or_else(|e| panic!("apply failed; stopping the node: {e}"));
-            admin_results.extend(admin.into_iter().map(|a| (i, a)));
-            applied.push(i);
-        }
-    }
-    if !kv_batch.is_empty() {
-        ctx.kv
-            .write(kv_batch)
-            .unwrap_or_else(|e| panic!("apply write failed; stopping the node: {e}"));
-    }
-    for (i, admin) in admin_results {
-        match admin {
-            AdminResult::Split { left, right } => on_split_applied(ctx, &mut batch[i], left, right),
-            AdminResult::PrepareMerge { .. } => {
-                report_region(ctx, &batch[i].peer);
-                ask_commit_merge(ctx, &mut batch[i]);
-            }
-            AdminResult::CommitMerge { region, source, .. } => {
-                on_merge_applied(ctx, &mut batch[i], region, source)
-            }
-            AdminResult::RollbackMerge { .. } => {
-                batch[i].merge_asked_at = None;
-                report_region(ctx, &batch[i].peer);
-            }
-            AdminResult::CompactLog { index, .. } => {
-                let region_id = batch[i].region_id();
-                if ctx
-                    .router
-                    .send_control(StoreMsg::CompactLog { region_id, index })
-                    .is_err()
-                {
-                    // The next compaction of the region covers this one.
-                    tracing::debug!(
-                        region = region_id,
-                        "control mailbox full; compaction deferred"
-                    );
-                }
-            }
-        }
-    }
-    for (callback, result) in results {
-        let _ = callback.send(result);
-    }
-    for &i in &applied {
-        let peer = &mut batch[i].peer;
-        peer.after_apply();
-        if let Some(wait) = peer.merge_wait() {
-            // Tell the local source the prepare is committed; it answers with a wake-up once
-            // it has applied it.
-            let source = wait.source.as_ref().map(|s| s.id).unwrap_or_default();
-            let _ = ctx.router.send(
-                source,
-                PeerMsg::CatchUpMerge {
-                    commit: wait.commit,
-                    commit_term: wait.commit_term,
-                },
-            );
-        }
-        if let Some(state) = peer.merge_state() {
-            if peer.applied_index() >= state.commit {
-                let target = state.target.as_ref().map(|t| t.id).unwrap_or_default();
-                let _ = ctx.router.send(target, PeerMsg::Wake);
-            }
-        }
+    // Every peer of the batch, not only those with a Ready: entries committed while a
+    // delegate was away go when it is back, and a held-back merge goes when retried.
+    let apply = batch
+        .iter_mut()
+        .filter(|f| !f.destroyed)
+        .filter_map(|f| f.peer.take_apply_work())
+        .collect();
+    ctx.router.schedule_apply(apply);
+    for fsm in batch.iter_mut().filter(|f| !f.destroyed) {
+        fsm.peer.after_round();
     }
     for &i in &ready {
         let fsm = &mut batch[i];
-        fsm.peer.after_round();
         if let Some(view) = fsm.peer.leader_view_changed() {
             let region_id = fsm.region_id();
             tracing::info!(
@@ -966,6 +980,63 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
                     .send(StoreEvent::RegionHeartbeat(heartbeat_of(&fsm.peer)));
             }
         }
+    }
+}
+
+/// The apply delegate is back: the peer takes over what it applied, and the raftstore acts on
+/// region changes and compactions, and on merges waiting on either side.
+fn on_applied(ctx: &StoreContext, fsm: &mut PeerFsm, delegate: Box<ApplyDelegate>) {
+    for admin in fsm.peer.on_applied(delegate) {
+        match admin {
+            AdminResult::Split { left, right } => on_split_applied(ctx, fsm, left, right),
+            AdminResult::PrepareMerge { .. } => {
+                report_region(ctx, &fsm.peer);
+                ask_commit_merge(ctx, fsm);
+            }
+            AdminResult::CommitMerge { region, source, .. } => {
+                on_merge_applied(ctx, fsm, region, source)
+            }
+            AdminResult::RollbackMerge { .. } => {
+                fsm.merge_asked_at = None;
+                report_region(ctx, &fsm.peer);
+            }
+            AdminResult::CompactLog { index, .. } => {
+                let region_id = fsm.region_id();
+                if ctx
+                    .router
+                    .send_control(StoreMsg::CompactLog { region_id, index })
+                    .is_err()
+                {
+                    // The next compaction of the region covers this one.
+                    tracing::debug!(
+                        region = region_id,
+                        "control mailbox full; compaction deferred"
+                    );
+                }
+            }
+        }
+    }
+    let peer = &fsm.peer;
+    if let Some(wait) = peer.merge_wait() {
+        // Tell the local source the prepare is committed; it answers with a wake-up once it
+        // has applied it.
+        let source = wait.source.as_ref().map(|s| s.id).unwrap_or_default();
+        let _ = ctx.router.send(
+            source,
+            PeerMsg::CatchUpMerge {
+                commit: wait.commit,
+                commit_term: wait.commit_term,
+            },
+        );
+    }
+    if let Some(state) = peer.merge_state() {
+        if peer.applied_index() >= state.commit {
+            let target = state.target.as_ref().map(|t| t.id).unwrap_or_default();
+            let _ = ctx.router.send(target, PeerMsg::Wake);
+        }
+    }
+    if let Some(tombstone) = fsm.destroy_pending.take() {
+        destroy_peer(ctx, fsm, tombstone);
     }
 }
 

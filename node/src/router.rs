@@ -7,6 +7,7 @@
 //! meanwhile. So no thread or task exists per region, and an FSM is only ever held by one
 //! poller at a time.
 
+use crate::apply_pool::{ApplyBatch, ApplyDelegate};
 use crate::peer::{CmdCallback, ReadCallback};
 use crate::raftstore::PeerFsm;
 use crate::region_error;
@@ -62,6 +63,8 @@ pub enum PeerMsg {
     Destroy { tombstone: bool },
     /// A quiet leader reports to the placement driver, staying quiet.
     ReportQuiet,
+    /// The region's apply delegate is back from the apply pool.
+    Applied(Box<ApplyDelegate>),
 }
 
 /// The largest a [`PeerMsg`] may be: queued messages cost this much each, for every region
@@ -154,6 +157,12 @@ impl Mailbox {
         self.tx.send(msg).map_err(|e| e.0)
     }
 
+    /// Queues `msg` whatever the mailbox holds: for messages that must not be lost and whose
+    /// number is bounded elsewhere (one apply delegate per region).
+    fn push_always(&self, msg: PeerMsg) -> Result<(), PeerMsg> {
+        self.tx.send(msg).map_err(|e| e.0)
+    }
+
     pub fn set_awake(&self, awake: bool) {
         self.awake.store(awake, Ordering::SeqCst);
     }
@@ -173,6 +182,7 @@ struct RouterInner {
     mailboxes: RwLock<HashMap<u64, Arc<Mailbox>>>,
     control: Sender<StoreMsg>,
     ready: Sender<Box<PeerFsm>>,
+    apply: Sender<ApplyBatch>,
     meta: Mutex<StoreMeta>,
     mailbox_capacity: usize,
 }
@@ -181,6 +191,8 @@ struct RouterInner {
 pub struct RouterReceivers {
     pub control: Receiver<StoreMsg>,
     pub ready: Receiver<Box<PeerFsm>>,
+    /// Batches of apply delegates for the apply pool.
+    pub apply: Receiver<ApplyBatch>,
 }
 
 impl StoreRouter {
@@ -189,12 +201,15 @@ impl StoreRouter {
     pub fn new(control_capacity: usize, mailbox_capacity: usize) -> (Self, RouterReceivers) {
         let (control_tx, control_rx) = crossbeam::channel::bounded(control_capacity);
         let (ready_tx, ready_rx) = crossbeam::channel::unbounded();
+        // Unbounded, yet bounded in fact: a region has one apply delegate.
+        let (apply_tx, apply_rx) = crossbeam::channel::unbounded();
         (
             StoreRouter {
                 inner: Arc::new(RouterInner {
                     mailboxes: RwLock::new(HashMap::new()),
                     control: control_tx,
                     ready: ready_tx,
+                    apply: apply_tx,
                     meta: Mutex::new(StoreMeta::default()),
                     mailbox_capacity,
                 }),
@@ -202,6 +217,7 @@ impl StoreRouter {
             RouterReceivers {
                 control: control_rx,
                 ready: ready_rx,
+                apply: apply_rx,
             },
         )
     }
@@ -301,6 +317,26 @@ impl StoreRouter {
         mailbox.push(msg)?;
         self.notify(&mailbox);
         Ok(())
+    }
+
+    /// Hands a poll round's apply delegates to the apply pool.
+    pub(crate) fn schedule_apply(&self, batch: ApplyBatch) {
+        if !batch.is_empty() && self.inner.apply.send(batch).is_err() {
+            tracing::debug!("apply pool gone (shutdown); the entries are applied at restart");
+        }
+    }
+
+    /// Sends an apply delegate home. Dropped only if its peer is gone (shutdown): what it
+    /// applied is written, and the rest is applied again from the log at restart.
+    pub(crate) fn send_applied(&self, delegate: Box<ApplyDelegate>) {
+        let region_id = delegate.region_id();
+        let Some(mailbox) = self.mailbox(region_id) else {
+            tracing::debug!(region = region_id, "apply delegate's peer is gone");
+            return;
+        };
+        if mailbox.push_always(PeerMsg::Applied(delegate)).is_ok() {
+            self.notify(&mailbox);
+        }
     }
 
     /// Sends to the control thread without blocking.

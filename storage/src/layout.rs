@@ -10,7 +10,7 @@
 use crate::{KvEngine, KvWriteBatch, Result, StorageError};
 use prost::Message;
 use ringkv_proto::metapb::Region;
-use ringkv_proto::raftpb::{ApplyState, PeerState, RegionLocalState, StoreIdent};
+use ringkv_proto::raftpb::{ApplyState, MergeState, PeerState, RegionLocalState, StoreIdent};
 
 const META_PREFIX: u8 = 0x01;
 /// First byte of every data key.
@@ -96,12 +96,16 @@ pub fn write_region_state(batch: &mut KvWriteBatch, state: &RegionLocalState) {
 }
 
 /// Marks `region` as gone from this store for good: its peer is never loaded or recreated.
-pub fn write_tombstone(batch: &mut KvWriteBatch, region: &Region) {
+/// `merged_into` is the merge that ended it, when its replica here applied its log up to that
+/// merge's prepare (so nothing it could have applied later is missing here); None when it was
+/// removed without that (a snapshot of a region that took over its range).
+pub fn write_tombstone(batch: &mut KvWriteBatch, region: &Region, merged_into: Option<MergeState>) {
     write_region_state(
         batch,
         &RegionLocalState {
             state: PeerState::Tombstone as i32,
             region: Some(region.clone()),
+            merge_state: merged_into,
             ..Default::default()
         },
     );

@@ -184,6 +184,7 @@ fn value_of(n: u64, len: usize) -> Vec<u8> {
 
 impl Sim {
     pub fn new(seed: u64, cfg: SimConfig) -> Sim {
+        crate::init_test_logging();
         let mut pd = PlacementCore::new(1, 3, 3000, PersistedState::default());
         let mut stores = Vec::new();
         let mut w = MetaWrites::default();
