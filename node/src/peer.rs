@@ -40,6 +40,11 @@ pub struct PeerConfig {
     /// drawn from this seed and the peer id, instead of raft-rs's thread-local randomness: a
     /// simulation must replay exactly.
     pub election_seed: Option<u64>,
+    /// **Broken on purpose; for tests only.** Every replica answers reads at once, without
+    /// confirming it leads or waiting for apply, so reads can be stale. It exists so the fault
+    /// suite can show that its linearizability checker catches stale reads; no configuration
+    /// file can set it.
+    pub unsafe_local_reads: bool,
 }
 
 impl Default for PeerConfig {
@@ -51,6 +56,7 @@ impl Default for PeerConfig {
             max_inflight_msgs: 256,
             read_timeout_ticks: 50,
             election_seed: None,
+            unsafe_local_reads: false,
         }
     }
 }
@@ -107,6 +113,7 @@ pub struct Peer {
     applier: Option<Box<ApplyDelegate>>,
     last_view: LeaderView,
     read_timeout_ticks: u32,
+    unsafe_local_reads: bool,
     pub size: SizeStats,
     /// Peers of this region learnt from incoming messages: an uninitialized peer does not know
     /// its region's peers, yet must answer the leader.
@@ -210,6 +217,7 @@ impl Peer {
                 is_leader: false,
             },
             read_timeout_ticks: cfg.read_timeout_ticks,
+            unsafe_local_reads: cfg.unsafe_local_reads,
             size: SizeStats {
                 check_wanted: true,
                 ..Default::default()
@@ -565,6 +573,10 @@ impl Peer {
         keys: &[&[u8]],
         callback: ReadCallback,
     ) {
+        if self.unsafe_local_reads && self.is_initialized() {
+            let _ = callback.send(Ok(self.region().clone()));
+            return;
+        }
         match self.check_request(epoch, keys) {
             Ok(()) => self.reads_queued.push(ReadWaiter {
                 callback,

@@ -6,12 +6,14 @@
 //! - [`process::ProcessCluster`]: the real `ringkv-placement` and `ringkv-node` binaries as child
 //!   processes, with `kill -9`, SIGSTOP/SIGCONT and restart.
 //! - [`sim`]: a deterministic, seeded simulation of a whole cluster on one thread.
+//! - [`linearizability`]: a checker for histories of register operations.
 //! - [`regions`]: checks that regions tile the keyspace and never overlap on a node.
 //! - [`wait_until`]: bounded polling for conditions that become true eventually.
 
 pub mod cluster;
 pub mod cluster_checks;
 pub mod debug;
+pub mod linearizability;
 pub mod process;
 pub mod regions;
 pub mod sim;

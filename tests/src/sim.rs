@@ -9,6 +9,7 @@
 //! regions, no two regions of one version overlap anywhere, and the placement driver's
 //! regions tile the keyspace.
 
+use crate::linearizability::{History, Invocation};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -57,6 +58,14 @@ pub struct SimConfig {
     /// Per-mille chance per step that an admin orders a merge of a random region into a
     /// neighbour (0: never).
     pub merge_per_mille: u32,
+    /// Register keys that clients put to and get from, recording a history that is checked
+    /// for linearizability at the end (0: none).
+    pub register_keys: u32,
+    /// Per-mille chance per step that a register operation starts (a get or a put, even odds).
+    pub register_per_mille: u32,
+    /// A deliberately broken node for the checker's own test: every replica answers reads at
+    /// once, without confirming leadership ([`PeerConfig::unsafe_local_reads`]).
+    pub unsafe_local_reads: bool,
 }
 
 impl Default for SimConfig {
@@ -73,6 +82,9 @@ impl Default for SimConfig {
             split_size_bytes: 8 * 1024,
             value_bytes: 100,
             merge_per_mille: 0,
+            register_keys: 0,
+            register_per_mille: 0,
+            unsafe_local_reads: false,
         }
     }
 }
@@ -91,6 +103,9 @@ pub struct SimOutcome {
     pub merges_ordered: u32,
     pub merges_committed: u32,
     pub merges_rolled_back: u32,
+    /// Register operations recorded (failed gets left out) and those acknowledged.
+    pub register_ops: usize,
+    pub register_ops_completed: usize,
     /// A hash over everything observable that happened, in order.
     pub trace: u64,
 }
@@ -138,6 +153,20 @@ struct PendingMerge {
     deadline: u64,
 }
 
+/// A register operation in flight.
+struct PendingRegisterOp {
+    at: Invocation,
+    store: usize,
+    key: Vec<u8>,
+    answer: RegisterAnswer,
+    deadline: u64,
+}
+
+enum RegisterAnswer {
+    Put(oneshot::Receiver<ringkv_node::apply::CmdResult>),
+    Get(oneshot::Receiver<Result<Region, ringkv_proto::errorpb::RegionError>>),
+}
+
 struct PendingWrite {
     key: u64,
     rx: oneshot::Receiver<ringkv_node::apply::CmdResult>,
@@ -168,9 +197,15 @@ pub struct Sim {
     merges: Vec<PendingMerge>,
     /// Sources whose merge the target confirmed.
     merged: BTreeSet<u64>,
+    history: History,
+    register_ops: Vec<PendingRegisterOp>,
+    next_register_value: u64,
     trace: std::collections::hash_map::DefaultHasher,
     outcome: SimOutcome,
 }
+
+/// Search states the linearizability check may visit per key before it gives up.
+const HISTORY_CHECK_BUDGET: u64 = 2_000_000;
 
 fn user_key(n: u64) -> Vec<u8> {
     format!("sim{n:08}").into_bytes()
@@ -226,6 +261,9 @@ impl Sim {
             deferred: Vec::new(),
             merges: Vec::new(),
             merged: BTreeSet::new(),
+            history: History::default(),
+            register_ops: Vec::new(),
+            next_register_value: 0,
             trace: Default::default(),
             outcome: SimOutcome {
                 acked_writes: 0,
@@ -236,6 +274,8 @@ impl Sim {
                 merges_ordered: 0,
                 merges_committed: 0,
                 merges_rolled_back: 0,
+                register_ops: 0,
+                register_ops_completed: 0,
                 trace: 0,
             },
             cfg,
@@ -267,6 +307,7 @@ impl Sim {
             tick_interval: Duration::from_millis(100),
             peer: PeerConfig {
                 election_seed: Some(self.seed),
+                unsafe_local_reads: self.cfg.unsafe_local_reads,
                 ..PeerConfig::default()
             },
             sync_log: true,
@@ -364,8 +405,15 @@ impl Sim {
         if faulty && self.rng.gen_range(0..1000) < self.cfg.merge_per_mille {
             self.order_merge();
         }
+        if faulty
+            && self.cfg.register_keys > 0
+            && self.rng.gen_range(0..1000) < self.cfg.register_per_mille
+        {
+            self.start_register_op();
+        }
         self.check_merges();
         self.check_writes();
+        self.check_register_ops();
         if self.now.is_multiple_of(50) {
             self.check_no_overlap();
         }
@@ -630,6 +678,134 @@ impl Sim {
         }
     }
 
+    /// The store a client sends a request for `region`'s keys to: the leader the placement
+    /// driver knows, mostly, else a random replica (clients have stale routes).
+    fn pick_store(&mut self, info: &ringkv_placement::cluster::RegionInfo) -> Option<usize> {
+        let region = &info.region;
+        let target = match info.leader {
+            Some(l) if self.rng.gen_bool(0.9) => l.store_id,
+            _ => region.peers[self.rng.gen_range(0..region.peers.len())].store_id,
+        };
+        let i = self.index_of(target)?;
+        self.stores[i].running.is_some().then_some(i)
+    }
+
+    /// A client gets or puts a random register key; the history records it.
+    fn start_register_op(&mut self) {
+        let n = self.rng.gen_range(0..self.cfg.register_keys);
+        let user = format!("reg{n:03}").into_bytes();
+        let encoded = keys::encode(&keys::default_keyspace(), &user);
+        let put = self.rng.gen_bool(0.5);
+        let Some(info) = self.pd.region_by_key(&encoded).cloned() else {
+            return;
+        };
+        let Some(i) = self.pick_store(&info) else {
+            return;
+        };
+        let deadline = self.now + 400;
+        if put {
+            self.next_register_value += 1;
+            let value = format!("r{}", self.next_register_value).into_bytes();
+            let at = self.history.invoke_put(&user, &value);
+            self.note(("register_put", n, i));
+            let cmd = RaftCmdRequest {
+                region_id: info.region.id,
+                region_epoch: info.region.region_epoch,
+                requests: vec![Request {
+                    cmd: Some(Cmd::Put(PutRequest {
+                        key: encoded.clone(),
+                        value,
+                    })),
+                }],
+                admin: None,
+            };
+            let (tx, rx) = oneshot::channel();
+            self.router(i).send_command(cmd, tx);
+            self.register_ops.push(PendingRegisterOp {
+                at,
+                store: i,
+                key: encoded,
+                answer: RegisterAnswer::Put(rx),
+                deadline,
+            });
+        } else {
+            let at = self.history.invoke_get(&user);
+            self.note(("register_get", n, i));
+            let (tx, rx) = oneshot::channel();
+            self.router(i).send_read(
+                info.region.id,
+                info.region.region_epoch,
+                vec![encoded.clone()],
+                tx,
+            );
+            self.register_ops.push(PendingRegisterOp {
+                at,
+                store: i,
+                key: encoded,
+                answer: RegisterAnswer::Get(rx),
+                deadline,
+            });
+        }
+    }
+
+    /// Completes register operations that have an answer. A get's go-ahead is followed by the
+    /// read of the store's engine, as the node's service does. A put that fails or times out
+    /// stays open in the history (it may still take effect); a get that fails is forgotten.
+    fn check_register_ops(&mut self) {
+        let now = self.now;
+        let mut ops = std::mem::take(&mut self.register_ops);
+        ops.retain_mut(|op| {
+            let timed_out = now >= op.deadline;
+            match &mut op.answer {
+                RegisterAnswer::Put(rx) => match rx.try_recv() {
+                    Ok(Ok(())) => {
+                        self.history.complete_put(op.at);
+                        false
+                    }
+                    Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => false,
+                    Err(oneshot::error::TryRecvError::Empty) => !timed_out,
+                },
+                RegisterAnswer::Get(rx) => match rx.try_recv() {
+                    Ok(Ok(_region)) => {
+                        let kv = &self.stores[op.store].kv;
+                        let value = kv.get(&data_key(&op.key)).expect("memory engine reads");
+                        self.history.complete_get(op.at, value);
+                        false
+                    }
+                    Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {
+                        self.history.forget_get(op.at);
+                        false
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) if timed_out => {
+                        self.history.forget_get(op.at);
+                        false
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => true,
+                },
+            }
+        });
+        self.register_ops = ops;
+    }
+
+    /// Checks the register history for linearizability (after the run: open operations may
+    /// still be in flight, which the checker allows).
+    fn check_history(&mut self) {
+        for op in std::mem::take(&mut self.register_ops) {
+            if matches!(op.answer, RegisterAnswer::Get(_)) {
+                self.history.forget_get(op.at);
+            }
+        }
+        self.outcome.register_ops = self.history.len();
+        self.outcome.register_ops_completed = self
+            .history
+            .events()
+            .filter(|e| e.complete.is_some())
+            .count();
+        if let Err(violation) = self.history.check(HISTORY_CHECK_BUDGET) {
+            self.fail(format!("{violation}"));
+        }
+    }
+
     /// Sends a put of `key` to the store the placement driver names as leader (or a random
     /// replica), as a client would.
     fn start_write(&mut self, key: u64) {
@@ -645,17 +821,11 @@ impl Sim {
         let Some(info) = self.pd.region_by_key(&encoded) else {
             return false;
         };
+        let info = info.clone();
         let region = info.region.clone();
-        let target = match info.leader {
-            Some(l) if self.rng.gen_bool(0.9) => l.store_id,
-            _ => region.peers[self.rng.gen_range(0..region.peers.len())].store_id,
-        };
-        let Some(i) = self.index_of(target) else {
+        let Some(i) = self.pick_store(&info) else {
             return false;
         };
-        if self.stores[i].running.is_none() {
-            return false;
-        }
         let cmd = RaftCmdRequest {
             region_id: region.id,
             region_epoch: region.region_epoch,
@@ -810,6 +980,7 @@ impl Sim {
         }
         self.check_no_overlap();
         self.check_data();
+        self.check_history();
         self.outcome.acked_writes = self.acked.len();
         self.outcome.regions = self.pd.region_count();
     }
