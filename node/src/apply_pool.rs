@@ -56,7 +56,8 @@ pub struct ApplyDelegate {
     merged_sources: Vec<u64>,
     /// Committed entries not applied yet, in log order.
     entries: Vec<Entry>,
-    /// Proposals whose entries are in `entries`, in index order.
+    /// Proposals for indexes in `entries`, ordered by (index, term). Two may share an index
+    /// (a leader's, and after it lost its tail, a later leader's); at most one is applied.
     proposals: VecDeque<Proposal>,
     outcome: ApplyOutcome,
 }
@@ -107,7 +108,13 @@ impl ApplyDelegate {
             );
         }
         self.entries.extend(entries);
+        let before = self.proposals.len();
         self.proposals.extend(proposals);
+        if self.proposals.len() > before {
+            self.proposals
+                .make_contiguous()
+                .sort_by_key(|p| (p.index, p.term));
+        }
     }
 
     /// The index of the last entry waiting here, if any.
@@ -274,7 +281,9 @@ impl ApplyDelegate {
         Ok(applied.result)
     }
 
-    /// Pairs an applied entry with the proposal waiting on it, if any.
+    /// Pairs an applied entry with the proposal waiting on it, if any. A proposal is handed
+    /// over no later than its index, so one left at a lower index, or at this index in another
+    /// term, lost its index to another leader's entry: it was never committed.
     fn match_proposal(
         &mut self,
         index: u64,
@@ -290,7 +299,6 @@ impl ApplyDelegate {
             if p.index == index && p.term == term {
                 results.push((p.callback, result.clone().unwrap_or(Ok(()))));
             } else {
-                // Another leader's entry took this index: ours was never committed.
                 results.push((p.callback, Err(region_error::stale_command(self.region.id))));
             }
         }
@@ -502,6 +510,30 @@ mod tests {
         );
         assert!(back.iter().all(|d| !d.has_entries()));
         assert!(back[0].outcome.written_bytes > 0);
+    }
+
+    #[test]
+    fn a_later_leaders_proposal_at_a_lower_index_is_answered_and_the_lost_one_is_stale() {
+        // A leader proposed at 10 in term 5, lost its tail, and leading again in term 6
+        // proposed at 9: entries 9 and 10 are both term 6's.
+        let kv = CountingKv::default();
+        let left = region(1, b"", b"m");
+        let mut d = delegate(&left, 8);
+        let (lost, mut lost_rx) = proposal(10, 5);
+        let (ours, mut ours_rx) = proposal(9, 6);
+        d.push(
+            vec![
+                entry(9, 6, &put(&left, b"a")),
+                entry(10, 6, &put(&left, b"b")),
+            ],
+            [lost, ours],
+        );
+        apply_all(&kv, vec![d]);
+        assert_eq!(ours_rx.try_recv().unwrap(), Ok(()));
+        assert!(matches!(
+            lost_rx.try_recv().unwrap().unwrap_err().kind,
+            Some(ringkv_proto::errorpb::region_error::Kind::StaleCommand(_))
+        ));
     }
 
     #[test]

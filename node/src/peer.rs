@@ -544,9 +544,13 @@ impl Peer {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
                 let term = self.raw.raft.term;
+                // A leader that lost its uncommitted tail and leads again proposes at lower
+                // indexes, in a higher term: (term, index) grows, the index alone need not.
                 assert!(
-                    self.proposals.back().is_none_or(|p| p.index < index),
-                    "region {}: proposal indexes must grow",
+                    self.proposals
+                        .back()
+                        .is_none_or(|p| (p.term, p.index) < (term, index)),
+                    "region {}: proposals must grow in (term, index)",
                     self.region_id()
                 );
                 self.proposals.push_back(Proposal {
@@ -902,12 +906,12 @@ impl Peer {
             .map(|e| e.index)
             .or_else(|| applier.last_entry_index())?;
         let entries = std::mem::take(&mut self.to_apply);
-        let handed = self
-            .proposals
-            .iter()
-            .take_while(|p| p.index <= last)
-            .count();
-        applier.push(entries, self.proposals.drain(..handed));
+        // Not a prefix: after a lost tail, a later term's proposals sit at lower indexes.
+        let (handed, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.proposals)
+            .into_iter()
+            .partition(|p| p.index <= last);
+        self.proposals = kept;
+        applier.push(entries, handed);
         self.applier.take()
     }
 

@@ -9,6 +9,9 @@ pub enum StorageError {
     RaftEngine(#[from] raft_engine::Error),
     #[error("state store (sled): {0}")]
     Sled(#[from] sled::Error),
+    /// A fault a test asked an in-memory engine to produce.
+    #[error("injected fault: {0}")]
+    Injected(&'static str),
     #[error("corrupted {what}: {detail}")]
     Corruption { what: String, detail: String },
     #[error("raft log of region {region_id}: entries [{low}, {high}) are not available (log holds [{first}, {last}])")]

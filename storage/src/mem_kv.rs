@@ -14,6 +14,7 @@ pub struct MemKv {
     map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
     /// What survives a crash, when unflushed writes are to be lost.
     durable: RwLock<Option<BTreeMap<Vec<u8>, Vec<u8>>>>,
+    fail_next_write: std::sync::atomic::AtomicBool,
 }
 
 impl MemKv {
@@ -27,7 +28,15 @@ impl MemKv {
         MemKv {
             map: RwLock::new(BTreeMap::new()),
             durable: RwLock::new(Some(BTreeMap::new())),
+            fail_next_write: Default::default(),
         }
+    }
+
+    /// With `fail`, the next write fails and writes nothing (a disk fault); a simulation uses
+    /// it to crash a node while it applies.
+    pub fn set_fail_next_write(&self, fail: bool) {
+        self.fail_next_write
+            .store(fail, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Forgets every write since the last flush, as a crash would.
@@ -67,6 +76,12 @@ impl KvEngine for MemKv {
     }
 
     fn write(&self, batch: KvWriteBatch) -> Result<()> {
+        if self
+            .fail_next_write
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(crate::StorageError::Injected("state write failed"));
+        }
         let mut map = self.map.write();
         for op in batch.ops {
             match op {

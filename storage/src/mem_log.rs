@@ -43,16 +43,32 @@ impl Group {
 #[derive(Default)]
 pub struct MemLogEngine {
     groups: Mutex<BTreeMap<u64, Group>>,
+    fail_next_write: std::sync::atomic::AtomicBool,
 }
 
 impl MemLogEngine {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// With `fail`, the next write fails and writes nothing (a disk fault while writing the
+    /// log, before the sync); a simulation uses it to crash a node mid-round.
+    pub fn set_fail_next_write(&self, fail: bool) {
+        self.fail_next_write
+            .store(fail, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl RaftLogEngine for MemLogEngine {
     fn write(&self, batch: RaftLogBatch, _sync: bool) -> Result<()> {
+        if self
+            .fail_next_write
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(crate::StorageError::Injected(
+                "log write failed before its sync",
+            ));
+        }
         let mut groups = self.groups.lock();
         for write in batch.groups {
             if write.clean {

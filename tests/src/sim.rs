@@ -99,6 +99,10 @@ pub struct SimOutcome {
     pub messages_delivered: u64,
     pub crashes: u32,
     pub partitions: u32,
+    /// Disk faults (a failed write stopping the node), one-way partitions, pauses.
+    pub disk_faults: u32,
+    pub one_way_partitions: u32,
+    pub pauses: u32,
     /// Merges ordered, committed on the target, and rolled back.
     pub merges_ordered: u32,
     pub merges_committed: u32,
@@ -153,6 +157,22 @@ struct PendingMerge {
     deadline: u64,
 }
 
+/// The faults the simulation injects, one at a time, each on one store for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Fault {
+    /// The process dies (unflushed state writes are lost) and restarts later.
+    Crash,
+    /// A disk fault: the store's next log or state write fails, which stops the node (the
+    /// write is lost, as in a crash before its sync); it restarts later.
+    Disk,
+    /// Cut off from every other store, both ways.
+    Partition,
+    /// Its messages to others are lost; theirs still arrive (an asymmetric partition).
+    CutOutbound,
+    /// Stopped (like SIGSTOP): no ticks, no processing; its mail piles up.
+    Pause,
+}
+
 /// A register operation in flight.
 struct PendingRegisterOp {
     at: Invocation,
@@ -184,8 +204,12 @@ pub struct Sim {
     net: BTreeMap<(u64, u64), InFlight>,
     net_seq: u64,
     cut: BTreeSet<u64>,
-    /// Store down or cut off, and the step it comes back.
-    fault: Option<(usize, u64, bool)>,
+    /// A store whose messages to others are lost (theirs to it arrive).
+    cut_outbound: Option<u64>,
+    /// The fault in force: on which store, until which step.
+    fault: Option<(usize, u64, Fault)>,
+    /// Steps between ticks of each store: clocks run at slightly different rates.
+    tick_periods: Vec<u64>,
     next_key: u64,
     /// Keys whose write is not acknowledged yet, with the attempt in flight.
     pending: Vec<PendingWrite>,
@@ -252,7 +276,9 @@ impl Sim {
             net: BTreeMap::new(),
             net_seq: 0,
             cut: BTreeSet::new(),
+            cut_outbound: None,
             fault: None,
+            tick_periods: Vec::new(),
             next_key: 0,
             pending: Vec::new(),
             unacked: BTreeSet::new(),
@@ -271,6 +297,9 @@ impl Sim {
                 messages_delivered: 0,
                 crashes: 0,
                 partitions: 0,
+                disk_faults: 0,
+                one_way_partitions: 0,
+                pauses: 0,
                 merges_ordered: 0,
                 merges_committed: 0,
                 merges_rolled_back: 0,
@@ -280,6 +309,11 @@ impl Sim {
             },
             cfg,
         };
+        // Each store's clock runs at its own rate: ticks every steps_per_tick - 1 ..= + 1 steps.
+        let base = sim.cfg.steps_per_tick.max(3);
+        sim.tick_periods = (0..sim.stores.len())
+            .map(|_| base + sim.rng.gen_range(0..=2) - 1)
+            .collect();
         for i in 0..sim.stores.len() {
             sim.start_store(i);
         }
@@ -382,17 +416,23 @@ impl Sim {
             self.inject_faults();
         }
         self.deliver_due();
-        if self.now.is_multiple_of(self.cfg.steps_per_tick) {
-            for s in &mut self.stores {
-                if let Some((store, _)) = s.running.as_mut() {
-                    store.tick();
-                }
+        let paused = match self.fault {
+            Some((i, _, Fault::Pause)) => Some(i),
+            _ => None,
+        };
+        for i in 0..self.stores.len() {
+            if paused == Some(i) || !self.now.is_multiple_of(self.tick_periods[i]) {
+                continue;
+            }
+            if let Some((store, _)) = self.stores[i].running.as_mut() {
+                store.tick();
             }
         }
         for i in 0..self.stores.len() {
-            if let Some((store, _)) = self.stores[i].running.as_mut() {
-                store.step();
+            if paused == Some(i) {
+                continue;
             }
+            self.step_store(i);
             self.collect_output(i);
             self.handle_events(i);
         }
@@ -419,55 +459,118 @@ impl Sim {
         }
     }
 
+    /// Steps store `i`. A node that stops on a storage error (an injected disk fault) panics,
+    /// as a real one does: that is a crash here.
+    fn step_store(&mut self, i: usize) {
+        let Some((store, _)) = self.stores[i].running.as_mut() else {
+            return;
+        };
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.step()));
+        if let Err(panic) = stepped {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or_default();
+            if !message.contains("injected fault") {
+                // A node's own invariant broke: that is a failure, not a fault to survive.
+                std::panic::resume_unwind(panic);
+            }
+            self.note(("stopped on disk fault", i, self.now));
+            self.crash_store(i);
+        }
+    }
+
+    /// The process of store `i` dies: what its engines had not made durable is gone.
+    fn crash_store(&mut self, i: usize) {
+        if let Some((store, _)) = self.stores[i].running.take() {
+            store.crash();
+        }
+        self.stores[i].kv.crash();
+        self.stores[i].kv.set_fail_next_write(false);
+        self.stores[i].log.set_fail_next_write(false);
+        self.stores[i].outbox.lock().messages.clear();
+    }
+
     fn inject_faults(&mut self) {
-        if let Some((i, until, crashed)) = self.fault {
+        if let Some((i, until, kind)) = self.fault {
             if self.now >= until {
-                if crashed {
-                    self.start_store(i);
-                    self.note(("restart", i, self.now));
-                } else {
-                    self.cut.clear();
-                    self.note(("heal", i, self.now));
-                }
+                self.end_fault(i, kind);
                 self.fault = None;
             }
             return;
         }
-        // Roughly one fault every few thousand steps, lasting long enough for elections.
-        if self.rng.gen_range(0..2500) != 0 {
+        // About one fault per thousand steps once the last is over, each lasting long enough
+        // for elections: a store is faulty about a quarter of the time.
+        if self.rng.gen_range(0..1000) != 0 {
             return;
         }
         let i = self.rng.gen_range(0..self.stores.len());
         let length = self.rng.gen_range(100..600);
-        if self.rng.gen_bool(0.5) {
-            if let Some((store, _)) = self.stores[i].running.take() {
-                store.crash();
+        let kind = match self.rng.gen_range(0..10) {
+            0..=2 => Fault::Crash,
+            3 => Fault::Disk,
+            4..=6 => Fault::Partition,
+            7 => Fault::CutOutbound,
+            _ => Fault::Pause,
+        };
+        self.note(("fault", i, self.now, kind));
+        match kind {
+            Fault::Crash => {
+                self.crash_store(i);
+                self.outcome.crashes += 1;
             }
-            // Writes the KV engine had not flushed are gone; the synced Raft log is not.
-            self.stores[i].kv.crash();
-            self.stores[i].outbox.lock().messages.clear();
-            self.outcome.crashes += 1;
-            self.fault = Some((i, self.now + length, true));
-            self.note(("crash", i, self.now));
-        } else {
-            self.cut.insert(self.stores[i].id);
-            self.outcome.partitions += 1;
-            self.fault = Some((i, self.now + length, false));
-            self.note(("partition", i, self.now));
+            Fault::Disk => {
+                if self.rng.gen_bool(0.5) {
+                    self.stores[i].log.set_fail_next_write(true);
+                } else {
+                    self.stores[i].kv.set_fail_next_write(true);
+                }
+                self.outcome.disk_faults += 1;
+            }
+            Fault::Partition => {
+                self.cut.insert(self.stores[i].id);
+                self.outcome.partitions += 1;
+            }
+            Fault::CutOutbound => {
+                self.cut_outbound = Some(self.stores[i].id);
+                self.outcome.one_way_partitions += 1;
+            }
+            Fault::Pause => self.outcome.pauses += 1,
+        }
+        self.fault = Some((i, self.now + length, kind));
+    }
+
+    fn end_fault(&mut self, i: usize, kind: Fault) {
+        self.note(("fault over", i, self.now, kind));
+        match kind {
+            Fault::Crash | Fault::Disk => {
+                // A disk fault that found no write to fail is over too.
+                self.stores[i].kv.set_fail_next_write(false);
+                self.stores[i].log.set_fail_next_write(false);
+                if self.stores[i].running.is_none() {
+                    self.start_store(i);
+                }
+            }
+            Fault::Partition => self.cut.clear(),
+            Fault::CutOutbound => self.cut_outbound = None,
+            Fault::Pause => {}
         }
     }
 
     fn heal_all(&mut self) {
-        if let Some((i, _, crashed)) = self.fault.take() {
-            if crashed {
-                self.start_store(i);
-            }
+        if let Some((i, _, kind)) = self.fault.take() {
+            self.end_fault(i, kind);
         }
         self.cut.clear();
+        self.cut_outbound = None;
     }
 
     fn blocked(&self, from: u64, to: u64) -> bool {
-        from != to && (self.cut.contains(&from) || self.cut.contains(&to))
+        from != to
+            && (self.cut.contains(&from)
+                || self.cut.contains(&to)
+                || self.cut_outbound == Some(from))
     }
 
     /// Moves what stores sent into the network, with drops, duplicates and delays.
@@ -766,6 +869,12 @@ impl Sim {
                     Err(oneshot::error::TryRecvError::Empty) => !timed_out,
                 },
                 RegisterAnswer::Get(rx) => match rx.try_recv() {
+                    Ok(Ok(_region)) if self.stores[op.store].running.is_none() => {
+                        // The node died (a disk fault) after the go-ahead, before the service
+                        // could read: the client sees a broken connection.
+                        self.history.forget_get(op.at);
+                        false
+                    }
                     Ok(Ok(_region)) => {
                         let kv = &self.stores[op.store].kv;
                         let value = kv.get(&data_key(&op.key)).expect("memory engine reads");
@@ -1135,13 +1244,23 @@ impl Sim {
     }
 }
 
-/// The seeds to run: `RINGKV_SIM_SEED` replays one, else `count` seeds from `first`.
-pub fn seeds(first: u64, count: u64) -> Vec<u64> {
-    match std::env::var("RINGKV_SIM_SEED")
+/// Seeds one CI shard of a workload runs (4 shards: 200 seeds per workload).
+pub const SHARD_SEEDS: u64 = 50;
+
+/// The seeds of shard `shard` of a workload whose seeds start at `base`: `RINGKV_SIM_SEED`
+/// replays one seed (in every shard that is run), `RINGKV_SIM_SEEDS=<n>` runs `n` per shard
+/// instead of [`SHARD_SEEDS`] (the soak run), shards never overlapping.
+pub fn shard_seeds(base: u64, shard: u64) -> Vec<u64> {
+    if let Some(seed) = std::env::var("RINGKV_SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
     {
-        Some(seed) => vec![seed],
-        None => (first..first + count).collect(),
+        return vec![seed];
     }
+    let per_shard = std::env::var("RINGKV_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SHARD_SEEDS);
+    let first = base + shard * per_shard;
+    (first..first + per_shard).collect()
 }

@@ -1,54 +1,19 @@
-//! Deterministic simulation of a cluster: splits under load over a network that drops,
-//! duplicates, delays and reorders messages, with partitions and crash/restart of stores. A
-//! failure prints its seed; `RINGKV_SIM_SEED=<seed>` replays it.
+//! Deterministic simulation of a cluster, by workload, each over 200 seeds in CI (four shards of
+//! 50, which nextest runs in parallel). Faults: messages dropped, duplicated, delayed and
+//! reordered; partitions (both ways and one way), crashes, disk faults that stop a node, pauses,
+//! and clocks that tick at different rates. A failure prints its seed:
+//! `RINGKV_SIM_SEED=<seed> cargo nextest run -p ringkv-tests --test simulation` replays it, and
+//! `RINGKV_SIM_SEEDS=<n>` runs `n` seeds per shard instead (the soak run, see docs/testing.md).
 
-use ringkv_tests::sim::{seeds, Sim, SimConfig};
+use ringkv_tests::sim::{shard_seeds, Sim, SimConfig, SimOutcome};
 
-#[test]
-fn splits_under_load_with_faults_lose_nothing() {
-    for seed in seeds(1, 6) {
-        let outcome = run_reporting_seed(seed, SimConfig::default());
-        println!("seed {seed}: {outcome:?}");
-        assert!(
-            outcome.acked_writes > 1000,
-            "seed {seed}: too few writes: {outcome:?}"
-        );
-        assert!(
-            outcome.regions >= 8,
-            "seed {seed}: too few splits: {outcome:?}"
-        );
-    }
-}
-
-#[test]
-fn splits_and_merges_under_load_with_faults_lose_nothing() {
-    let cfg = SimConfig {
-        merge_per_mille: 4,
-        ..SimConfig::default()
-    };
-    let mut committed = 0;
-    for seed in seeds(101, 6) {
-        let outcome = run_reporting_seed(seed, cfg.clone());
-        println!("seed {seed}: {outcome:?}");
-        assert!(
-            outcome.acked_writes > 1000,
-            "seed {seed}: too few writes: {outcome:?}"
-        );
-        assert!(
-            outcome.merges_ordered > 10,
-            "seed {seed}: too few merges ordered: {outcome:?}"
-        );
-        committed += outcome.merges_committed;
-    }
-    assert!(committed > 0, "no merge committed in any seed");
-}
-
-/// The raw register workload: a few keys put and read by clients routed like real ones (mostly
-/// to the leader the placement driver knows, sometimes to any replica), under the same faults
-/// and splits; the history must be linearizable.
-fn register_workload() -> SimConfig {
+/// The raw workload: clients put unique keys (enough to split the one region into dozens) and
+/// get and put four register keys, routed like real clients (mostly to the leader the placement
+/// driver knows, sometimes to any replica). Checked: every acknowledged write on every replica,
+/// replicas equal, no overlapping regions, and a linearizable register history.
+fn raw_workload() -> SimConfig {
     SimConfig {
-        steps: 6000,
+        steps: 5000,
         register_keys: 4,
         register_per_mille: 300,
         write_per_mille: 300,
@@ -56,33 +21,117 @@ fn register_workload() -> SimConfig {
     }
 }
 
-#[test]
-fn registers_stay_linearizable_under_faults() {
-    for seed in seeds(301, 6) {
-        let outcome = run_reporting_seed(seed, register_workload());
-        println!("seed {seed}: {outcome:?}");
-        assert!(
-            outcome.register_ops_completed > 500,
-            "seed {seed}: too few register operations completed: {outcome:?}"
-        );
+/// The split / merge workload: the raw workload plus an admin ordering merges of random
+/// neighbours while the regions split, so merges meet splits, faults and each other.
+fn split_merge_workload() -> SimConfig {
+    SimConfig {
+        merge_per_mille: 8,
+        ..raw_workload()
     }
 }
 
+const RAW_SEEDS: u64 = 10_000;
+const SPLIT_MERGE_SEEDS: u64 = 20_000;
+
+fn raw_shard(shard: u64) {
+    let outcomes = run_seeds(RAW_SEEDS, shard, raw_workload());
+    for (seed, o) in &outcomes {
+        assert!(o.acked_writes > 500, "seed {seed}: too few writes: {o:?}");
+        assert!(o.regions >= 4, "seed {seed}: too few splits: {o:?}");
+        assert!(
+            o.register_ops_completed > 300,
+            "seed {seed}: too few register operations: {o:?}"
+        );
+    }
+    assert_faults_injected(&outcomes);
+}
+
+fn split_merge_shard(shard: u64) {
+    let outcomes = run_seeds(SPLIT_MERGE_SEEDS, shard, split_merge_workload());
+    let committed: u32 = outcomes.iter().map(|(_, o)| o.merges_committed).sum();
+    let ordered: u32 = outcomes.iter().map(|(_, o)| o.merges_ordered).sum();
+    println!("merges: {committed} committed of {ordered} ordered");
+    assert!(
+        committed as usize >= outcomes.len(),
+        "too few merges committed: {committed} of {ordered} ordered over {} seeds",
+        outcomes.len()
+    );
+    assert_faults_injected(&outcomes);
+}
+
+/// Over a whole shard every kind of fault happened (a replayed single seed is exempt).
+fn assert_faults_injected(outcomes: &[(u64, SimOutcome)]) {
+    if outcomes.len() < 10 {
+        return;
+    }
+    let sum = |f: fn(&SimOutcome) -> u32| outcomes.iter().map(|(_, o)| f(o)).sum::<u32>();
+    let faults = [
+        ("crashes", sum(|o| o.crashes)),
+        ("disk faults", sum(|o| o.disk_faults)),
+        ("partitions", sum(|o| o.partitions)),
+        ("one-way partitions", sum(|o| o.one_way_partitions)),
+        ("pauses", sum(|o| o.pauses)),
+    ];
+    println!("faults over {} seeds: {faults:?}", outcomes.len());
+    for (what, n) in faults {
+        assert!(n > 0, "no {what} injected over {} seeds", outcomes.len());
+    }
+}
+
+#[test]
+fn raw_seeds_shard_0() {
+    raw_shard(0);
+}
+
+#[test]
+fn raw_seeds_shard_1() {
+    raw_shard(1);
+}
+
+#[test]
+fn raw_seeds_shard_2() {
+    raw_shard(2);
+}
+
+#[test]
+fn raw_seeds_shard_3() {
+    raw_shard(3);
+}
+
+#[test]
+fn split_merge_seeds_shard_0() {
+    split_merge_shard(0);
+}
+
+#[test]
+fn split_merge_seeds_shard_1() {
+    split_merge_shard(1);
+}
+
+#[test]
+fn split_merge_seeds_shard_2() {
+    split_merge_shard(2);
+}
+
+#[test]
+fn split_merge_seeds_shard_3() {
+    split_merge_shard(3);
+}
+
 /// The checker's own test: with a node that answers reads on any replica without confirming
-/// leadership (a broken invariant), the same workload yields stale reads, and the check
-/// reports them.
+/// leadership (a broken invariant), the raw workload yields stale reads, and the check reports
+/// them.
 #[test]
 fn the_checker_catches_stale_reads_of_a_broken_node() {
     let cfg = SimConfig {
         unsafe_local_reads: true,
-        ..register_workload()
+        ..raw_workload()
     };
-    let caught = (301..311).find(|&seed| {
-        let result = std::panic::catch_unwind(|| Sim::new(seed, cfg.clone()).run());
-        match result {
+    let caught = (RAW_SEEDS..RAW_SEEDS + 10).find(|&seed| {
+        match std::panic::catch_unwind(|| Sim::new(seed, cfg.clone()).run()) {
             Ok(_) => false,
             Err(e) => {
-                let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+                let msg = panic_message(e);
                 assert!(
                     msg.contains("not linearizable"),
                     "seed {seed} failed for another reason: {msg}"
@@ -94,28 +143,38 @@ fn the_checker_catches_stale_reads_of_a_broken_node() {
     assert!(caught.is_some(), "stale reads went unnoticed in ten seeds");
 }
 
-/// Runs one seed; a panic anywhere (a node's own invariant included) names the seed.
-fn run_reporting_seed(seed: u64, cfg: SimConfig) -> ringkv_tests::sim::SimOutcome {
-    match std::panic::catch_unwind(|| Sim::new(seed, cfg).run()) {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            panic!("simulation seed {seed} failed: {msg}\nreplay with RINGKV_SIM_SEED={seed}");
-        }
-    }
-}
-
 #[test]
 fn a_seed_replays_exactly() {
     let cfg = SimConfig {
         steps: 4000,
-        ..SimConfig::default()
+        ..split_merge_workload()
     };
     let a = Sim::new(77, cfg.clone()).run();
     let b = Sim::new(77, cfg).run();
     assert_eq!(a, b, "the same seed must give the same run");
+}
+
+/// Runs a shard's seeds; a panic anywhere (a node's own invariant included) names the seed.
+fn run_seeds(base: u64, shard: u64, cfg: SimConfig) -> Vec<(u64, SimOutcome)> {
+    shard_seeds(base, shard)
+        .into_iter()
+        .map(|seed| {
+            let outcome = match std::panic::catch_unwind(|| Sim::new(seed, cfg.clone()).run()) {
+                Ok(outcome) => outcome,
+                Err(e) => panic!(
+                    "simulation seed {seed} failed: {}\nreplay with RINGKV_SIM_SEED={seed}",
+                    panic_message(e)
+                ),
+            };
+            println!("seed {seed}: {outcome:?}");
+            (seed, outcome)
+        })
+        .collect()
+}
+
+fn panic_message(e: Box<dyn std::any::Any + Send>) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
 }
