@@ -24,6 +24,16 @@ pub enum ClientError {
         endpoints: Vec<String>,
         detail: String,
     },
+    /// A write's attempt ended without an answer, so it may or may not have been applied, and
+    /// the client was configured not to retry such writes (`retry_ambiguous_writes = false`).
+    /// Read the data to find out, or write again if applying twice is harmless.
+    #[error(
+        "{operation} may or may not have been applied (no answer: {detail}); read to find out"
+    )]
+    Ambiguous {
+        operation: &'static str,
+        detail: String,
+    },
     /// A node or placement member answered with an error the SDK does not retry.
     #[error("server error: {0}")]
     Server(String),

@@ -26,6 +26,12 @@ pub struct RawConfig {
     pub attempt_timeout: Duration,
     /// The keyspace all keys belong to. Default: keyspace 0, hash-ordered.
     pub keyspace: Keyspace,
+    /// Retry a write whose attempt ended without an answer (the node died, the connection
+    /// broke, no answer within `attempt_timeout`), though it may have been applied. Default
+    /// true: the write is then applied at least once, possibly twice (a put of the same value
+    /// again, perhaps after another client's put to that key). With false such a write fails
+    /// with [`ClientError::Ambiguous`] instead, and the caller decides.
+    pub retry_ambiguous_writes: bool,
 }
 
 impl Default for RawConfig {
@@ -34,6 +40,7 @@ impl Default for RawConfig {
             timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(3),
             keyspace: keys::default_keyspace(),
+            retry_ambiguous_writes: true,
         }
     }
 }
@@ -55,10 +62,17 @@ struct Shared {
 enum Attempt<T> {
     Done(T),
     /// Worth retrying, after the cache was updated; `immediately` skips the backoff.
+    /// `ambiguous`: the request may have been carried out (sent, then no answer).
     Retry {
         reason: String,
         immediately: bool,
+        ambiguous: bool,
     },
+}
+
+/// Whether `operation` writes (so an ambiguous attempt may have changed data).
+fn writes(operation: &str) -> bool {
+    matches!(operation, "put" | "batch_put" | "delete" | "delete_range")
 }
 
 type BoxFut<'a, T> = std::pin::Pin<
@@ -564,6 +578,7 @@ impl RawClient {
                 Attempt::Retry {
                     reason,
                     immediately,
+                    ..
                 } => {
                     let in_time =
                         (immediately && Instant::now() < deadline) || backoff.wait().await;
@@ -667,6 +682,16 @@ impl RawClient {
             for outcome in join_all(attempts).await {
                 match outcome? {
                     Attempt::Done(v) => results.push(v),
+                    Attempt::Retry {
+                        reason,
+                        ambiguous: true,
+                        ..
+                    } if writes(operation) && !self.config.retry_ambiguous_writes => {
+                        return Err(ClientError::Ambiguous {
+                            operation,
+                            detail: reason,
+                        });
+                    }
                     Attempt::Retry { reason, .. } => retry = Some(reason),
                 }
             }
@@ -695,6 +720,7 @@ impl RawClient {
                 return Ok(Attempt::Retry {
                     reason: e.to_string(),
                     immediately: false,
+                    ambiguous: false,
                 })
             }
             Err(e) => return Err(e),
@@ -764,7 +790,18 @@ impl RawClient {
                     Attempt::Done(v) => results.push(v),
                     Attempt::Retry {
                         reason,
+                        ambiguous: true,
+                        ..
+                    } if writes(operation) && !self.config.retry_ambiguous_writes => {
+                        return Err(ClientError::Ambiguous {
+                            operation,
+                            detail: reason,
+                        });
+                    }
+                    Attempt::Retry {
+                        reason,
                         immediately: now,
+                        ..
                     } => {
                         last_error = reason;
                         immediately &= now;
@@ -826,6 +863,7 @@ impl RawClient {
                 return Ok(Attempt::Retry {
                     reason: format!("region {} has no peers", region.id),
                     immediately: false,
+                    ambiguous: false,
                 });
             }
             None => region.peers[round % region.peers.len()],
@@ -836,6 +874,7 @@ impl RawClient {
                 return Ok(Attempt::Retry {
                     reason: e.to_string(),
                     immediately: false,
+                    ambiguous: false,
                 })
             }
             Err(e) => return Err(e),
@@ -866,6 +905,7 @@ impl RawClient {
                                 status.message()
                             ),
                             immediately: false,
+                            ambiguous: true,
                         })
                     }
                 };
@@ -878,6 +918,7 @@ impl RawClient {
                         peer.store_id, self.config.attempt_timeout
                     ),
                     immediately: false,
+                    ambiguous: true,
                 });
             }
         };
@@ -919,6 +960,7 @@ impl RawClient {
         Ok(Attempt::Retry {
             reason,
             immediately,
+            ambiguous: false,
         })
     }
 }

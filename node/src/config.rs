@@ -33,6 +33,9 @@ pub struct NodeConfig {
     /// Capacity of the raftstore mailbox, in messages; past it requests get `ServerIsBusy`.
     /// Default 65536.
     pub mailbox_capacity: usize,
+    /// Lets the Debug service's `SetNetFilter` drop this node's Raft messages to chosen stores:
+    /// for fault-injection tests only, never in production. Default false.
+    pub fault_injection: bool,
     pub raft: RaftSection,
     pub split: SplitSection,
 }
@@ -157,6 +160,7 @@ impl Default for NodeConfig {
             log_level: "info".into(),
             store_heartbeat_ms: 1000,
             mailbox_capacity: 65536,
+            fault_injection: false,
             raft: RaftSection::default(),
             split: SplitSection::default(),
         }

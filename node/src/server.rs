@@ -116,6 +116,7 @@ impl NodeServer {
         let (router, receivers) = StoreRouter::new(config.mailbox_capacity, PEER_MAILBOX_CAPACITY);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let unreachable_router = router.clone();
+        let fault_injection = config.fault_injection.then(|| filter.clone());
         let transport = Transport::new(
             store_id,
             pd.clone(),
@@ -148,6 +149,7 @@ impl NodeServer {
             router: router.clone(),
             kv: kv_dyn,
             pd: pd.clone(),
+            fault_injection,
         };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -15,7 +15,7 @@ use ringkv_proto::raftpb::raft_server::Raft;
 use ringkv_proto::raftpb::{
     self, request::Cmd, DeleteRangeRequest, DeleteRequest, Done, LocalGetRequest, LocalGetResponse,
     PutRequest, RaftCmdRequest, RaftMessageBatch, RegionInfoRequest, RegionInfoResponse,
-    SnapshotChunk, StoreInfoRequest, StoreInfoResponse,
+    SetNetFilterRequest, SetNetFilterResponse, SnapshotChunk, StoreInfoRequest, StoreInfoResponse,
 };
 use ringkv_storage::layout::{data_key, origin_key};
 use ringkv_storage::KvEngine;
@@ -36,6 +36,9 @@ pub struct NodeContext {
     pub router: StoreRouter,
     pub kv: Arc<dyn KvEngine>,
     pub pd: ringkv_client::PdClient,
+    /// The transport's message filter, which `Debug/SetNetFilter` sets when fault injection
+    /// is on (None: off).
+    pub fault_injection: Option<Arc<crate::NetFilter>>,
 }
 
 pub struct KvService {
@@ -574,6 +577,28 @@ impl Debug for DebugService {
             found: value.is_some(),
             value: value.unwrap_or_default(),
         }))
+    }
+
+    async fn set_net_filter(
+        &self,
+        request: Request<SetNetFilterRequest>,
+    ) -> Result<Response<SetNetFilterResponse>, Status> {
+        let Some(filter) = &self.ctx.fault_injection else {
+            return Err(Status::failed_precondition(
+                "fault injection is off on this node; it is for tests only and needs \
+                 `fault_injection = true` in the node's configuration",
+            ));
+        };
+        let blocked = request.into_inner().blocked_to;
+        filter.heal();
+        for to in &blocked {
+            filter.block(self.ctx.store_id, *to);
+        }
+        tracing::warn!(
+            ?blocked,
+            "fault injection: raft messages to these stores are dropped"
+        );
+        Ok(Response::new(SetNetFilterResponse {}))
     }
 
     async fn store_info(

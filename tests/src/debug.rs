@@ -33,3 +33,21 @@ pub async fn local_get(addr: &str, key: &[u8]) -> Option<Option<Vec<u8>>> {
         .into_inner();
     Some(r.found.then_some(r.value))
 }
+
+/// The store id of the node at `addr`, or None if it does not answer.
+pub async fn store_id(addr: &str) -> Option<u64> {
+    let mut c = debug_client(addr).await?;
+    let info = c.store_info(StoreInfoRequest {}).await.ok()?.into_inner();
+    Some(info.store_id)
+}
+
+/// Makes the node at `addr` drop its Raft messages to `blocked_to` (empty: heal). Needs the
+/// node's `fault_injection = true`. Returns whether the node took it.
+pub async fn set_net_filter(addr: &str, blocked_to: Vec<u64>) -> bool {
+    let Some(mut c) = debug_client(addr).await else {
+        return false;
+    };
+    c.set_net_filter(ringkv_proto::raftpb::SetNetFilterRequest { blocked_to })
+        .await
+        .is_ok()
+}

@@ -170,8 +170,10 @@ impl std::fmt::Display for Violation {
 }
 
 /// A set of operation positions.
-#[derive(Clone, PartialEq, Eq, Hash)]
 struct Bits(Vec<u64>);
+
+/// A linearized set in short form: see [`Bits::key_above`].
+type LinearizedKey = (usize, Vec<u64>);
 
 impl Bits {
     fn new(n: usize) -> Bits {
@@ -183,69 +185,132 @@ impl Bits {
     fn flip(&mut self, i: usize) {
         self.0[i / 64] ^= 1 << (i % 64);
     }
+
+    /// The set, given that every position below `low` is in it: `low` and the words from
+    /// there up to the last one with a bit set (short, as the set grows from the bottom).
+    fn key_above(&self, low: usize) -> LinearizedKey {
+        let words = &self.0[low / 64..];
+        let used = words.iter().rposition(|w| *w != 0).map_or(0, |p| p + 1);
+        (low, words[..used].to_vec())
+    }
 }
 
 struct Search<'a> {
     ops: &'a [Event],
-    /// Completed operations not linearized yet.
+    /// Completed operations not linearized yet, and their completion times (each distinct:
+    /// they come from one clock).
     completed_left: usize,
+    pending_completions: std::collections::BTreeSet<u64>,
     done: Bits,
     value: Option<Vec<u8>>,
-    seen: HashSet<(Bits, Option<Vec<u8>>)>,
+    /// States visited: the linearized set (see [`Bits::key_above`]) and the register value.
+    seen: HashSet<(LinearizedKey, Option<Vec<u8>>)>,
     states: u64,
     budget: u64,
 }
 
+/// One level of the search: the operation linearized to reach it (with the register value
+/// before it), the deadline of its state, and the next candidate to try from it.
+struct Frame {
+    chosen: Option<(usize, Option<Vec<u8>>)>,
+    deadline: u64,
+    /// Every operation below this position is linearized.
+    low: usize,
+    next: usize,
+}
+
 impl Search<'_> {
-    /// Depth-first search for an order of the remaining operations. Ok(false): none fits.
+    /// Depth-first search for an order of the remaining operations (iterative: histories are
+    /// long). Ok(false): none fits; Err: the budget ran out.
     fn run(&mut self) -> Result<bool, ()> {
-        if self.completed_left == 0 {
-            // Open puts left over never took effect.
-            return Ok(true);
-        }
-        self.states += 1;
-        if self.states > self.budget {
-            return Err(());
-        }
-        // Whatever goes next must have been invoked before the earliest pending completion.
-        let deadline = self
-            .ops
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !self.done.get(*i))
-            .filter_map(|(_, e)| e.complete)
-            .min()
-            .expect("a completed operation is left");
-        for i in 0..self.ops.len() {
-            let e = &self.ops[i];
-            if e.invoke >= deadline {
-                break;
-            }
-            if self.done.get(i) {
-                continue;
-            }
-            let next_value = match &e.op {
-                Op::Put(v) => Some(v.clone()),
-                Op::Get(read) if *read == self.value => self.value.clone(),
-                Op::Get(_) => continue,
-            };
-            let previous = std::mem::replace(&mut self.value, next_value);
-            self.done.flip(i);
-            let completed = e.complete.is_some();
-            if completed {
-                self.completed_left -= 1;
-            }
-            let fresh = self.seen.insert((self.done.clone(), self.value.clone()));
-            if fresh && self.run()? {
+        let mut stack = vec![Frame {
+            chosen: None,
+            deadline: self.deadline(),
+            low: 0,
+            next: 0,
+        }];
+        loop {
+            if self.completed_left == 0 {
+                // Open puts left over never took effect.
                 return Ok(true);
             }
-            if completed {
-                self.completed_left += 1;
+            let frame = stack.last_mut().expect("the root frame stays");
+            let candidate = (frame.next.max(frame.low)..self.ops.len())
+                .take_while(|&i| self.ops[i].invoke < frame.deadline)
+                .find(|&i| !self.done.get(i) && self.allows(&self.ops[i].op));
+            let Some(i) = candidate else {
+                let frame = stack.pop().expect("checked");
+                match frame.chosen {
+                    None => return Ok(false),
+                    Some((i, previous)) => self.undo(i, previous),
+                }
+                continue;
+            };
+            frame.next = i + 1;
+            let mut low = frame.low;
+            let previous = self.apply(i);
+            while low < self.ops.len() && self.done.get(low) {
+                low += 1;
             }
-            self.done.flip(i);
-            self.value = previous;
+            if self
+                .seen
+                .insert((self.done.key_above(low), self.value.clone()))
+            {
+                self.states += 1;
+                if self.states > self.budget {
+                    return Err(());
+                }
+                let deadline = self.deadline();
+                stack.push(Frame {
+                    chosen: Some((i, previous)),
+                    deadline,
+                    low,
+                    next: 0,
+                });
+            } else {
+                self.undo(i, previous);
+            }
         }
-        Ok(false)
+    }
+
+    /// Whatever goes next must have been invoked before the earliest pending completion.
+    fn deadline(&self) -> u64 {
+        self.pending_completions
+            .first()
+            .copied()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Whether `op` may come next given the register's value.
+    fn allows(&self, op: &Op) -> bool {
+        match op {
+            Op::Put(_) => true,
+            Op::Get(read) => *read == self.value,
+        }
+    }
+
+    /// Linearizes operation `i`; returns the value before it.
+    fn apply(&mut self, i: usize) -> Option<Vec<u8>> {
+        let e = &self.ops[i];
+        let next = match &e.op {
+            Op::Put(v) => Some(v.clone()),
+            Op::Get(_) => self.value.clone(),
+        };
+        self.done.flip(i);
+        if let Some(c) = e.complete {
+            self.completed_left -= 1;
+            self.pending_completions.remove(&c);
+        }
+        std::mem::replace(&mut self.value, next)
+    }
+
+    fn undo(&mut self, i: usize, previous: Option<Vec<u8>>) {
+        self.done.flip(i);
+        if let Some(c) = self.ops[i].complete {
+            self.completed_left += 1;
+            self.pending_completions.insert(c);
+        }
+        self.value = previous;
     }
 }
 
@@ -269,6 +334,7 @@ fn check_key(key: &[u8], mut events: Vec<Event>, budget: u64) -> Result<u64, Vio
     let mut search = Search {
         ops: &events,
         completed_left: events.iter().filter(|e| e.complete.is_some()).count(),
+        pending_completions: events.iter().filter_map(|e| e.complete).collect(),
         done: Bits::new(events.len()),
         value: None,
         seen: HashSet::new(),
@@ -410,5 +476,18 @@ mod tests {
             h.check(10_000),
             Err(Violation::NotLinearizable { .. })
         ));
+    }
+
+    #[test]
+    fn a_very_long_history_is_searched_without_exhausting_the_stack() {
+        let mut h = History::default();
+        for i in 0..20_000u32 {
+            let v = i.to_string().into_bytes();
+            let p = h.invoke_put(b"k", &v);
+            h.complete_put(p);
+            let g = h.invoke_get(b"k");
+            h.complete_get(g, Some(v));
+        }
+        assert_eq!(h.check(BUDGET).unwrap().operations, 40_000);
     }
 }

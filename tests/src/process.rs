@@ -190,6 +190,26 @@ impl ProcessCluster {
         self.nodes[i].1.signal(libc::SIGCONT);
     }
 
+    /// Whether node `i`'s process is running (not killed; a paused one counts as running).
+    pub fn node_running(&self, i: usize) -> bool {
+        self.nodes[i].1.child.is_some()
+    }
+
+    /// `kill -9` the placement driver.
+    pub fn kill_placement(&mut self) {
+        self.placement.kill9();
+    }
+
+    /// Starts the placement driver again with the same data directory and port.
+    pub fn restart_placement(&mut self) {
+        assert!(self.placement.child.is_none(), "placement is running");
+        self.placement.spawn();
+    }
+
+    pub fn placement_running(&self) -> bool {
+        self.placement.child.is_some()
+    }
+
     /// A runtime for the test's clients and a raw client of this cluster with a 30 s deadline.
     pub fn client(&self) -> (tokio::runtime::Runtime, ringkv_client::RawClient) {
         let rt = tokio::runtime::Builder::new_multi_thread()
