@@ -190,6 +190,29 @@ impl ProcessCluster {
         self.nodes[i].1.signal(libc::SIGCONT);
     }
 
+    /// Node `i`'s data directory.
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}"))
+    }
+
+    /// Waits up to `limit` for node `i`'s process to exit by itself; its exit status if it did.
+    pub fn wait_node_exit(
+        &mut self,
+        i: usize,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            let child = self.nodes[i].1.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.nodes[i].1.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
     /// Whether node `i`'s process is running (not killed; a paused one counts as running).
     pub fn node_running(&self, i: usize) -> bool {
         self.nodes[i].1.child.is_some()
@@ -247,4 +270,32 @@ impl Drop for ProcessCluster {
         }
         self.placement.kill9();
     }
+}
+
+/// Runs `ringkv-node` with `args` until it exits by itself (at most `limit`, else it is killed);
+/// returns its exit status and everything it printed, or None if it kept running.
+pub fn run_node_until_exit(
+    args: &[String],
+    limit: Duration,
+) -> Option<(std::process::ExitStatus, String)> {
+    let mut child = Command::new(binary("ringkv-node"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ringkv-node starts");
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            let out = child.wait_with_output().expect("output");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            return Some((out.status, text));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
