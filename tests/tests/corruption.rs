@@ -62,7 +62,7 @@ fn raft_log_files(dir: &Path) -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|x| x == "raftlog"))
         .map(|p| (std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0), p))
         .collect();
-    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
     files.into_iter().map(|(_, p)| p).collect()
 }
 
