@@ -90,6 +90,13 @@ pub struct RaftSection {
     /// Ticks without a leader before a follower campaigns (randomised up to twice this).
     /// Default 10; must exceed `heartbeat_ticks`.
     pub election_ticks: usize,
+    /// Leaders serve reads from local state while their lease lasts (see `max_clock_drift_ms`);
+    /// false: every read takes a ReadIndex round. Default true.
+    pub lease_reads: bool,
+    /// How far two nodes' clocks may drift apart over one election timeout, in ms. A lease
+    /// lasts `(election_ticks - 1) * tick_interval_ms - max_clock_drift_ms` from the round that
+    /// confirmed it. Default 100; must leave a lease of at least one tick.
+    pub max_clock_drift_ms: u64,
     /// Ticks between leader heartbeats. Default 2.
     pub heartbeat_ticks: usize,
     /// Sync the Raft log before acknowledging writes. Default true. Off loses acknowledged
@@ -132,6 +139,8 @@ impl Default for RaftSection {
         RaftSection {
             tick_interval_ms: store.tick_interval.as_millis() as u64,
             election_ticks: peer.election_ticks,
+            lease_reads: true,
+            max_clock_drift_ms: 100,
             heartbeat_ticks: peer.heartbeat_ticks,
             sync_log: store.sync_log,
             region_heartbeat_ticks: store.region_heartbeat_ticks,
@@ -226,6 +235,13 @@ impl NodeConfig {
         if r.pollers.is_some_and(|p| !(1..=64).contains(&p)) {
             return bad(format!("raft.pollers = {:?} is outside 1..=64", r.pollers));
         }
+        if r.lease_reads && self.lease_ms() == 0 {
+            return bad(format!(
+                "raft.max_clock_drift_ms ({}) leaves no lease: it must be below (election_ticks - 1) * tick_interval_ms - tick_interval_ms = {} ms (or turn raft.lease_reads off)",
+                r.max_clock_drift_ms,
+                (r.election_ticks as u64).saturating_sub(2) * r.tick_interval_ms
+            ));
+        }
         if !(1..=64).contains(&r.apply_pool_size) {
             return bad(format!(
                 "raft.apply_pool_size = {} is outside 1..=64",
@@ -260,6 +276,21 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// A leader's lease in ms (0: lease reads off, or no room for one): an election timeout,
+    /// less one tick (a follower's election timer may tick right after it heard the leader),
+    /// less the allowed clock drift; at least one tick, else none.
+    pub fn lease_ms(&self) -> u64 {
+        let r = &self.raft;
+        if !r.lease_reads {
+            return 0;
+        }
+        let lease = (r.election_ticks as u64).saturating_sub(1) * r.tick_interval_ms;
+        match lease.checked_sub(r.max_clock_drift_ms) {
+            Some(ms) if ms >= r.tick_interval_ms => ms,
+            _ => 0,
+        }
+    }
+
     pub fn raftstore_config(&self) -> RaftStoreConfig {
         RaftStoreConfig {
             tick_interval: Duration::from_millis(self.raft.tick_interval_ms),
@@ -268,6 +299,7 @@ impl NodeConfig {
                 heartbeat_ticks: self.raft.heartbeat_ticks,
                 max_size_per_msg_bytes: self.raft.max_size_per_msg_bytes,
                 max_inflight_msgs: self.raft.max_inflight_msgs,
+                lease_ms: self.lease_ms(),
                 ..PeerConfig::default()
             },
             sync_log: self.raft.sync_log,

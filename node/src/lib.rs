@@ -5,6 +5,7 @@
 //! - [`admin`]: what split and merge share: the local leader check, proposing and waiting.
 //! - [`apply`]: turns committed commands into one atomic write batch (data + applied index).
 //! - [`apply_pool`]: each region's apply delegate, and the threads that apply batches of them.
+//! - [`clock`]: the monotonic clock leader leases are measured with (injectable).
 //! - [`router`]: per-peer mailboxes, the router from region id to mailbox, the ready queue.
 //! - [`raftstore`]: the batch system: poller threads that drive batches of peers, writing all
 //!   their log entries in one synced batch per round (group commit), sending, and handing
@@ -21,6 +22,7 @@ pub mod admin;
 pub mod apply;
 pub mod apply_pool;
 pub mod cli;
+pub mod clock;
 pub mod config;
 mod error;
 mod logger;

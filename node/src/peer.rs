@@ -45,6 +45,13 @@ pub struct PeerConfig {
     /// suite can show that its linearizability checker catches stale reads; no configuration
     /// file can set it.
     pub unsafe_local_reads: bool,
+    /// How long, in ms of this node's monotonic clock, a leader may serve reads from local
+    /// state after sending a round that a quorum then acknowledged (0: no lease; every read
+    /// takes a ReadIndex round). See [`Peer::lease_valid`].
+    pub lease_ms: u64,
+    /// **Broken on purpose; for tests only.** A leader serves lease reads after its lease has
+    /// expired, as long as it believes it leads: the bug the fault suite must catch.
+    pub unsafe_lease_ignores_expiry: bool,
 }
 
 impl Default for PeerConfig {
@@ -57,6 +64,8 @@ impl Default for PeerConfig {
             read_timeout_ticks: 50,
             election_seed: None,
             unsafe_local_reads: false,
+            lease_ms: 0,
+            unsafe_lease_ignores_expiry: false,
         }
     }
 }
@@ -69,6 +78,8 @@ struct ReadWaiter {
 
 struct ReadBatch {
     id: u64,
+    /// When its ReadIndex round went out: its confirmation renews the lease from then.
+    sent_at_ms: u64,
     /// Set once the leader confirmed it: reads may proceed once this index is applied.
     read_index: Option<u64>,
     waiters: Vec<ReadWaiter>,
@@ -114,6 +125,21 @@ pub struct Peer {
     last_view: LeaderView,
     read_timeout_ticks: u32,
     unsafe_local_reads: bool,
+    /// This node's monotonic clock, in ms, as of the current poll (set by the raftstore).
+    now_ms: u64,
+    lease_ms: u64,
+    /// Reads may be served locally until then (0: no lease).
+    lease_until_ms: u64,
+    unsafe_lease_ignores_expiry: bool,
+    /// (index, send time) of this leader's proposals in its current term: a commit reaching
+    /// one proves a quorum heard from the leader after that time, which renews the lease.
+    proposal_times: VecDeque<(u64, u64)>,
+    /// The last split or merge command this leader proposed: lease reads wait until it is
+    /// applied, since until then the region the peer checks keys against may be out of date.
+    region_change_index: u64,
+    /// Ticks left during which this peer grants no vote: after a restart it may have
+    /// acknowledged a leader's lease round it no longer remembers.
+    votes_withheld_ticks: u32,
     pub size: SizeStats,
     /// Peers of this region learnt from incoming messages: an uninitialized peer does not know
     /// its region's peers, yet must answer the leader.
@@ -218,6 +244,13 @@ impl Peer {
             },
             read_timeout_ticks: cfg.read_timeout_ticks,
             unsafe_local_reads: cfg.unsafe_local_reads,
+            now_ms: 0,
+            lease_ms: cfg.lease_ms,
+            lease_until_ms: 0,
+            unsafe_lease_ignores_expiry: cfg.unsafe_lease_ignores_expiry,
+            proposal_times: VecDeque::new(),
+            region_change_index: 0,
+            votes_withheld_ticks: 0,
             size: SizeStats {
                 check_wanted: true,
                 ..Default::default()
@@ -453,6 +486,7 @@ impl Peer {
 
     /// Advances logical time by one tick. Returns whether raft has work.
     pub fn tick(&mut self) -> bool {
+        self.votes_withheld_ticks = self.votes_withheld_ticks.saturating_sub(1);
         for batch in &mut self.reads_in_flight {
             batch.ticks_waited += 1;
         }
@@ -479,6 +513,19 @@ impl Peer {
 
     /// Feeds a Raft message from peer `from`.
     pub fn step(&mut self, from: Option<PeerMeta>, msg: eraftpb::Message) {
+        if self.votes_withheld_ticks > 0
+            && matches!(
+                msg.get_msg_type(),
+                eraftpb::MessageType::MsgRequestVote | eraftpb::MessageType::MsgRequestPreVote
+            )
+        {
+            tracing::debug!(
+                region = self.region_id(),
+                from = msg.from,
+                "vote request ignored: this peer restarted less than an election timeout ago"
+            );
+            return;
+        }
         if let Some(from) = from {
             if from.id == msg.from && !self.region().peers.iter().any(|p| p.id == from.id) {
                 self.peer_cache.insert(from.id, from);
@@ -539,6 +586,15 @@ impl Peer {
             let _ = callback.send(Err(e));
             return;
         }
+        let changes_region = matches!(
+            cmd.admin.as_ref().and_then(|a| a.cmd.as_ref()),
+            Some(
+                admin_request::Cmd::Split(_)
+                    | admin_request::Cmd::PrepareMerge(_)
+                    | admin_request::Cmd::CommitMerge(_)
+                    | admin_request::Cmd::RollbackMerge(_)
+            )
+        );
         let data = cmd.encode_to_vec();
         match self.raw.propose(Vec::new(), data) {
             Ok(()) => {
@@ -558,6 +614,12 @@ impl Peer {
                     term,
                     callback,
                 });
+                if self.lease_ms > 0 {
+                    self.proposal_times.push_back((index, self.now_ms));
+                }
+                if changes_region {
+                    self.region_change_index = index;
+                }
             }
             Err(e) => {
                 tracing::debug!(region = self.region_id(), error = %e, "proposal dropped");
@@ -582,6 +644,15 @@ impl Peer {
             return;
         }
         match self.check_request(epoch, keys) {
+            Ok(()) if self.lease_valid() => {
+                tracing::trace!(
+                    region = self.region_id(),
+                    now = self.now_ms,
+                    until = self.lease_until_ms,
+                    "read served under the lease"
+                );
+                let _ = callback.send(Ok(self.region().clone()));
+            }
             Ok(()) => self.reads_queued.push(ReadWaiter {
                 callback,
                 version: self.version(),
@@ -602,6 +673,7 @@ impl Peer {
         self.raw.read_index(id.to_be_bytes().to_vec());
         self.reads_in_flight.push_back(ReadBatch {
             id,
+            sent_at_ms: self.now_ms,
             read_index: None,
             waiters: std::mem::take(&mut self.reads_queued),
             ticks_waited: 0,
@@ -616,6 +688,8 @@ impl Peer {
             let id = u64::from_be_bytes(bytes);
             if let Some(batch) = self.reads_in_flight.iter_mut().find(|b| b.id == id) {
                 batch.read_index = Some(state.index);
+                let sent_at = batch.sent_at_ms;
+                self.renew_lease(sent_at);
             }
         }
     }
@@ -651,6 +725,63 @@ impl Peer {
                 }
                 _ => break,
             }
+        }
+    }
+
+    /// The clock as of this poll (the raftstore sets it before handing the peer anything).
+    pub fn set_now(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+    }
+
+    /// Grants no vote for the next `ticks` ticks (a peer loaded after a restart: it may have
+    /// acknowledged a leader's lease round it no longer remembers, and a vote from it could
+    /// elect a second leader while that lease lasts).
+    pub fn withhold_votes(&mut self, ticks: u32) {
+        self.votes_withheld_ticks = ticks;
+    }
+
+    /// Whether this leader may serve a read from local state now, without a ReadIndex round:
+    /// - it holds a lease: a round it sent at time t was acknowledged by a quorum, each of
+    ///   whose members then refuses to vote for anyone else for an election timeout (raft's
+    ///   check-quorum), so no other leader can exist before t + election timeout on their
+    ///   clocks; the lease ends `lease_ms` after t, which leaves room for clock drift;
+    /// - it has applied an entry of its own term, so everything committed before it leads is
+    ///   applied here;
+    /// - no split or merge it proposed is still unapplied.
+    pub fn lease_valid(&self) -> bool {
+        if self.lease_ms == 0
+            || self.lease_until_ms == 0
+            || !self.is_leader()
+            || self.applied_index() < self.region_change_index
+        {
+            return false;
+        }
+        if self.now_ms >= self.lease_until_ms && !self.unsafe_lease_ignores_expiry {
+            return false;
+        }
+        self.raw.raft.raft_log.term(self.applied_index()).ok() == Some(self.term())
+    }
+
+    fn renew_lease(&mut self, sent_at_ms: u64) {
+        if self.lease_ms > 0 && self.is_leader() {
+            self.lease_until_ms = self.lease_until_ms.max(sent_at_ms + self.lease_ms);
+        }
+    }
+
+    /// A leader whose commit index passed some of its proposals renews its lease from the
+    /// latest one's send time: a quorum appended it, so heard from this leader after then.
+    pub fn renew_lease_from_commit(&mut self) {
+        let commit = self.commit_index();
+        let mut latest = None;
+        while let Some(&(index, at)) = self.proposal_times.front() {
+            if index > commit {
+                break;
+            }
+            latest = Some(at);
+            self.proposal_times.pop_front();
+        }
+        if let Some(at) = latest {
+            self.renew_lease(at);
         }
     }
 
@@ -1001,6 +1132,9 @@ impl Peer {
         if view == self.last_view {
             return None;
         }
+        // A lease belongs to one term of one leader.
+        self.lease_until_ms = 0;
+        self.proposal_times.clear();
         if self.last_view.is_leader && !view.is_leader {
             // Reads were promised by a leader that no longer is one.
             self.fail_reads(region_error::not_leader(self.region_id(), self.leader()));

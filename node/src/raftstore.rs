@@ -140,6 +140,8 @@ pub struct StoreContext {
     pub cfg: RaftStoreConfig,
     pub split_checker: SplitChecker,
     pub router: StoreRouter,
+    /// What leader leases are measured with.
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 /// Messages for not-yet-created regions kept at most, and for how many ticks.
@@ -223,6 +225,7 @@ fn load_peers(ctx: &StoreContext) -> Result<(), crate::NodeError> {
         let storage = PeerStorage::load(region.clone(), ctx.kv.as_ref(), ctx.log.clone())?;
         let mut peer = Peer::new(ctx.store_id, storage, &ctx.cfg.peer)?;
         peer.set_local_state(&state);
+        peer.withhold_votes(ctx.cfg.peer.election_ticks as u32);
         tracing::info!(
             region = region.id,
             peer = peer.peer_id(),
@@ -412,7 +415,9 @@ fn run_poller(ctx: &StoreContext, ready: &Receiver<Box<PeerFsm>>, stopping: &Ato
 /// One poll round over `batch`: handle mail, then group commit, send, apply, answer.
 /// A storage failure panics: a node that cannot persist must stop rather than answer.
 pub fn poll(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
+    let now_ms = ctx.clock.now_ms();
     for fsm in batch.iter_mut() {
+        fsm.peer.set_now(now_ms);
         for _ in 0..ctx.cfg.messages_per_fsm_max {
             if fsm.destroyed {
                 break;
@@ -940,7 +945,9 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
     }
     let mut late = Outbox::default();
     for &i in &ready {
-        batch[i].peer.after_write(&mut late);
+        let peer = &mut batch[i].peer;
+        peer.after_write(&mut late);
+        peer.renew_lease_from_commit();
     }
     ctx.transport.send_all(late.messages);
     send_snapshots(ctx, late.snapshots);

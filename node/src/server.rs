@@ -131,6 +131,7 @@ impl NodeServer {
         let split_checker = SplitChecker::start(kv_dyn.clone(), store_cfg.split, router.clone())?;
         let raftstore = RaftStore::start(
             StoreContext {
+                clock: Arc::new(crate::clock::MonotonicClock::new()),
                 store_id,
                 log,
                 kv: kv_dyn.clone(),

@@ -13,6 +13,7 @@ use crate::linearizability::{History, Invocation};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use ringkv_node::clock::ManualClock;
 use ringkv_node::peer::PeerConfig;
 use ringkv_node::raftstore::{
     RaftStoreConfig, RaftTransport, SteppedStore, StoreContext, StoreEvent,
@@ -63,9 +64,21 @@ pub struct SimConfig {
     pub register_keys: u32,
     /// Per-mille chance per step that a register operation starts (a get or a put, even odds).
     pub register_per_mille: u32,
+    /// Per-mille chance that a client sends a request to a random replica instead of the
+    /// leader the placement driver knows (clients with stale routes).
+    pub misroute_per_mille: u32,
     /// A deliberately broken node for the checker's own test: every replica answers reads at
     /// once, without confirming leadership ([`PeerConfig::unsafe_local_reads`]).
     pub unsafe_local_reads: bool,
+    /// Leader lease, in ms of a store's clock (0: every read takes a ReadIndex round). Each
+    /// store's clock runs at its own rate (ticks every 4 to 6 steps, 100 ms a tick), so the
+    /// drift allowance must cover a 6:4 rate ratio: a follower refuses votes for 9 of its ticks
+    /// (36 steps at the fastest), a leader's lease of L ms lasts L * 6 / 100 steps at the
+    /// slowest, so L <= 600; the default leaves room.
+    pub lease_ms: u64,
+    /// A deliberately broken node: leaders serve lease reads after the lease expired
+    /// ([`PeerConfig::unsafe_lease_ignores_expiry`]).
+    pub unsafe_lease_ignores_expiry: bool,
 }
 
 impl Default for SimConfig {
@@ -84,7 +97,10 @@ impl Default for SimConfig {
             merge_per_mille: 0,
             register_keys: 0,
             register_per_mille: 0,
+            misroute_per_mille: 100,
             unsafe_local_reads: false,
+            lease_ms: 500,
+            unsafe_lease_ignores_expiry: false,
         }
     }
 }
@@ -140,6 +156,8 @@ struct SimStore {
     kv: Arc<MemKv>,
     running: Option<(SteppedStore, mpsc::UnboundedReceiver<StoreEvent>)>,
     outbox: Arc<Mutex<Outbox>>,
+    /// The machine's monotonic clock: survives restarts of the store.
+    clock: Arc<ManualClock>,
 }
 
 struct InFlight {
@@ -169,7 +187,8 @@ enum Fault {
     Partition,
     /// Its messages to others are lost; theirs still arrive (an asymmetric partition).
     CutOutbound,
-    /// Stopped (like SIGSTOP): no ticks, no processing; its mail piles up.
+    /// Stopped (like SIGSTOP): no ticks, no processing; Raft messages to it are lost (its
+    /// peers' streams time out), client requests to it wait in its mailbox.
     Pause,
 }
 
@@ -265,6 +284,7 @@ impl Sim {
                 kv: Arc::new(MemKv::losing_unflushed()),
                 running: None,
                 outbox: Arc::new(Mutex::new(Outbox::default())),
+                clock: Arc::new(ManualClock::default()),
             });
         }
         let mut sim = Sim {
@@ -342,6 +362,8 @@ impl Sim {
             peer: PeerConfig {
                 election_seed: Some(self.seed),
                 unsafe_local_reads: self.cfg.unsafe_local_reads,
+                lease_ms: self.cfg.lease_ms,
+                unsafe_lease_ignores_expiry: self.cfg.unsafe_lease_ignores_expiry,
                 ..PeerConfig::default()
             },
             sync_log: true,
@@ -374,6 +396,7 @@ impl Sim {
             }),
             events,
             split_checker: SplitChecker::inline(kv, cfg.split, router.clone()),
+            clock: s.clock.clone(),
             cfg,
             router,
         };
@@ -421,6 +444,10 @@ impl Sim {
             _ => None,
         };
         for i in 0..self.stores.len() {
+            // Each store's clock runs at the rate of its ticks: 100 ms a tick.
+            self.stores[i]
+                .clock
+                .set(1 + self.now * 100 / self.tick_periods[i]);
             if paused == Some(i) || !self.now.is_multiple_of(self.tick_periods[i]) {
                 continue;
             }
@@ -567,10 +594,16 @@ impl Sim {
     }
 
     fn blocked(&self, from: u64, to: u64) -> bool {
+        let paused = match self.fault {
+            Some((i, _, Fault::Pause)) => Some(self.stores[i].id),
+            _ => None,
+        };
         from != to
             && (self.cut.contains(&from)
                 || self.cut.contains(&to)
-                || self.cut_outbound == Some(from))
+                || self.cut_outbound == Some(from)
+                // A stopped process takes no messages: its peers' streams to it time out.
+                || paused == Some(to))
     }
 
     /// Moves what stores sent into the network, with drops, duplicates and delays.
@@ -786,7 +819,7 @@ impl Sim {
     fn pick_store(&mut self, info: &ringkv_placement::cluster::RegionInfo) -> Option<usize> {
         let region = &info.region;
         let target = match info.leader {
-            Some(l) if self.rng.gen_bool(0.9) => l.store_id,
+            Some(l) if self.rng.gen_range(0..1000) >= self.cfg.misroute_per_mille => l.store_id,
             _ => region.peers[self.rng.gen_range(0..region.peers.len())].store_id,
         };
         let i = self.index_of(target)?;

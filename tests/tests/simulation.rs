@@ -143,6 +143,35 @@ fn the_checker_catches_stale_reads_of_a_broken_node() {
     assert!(caught.is_some(), "stale reads went unnoticed in ten seeds");
 }
 
+/// The lease's own test: leaders that keep serving local reads after their lease expired (the
+/// check skipped) are caught, in the same workload, by the history check.
+#[test]
+fn the_checker_catches_reads_served_on_an_expired_lease() {
+    let cfg = SimConfig {
+        unsafe_lease_ignores_expiry: true,
+        // Clients with stale routes reach a deposed leader more often.
+        misroute_per_mille: 500,
+        ..raw_workload()
+    };
+    let caught = (RAW_SEEDS..RAW_SEEDS + 20).find(|&seed| {
+        match std::panic::catch_unwind(|| Sim::new(seed, cfg.clone()).run()) {
+            Ok(_) => false,
+            Err(e) => {
+                let msg = panic_message(e);
+                assert!(
+                    msg.contains("not linearizable"),
+                    "seed {seed} failed for another reason: {msg}"
+                );
+                true
+            }
+        }
+    });
+    assert!(
+        caught.is_some(),
+        "expired-lease reads went unnoticed in twenty seeds"
+    );
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     let cfg = SimConfig {
