@@ -19,5 +19,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_protos(&files, &["proto"])?;
+    // etcd's KV API, as a client only: the benchmark suite runs the same load against etcd.
+    println!("cargo:rerun-if-changed=proto/etcd.proto");
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .compile_protos(&["proto/etcd.proto"], &["proto"])?;
     Ok(())
 }

@@ -123,9 +123,44 @@ impl LocalCluster {
                     let _ = e;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(e) => return Err(format!("cluster did not start serving: {e}")),
+                Err(e) => {
+                    return Err(format!(
+                        "cluster did not start serving: {e}{}",
+                        self.exited_processes()
+                    ))
+                }
             }
         }
+    }
+
+    /// For error messages: which processes have exited, with the end of their logs.
+    fn exited_processes(&self) -> String {
+        let mut out = String::new();
+        // An exited child stays a zombie until waited for: its state in /proc is `Z`.
+        let pid_alive = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let state = stat.rsplit_once(") ")?.1.chars().next()?;
+                    Some(state != 'Z')
+                })
+                .unwrap_or(false)
+        };
+        let mut check = |name: String, pid: u32, log: &str| {
+            if !pid_alive(pid) {
+                let text = std::fs::read_to_string(self.dir.path().join(log)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                out += &format!(
+                    "\n  {name} (pid {pid}) has exited; its log ends:\n    {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n    ")
+                );
+            }
+        };
+        check("placement".into(), self.placement.id(), "placement.log");
+        for (i, n) in self.nodes.iter().enumerate() {
+            check(format!("node {i}"), n.id(), &format!("node{i}.log"));
+        }
+        out
     }
 
     pub fn node_pids(&self) -> Vec<u32> {
@@ -230,26 +265,88 @@ pub async fn write_load(
     duration: Duration,
     value_bytes: usize,
 ) -> LoadReport {
+    let value = vec![b'v'; value_bytes];
+    let client = client.clone();
+    run_load(clients, duration, move |c, n| {
+        let (client, value) = (client.clone(), value.clone());
+        async move {
+            let key = format!("bench-{c:03}-{n:010}").into_bytes();
+            client.put(key, value).await.is_ok()
+        }
+    })
+    .await
+}
+
+/// The key the read loads read and [`preload`] writes: `n` of `keys`.
+pub fn read_key(n: u64) -> Vec<u8> {
+    format!("read-{n:08}").into_bytes()
+}
+
+/// Writes keys `0..keys` ([`read_key`]) with values of `value_bytes`, in batches.
+pub async fn preload(client: &RawClient, keys: u64, value_bytes: usize) -> Result<(), String> {
+    let value = vec![b'r'; value_bytes];
+    let mut n = 0;
+    while n < keys {
+        let batch: Vec<_> = (n..(n + 256).min(keys))
+            .map(|k| (read_key(k), value.clone()))
+            .collect();
+        n += batch.len() as u64;
+        client
+            .batch_put(batch)
+            .await
+            .map_err(|e| format!("preloading keys: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `clients` concurrent readers, each getting random keys of `0..keys` one at a time (every
+/// read linearizable), for `duration`. A key that is not found counts as an error.
+pub async fn read_load(
+    client: &RawClient,
+    clients: usize,
+    duration: Duration,
+    keys: u64,
+) -> LoadReport {
+    let client = client.clone();
+    run_load(clients, duration, move |c, n| {
+        let client = client.clone();
+        async move {
+            let k = spread(c as u64, n) % keys.max(1);
+            matches!(client.get(read_key(k)).await, Ok(Some(_)))
+        }
+    })
+    .await
+}
+
+/// A cheap, well-spread number from a client and its operation count (no shared RNG).
+pub fn spread(client: u64, n: u64) -> u64 {
+    (client.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n).wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 7
+}
+
+/// Runs `op(client, n)` in `clients` concurrent closed loops for `duration`; `op` says whether
+/// the operation succeeded. Latency of successful operations goes into the histogram.
+pub async fn run_load<F, Fut>(clients: usize, duration: Duration, op: F) -> LoadReport
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
-            let client = client.clone();
+            let op = op.clone();
             tokio::spawn(async move {
                 let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
                 let (mut ops, mut errors) = (0u64, 0u64);
-                let value = vec![b'v'; value_bytes];
                 let mut n = 0u64;
                 while Instant::now() < deadline {
                     n += 1;
-                    let key = format!("bench-{c:03}-{n:010}").into_bytes();
                     let t = Instant::now();
-                    match client.put(key, value.clone()).await {
-                        Ok(()) => {
-                            ops += 1;
-                            let _ = hist.record(t.elapsed().as_micros() as u64);
-                        }
-                        Err(_) => errors += 1,
+                    if op(c, n).await {
+                        ops += 1;
+                        let _ = hist.record(t.elapsed().as_micros() as u64);
+                    } else {
+                        errors += 1;
                     }
                 }
                 (hist, ops, errors)
@@ -277,6 +374,82 @@ pub async fn write_load(
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
         max_ms: hist.max() as f64 / 1000.0,
+    }
+}
+
+/// The same loads against an etcd cluster, through etcd's own gRPC KV API.
+pub mod etcd {
+    use super::{read_key, run_load, spread, LoadReport};
+    use ringkv_proto::etcdserverpb::kv_client::KvClient;
+    use ringkv_proto::etcdserverpb::{PutRequest, RangeRequest};
+    use std::time::Duration;
+    use tonic::transport::Channel;
+
+    /// One client per endpoint (host:port), as etcd's client balances over members.
+    pub async fn connect(endpoints: &[String]) -> Result<Vec<KvClient<Channel>>, String> {
+        let mut clients = Vec::new();
+        for e in endpoints {
+            let channel = Channel::from_shared(format!("http://{e}"))
+                .map_err(|err| format!("bad etcd endpoint {e}: {err}"))?
+                .connect()
+                .await
+                .map_err(|err| format!("cannot reach etcd at {e}: {err}"))?;
+            clients.push(KvClient::new(channel));
+        }
+        if clients.is_empty() {
+            return Err("no etcd endpoint given".into());
+        }
+        Ok(clients)
+    }
+
+    /// Writes keys `0..keys` as [`super::preload`] does.
+    pub async fn preload(
+        clients: &[KvClient<Channel>],
+        keys: u64,
+        value_bytes: usize,
+    ) -> Result<(), String> {
+        let value = vec![b'r'; value_bytes];
+        let mut c = clients[0].clone();
+        for k in 0..keys {
+            c.put(PutRequest {
+                key: read_key(k),
+                value: value.clone(),
+                lease: 0,
+            })
+            .await
+            .map_err(|e| format!("preloading etcd: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Readers as [`super::read_load`], spread over the members; `serializable`: member-local
+    /// reads (may be stale), else linearizable (etcd's default, a ReadIndex round per batch).
+    pub async fn read_load(
+        clients: &[KvClient<Channel>],
+        readers: usize,
+        duration: Duration,
+        keys: u64,
+        serializable: bool,
+    ) -> LoadReport {
+        let clients = clients.to_vec();
+        run_load(readers, duration, move |c, n| {
+            let mut kv = clients[c % clients.len()].clone();
+            async move {
+                let k = spread(c as u64, n) % keys.max(1);
+                match kv
+                    .range(RangeRequest {
+                        key: read_key(k),
+                        serializable,
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(r) => !r.into_inner().kvs.is_empty(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await
     }
 }
 

@@ -153,7 +153,7 @@ impl NodeServer {
             fault_injection,
         };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = ringkv_placement::server::incoming_nodelay(listener);
         let (kv_svc, raft_svc, debug_svc) = (
             KvService::new(ctx.clone()),
             RaftService::new(ctx.clone()),
@@ -161,7 +161,6 @@ impl NodeServer {
         );
         runtime.spawn(async move {
             let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(
                     KvServer::new(kv_svc)
                         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)

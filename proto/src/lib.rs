@@ -27,4 +27,10 @@ pub mod pdpb {
     tonic::include_proto!("pdpb");
 }
 
+/// etcd's KV API (client side, the part the benchmark suite uses).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
 pub use prost::Message;

@@ -2,10 +2,14 @@
 //!
 //! `ringkv-bench multi-raft` starts fresh local clusters (release binaries next to this one),
 //! measures write throughput with 1, 64 and 1,024 regions, and the CPU that 10,000 idle
-//! regions cost. `ringkv-bench write --pd ADDR` runs the write load against a running cluster.
+//! regions cost. `ringkv-bench reads` measures linearizable reads with leader leases and with
+//! ReadIndex only, and, given `--etcd`, etcd's linearizable and serializable reads under the
+//! same load. `ringkv-bench write --pd ADDR` runs the write load against a running cluster.
 
 use clap::{Parser, Subcommand};
-use ringkv_bench::{cpu_seconds, presplit, write_load, LoadReport, LocalCluster};
+use ringkv_bench::{
+    cpu_seconds, etcd, preload, presplit, read_load, write_load, LoadReport, LocalCluster,
+};
 use ringkv_client::{RawClient, RawConfig};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -37,6 +41,30 @@ enum Cmd {
         /// Seconds the idle CPU is measured over.
         #[arg(long, default_value_t = 30)]
         idle_seconds: u64,
+    },
+    /// Linearizable read throughput of 3 local nodes, with leader leases and with ReadIndex
+    /// only (`raft.lease_reads`), each on a fresh cluster; with `--etcd`, the same load against
+    /// that etcd cluster, linearizable and serializable. Clients read random preloaded keys.
+    Reads {
+        /// Concurrent readers.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Seconds of load per measurement (after a warm-up of a fifth of it).
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Keys preloaded and read.
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// etcd client endpoints (host:port, comma-separated), e.g. those of
+        /// ../shared/peers/etcd-cluster.sh: 127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793.
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the write load against a running cluster.
     Write {
@@ -101,6 +129,14 @@ fn main() {
                 idle_regions,
                 idle_seconds,
             } => multi_raft(&regions, &load, idle_regions, idle_seconds).await,
+            Cmd::Reads {
+                clients,
+                seconds,
+                keys,
+                value_bytes,
+                etcd,
+                json,
+            } => reads(clients, seconds, keys, value_bytes, &etcd, json).await,
             Cmd::Write { pd, load } => {
                 let client = RawClient::connect_with_config(&pd, RawConfig::default())
                     .await
@@ -229,6 +265,71 @@ async fn multi_raft(
                 .map(|c| format!("{c:.1}%"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// See [`Cmd::Reads`].
+async fn reads(
+    clients: usize,
+    seconds: u64,
+    keys: u64,
+    value_bytes: usize,
+    etcd_endpoints: &[String],
+    json: bool,
+) -> Result<(), String> {
+    if keys == 0 || clients == 0 || seconds == 0 {
+        return Err("--keys, --clients and --seconds must be at least 1".into());
+    }
+    let duration = Duration::from_secs(seconds);
+    let warmup = Duration::from_secs((seconds / 5).max(1));
+    let mut rows: Vec<(String, LoadReport)> = Vec::new();
+    for (name, lease) in [
+        ("ringkv lease reads", true),
+        ("ringkv ReadIndex only", false),
+    ] {
+        eprintln!("== {name}: starting 3 nodes");
+        let toml = format!("{NODE_TOML}\n[raft]\nlease_reads = {lease}\n");
+        let cluster = LocalCluster::start(3, &toml)?;
+        let client = cluster.client(Duration::from_secs(60)).await?;
+        eprintln!("   preloading {keys} keys");
+        preload(&client, keys, value_bytes).await?;
+        read_load(&client, clients, warmup, keys).await;
+        eprintln!("   measuring for {seconds} s with {clients} clients");
+        let report = read_load(&client, clients, duration, keys).await;
+        eprintln!("   {:.0} reads/s", report.ops_per_second);
+        rows.push((name.into(), report));
+    }
+    if !etcd_endpoints.is_empty() {
+        eprintln!("== etcd at {}", etcd_endpoints.join(","));
+        let kv = etcd::connect(etcd_endpoints).await?;
+        eprintln!("   preloading {keys} keys");
+        etcd::preload(&kv, keys, value_bytes).await?;
+        for (name, serializable) in [("etcd linearizable", false), ("etcd serializable", true)] {
+            etcd::read_load(&kv, clients, warmup, keys, serializable).await;
+            eprintln!("   {name}: measuring for {seconds} s with {clients} clients");
+            let report = etcd::read_load(&kv, clients, duration, keys, serializable).await;
+            eprintln!("   {:.0} reads/s", report.ops_per_second);
+            rows.push((name.into(), report));
+        }
+    }
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(k, r)| serde_json::json!({"system": k, "load": r}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>8} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "reads", "clients", "ops/s", "ops", "p50 ms", "p99 ms", "p99.9 ms", "errors"
+    );
+    for (k, r) in &rows {
+        println!(
+            "{:<24} {:>8} {:>10.0} {:>10} {:>9.2} {:>9.2} {:>9.2} {:>8}",
+            k, r.clients, r.ops_per_second, r.ops, r.p50_ms, r.p99_ms, r.p999_ms, r.errors
         );
     }
     Ok(())
