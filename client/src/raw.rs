@@ -32,6 +32,11 @@ pub struct RawConfig {
     /// again, perhaps after another client's put to that key). With false such a write fails
     /// with [`ClientError::Ambiguous`] instead, and the caller decides.
     pub retry_ambiguous_writes: bool,
+    /// Send reads to followers (spreading read load over the replicas) instead of the leader.
+    /// Still linearizable: the follower asks the leader for its commit index and answers once
+    /// it has applied that far, which costs a round trip a leader's lease read does not pay.
+    /// Default false. Per request: [`RawClient::with_replica_read`].
+    pub replica_read: bool,
 }
 
 impl Default for RawConfig {
@@ -41,6 +46,7 @@ impl Default for RawConfig {
             attempt_timeout: Duration::from_secs(3),
             keyspace: keys::default_keyspace(),
             retry_ambiguous_writes: true,
+            replica_read: false,
         }
     }
 }
@@ -156,6 +162,14 @@ impl RawClient {
     }
 
     /// The same client with another per-call deadline.
+    /// A handle (sharing connections and caches) whose reads go to followers (`true`) or to the
+    /// leader (`false`); see [`RawConfig::replica_read`].
+    pub fn with_replica_read(&self, replica_read: bool) -> Self {
+        let mut c = self.clone();
+        c.config.replica_read = replica_read;
+        c
+    }
+
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         let mut c = self.clone();
         c.config.timeout = timeout;
@@ -346,7 +360,7 @@ impl RawClient {
             match self.pd.get_region_by_id(source_region_id).await {
                 Ok(route) => {
                     let outcome = self
-                        .attempt(&route, round, move |mut client, context| {
+                        .attempt(&route, round, false, move |mut client, context| {
                             Box::pin(async move {
                                 let r = client
                                     .merge_region(MergeRegionRequest {
@@ -555,22 +569,27 @@ impl RawClient {
             };
             let (start_key, end_key) = (start.to_vec(), end.to_vec());
             let attempt = self
-                .attempt(&route, round, move |mut client, context| {
-                    Box::pin(async move {
-                        let r = client
-                            .raw_scan(RawScanRequest {
-                                context: Some(context),
-                                keyspace: Some(keyspace),
-                                start_key,
-                                end_key,
-                                limit,
-                                key_only: false,
-                            })
-                            .await?
-                            .into_inner();
-                        Ok((r.region_error, r.pairs))
-                    })
-                })
+                .attempt(
+                    &route,
+                    round,
+                    self.config.replica_read,
+                    move |mut client, context| {
+                        Box::pin(async move {
+                            let r = client
+                                .raw_scan(RawScanRequest {
+                                    context: Some(context),
+                                    keyspace: Some(keyspace),
+                                    start_key,
+                                    end_key,
+                                    limit,
+                                    key_only: false,
+                                })
+                                .await?
+                                .into_inner();
+                            Ok((r.region_error, r.pairs))
+                        })
+                    },
+                )
                 .await?;
             round += 1;
             match attempt {
@@ -674,9 +693,10 @@ impl RawClient {
                 .iter()
                 .map(|r| r.region.start_key.clone().max(span_start.clone()))
                 .collect();
-            let attempts = anchors
-                .iter()
-                .map(|anchor| self.attempt_single(anchor, &send));
+            let attempts = anchors.iter().map(|anchor| {
+                let replica = self.config.replica_read && !writes(operation);
+                self.attempt_single(anchor, replica, &send)
+            });
             let mut results = Vec::new();
             let mut retry = None;
             for outcome in join_all(attempts).await {
@@ -710,6 +730,7 @@ impl RawClient {
     async fn attempt_single<T>(
         &self,
         anchor: &[u8],
+        replica: bool,
         send: &(impl Fn(KvClient<Channel>, Context) -> BoxFut<'static, (Option<RegionError>, T)>
               + Send
               + Sync),
@@ -725,7 +746,7 @@ impl RawClient {
             }
             Err(e) => return Err(e),
         };
-        self.attempt(&route, 0, |client, context| send(client, context))
+        self.attempt(&route, 0, replica, |client, context| send(client, context))
             .await
     }
 
@@ -776,8 +797,9 @@ impl RawClient {
                 let send = &send;
                 async move {
                     let g = group.clone();
+                    let replica = self.config.replica_read && !writes(operation);
                     let outcome = self
-                        .attempt(&route, round, move |client, context| {
+                        .attempt(&route, round, replica, move |client, context| {
                             send(client, context, g.clone())
                         })
                         .await;
@@ -849,14 +871,24 @@ impl RawClient {
 
     /// One attempt at one region: picks the leader (or, without one, a peer by `round`), sends,
     /// and turns region errors into cache updates.
+    /// With `replica` (a read, and the client reads from followers), a follower is picked
+    /// instead of the leader.
     async fn attempt<T>(
         &self,
         route: &RegionRoute,
         round: usize,
+        replica: bool,
         send: impl FnOnce(KvClient<Channel>, Context) -> BoxFut<'static, (Option<RegionError>, T)>,
     ) -> Result<Attempt<T>> {
         let region = &route.region;
+        let followers: Vec<_> = region
+            .peers
+            .iter()
+            .filter(|p| route.leader.is_none_or(|l| l.id != p.id))
+            .copied()
+            .collect();
         let peer = match route.leader {
+            _ if replica && !followers.is_empty() => followers[round % followers.len()],
             Some(leader) => leader,
             None if region.peers.is_empty() => {
                 self.shared.regions.invalidate(region.id);
@@ -882,6 +914,7 @@ impl RawClient {
         let context = Context {
             region_id: region.id,
             region_epoch: region.region_epoch,
+            replica_read: replica,
         };
         let answer = tokio::time::timeout(self.config.attempt_timeout, send(client, context)).await;
         let (region_error, value) = match answer {

@@ -544,6 +544,19 @@ impl Peer {
         keys: &[&[u8]],
     ) -> Result<(), RegionError> {
         self.check_leader()?;
+        self.check_region(epoch, keys)
+    }
+
+    /// The part of [`Peer::check_request`] any replica can answer: not merging, same epoch
+    /// version, keys inside the region.
+    fn check_region(
+        &self,
+        epoch: Option<ringkv_proto::metapb::RegionEpoch>,
+        keys: &[&[u8]],
+    ) -> Result<(), RegionError> {
+        if !self.is_initialized() {
+            return Err(region_error::region_not_found(self.region_id()));
+        }
         let region = self.region();
         if let Some(state) = &self.merge_state {
             let target = state.target.as_ref().map(|t| t.id).unwrap_or_default();
@@ -631,19 +644,27 @@ impl Peer {
         }
     }
 
-    /// Queues a linearizable read: `callback` gets the go-ahead once this leader has confirmed
-    /// its leadership after the read arrived (ReadIndex) and applied up to that point.
+    /// Queues a linearizable read: `callback` gets the go-ahead at once within this leader's
+    /// lease, else once the leader has confirmed its leadership after the read arrived
+    /// (ReadIndex) and this replica has applied up to the leader's commit index then. With
+    /// `replica`, a follower takes the read too: it asks the leader for that index.
     pub fn read(
         &mut self,
         epoch: Option<ringkv_proto::metapb::RegionEpoch>,
         keys: &[&[u8]],
         callback: ReadCallback,
+        replica: bool,
     ) {
         if self.unsafe_local_reads && self.is_initialized() {
             let _ = callback.send(Ok(self.region().clone()));
             return;
         }
-        match self.check_request(epoch, keys) {
+        let checked = if replica && !self.is_leader() {
+            self.check_region(epoch, keys)
+        } else {
+            self.check_request(epoch, keys)
+        };
+        match checked {
             Ok(()) if self.lease_valid() => {
                 tracing::trace!(
                     region = self.region_id(),

@@ -455,10 +455,11 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
             epoch,
             keys,
             callback,
+            replica,
         } => {
             fsm.wake();
             let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-            fsm.peer.read(epoch, &keys, callback);
+            fsm.peer.read(epoch, &keys, callback, replica);
         }
         PeerMsg::Tick => {
             fsm.peer.retry_merge_apply();

@@ -32,11 +32,13 @@ pub enum PeerMsg {
         cmd: Box<RaftCmdRequest>,
         callback: CmdCallback,
     },
-    /// A linearizable read to clear; `keys` must be in the region.
+    /// A linearizable read to clear; `keys` must be in the region. With `replica`, a follower
+    /// may clear it too.
     Read {
         epoch: Option<RegionEpoch>,
         keys: Vec<Vec<u8>>,
         callback: ReadCallback,
+        replica: bool,
     },
     /// One Raft tick has passed.
     Tick,
@@ -380,12 +382,14 @@ impl StoreRouter {
         }
     }
 
+    /// Sends a read to clear; with `replica`, a follower may clear it (see [`PeerMsg::Read`]).
     pub fn send_read(
         &self,
         region_id: u64,
         epoch: Option<RegionEpoch>,
         keys: Vec<Vec<u8>>,
         callback: ReadCallback,
+        replica: bool,
     ) {
         if let Err(PeerMsg::Read { callback, .. }) = self.send(
             region_id,
@@ -393,6 +397,7 @@ impl StoreRouter {
                 epoch,
                 keys,
                 callback,
+                replica,
             },
         ) {
             let _ = callback.send(Err(self.unavailable(region_id)));

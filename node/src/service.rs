@@ -144,9 +144,13 @@ impl KvService {
         keys: Vec<Vec<u8>>,
     ) -> Result<Result<Region, RegionError>, Status> {
         let (tx, rx) = oneshot::channel();
-        self.ctx
-            .router
-            .send_read(context.region_id, context.region_epoch, keys.clone(), tx);
+        self.ctx.router.send_read(
+            context.region_id,
+            context.region_epoch,
+            keys.clone(),
+            tx,
+            context.replica_read,
+        );
         match tokio::time::timeout(REQUEST_WAIT, rx).await {
             Ok(Ok(r)) => Ok(r.map_err(|e| self.with_current_regions(e, &keys))),
             Ok(Err(_)) => Err(Status::unavailable("node is shutting down")),

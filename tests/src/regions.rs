@@ -89,6 +89,7 @@ pub async fn count_keys(leader_addr: &str, region: &Region, keyspace: Keyspace) 
             context: Some(Context {
                 region_id: region.id,
                 region_epoch: region.region_epoch,
+                replica_read: false,
             }),
             keyspace: Some(keyspace),
             start_key: Vec::new(),

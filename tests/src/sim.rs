@@ -865,14 +865,27 @@ impl Sim {
                 deadline,
             });
         } else {
+            // A third of the gets are follower reads, sent to any replica.
+            let replica = self.rng.gen_range(0..3) == 0;
+            let i = if replica {
+                let peers = &info.region.peers;
+                let store = peers[self.rng.gen_range(0..peers.len())].store_id;
+                match self.index_of(store) {
+                    Some(j) if self.stores[j].running.is_some() => j,
+                    _ => return,
+                }
+            } else {
+                i
+            };
             let at = self.history.invoke_get(&user);
-            self.note(("register_get", n, i));
+            self.note(("register_get", n, i, replica));
             let (tx, rx) = oneshot::channel();
             self.router(i).send_read(
                 info.region.id,
                 info.region.region_epoch,
                 vec![encoded.clone()],
                 tx,
+                replica,
             );
             self.register_ops.push(PendingRegisterOp {
                 at,

@@ -182,6 +182,7 @@ fn node_rejects_bad_requests_with_clear_status() {
         let ctx = Some(Context {
             region_id: route.region.id,
             region_epoch: route.region.region_epoch,
+            replica_read: false,
         });
         let mut kv = ringkv_tests::debug::kv_client(&c.node_addr(leader)).await;
         let ks = Some(default_keyspace());
@@ -328,6 +329,7 @@ fn node_rejects_bad_requests_with_clear_status() {
         let unknown = Some(Context {
             region_id: 999_999,
             region_epoch: route.region.region_epoch,
+            replica_read: false,
         });
         let r = kv
             .raw_put(RawPutRequest {
@@ -353,6 +355,7 @@ fn node_rejects_bad_requests_with_clear_status() {
                 conf_ver: 1,
                 version: 0,
             }),
+            replica_read: false,
         });
         let r = kv
             .raw_get(RawGetRequest {
