@@ -2,6 +2,9 @@
 //! ([`LocalCluster`]), pre-splitting ([`presplit`]), a closed-loop write load
 //! ([`write_load`]) and process CPU accounting ([`cpu_seconds`]).
 
+pub mod target;
+pub mod workload;
+
 use hdrhistogram::Histogram;
 use ringkv_client::{RawClient, RawConfig};
 use ringkv_proto::keys;

@@ -4,7 +4,9 @@
 //! measures write throughput with 1, 64 and 1,024 regions, and the CPU that 10,000 idle
 //! regions cost. `ringkv-bench reads` measures linearizable reads with leader leases and with
 //! ReadIndex only, and, given `--etcd`, etcd's linearizable and serializable reads under the
-//! same load. `ringkv-bench write --pd ADDR` runs the write load against a running cluster.
+//! same load. `ringkv-bench run` runs a workload (raw put / get / mixed, YCSB A–F) against
+//! ringkv and, with `--etcd`, the identical workload against etcd. `ringkv-bench write --pd
+//! ADDR` runs the write load against a running cluster.
 
 use clap::{Parser, Subcommand};
 use ringkv_bench::{
@@ -63,6 +65,49 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         etcd: Vec<String>,
         /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a workload against ringkv (a fresh local 3-node cluster, or a running one with
+    /// `--pd`) and, with `--etcd`, the identical workload against etcd: records are loaded
+    /// first (with a progress bar), then clients run the operation mix for the duration;
+    /// throughput is printed once a second and, at the end, a table of throughput and latency
+    /// percentiles per operation type (or JSON with `--json`).
+    Run {
+        /// put, get, mixed (read/update 50/50), or YCSB's core workloads ycsb-a .. ycsb-f
+        /// (a: 50/50 read/update, b: 95/5, c: read only, d: read latest 95 / insert 5,
+        /// e: short scans 95 / insert 5, f: read / read-modify-write 50/50).
+        #[arg(long, default_value = "ycsb-a")]
+        workload: String,
+        /// Key distribution of the records read and updated; default: the workload's own.
+        #[arg(long, value_enum)]
+        distribution: Option<ringkv_bench::workload::KeyDistribution>,
+        /// Records loaded before the run.
+        #[arg(long, default_value_t = 10_000)]
+        records: u64,
+        /// Concurrent clients (closed loops).
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// How ringkv serves reads: leader (lease, else ReadIndex; the default), read-index
+        /// (leases off: a fresh local cluster only), or follower (replica reads).
+        #[arg(long, value_enum, default_value = "leader")]
+        read_mode: ReadMode,
+        /// A running ringkv cluster's placement endpoint(s); default: start a local one.
+        #[arg(long, value_delimiter = ',')]
+        pd: Vec<String>,
+        /// etcd client endpoints (host:port, comma-separated) to run the same workload against.
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// Skip ringkv (etcd only).
+        #[arg(long)]
+        no_ringkv: bool,
+        /// Print one JSON document instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -137,6 +182,29 @@ fn main() {
                 etcd,
                 json,
             } => reads(clients, seconds, keys, value_bytes, &etcd, json).await,
+            Cmd::Run {
+                workload,
+                distribution,
+                records,
+                clients,
+                seconds,
+                value_bytes,
+                read_mode,
+                pd,
+                etcd,
+                no_ringkv,
+                json,
+            } => {
+                let spec = ringkv_bench::workload::RunSpec::new(
+                    &workload,
+                    distribution,
+                    records,
+                    clients,
+                    seconds,
+                    value_bytes,
+                )?;
+                run(&spec, read_mode, &pd, &etcd, no_ringkv, json).await
+            }
             Cmd::Write { pd, load } => {
                 let client = RawClient::connect_with_config(&pd, RawConfig::default())
                     .await
@@ -331,6 +399,87 @@ async fn reads(
             "{:<24} {:>8} {:>10.0} {:>10} {:>9.2} {:>9.2} {:>9.2} {:>8}",
             k, r.clients, r.ops_per_second, r.ops, r.p50_ms, r.p99_ms, r.p999_ms, r.errors
         );
+    }
+    Ok(())
+}
+
+/// How ringkv serves the reads of `run`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReadMode {
+    Leader,
+    ReadIndex,
+    Follower,
+}
+
+/// See [`Cmd::Run`].
+async fn run(
+    spec: &ringkv_bench::workload::RunSpec,
+    read_mode: ReadMode,
+    pd: &[String],
+    etcd_endpoints: &[String],
+    no_ringkv: bool,
+    json: bool,
+) -> Result<(), String> {
+    use ringkv_bench::target::{self, Target};
+    use ringkv_bench::workload::{format_table, report_json};
+    if no_ringkv && etcd_endpoints.is_empty() {
+        return Err("--no-ringkv leaves nothing to run: give --etcd endpoints".into());
+    }
+    if read_mode == ReadMode::ReadIndex && !pd.is_empty() {
+        return Err(
+            "--read-mode read-index needs a fresh local cluster (it starts the nodes with raft.lease_reads = false); drop --pd, or set that option on your nodes and use --read-mode leader".into(),
+        );
+    }
+    let mut rows = Vec::new();
+    if !no_ringkv {
+        let mut _cluster = None;
+        let client = if pd.is_empty() {
+            eprintln!("== ringkv: starting 3 local nodes");
+            let toml = format!(
+                "{NODE_TOML}\n[raft]\nlease_reads = {}\n",
+                read_mode != ReadMode::ReadIndex
+            );
+            let cluster = LocalCluster::start(3, &toml)?;
+            let client = cluster.client(Duration::from_secs(60)).await?;
+            _cluster = Some(cluster);
+            client
+        } else {
+            RawClient::connect_with_config(pd, RawConfig::default())
+                .await
+                .map_err(|e| format!("cannot reach the ringkv cluster at {pd:?}: {e}"))?
+        };
+        let client = client.with_replica_read(read_mode == ReadMode::Follower);
+        let ringkv = Target::Ringkv(client);
+        if spec.workload.needs_records() {
+            ringkv.load(spec.records, spec.value_bytes).await?;
+        }
+        eprintln!(
+            "== ringkv: {} for {} s with {} clients",
+            spec.workload.name, spec.seconds, spec.clients
+        );
+        let (recorder, seconds) = target::run(&ringkv, spec, "ringkv").await;
+        rows.push(("ringkv".to_string(), recorder.report(seconds)));
+    }
+    if !etcd_endpoints.is_empty() {
+        let kv = etcd::connect(etcd_endpoints).await?;
+        let etcd_target = Target::Etcd(kv);
+        if spec.workload.needs_records() {
+            etcd_target.load(spec.records, spec.value_bytes).await?;
+        }
+        eprintln!(
+            "== etcd: {} for {} s with {} clients",
+            spec.workload.name, spec.seconds, spec.clients
+        );
+        let (recorder, seconds) = target::run(&etcd_target, spec, "etcd").await;
+        rows.push(("etcd".to_string(), recorder.report(seconds)));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report_json(spec, &rows)).expect("json")
+        );
+    } else {
+        print!("{}", format_table(&rows));
     }
     Ok(())
 }

@@ -1,0 +1,457 @@
+//! Workloads of the load generator: what each operation mix is, how keys are chosen, and how
+//! results are gathered and printed. Pure: no I/O but printing, so it is tested directly.
+
+use hdrhistogram::Histogram;
+use rand::Rng;
+use rand_distr::{Distribution, Zipf};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// The operations a workload mixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// Read one existing record.
+    Read,
+    /// Overwrite one existing record.
+    Update,
+    /// Write a new record.
+    Insert,
+    /// Read up to `scan_length_max` records in key order from an existing one.
+    Scan,
+    /// Read a record, then write it back (read-modify-write).
+    ReadModifyWrite,
+}
+
+impl OpKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Read => "read",
+            OpKind::Update => "update",
+            OpKind::Insert => "insert",
+            OpKind::Scan => "scan",
+            OpKind::ReadModifyWrite => "read_modify_write",
+        }
+    }
+}
+
+/// How keys of existing records are picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyDistribution {
+    /// Every record equally likely.
+    Uniform,
+    /// A few records hot (Zipf, exponent 0.99, as YCSB).
+    Zipfian,
+    /// The most recently inserted records hot (Zipf over recency).
+    Latest,
+}
+
+/// A named operation mix and its default key distribution.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Workload {
+    pub name: String,
+    /// (operation, weight); weights sum to 1.
+    pub mix: Vec<(OpKind, f64)>,
+    pub distribution: KeyDistribution,
+}
+
+/// The workloads `ringkv-bench run --workload` knows.
+pub const WORKLOAD_NAMES: &[&str] = &[
+    "put", "get", "mixed", "ycsb-a", "ycsb-b", "ycsb-c", "ycsb-d", "ycsb-e", "ycsb-f",
+];
+
+impl Workload {
+    /// The workload called `name` (see [`WORKLOAD_NAMES`]; YCSB's core workloads A–F with
+    /// their published proportions).
+    pub fn named(name: &str) -> Result<Workload, String> {
+        use KeyDistribution::*;
+        use OpKind::*;
+        let (mix, distribution): (Vec<(OpKind, f64)>, _) = match name {
+            "put" => (vec![(Insert, 1.0)], Uniform),
+            "get" => (vec![(Read, 1.0)], Uniform),
+            "mixed" => (vec![(Read, 0.5), (Update, 0.5)], Uniform),
+            "ycsb-a" => (vec![(Read, 0.5), (Update, 0.5)], Zipfian),
+            "ycsb-b" => (vec![(Read, 0.95), (Update, 0.05)], Zipfian),
+            "ycsb-c" => (vec![(Read, 1.0)], Zipfian),
+            "ycsb-d" => (vec![(Read, 0.95), (Insert, 0.05)], Latest),
+            "ycsb-e" => (vec![(Scan, 0.95), (Insert, 0.05)], Zipfian),
+            "ycsb-f" => (vec![(Read, 0.5), (ReadModifyWrite, 0.5)], Zipfian),
+            other => {
+                return Err(format!(
+                    "unknown workload {other:?}; choose one of {}",
+                    WORKLOAD_NAMES.join(", ")
+                ))
+            }
+        };
+        Ok(Workload {
+            name: name.to_string(),
+            mix,
+            distribution,
+        })
+    }
+
+    /// Whether it reads records that must be loaded first.
+    pub fn needs_records(&self) -> bool {
+        self.mix.iter().any(|(op, _)| *op != OpKind::Insert)
+    }
+
+    /// Picks the next operation from a uniform draw in `[0, 1)`.
+    pub fn pick(&self, draw: f64) -> OpKind {
+        let mut acc = 0.0;
+        for &(op, weight) in &self.mix {
+            acc += weight;
+            if draw < acc {
+                return op;
+            }
+        }
+        self.mix.last().expect("a workload has operations").0
+    }
+}
+
+/// Validated options of one run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSpec {
+    pub workload: Workload,
+    pub records: u64,
+    pub clients: usize,
+    pub seconds: u64,
+    pub value_bytes: usize,
+    pub scan_length_max: usize,
+}
+
+impl RunSpec {
+    /// Checks the options together; the error says which one is wrong and what is allowed.
+    pub fn new(
+        workload: &str,
+        distribution: Option<KeyDistribution>,
+        records: u64,
+        clients: usize,
+        seconds: u64,
+        value_bytes: usize,
+    ) -> Result<RunSpec, String> {
+        let mut workload = Workload::named(workload)?;
+        if let Some(d) = distribution {
+            workload.distribution = d;
+        }
+        if workload.needs_records() && records == 0 {
+            return Err(format!(
+                "--records must be at least 1: workload {} reads records loaded first",
+                workload.name
+            ));
+        }
+        if clients == 0 || clients > 10_000 {
+            return Err(format!("--clients {clients} is outside 1..=10000"));
+        }
+        if seconds == 0 || seconds > 86_400 {
+            return Err(format!("--seconds {seconds} is outside 1..=86400"));
+        }
+        if value_bytes == 0 || value_bytes > 1 << 20 {
+            return Err(format!(
+                "--value-bytes {value_bytes} is outside 1..=1048576"
+            ));
+        }
+        Ok(RunSpec {
+            workload,
+            records,
+            clients,
+            seconds,
+            value_bytes,
+            scan_length_max: 100,
+        })
+    }
+}
+
+/// The key of record `n` (fixed width, so key order is record order).
+pub fn record_key(n: u64) -> Vec<u8> {
+    format!("user{n:012}").into_bytes()
+}
+
+/// Picks records by a [`KeyDistribution`] among the `count` that exist.
+pub struct KeyChooser {
+    distribution: KeyDistribution,
+    /// Zipf over a fixed range, rebuilt only when the record count has grown by a tenth (the
+    /// generator's setup is O(1), but keeping one avoids it per operation).
+    zipf: Option<(u64, Zipf<f64>)>,
+}
+
+impl KeyChooser {
+    pub fn new(distribution: KeyDistribution) -> KeyChooser {
+        KeyChooser {
+            distribution,
+            zipf: None,
+        }
+    }
+
+    /// A record number in `0..count` (`count` >= 1).
+    pub fn next(&mut self, rng: &mut impl Rng, count: u64) -> u64 {
+        let count = count.max(1);
+        match self.distribution {
+            KeyDistribution::Uniform => rng.gen_range(0..count),
+            KeyDistribution::Zipfian => {
+                // Hot records are spread over the key space, not bunched at its start (YCSB
+                // scrambles its Zipf the same way), so hot keys land in different regions.
+                let rank = self.zipf_rank(rng, count);
+                crate::spread(rank, 0) % count
+            }
+            KeyDistribution::Latest => count - 1 - self.zipf_rank(rng, count).min(count - 1),
+        }
+    }
+
+    fn zipf_rank(&mut self, rng: &mut impl Rng, count: u64) -> u64 {
+        let rebuild = match &self.zipf {
+            Some((n, _)) => count > n + n / 10 || count < *n,
+            None => true,
+        };
+        if rebuild {
+            let zipf = Zipf::new(count, 0.99).expect("count >= 1 and exponent > 0");
+            self.zipf = Some((count, zipf));
+        }
+        let (n, zipf) = self.zipf.as_ref().expect("built");
+        (zipf.sample(rng) as u64).saturating_sub(1).min(n - 1) % count
+    }
+}
+
+/// Latencies and outcomes by operation.
+#[derive(Default)]
+pub struct Recorder {
+    by_op: BTreeMap<OpKind, (Histogram<u64>, u64)>,
+}
+
+impl Recorder {
+    /// Records a successful operation's latency (µs), or a failure.
+    pub fn record(&mut self, op: OpKind, micros: Option<u64>) {
+        let entry = self.by_op.entry(op).or_insert_with(|| {
+            (
+                Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
+                0,
+            )
+        });
+        match micros {
+            Some(us) => {
+                let _ = entry.0.record(us.max(1));
+            }
+            None => entry.1 += 1,
+        }
+    }
+
+    pub fn merge(&mut self, other: &Recorder) {
+        for (op, (h, errors)) in &other.by_op {
+            let entry = self.by_op.entry(*op).or_insert_with(|| {
+                (
+                    Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
+                    0,
+                )
+            });
+            let _ = entry.0.add(h);
+            entry.1 += errors;
+        }
+    }
+
+    /// Operations so far (successful, all kinds).
+    pub fn ops(&self) -> u64 {
+        self.by_op.values().map(|(h, _)| h.len()).sum()
+    }
+
+    /// The report over `seconds` of load.
+    pub fn report(&self, seconds: f64) -> Vec<OpReport> {
+        self.by_op
+            .iter()
+            .map(|(op, (h, errors))| {
+                let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+                OpReport {
+                    operation: op.name().to_string(),
+                    ops: h.len(),
+                    errors: *errors,
+                    ops_per_second: h.len() as f64 / seconds.max(1e-9),
+                    p50_ms: ms(0.5),
+                    p90_ms: ms(0.9),
+                    p99_ms: ms(0.99),
+                    p999_ms: ms(0.999),
+                    max_ms: h.max() as f64 / 1000.0,
+                }
+            })
+            .collect()
+    }
+}
+
+/// One operation type's figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OpReport {
+    pub operation: String,
+    pub ops: u64,
+    pub errors: u64,
+    pub ops_per_second: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The final table: one row per (target, operation).
+pub fn format_table(rows: &[(String, Vec<OpReport>)]) -> String {
+    let mut out = format!(
+        "{:<10} {:<18} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7}\n",
+        "target",
+        "operation",
+        "ops/s",
+        "ops",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9",
+        "max ms",
+        "errors",
+        ""
+    );
+    for (target, reports) in rows {
+        for r in reports {
+            let _ = writeln!(
+                out,
+                "{:<10} {:<18} {:>10.0} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>9} {:>7}",
+                target,
+                r.operation,
+                r.ops_per_second,
+                r.ops,
+                r.p50_ms,
+                r.p90_ms,
+                r.p99_ms,
+                r.p999_ms,
+                r.max_ms,
+                r.errors,
+                ""
+            );
+        }
+    }
+    out
+}
+
+/// The JSON document of a run: the options and, per target, the per-operation figures.
+pub fn report_json(spec: &RunSpec, rows: &[(String, Vec<OpReport>)]) -> serde_json::Value {
+    serde_json::json!({
+        "spec": spec,
+        "results": rows
+            .iter()
+            .map(|(target, ops)| serde_json::json!({"target": target, "operations": ops}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn ycsb_workloads_have_their_published_mixes() {
+        for name in WORKLOAD_NAMES {
+            let w = Workload::named(name).unwrap();
+            let total: f64 = w.mix.iter().map(|(_, p)| p).sum();
+            assert!((total - 1.0).abs() < 1e-9, "{name}: weights sum to {total}");
+        }
+        let a = Workload::named("ycsb-a").unwrap();
+        assert_eq!(a.mix, vec![(OpKind::Read, 0.5), (OpKind::Update, 0.5)]);
+        assert_eq!(a.distribution, KeyDistribution::Zipfian);
+        let d = Workload::named("ycsb-d").unwrap();
+        assert_eq!(d.distribution, KeyDistribution::Latest);
+        let e = Workload::named("ycsb-e").unwrap();
+        assert_eq!(e.pick(0.0), OpKind::Scan);
+        assert_eq!(e.pick(0.99), OpKind::Insert);
+        let f = Workload::named("ycsb-f").unwrap();
+        assert_eq!(f.pick(0.75), OpKind::ReadModifyWrite);
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_the_option_named() {
+        let err = RunSpec::new("ycsb-z", None, 10, 1, 1, 10).unwrap_err();
+        assert!(
+            err.contains("unknown workload") && err.contains("ycsb-a"),
+            "{err}"
+        );
+        let err = RunSpec::new("ycsb-a", None, 0, 1, 1, 10).unwrap_err();
+        assert!(err.contains("--records"), "{err}");
+        assert!(
+            RunSpec::new("put", None, 0, 1, 1, 10).is_ok(),
+            "put loads nothing"
+        );
+        let err = RunSpec::new("get", None, 10, 0, 1, 10).unwrap_err();
+        assert!(err.contains("--clients"), "{err}");
+        let err = RunSpec::new("get", None, 10, 1, 0, 10).unwrap_err();
+        assert!(err.contains("--seconds"), "{err}");
+        let err = RunSpec::new("get", None, 10, 1, 1, 0).unwrap_err();
+        assert!(err.contains("--value-bytes"), "{err}");
+        let spec = RunSpec::new("ycsb-c", Some(KeyDistribution::Uniform), 10, 1, 1, 10).unwrap();
+        assert_eq!(spec.workload.distribution, KeyDistribution::Uniform);
+    }
+
+    #[test]
+    fn key_choosers_stay_in_range_and_skew_as_named() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let count = 1000;
+        for d in [
+            KeyDistribution::Uniform,
+            KeyDistribution::Zipfian,
+            KeyDistribution::Latest,
+        ] {
+            let mut chooser = KeyChooser::new(d);
+            let mut hits = vec![0u32; count as usize];
+            for _ in 0..20_000 {
+                let k = chooser.next(&mut rng, count);
+                assert!(k < count, "{d:?} chose {k}");
+                hits[k as usize] += 1;
+            }
+            let hottest = *hits.iter().max().unwrap();
+            match d {
+                // Uniform: about 20 each; nothing far above.
+                KeyDistribution::Uniform => assert!(hottest < 60, "{hottest}"),
+                KeyDistribution::Zipfian => assert!(hottest > 1000, "{hottest}"),
+                KeyDistribution::Latest => {
+                    assert!(hits[count as usize - 1] > 1000, "{:?}", &hits[990..])
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_report_has_a_row_per_operation_with_percentiles() {
+        let mut r = Recorder::default();
+        for us in 1..=1000 {
+            r.record(OpKind::Read, Some(us));
+        }
+        r.record(OpKind::Update, Some(2000));
+        r.record(OpKind::Update, None);
+        let report = r.report(2.0);
+        assert_eq!(report.len(), 2);
+        let read = &report[0];
+        assert_eq!((read.operation.as_str(), read.ops), ("read", 1000));
+        assert!((read.ops_per_second - 500.0).abs() < 1e-9);
+        assert!((read.p50_ms - 0.5).abs() < 0.01, "{}", read.p50_ms);
+        assert!((read.p99_ms - 0.99).abs() < 0.01, "{}", read.p99_ms);
+        assert_eq!((report[1].ops, report[1].errors), (1, 1));
+        let rows = vec![("ringkv".to_string(), report)];
+        let table = format_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        for column in [
+            "operation",
+            "ops/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9",
+            "max ms",
+            "errors",
+        ] {
+            assert!(lines[0].contains(column), "{column} missing: {}", lines[0]);
+        }
+        assert!(lines[1].starts_with("ringkv") && lines[1].contains("read"));
+        let spec = RunSpec::new("mixed", None, 10, 1, 1, 10).unwrap();
+        let json = report_json(&spec, &rows);
+        assert_eq!(json["spec"]["workload"]["name"], "mixed");
+        assert_eq!(json["results"][0]["target"], "ringkv");
+        assert_eq!(json["results"][0]["operations"][1]["operation"], "update");
+        assert!(json["results"][0]["operations"][0]["p999_ms"].is_number());
+    }
+}
