@@ -107,6 +107,11 @@ enum Cmd {
         /// Skip ringkv (etcd only).
         #[arg(long)]
         no_ringkv: bool,
+        /// The ringkv keyspace the records go to: hash (the default keyspace: even spread, scans
+        /// fan out over every region) or range (a keyspace "bench-range", ordered: scans walk
+        /// regions in key order; the one to use for ycsb-e).
+        #[arg(long, value_enum, default_value = "hash")]
+        keyspace: KeyspaceKind,
         /// Print one JSON document instead of the table.
         #[arg(long)]
         json: bool,
@@ -193,6 +198,7 @@ fn main() {
                 pd,
                 etcd,
                 no_ringkv,
+                keyspace,
                 json,
             } => {
                 let spec = ringkv_bench::workload::RunSpec::new(
@@ -203,7 +209,7 @@ fn main() {
                     seconds,
                     value_bytes,
                 )?;
-                run(&spec, read_mode, &pd, &etcd, no_ringkv, json).await
+                run(&spec, read_mode, keyspace, &pd, &etcd, no_ringkv, json).await
             }
             Cmd::Write { pd, load } => {
                 let client = RawClient::connect_with_config(&pd, RawConfig::default())
@@ -411,10 +417,18 @@ enum ReadMode {
     Follower,
 }
 
+/// Which ringkv keyspace `run` uses.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KeyspaceKind {
+    Hash,
+    Range,
+}
+
 /// See [`Cmd::Run`].
 async fn run(
     spec: &ringkv_bench::workload::RunSpec,
     read_mode: ReadMode,
+    keyspace: KeyspaceKind,
     pd: &[String],
     etcd_endpoints: &[String],
     no_ringkv: bool,
@@ -447,6 +461,28 @@ async fn run(
             RawClient::connect_with_config(pd, RawConfig::default())
                 .await
                 .map_err(|e| format!("cannot reach the ringkv cluster at {pd:?}: {e}"))?
+        };
+        let client = if keyspace == KeyspaceKind::Range {
+            let pd = client.pd().clone();
+            let meta = match pd.get_keyspace("bench-range").await {
+                Ok(meta) => meta,
+                Err(_) => pd
+                    .create_keyspace("bench-range", ringkv_proto::kvrpcpb::KeyspaceMode::Range)
+                    .await
+                    .map_err(|e| format!("cannot create keyspace bench-range: {e}"))?,
+            };
+            let keyspace = meta
+                .keyspace
+                .ok_or("the placement driver returned keyspace bench-range without an id")?;
+            RawClient::with_pd(
+                pd,
+                RawConfig {
+                    keyspace,
+                    ..RawConfig::default()
+                },
+            )
+        } else {
+            client
         };
         let client = client.with_replica_read(read_mode == ReadMode::Follower);
         let ringkv = Target::Ringkv(client);
