@@ -339,6 +339,60 @@ pub fn report_json(spec: &RunSpec, rows: &[(String, Vec<OpReport>)]) -> serde_js
     })
 }
 
+/// Draws throughput against client count, one line per target, as an SVG file.
+pub fn plot_sweep(
+    path: &std::path::Path,
+    title: &str,
+    series: &[(String, Vec<(usize, f64)>)],
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    let x_max = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(c, _)| *c))
+        .max()
+        .unwrap_or(1) as f64;
+    let y_max = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(_, v)| *v))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((1f64..x_max.max(2.0)).log_scale(), 0f64..y_max)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent clients")
+        .y_desc("operations per second")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let colors = [RED, BLUE, GREEN, MAGENTA];
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let line: Vec<(f64, f64)> = points.iter().map(|(c, v)| (*c as f64, *v)).collect();
+        chart
+            .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart
+            .draw_series(line.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,6 +465,28 @@ mod tests {
                     assert!(hits[count as usize - 1] > 1000, "{:?}", &hits[990..])
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_sweep_plot_is_an_svg_with_both_lines_labelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sweep.svg");
+        let series = vec![
+            (
+                "ringkv".to_string(),
+                vec![(1, 500.0), (8, 3000.0), (64, 8000.0)],
+            ),
+            (
+                "etcd".to_string(),
+                vec![(1, 400.0), (8, 2000.0), (64, 4000.0)],
+            ),
+        ];
+        plot_sweep(&path, "ycsb-a", &series).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..50.min(svg.len())]);
+        for text in ["ringkv", "etcd", "concurrent clients", "ycsb-a"] {
+            assert!(svg.contains(text), "{text} missing from the plot");
         }
     }
 

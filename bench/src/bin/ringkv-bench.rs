@@ -116,6 +116,29 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Throughput against client count: runs a workload at each client count against a
+    /// fresh local ringkv cluster and, with `--etcd`, against etcd; prints a table and draws
+    /// both lines into an SVG plot.
+    Sweep {
+        /// As for `run`.
+        #[arg(long, default_value = "ycsb-a")]
+        workload: String,
+        /// Client counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,128")]
+        clients: Vec<usize>,
+        /// Seconds of load at each client count.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Records loaded before the runs.
+        #[arg(long, default_value_t = 10_000)]
+        records: u64,
+        /// etcd client endpoints (host:port, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// Where the plot goes.
+        #[arg(long, default_value = "docs/throughput-vs-clients.svg")]
+        plot: std::path::PathBuf,
+    },
     /// Run the write load against a running cluster.
     Write {
         /// Placement endpoint(s), comma-separated.
@@ -211,6 +234,14 @@ fn main() {
                 )?;
                 run(&spec, read_mode, keyspace, &pd, &etcd, no_ringkv, json).await
             }
+            Cmd::Sweep {
+                workload,
+                clients,
+                seconds,
+                records,
+                etcd,
+                plot,
+            } => sweep(&workload, &clients, seconds, records, &etcd, &plot).await,
             Cmd::Write { pd, load } => {
                 let client = RawClient::connect_with_config(&pd, RawConfig::default())
                     .await
@@ -517,5 +548,63 @@ async fn run(
     } else {
         print!("{}", format_table(&rows));
     }
+    Ok(())
+}
+
+/// See [`Cmd::Sweep`].
+async fn sweep(
+    workload: &str,
+    client_counts: &[usize],
+    seconds: u64,
+    records: u64,
+    etcd_endpoints: &[String],
+    plot: &std::path::Path,
+) -> Result<(), String> {
+    use ringkv_bench::target::{self, Target};
+    let specs: Vec<_> = client_counts
+        .iter()
+        .map(|&c| ringkv_bench::workload::RunSpec::new(workload, None, records, c, seconds, 100))
+        .collect::<Result<_, _>>()?;
+    if specs.is_empty() {
+        return Err("--clients needs at least one count".into());
+    }
+    let mut targets = Vec::new();
+    eprintln!("== ringkv: starting 3 local nodes");
+    let cluster = LocalCluster::start(3, NODE_TOML)?;
+    targets.push((
+        "ringkv".to_string(),
+        Target::Ringkv(cluster.client(Duration::from_secs(60)).await?),
+    ));
+    if !etcd_endpoints.is_empty() {
+        targets.push((
+            "etcd".to_string(),
+            Target::Etcd(etcd::connect(etcd_endpoints).await?),
+        ));
+    }
+    let mut series = Vec::new();
+    for (name, t) in &targets {
+        if specs[0].workload.needs_records() {
+            t.load(records, 100).await?;
+        }
+        let mut points = Vec::new();
+        for spec in &specs {
+            eprintln!(
+                "== {name}: {workload}, {} clients, {seconds} s",
+                spec.clients
+            );
+            let (recorder, secs) = target::run(t, spec, name).await;
+            points.push((spec.clients, recorder.ops() as f64 / secs));
+        }
+        series.push((name.clone(), points));
+    }
+    println!("{:<10} {:>8} {:>10}", "target", "clients", "ops/s");
+    for (name, points) in &series {
+        for (c, v) in points {
+            println!("{name:<10} {c:>8} {v:>10.0}");
+        }
+    }
+    let title = format!("{workload}: throughput vs clients");
+    ringkv_bench::workload::plot_sweep(plot, &title, &series)?;
+    eprintln!("plot written to {}", plot.display());
     Ok(())
 }
