@@ -5,7 +5,6 @@
 pub mod target;
 pub mod workload;
 
-use hdrhistogram::Histogram;
 use ringkv_client::{RawClient, RawConfig};
 use ringkv_proto::keys;
 use serde::Serialize;
@@ -339,7 +338,7 @@ where
         .map(|c| {
             let op = op.clone();
             tokio::spawn(async move {
-                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+                let mut hist = workload::latency_histogram();
                 let (mut ops, mut errors) = (0u64, 0u64);
                 let mut n = 0u64;
                 while Instant::now() < deadline {
@@ -356,7 +355,7 @@ where
             })
         })
         .collect();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    let mut hist = workload::latency_histogram();
     let (mut ops, mut errors) = (0, 0);
     for t in tasks {
         if let Ok((h, o, e)) = t.await {

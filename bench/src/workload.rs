@@ -213,6 +213,11 @@ impl KeyChooser {
     }
 }
 
+/// An empty latency histogram: 1 µs to 60 s, three significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
 /// Latencies and outcomes by operation.
 #[derive(Default)]
 pub struct Recorder {
@@ -222,12 +227,7 @@ pub struct Recorder {
 impl Recorder {
     /// Records a successful operation's latency (µs), or a failure.
     pub fn record(&mut self, op: OpKind, micros: Option<u64>) {
-        let entry = self.by_op.entry(op).or_insert_with(|| {
-            (
-                Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
-                0,
-            )
-        });
+        let entry = self.slot(op);
         match micros {
             Some(us) => {
                 let _ = entry.0.record(us.max(1));
@@ -238,15 +238,16 @@ impl Recorder {
 
     pub fn merge(&mut self, other: &Recorder) {
         for (op, (h, errors)) in &other.by_op {
-            let entry = self.by_op.entry(*op).or_insert_with(|| {
-                (
-                    Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
-                    0,
-                )
-            });
+            let entry = self.slot(*op);
             let _ = entry.0.add(h);
             entry.1 += errors;
         }
+    }
+
+    fn slot(&mut self, op: OpKind) -> &mut (Histogram<u64>, u64) {
+        self.by_op
+            .entry(op)
+            .or_insert_with(|| (latency_histogram(), 0))
     }
 
     /// Operations so far (successful, all kinds).

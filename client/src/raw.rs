@@ -693,10 +693,9 @@ impl RawClient {
                 .iter()
                 .map(|r| r.region.start_key.clone().max(span_start.clone()))
                 .collect();
-            let attempts = anchors.iter().map(|anchor| {
-                let replica = self.config.replica_read && !writes(operation);
-                self.attempt_single(anchor, replica, &send)
-            });
+            let attempts = anchors
+                .iter()
+                .map(|anchor| self.attempt_single(anchor, self.replica(operation), &send));
             let mut results = Vec::new();
             let mut retry = None;
             for outcome in join_all(attempts).await {
@@ -706,7 +705,7 @@ impl RawClient {
                         reason,
                         ambiguous: true,
                         ..
-                    } if writes(operation) && !self.config.retry_ambiguous_writes => {
+                    } if self.gives_up_on_ambiguous(operation) => {
                         return Err(ClientError::Ambiguous {
                             operation,
                             detail: reason,
@@ -748,6 +747,17 @@ impl RawClient {
         };
         self.attempt(&route, 0, replica, |client, context| send(client, context))
             .await
+    }
+
+    /// Whether a write of `operation` whose attempt may have been applied ends the call (see
+    /// [`RawConfig::retry_ambiguous_writes`]).
+    fn gives_up_on_ambiguous(&self, operation: &str) -> bool {
+        writes(operation) && !self.config.retry_ambiguous_writes
+    }
+
+    /// Whether `operation` goes to a follower (see [`RawConfig::replica_read`]).
+    fn replica(&self, operation: &str) -> bool {
+        self.config.replica_read && !writes(operation)
     }
 
     fn timeout(&self, operation: &'static str, last_error: String) -> ClientError {
@@ -797,11 +807,13 @@ impl RawClient {
                 let send = &send;
                 async move {
                     let g = group.clone();
-                    let replica = self.config.replica_read && !writes(operation);
                     let outcome = self
-                        .attempt(&route, round, replica, move |client, context| {
-                            send(client, context, g.clone())
-                        })
+                        .attempt(
+                            &route,
+                            round,
+                            self.replica(operation),
+                            move |client, context| send(client, context, g.clone()),
+                        )
                         .await;
                     (outcome, group)
                 }
@@ -814,7 +826,7 @@ impl RawClient {
                         reason,
                         ambiguous: true,
                         ..
-                    } if writes(operation) && !self.config.retry_ambiguous_writes => {
+                    } if self.gives_up_on_ambiguous(operation) => {
                         return Err(ClientError::Ambiguous {
                             operation,
                             detail: reason,

@@ -1058,12 +1058,18 @@ impl Peer {
             .map(|e| e.index)
             .or_else(|| applier.last_entry_index())?;
         let entries = std::mem::take(&mut self.to_apply);
-        // Not a prefix: after a lost tail, a later term's proposals sit at lower indexes.
-        let (handed, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.proposals)
-            .into_iter()
-            .partition(|p| p.index <= last);
-        self.proposals = kept;
-        applier.push(entries, handed);
+        if self.proposals.iter().is_sorted_by_key(|p| p.index) {
+            // The usual case: hand over a prefix, without moving the rest.
+            let handed = self.proposals.partition_point(|p| p.index <= last);
+            applier.push(entries, self.proposals.drain(..handed));
+        } else {
+            // After a lost tail, a later term's proposals sit at lower indexes.
+            let (handed, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.proposals)
+                .into_iter()
+                .partition(|p| p.index <= last);
+            self.proposals = kept;
+            applier.push(entries, handed);
+        }
         self.applier.take()
     }
 

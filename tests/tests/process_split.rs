@@ -39,6 +39,14 @@ fn value(i: usize) -> Vec<u8> {
     format!("{i}-{}", "v".repeat(200)).into_bytes()
 }
 
+/// The regions the placement driver routes to, without their leaders.
+fn routed_regions(rt: &tokio::runtime::Runtime, pd: &PdClient) -> Vec<Region> {
+    rt.block_on(pd_regions(pd))
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect()
+}
+
 #[test]
 fn fifty_splits_with_a_node_killed_lose_nothing_and_tile_the_keyspace() {
     let mut cluster = ProcessCluster::start_with_config(3, NODE_TOML);
@@ -102,11 +110,7 @@ fn fifty_splits_with_a_node_killed_lose_nothing_and_tile_the_keyspace() {
         "the regions to tile the keyspace with at least fifty splits",
         Duration::from_secs(120),
         || {
-            let regions: Vec<Region> = rt
-                .block_on(pd_regions(&pd))
-                .into_iter()
-                .map(|(r, _)| r)
-                .collect();
+            let regions = routed_regions(&rt, &pd);
             (regions.len() > SPLITS_MIN && tiling_error(&regions).is_none()).then_some(regions)
         },
     );
@@ -137,11 +141,7 @@ fn fifty_splits_with_a_node_killed_lose_nothing_and_tile_the_keyspace() {
         "every node to hold exactly the routed regions",
         Duration::from_secs(120),
         || {
-            let mut want: Vec<Region> = rt
-                .block_on(pd_regions(&pd))
-                .into_iter()
-                .map(|(r, _)| r)
-                .collect();
+            let mut want = routed_regions(&rt, &pd);
             want.sort_by_key(|r| r.id);
             for i in 0..cluster.node_count() {
                 let mut have = rt.block_on(node_regions(cluster.node_addr(i)))?;
@@ -165,11 +165,7 @@ fn fifty_splits_with_a_node_killed_lose_nothing_and_tile_the_keyspace() {
     rt.block_on(client.delete_range("split-", "split."))
         .unwrap();
     // The routing as it stands now: nothing splits once the data is gone.
-    let regions: Vec<Region> = rt
-        .block_on(pd_regions(&pd))
-        .into_iter()
-        .map(|(r, _)| r)
-        .collect();
+    let regions = routed_regions(&rt, &pd);
     let before = regions.len();
     let pairs: Vec<(u64, u64)> = regions
         .chunks(2)
@@ -192,11 +188,7 @@ fn fifty_splits_with_a_node_killed_lose_nothing_and_tile_the_keyspace() {
         "every merged source to leave the routing",
         Duration::from_secs(120),
         || {
-            let regions: Vec<Region> = rt
-                .block_on(pd_regions(&pd))
-                .into_iter()
-                .map(|(r, _)| r)
-                .collect();
+            let regions = routed_regions(&rt, &pd);
             let left: Vec<u64> = pairs
                 .iter()
                 .map(|(source, _)| *source)

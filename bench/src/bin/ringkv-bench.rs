@@ -465,7 +465,7 @@ async fn run(
     no_ringkv: bool,
     json: bool,
 ) -> Result<(), String> {
-    use ringkv_bench::target::{self, Target};
+    use ringkv_bench::target::Target;
     use ringkv_bench::workload::{format_table, report_json};
     if no_ringkv && etcd_endpoints.is_empty() {
         return Err("--no-ringkv leaves nothing to run: give --etcd endpoints".into());
@@ -516,29 +516,11 @@ async fn run(
             client
         };
         let client = client.with_replica_read(read_mode == ReadMode::Follower);
-        let ringkv = Target::Ringkv(client);
-        if spec.workload.needs_records() {
-            ringkv.load(spec.records, spec.value_bytes).await?;
-        }
-        eprintln!(
-            "== ringkv: {} for {} s with {} clients",
-            spec.workload.name, spec.seconds, spec.clients
-        );
-        let (recorder, seconds) = target::run(&ringkv, spec, "ringkv").await;
-        rows.push(("ringkv".to_string(), recorder.report(seconds)));
+        rows.push(measure(&Target::Ringkv(client), spec, "ringkv").await?);
     }
     if !etcd_endpoints.is_empty() {
         let kv = etcd::connect(etcd_endpoints).await?;
-        let etcd_target = Target::Etcd(kv);
-        if spec.workload.needs_records() {
-            etcd_target.load(spec.records, spec.value_bytes).await?;
-        }
-        eprintln!(
-            "== etcd: {} for {} s with {} clients",
-            spec.workload.name, spec.seconds, spec.clients
-        );
-        let (recorder, seconds) = target::run(&etcd_target, spec, "etcd").await;
-        rows.push(("etcd".to_string(), recorder.report(seconds)));
+        rows.push(measure(&Target::Etcd(kv), spec, "etcd").await?);
     }
     if json {
         println!(
@@ -549,6 +531,23 @@ async fn run(
         print!("{}", format_table(&rows));
     }
     Ok(())
+}
+
+/// Loads `spec`'s records into `target` if it reads any, runs it, and reports per operation.
+async fn measure(
+    target: &ringkv_bench::target::Target,
+    spec: &ringkv_bench::workload::RunSpec,
+    name: &str,
+) -> Result<(String, Vec<ringkv_bench::workload::OpReport>), String> {
+    if spec.workload.needs_records() {
+        target.load(spec.records, spec.value_bytes).await?;
+    }
+    eprintln!(
+        "== {name}: {} for {} s with {} clients",
+        spec.workload.name, spec.seconds, spec.clients
+    );
+    let (recorder, seconds) = ringkv_bench::target::run(target, spec, name).await;
+    Ok((name.to_string(), recorder.report(seconds)))
 }
 
 /// See [`Cmd::Sweep`].
