@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/metapb.proto",
         "proto/errorpb.proto",
         "proto/kvrpcpb.proto",
+        "proto/mvccpb.proto",
         "proto/raftpb.proto",
         "proto/pdpb.proto",
     ];

@@ -19,6 +19,10 @@ pub mod kvrpcpb {
     tonic::include_proto!("kvrpcpb");
 }
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod raftpb {
     tonic::include_proto!("raftpb");
 }

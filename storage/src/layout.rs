@@ -4,8 +4,16 @@
 //! 0x01 "ident"                    StoreIdent      who this store is
 //! 0x01 "r" region_id: u64 BE      RegionLocalState a region's metadata and peer state
 //! 0x01 "a" region_id: u64 BE      ApplyState      how far the region has applied its log
+//! 'l' encoded_key                 Lock            a transaction's lock on a key
+//! 'w' mc(encoded_key) !commit_ts  Write           a committed (or rolled back) version
+//! 'd' mc(encoded_key) !start_ts   value           a version's value when not inlined in Write
 //! 'z' encoded_key                 value           raw data
 //! ```
+//!
+//! `mc` is the memcomparable byte encoding ([`encode_bytes`]) and `!ts` the bitwise complement
+//! of a timestamp, big-endian: the versions of one key sort together, newest first, and never
+//! interleave with another key's. Every column family of a region lies in the same encoded-key
+//! range, so a region's data is [`region_data_ranges`].
 
 use crate::{KvEngine, KvWriteBatch, Result, StorageError};
 use prost::Message;
@@ -34,6 +42,187 @@ pub fn apply_state_key(region_id: u64) -> Vec<u8> {
     region_meta_key(b'a', region_id)
 }
 
+/// A column family: one part of a region's data, under its own first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cf {
+    /// Raw key-value data (the raw API), keyed by the encoded key.
+    Raw,
+    /// Percolator locks, keyed by the encoded key.
+    Lock,
+    /// Percolator write records, keyed by the encoded key and the commit timestamp.
+    Write,
+    /// Percolator values too large to inline in their write record, keyed by the encoded key
+    /// and the start timestamp.
+    Default,
+}
+
+impl Cf {
+    /// Every column family, in storage order.
+    pub const ALL: [Cf; 4] = [Cf::Default, Cf::Lock, Cf::Write, Cf::Raw];
+
+    pub fn prefix(self) -> u8 {
+        match self {
+            Cf::Raw => DATA_PREFIX,
+            Cf::Lock => b'l',
+            Cf::Write => b'w',
+            Cf::Default => b'd',
+        }
+    }
+
+    fn of_prefix(prefix: u8) -> Option<Cf> {
+        Cf::ALL.into_iter().find(|cf| cf.prefix() == prefix)
+    }
+
+    /// Whether keys of this family carry a timestamp after the memcomparable encoded key.
+    pub fn versioned(self) -> bool {
+        matches!(self, Cf::Write | Cf::Default)
+    }
+
+    /// The wire number of this family (`raftpb.PutRequest.cf`).
+    pub fn to_wire(self) -> u32 {
+        match self {
+            Cf::Raw => 0,
+            Cf::Lock => 1,
+            Cf::Write => 2,
+            Cf::Default => 3,
+        }
+    }
+
+    pub fn from_wire(n: u32) -> Option<Cf> {
+        Cf::ALL.into_iter().find(|cf| cf.to_wire() == n)
+    }
+}
+
+const ENC_GROUP_SIZE: usize = 8;
+const ENC_MARKER: u8 = 0xff;
+
+/// The memcomparable encoding of `key`: groups of 8 bytes, each padded with zeros and followed
+/// by `0xff` minus the padding. It keeps byte order and no encoding is a prefix of another, so
+/// a suffix appended to it never changes how two keys compare.
+pub fn encode_bytes(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity((key.len() / ENC_GROUP_SIZE + 1) * (ENC_GROUP_SIZE + 1));
+    for chunk in key.chunks(ENC_GROUP_SIZE) {
+        out.extend_from_slice(chunk);
+        let pad = ENC_GROUP_SIZE - chunk.len();
+        out.extend(std::iter::repeat_n(0u8, pad));
+        out.push(ENC_MARKER - pad as u8);
+    }
+    if key.len() % ENC_GROUP_SIZE == 0 {
+        out.extend_from_slice(&[0; ENC_GROUP_SIZE]);
+        out.push(ENC_MARKER - ENC_GROUP_SIZE as u8);
+    }
+    out
+}
+
+/// Decodes [`encode_bytes`] at the start of `data`: the key and the rest of `data`.
+pub fn decode_bytes(data: &[u8]) -> Option<(Vec<u8>, &[u8])> {
+    let mut key = Vec::new();
+    let mut rest = data;
+    loop {
+        if rest.len() < ENC_GROUP_SIZE + 1 {
+            return None;
+        }
+        let (group, tail) = rest.split_at(ENC_GROUP_SIZE + 1);
+        let pad = (ENC_MARKER - group[ENC_GROUP_SIZE]) as usize;
+        if pad > ENC_GROUP_SIZE
+            || group[ENC_GROUP_SIZE - pad..ENC_GROUP_SIZE]
+                .iter()
+                .any(|&b| b != 0)
+        {
+            return None;
+        }
+        key.extend_from_slice(&group[..ENC_GROUP_SIZE - pad]);
+        rest = tail;
+        if pad > 0 {
+            return Some((key, rest));
+        }
+    }
+}
+
+/// The storage key of `encoded` in `cf`; `ts` is the version of a versioned family (commit
+/// timestamp in `Write`, start timestamp in `Default`) and ignored by the others.
+pub fn cf_key(cf: Cf, encoded: &[u8], ts: u64) -> Vec<u8> {
+    if !cf.versioned() {
+        let mut key = Vec::with_capacity(1 + encoded.len());
+        key.push(cf.prefix());
+        key.extend_from_slice(encoded);
+        return key;
+    }
+    let mut key = vec![cf.prefix()];
+    key.extend_from_slice(&encode_bytes(encoded));
+    key.extend_from_slice(&(!ts).to_be_bytes());
+    key
+}
+
+/// The storage key of the lock on `encoded`.
+pub fn lock_key(encoded: &[u8]) -> Vec<u8> {
+    cf_key(Cf::Lock, encoded, 0)
+}
+
+/// The storage key of the write record of `encoded` committed at `commit_ts`.
+pub fn write_key(encoded: &[u8], commit_ts: u64) -> Vec<u8> {
+    cf_key(Cf::Write, encoded, commit_ts)
+}
+
+/// The storage key of the value of `encoded` written by the transaction `start_ts`.
+pub fn default_key(encoded: &[u8], start_ts: u64) -> Vec<u8> {
+    cf_key(Cf::Default, encoded, start_ts)
+}
+
+/// The storage-key range of every version of `encoded` in a versioned family, newest first.
+pub fn versions_range(cf: Cf, encoded: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    debug_assert!(cf.versioned());
+    (cf_key(cf, encoded, u64::MAX), {
+        let mut hi = vec![cf.prefix()];
+        hi.extend_from_slice(&encode_bytes(encoded));
+        hi.extend_from_slice(&[0xff; 9]);
+        hi
+    })
+}
+
+/// The storage-key range of `cf` for the encoded-key range `[start, end)` (empty end:
+/// unbounded).
+pub fn cf_range(cf: Cf, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let bound = |key: &[u8]| {
+        let mut out = vec![cf.prefix()];
+        if cf.versioned() {
+            out.extend_from_slice(&encode_bytes(key));
+        } else {
+            out.extend_from_slice(key);
+        }
+        out
+    };
+    let hi = if end.is_empty() {
+        vec![cf.prefix() + 1]
+    } else {
+        bound(end)
+    };
+    (bound(start), hi)
+}
+
+/// Every storage-key range holding data of the region range `[start, end)`, one per column
+/// family.
+pub fn region_data_ranges(start: &[u8], end: &[u8]) -> Vec<(Cf, Vec<u8>, Vec<u8>)> {
+    Cf::ALL
+        .into_iter()
+        .map(|cf| {
+            let (lo, hi) = cf_range(cf, start, end);
+            (cf, lo, hi)
+        })
+        .collect()
+}
+
+/// Splits a data storage key into its family, encoded key and version (0 when unversioned).
+pub fn decode_data_key(key: &[u8]) -> Option<(Cf, Vec<u8>, u64)> {
+    let cf = Cf::of_prefix(*key.first()?)?;
+    if !cf.versioned() {
+        return Some((cf, key[1..].to_vec(), 0));
+    }
+    let (encoded, rest) = decode_bytes(&key[1..])?;
+    let ts: [u8; 8] = rest.try_into().ok()?;
+    Some((cf, encoded, !u64::from_be_bytes(ts)))
+}
+
 /// The storage key of an encoded user key.
 pub fn data_key(encoded: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + encoded.len());
@@ -42,7 +231,7 @@ pub fn data_key(encoded: &[u8]) -> Vec<u8> {
     key
 }
 
-/// The storage-key range of the region range `[start, end)` of encoded keys.
+/// The raw-data storage-key range of the region range `[start, end)` of encoded keys.
 pub fn data_range(start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let end = if end.is_empty() {
         vec![DATA_PREFIX + 1]
@@ -111,18 +300,21 @@ pub fn write_tombstone(batch: &mut KvWriteBatch, region: &Region, merged_into: O
     );
 }
 
-/// Deletes every data key of the region range `[start, end)` (of encoded keys) in `batch`.
+/// Deletes every data key (of every column family) of the region range `[start, end)` (of
+/// encoded keys) in `batch`.
 pub fn delete_data(
     engine: &dyn KvEngine,
     start: &[u8],
     end: &[u8],
     batch: &mut KvWriteBatch,
 ) -> Result<()> {
-    let (lo, hi) = data_range(start, end);
-    engine.scan(&lo, &hi, &mut |k, _| {
-        batch.delete(k.to_vec());
-        true
-    })
+    for (_, lo, hi) in region_data_ranges(start, end) {
+        engine.scan(&lo, &hi, &mut |k, _| {
+            batch.delete(k.to_vec());
+            true
+        })?;
+    }
+    Ok(())
 }
 
 pub fn read_apply_state(engine: &dyn KvEngine, region_id: u64) -> Result<Option<ApplyState>> {
@@ -159,5 +351,82 @@ pub fn all_region_states(engine: &dyn KvEngine) -> Result<Vec<RegionLocalState>>
     match err {
         Some(e) => Err(e),
         None => Ok(states),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memcomparable_encoding_keeps_order_and_round_trips() {
+        let keys: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            vec![0, 0],
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"abcdefgh".to_vec(),
+            b"abcdefgh\0".to_vec(),
+            b"abcdefghi".to_vec(),
+            vec![0xff; 9],
+        ];
+        for a in &keys {
+            let ea = encode_bytes(a);
+            let (back, rest) = decode_bytes(&ea).unwrap();
+            assert_eq!(&back, a);
+            assert!(rest.is_empty());
+            for b in &keys {
+                assert_eq!(a.cmp(b), ea.cmp(&encode_bytes(b)), "{a:?} vs {b:?}");
+            }
+        }
+        assert!(decode_bytes(&[1, 2, 3]).is_none());
+        assert!(
+            decode_bytes(&[1, 0, 0, 0, 0, 0, 0, 7, 0xf8]).is_none(),
+            "nonzero padding"
+        );
+    }
+
+    #[test]
+    fn versions_of_a_key_sort_newest_first_and_never_interleave_with_other_keys() {
+        let mut all = vec![
+            write_key(b"a", 5),
+            write_key(b"a", 9),
+            write_key(b"a\0", 7),
+            write_key(b"a\0", 1),
+            write_key(b"b", u64::MAX),
+        ];
+        all.sort();
+        let decoded: Vec<_> = all.iter().map(|k| decode_data_key(k).unwrap()).collect();
+        assert_eq!(
+            decoded,
+            vec![
+                (Cf::Write, b"a".to_vec(), 9),
+                (Cf::Write, b"a".to_vec(), 5),
+                (Cf::Write, b"a\0".to_vec(), 7),
+                (Cf::Write, b"a\0".to_vec(), 1),
+                (Cf::Write, b"b".to_vec(), u64::MAX),
+            ]
+        );
+        let (lo, hi) = versions_range(Cf::Write, b"a");
+        assert!(all.iter().filter(|k| **k >= lo && **k < hi).count() == 2);
+    }
+
+    #[test]
+    fn a_region_range_holds_exactly_the_keys_of_its_encoded_range_in_every_family() {
+        for cf in Cf::ALL {
+            let (lo, hi) = cf_range(cf, b"b", b"d");
+            for (key, inside) in [
+                (&b"a"[..], false),
+                (b"b", true),
+                (b"c\xff\xff", true),
+                (b"d", false),
+            ] {
+                let k = cf_key(cf, key, 42);
+                assert_eq!(k >= lo && k < hi, inside, "{cf:?} {key:?}");
+            }
+            let (lo, hi) = cf_range(cf, b"b", b"");
+            assert!(cf_key(cf, &[0xff; 20], 0) >= lo && cf_key(cf, &[0xff; 20], 0) < hi);
+        }
     }
 }
