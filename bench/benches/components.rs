@@ -113,6 +113,7 @@ fn apply_pool_round(c: &mut Criterion) {
                                         cmd: Some(Cmd::Put(PutRequest {
                                             key,
                                             value: vec![b'v'; 100],
+                                            ..Default::default()
                                         })),
                                     }],
                                     admin: None,

@@ -301,6 +301,66 @@ impl PdClient {
         Ok(r.merge)
     }
 
+    /// The GC safe point (advanced first when its life time allows).
+    pub async fn gc_safe_point(&self) -> Result<u64> {
+        let r = self
+            .call("get_gc_safe_point", |mut c, h| async move {
+                Ok(
+                    c.get_gc_safe_point(GetGcSafePointRequest { header: Some(h) })
+                        .await?
+                        .into_inner(),
+                )
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        Ok(r.safe_point)
+    }
+
+    /// Sets the GC safe point by hand; returns it.
+    pub async fn update_gc_safe_point(&self, safe_point: u64) -> Result<u64> {
+        let r = self
+            .call("update_gc_safe_point", |mut c, h| async move {
+                Ok(c.update_gc_safe_point(UpdateGcSafePointRequest {
+                    header: Some(h),
+                    safe_point,
+                })
+                .await?
+                .into_inner())
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        Ok(r.new_safe_point)
+    }
+
+    /// Registers the oldest start_ts `service_id` reads at for `ttl_ms` (0: unregisters);
+    /// returns the GC safe point.
+    pub async fn update_service_gc_safe_point(
+        &self,
+        service_id: &str,
+        safe_point: u64,
+        ttl_ms: i64,
+    ) -> Result<u64> {
+        let r = self
+            .call("update_service_gc_safe_point", |mut c, h| {
+                let service_id = service_id.to_string();
+                async move {
+                    Ok(
+                        c.update_service_gc_safe_point(UpdateServiceGcSafePointRequest {
+                            header: Some(h),
+                            service_id,
+                            ttl_ms,
+                            safe_point,
+                        })
+                        .await?
+                        .into_inner(),
+                    )
+                }
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        Ok(r.gc_safe_point)
+    }
+
     /// Creates keyspace `name`, hash- or range-ordered; fails if it exists.
     pub async fn create_keyspace(&self, name: &str, mode: KeyspaceMode) -> Result<KeyspaceMeta> {
         let r = self

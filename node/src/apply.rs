@@ -7,11 +7,11 @@ use ringkv_proto::keys::{self, in_range};
 use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
 use ringkv_proto::metapb::{Peer as PeerMeta, Region, RegionEpoch};
 use ringkv_proto::raftpb::{
-    admin_request, request::Cmd, CommitMergeRequest, MergeState, PeerState, RaftCmdRequest,
-    RegionLocalState, Request, SplitRequest,
+    admin_request, request::Cmd, CommitMergeRequest, DeleteRequest, MergeState, PeerState,
+    PutRequest, RaftCmdRequest, RegionLocalState, Request, SplitRequest,
 };
 use ringkv_proto::region;
-use ringkv_storage::layout::{self, data_key, data_range, origin_key};
+use ringkv_storage::layout::{self, data_range, origin_key, Cf};
 use ringkv_storage::{KvEngine, KvWriteBatch, PeerStorage, Result as StorageResult};
 
 /// The outcome of one command. `Err` is a deterministic refusal (wrong epoch, key outside the
@@ -281,6 +281,14 @@ pub fn check_command(view: RegionView<'_>, cmd: &RaftCmdRequest) -> CmdResult {
             Some(Cmd::Delete(d)) if !in_range(&d.key, &region.start_key, &region.end_key) => {
                 return Err(region_error::key_not_in_region(&d.key, region))
             }
+            Some(Cmd::Put(PutRequest { cf, .. }) | Cmd::Delete(DeleteRequest { cf, .. }))
+                if Cf::from_wire(*cf).is_none() =>
+            {
+                return Err(region_error::invalid_command(
+                    region.id,
+                    &format!("unknown column family {cf}"),
+                ))
+            }
             _ => {}
         }
     }
@@ -483,8 +491,8 @@ pub fn exec_command(
     }
     for Request { cmd } in &cmd.requests {
         match cmd {
-            Some(Cmd::Put(p)) => batch.put(data_key(&p.key), p.value.clone()),
-            Some(Cmd::Delete(d)) => batch.delete(data_key(&d.key)),
+            Some(Cmd::Put(p)) => batch.put(storage_key(p.cf, &p.key, p.ts), p.value.clone()),
+            Some(Cmd::Delete(d)) => batch.delete(storage_key(d.cf, &d.key, d.ts)),
             Some(Cmd::DeleteRange(r)) => {
                 let keyspace = r.keyspace.unwrap_or_else(keys::default_keyspace);
                 for key in keys_in_user_range(region, &keyspace, &r.start_key, &r.end_key, kv)? {
@@ -495,6 +503,13 @@ pub fn exec_command(
         }
     }
     Ok(Applied::done(None))
+}
+
+/// The storage key of a write's key in its column family (`check_command` refused unknown
+/// families).
+fn storage_key(cf: u32, key: &[u8], ts: u64) -> Vec<u8> {
+    let cf = Cf::from_wire(cf).expect("check_command refuses unknown column families");
+    layout::cf_key(cf, key, ts)
 }
 
 /// How far the local replica of a merge source is, seen from its target's apply.
@@ -533,6 +548,17 @@ pub fn scan_span(
     start: &[u8],
     end: &[u8],
 ) -> Option<(Vec<u8>, Vec<u8>)> {
+    scan_bounds(region, keyspace, start, end).map(|(lo, hi)| data_range(&lo, &hi))
+}
+
+/// The encoded-key span of `keyspace` that user range `[start, end)` can touch, clipped to the
+/// region (see [`scan_span`]).
+pub fn scan_bounds(
+    region: &Region,
+    keyspace: &Keyspace,
+    start: &[u8],
+    end: &[u8],
+) -> Option<(Vec<u8>, Vec<u8>)> {
     let (mut lo, mut hi) = if keyspace.mode == KeyspaceMode::Range as i32 {
         let hi = if end.is_empty() {
             keys::keyspace_end(keyspace)
@@ -552,7 +578,7 @@ pub fn scan_span(
     if !region.end_key.is_empty() && hi > region.end_key {
         hi = region.end_key.clone();
     }
-    (lo < hi).then(|| data_range(&lo, &hi))
+    (lo < hi).then_some((lo, hi))
 }
 
 /// Whether user key `k` is in `[start, end)`, an empty `end` being unbounded.
@@ -604,6 +630,7 @@ mod tests {
             cmd: Some(Cmd::Put(PutRequest {
                 key: keys::encode(&keys::default_keyspace(), user),
                 value: user.to_vec(),
+                ..Default::default()
             })),
         }
     }

@@ -444,6 +444,7 @@ mod tests {
                 cmd: Some(Cmd::Put(PutRequest {
                     key: key.to_vec(),
                     value: b"v".to_vec(),
+                    ..Default::default()
                 })),
             }],
             admin: None,

@@ -36,6 +36,9 @@ pub struct NodeConfig {
     /// Lets the Debug service's `SetNetFilter` drop this node's Raft messages to chosen stores:
     /// for fault-injection tests only, never in production. Default false.
     pub fault_injection: bool,
+    /// How often the MVCC garbage collector asks the placement driver for the GC safe point
+    /// and collects below it, in ms. Default 60000; 100..=86400000.
+    pub gc_interval_ms: u64,
     pub raft: RaftSection,
     pub split: SplitSection,
 }
@@ -170,6 +173,7 @@ impl Default for NodeConfig {
             store_heartbeat_ms: 1000,
             mailbox_capacity: 65536,
             fault_injection: false,
+            gc_interval_ms: 60_000,
             raft: RaftSection::default(),
             split: SplitSection::default(),
         }
@@ -202,6 +206,12 @@ impl NodeConfig {
             return bad(format!(
                 "raft.election_ticks ({}) must be greater than raft.heartbeat_ticks ({}), which must be at least 1",
                 self.raft.election_ticks, self.raft.heartbeat_ticks
+            ));
+        }
+        if !(100..=86_400_000).contains(&self.gc_interval_ms) {
+            return bad(format!(
+                "gc_interval_ms = {} is outside 100..=86400000 (a day)",
+                self.gc_interval_ms
             ));
         }
         if !(100..=60_000).contains(&self.store_heartbeat_ms) {

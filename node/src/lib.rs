@@ -15,7 +15,10 @@
 //! - [`split`]: asking the placement driver for ids and proposing a split.
 //! - [`merge`]: preparing, committing and rolling back the merge of two adjacent regions.
 //! - [`transport`]: Raft messages to other nodes over one gRPC stream per destination.
-//! - [`service`]: the raw KV, Raft and Debug gRPC services.
+//! - [`service`]: the KV (raw and transactional), Raft and Debug gRPC services.
+//! - [`gc_worker`]: drops MVCC versions below the GC safe point, region by region.
+//! - [`latch`]: per-key latches that serialize transactional commands on the same keys.
+//! - [`memory_lock`]: keys of one-phase commits in flight, which readers wait for.
 //! - [`server`]: joining the cluster through the placement driver and running all of the above.
 
 pub mod admin;
@@ -25,7 +28,10 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 mod error;
+pub mod gc_worker;
+pub mod latch;
 mod logger;
+pub mod memory_lock;
 pub mod merge;
 pub mod peer;
 pub mod playground;

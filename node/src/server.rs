@@ -151,9 +151,14 @@ impl NodeServer {
             kv: kv_dyn,
             pd: pd.clone(),
             fault_injection,
+            txn: Arc::new(crate::service::TxnContext::default()),
         };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let incoming = ringkv_placement::server::incoming_nodelay(listener);
+        let gc_worker = crate::gc_worker::GcWorker::new(
+            KvService::new(ctx.clone()),
+            Duration::from_millis(config.gc_interval_ms),
+        );
         let (kv_svc, raft_svc, debug_svc) = (
             KvService::new(ctx.clone()),
             RaftService::new(ctx.clone()),
@@ -196,6 +201,7 @@ impl NodeServer {
             Duration::from_millis(config.store_heartbeat_ms),
             config.data_dir.clone(),
         ));
+        runtime.spawn(gc_worker.run());
         tracing::info!(store_id, %addr, %advertise, dir = %data_dir, "node serving");
         Ok(NodeServer {
             store_id,

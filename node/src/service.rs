@@ -25,6 +25,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
+mod txn;
+pub use txn::{TxnContext, TxnOutcome};
+
 /// How long a request waits for the raftstore before answering "try again".
 const REQUEST_WAIT: Duration = Duration::from_secs(10);
 
@@ -39,6 +42,8 @@ pub struct NodeContext {
     /// The transport's message filter, which `Debug/SetNetFilter` sets when fault injection
     /// is on (None: off).
     pub fault_injection: Option<Arc<crate::NetFilter>>,
+    /// Latches, one-phase commits in flight and the GC safe point.
+    pub txn: Arc<TxnContext>,
 }
 
 pub struct KvService {
@@ -48,6 +53,10 @@ pub struct KvService {
 impl KvService {
     pub fn new(ctx: NodeContext) -> Self {
         KvService { ctx }
+    }
+
+    pub fn context(&self) -> &NodeContext {
+        &self.ctx
     }
 }
 
@@ -258,6 +267,7 @@ impl Kv for KvService {
             cmd: Some(Cmd::Put(PutRequest {
                 key: req.key,
                 value: req.value,
+                ..Default::default()
             })),
         };
         let region_error = self.propose(context, vec![put]).await?;
@@ -287,6 +297,7 @@ impl Kv for KvService {
                 cmd: Some(Cmd::Put(PutRequest {
                     key: p.key,
                     value: p.value,
+                    ..Default::default()
                 })),
             })
             .collect();
@@ -302,7 +313,10 @@ impl Kv for KvService {
         let context = check_context(req.context)?;
         check_key(&req.key)?;
         let del = raftpb::Request {
-            cmd: Some(Cmd::Delete(DeleteRequest { key: req.key })),
+            cmd: Some(Cmd::Delete(DeleteRequest {
+                key: req.key,
+                ..Default::default()
+            })),
         };
         let region_error = self.propose(context, vec![del]).await?;
         Ok(Response::new(RawDeleteResponse { region_error }))
@@ -410,6 +424,69 @@ impl Kv for KvService {
         .await;
         let (region_error, _) = admin_outcome(outcome)?;
         Ok(Response::new(MergeRegionResponse { region_error }))
+    }
+
+    async fn kv_get(&self, r: Request<KvGetRequest>) -> Result<Response<KvGetResponse>, Status> {
+        self.txn_get(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn kv_batch_get(
+        &self,
+        r: Request<KvBatchGetRequest>,
+    ) -> Result<Response<KvBatchGetResponse>, Status> {
+        self.txn_batch_get(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn kv_scan(&self, r: Request<KvScanRequest>) -> Result<Response<KvScanResponse>, Status> {
+        self.txn_scan(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn kv_prewrite(
+        &self,
+        r: Request<KvPrewriteRequest>,
+    ) -> Result<Response<KvPrewriteResponse>, Status> {
+        self.txn_prewrite(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn kv_commit(
+        &self,
+        r: Request<KvCommitRequest>,
+    ) -> Result<Response<KvCommitResponse>, Status> {
+        self.txn_commit(r.into_inner()).await.map(Response::new)
+    }
+
+    async fn kv_batch_rollback(
+        &self,
+        r: Request<KvBatchRollbackRequest>,
+    ) -> Result<Response<KvBatchRollbackResponse>, Status> {
+        self.txn_batch_rollback(r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn kv_check_txn_status(
+        &self,
+        r: Request<KvCheckTxnStatusRequest>,
+    ) -> Result<Response<KvCheckTxnStatusResponse>, Status> {
+        self.txn_check_txn_status(r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn kv_resolve_lock(
+        &self,
+        r: Request<KvResolveLockRequest>,
+    ) -> Result<Response<KvResolveLockResponse>, Status> {
+        self.txn_resolve_lock(r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn kv_txn_heart_beat(
+        &self,
+        r: Request<KvTxnHeartBeatRequest>,
+    ) -> Result<Response<KvTxnHeartBeatResponse>, Status> {
+        self.txn_heart_beat(r.into_inner()).await.map(Response::new)
     }
 }
 

@@ -9,7 +9,7 @@ use raft::Storage as _;
 use ringkv_proto::metapb::Region;
 use ringkv_proto::raftpb::{ApplyState, PeerState, RegionLocalState, SnapshotData, SnapshotKv};
 use ringkv_storage::conf_state_of;
-use ringkv_storage::layout::{self, data_key, data_range, origin_key};
+use ringkv_storage::layout;
 use ringkv_storage::{KvEngine, KvWriteBatch, PeerStorage, Result as StorageResult, StorageError};
 
 /// Builds a snapshot of `storage`'s region at its applied index. Must run where no apply of
@@ -23,15 +23,16 @@ pub fn generate(storage: &PeerStorage, kv: &dyn KvEngine) -> StorageResult<Snaps
             format!("no term for applied index {index}: {e}"),
         )
     })?;
-    let (lo, hi) = data_range(&region.start_key, &region.end_key);
     let mut kvs = Vec::new();
-    kv.scan(&lo, &hi, &mut |k, v| {
-        kvs.push(SnapshotKv {
-            key: origin_key(k).to_vec(),
-            value: v.to_vec(),
-        });
-        true
-    })?;
+    for (_, lo, hi) in layout::region_data_ranges(&region.start_key, &region.end_key) {
+        kv.scan(&lo, &hi, &mut |k, v| {
+            kvs.push(SnapshotKv {
+                key: k.to_vec(),
+                value: v.to_vec(),
+            });
+            true
+        })?;
+    }
     // The merge part of the region's state is the applied state too (written by the same
     // apply batches as the data).
     let local = layout::read_region_state(kv, region.id)?.unwrap_or_default();
@@ -73,8 +74,19 @@ pub fn install_batch(
     let region: &Region = data.region.as_ref().expect("decode checked the region");
     let mut batch = KvWriteBatch::default();
     layout::delete_data(kv, &region.start_key, &region.end_key, &mut batch)?;
+    let ranges = layout::region_data_ranges(&region.start_key, &region.end_key);
     for pair in &data.kvs {
-        batch.put(data_key(&pair.key), pair.value.clone());
+        // A key outside the region's data ranges would be another region's data (or meta).
+        if !ranges
+            .iter()
+            .any(|(_, lo, hi)| pair.key >= *lo && pair.key < *hi)
+        {
+            return Err(StorageError::corruption(
+                format!("region {} snapshot", region.id),
+                format!("key {:?} outside the region's data", pair.key),
+            ));
+        }
+        batch.put(pair.key.clone(), pair.value.clone());
     }
     let state = if data.merge_state.is_some() {
         PeerState::Merging

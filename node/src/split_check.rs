@@ -8,7 +8,7 @@ use crate::router::{PeerMsg, StoreRouter};
 use crossbeam::channel::{Sender, TrySendError};
 use ringkv_proto::keys::split_boundary;
 use ringkv_proto::metapb::Region;
-use ringkv_storage::layout::{data_range, origin_key};
+use ringkv_storage::layout;
 use ringkv_storage::{KvEngine, Result as StorageResult};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -58,48 +58,71 @@ struct Sample {
     key: Vec<u8>,
 }
 
-/// Scans `region`'s data and decides whether and where to split it.
+/// Samples of one column family's part of a region, in key order.
+#[derive(Default)]
+struct FamilyScan {
+    size: u64,
+    keys: u64,
+    samples: Vec<Sample>,
+}
+
+/// Scans `region`'s data and decides whether and where to split it. Sizes and key counts are
+/// over every column family; the split key halves the family holding most of the bytes (raw
+/// data, or the write records of transactional data), which is where the region's weight is.
 pub fn check_region(
     kv: &dyn KvEngine,
     region: &Region,
     cfg: &SplitConfig,
 ) -> StorageResult<SplitCheckOutcome> {
-    let (lo, hi) = data_range(&region.start_key, &region.end_key);
-    let mut size_every = (cfg.region_split_size_bytes / 64).max(1);
-    let mut keys_every = (cfg.region_split_keys / 64).max(1);
-    let (mut size, mut keys) = (0u64, 0u64);
-    let (mut last_size, mut last_keys) = (0u64, 0u64);
-    let mut samples: Vec<Sample> = Vec::new();
-    kv.scan(&lo, &hi, &mut |k, v| {
-        if keys > 0 && (size - last_size >= size_every || keys - last_keys >= keys_every) {
-            samples.push(Sample {
-                size_before: size,
-                keys_before: keys,
-                key: origin_key(k).to_vec(),
-            });
-            (last_size, last_keys) = (size, keys);
-            if samples.len() > SAMPLES_MAX {
-                let mut i = 0;
-                samples.retain(|_| {
-                    i += 1;
-                    i % 2 == 0
-                });
-                size_every *= 2;
-                keys_every *= 2;
+    let mut families = Vec::new();
+    for (_, lo, hi) in layout::region_data_ranges(&region.start_key, &region.end_key) {
+        let mut size_every = (cfg.region_split_size_bytes / 64).max(1);
+        let mut keys_every = (cfg.region_split_keys / 64).max(1);
+        let mut scan = FamilyScan::default();
+        let (mut last_size, mut last_keys) = (0u64, 0u64);
+        kv.scan(&lo, &hi, &mut |k, v| {
+            let (size, keys) = (scan.size, scan.keys);
+            if keys > 0 && (size - last_size >= size_every || keys - last_keys >= keys_every) {
+                if let Some((_, encoded, _)) = layout::decode_data_key(k) {
+                    scan.samples.push(Sample {
+                        size_before: size,
+                        keys_before: keys,
+                        key: encoded,
+                    });
+                }
+                (last_size, last_keys) = (size, keys);
+                if scan.samples.len() > SAMPLES_MAX {
+                    let mut i = 0;
+                    scan.samples.retain(|_| {
+                        i += 1;
+                        i % 2 == 0
+                    });
+                    size_every *= 2;
+                    keys_every *= 2;
+                }
             }
-        }
-        size += (k.len() - 1 + v.len()) as u64;
-        keys += 1;
-        true
-    })?;
+            scan.size += (k.len() - 1 + v.len()) as u64;
+            scan.keys += 1;
+            true
+        })?;
+        families.push(scan);
+    }
+    let size: u64 = families.iter().map(|f| f.size).sum();
+    let keys: u64 = families.iter().map(|f| f.keys).sum();
+    let heaviest = families
+        .into_iter()
+        .max_by_key(|f| f.size)
+        .unwrap_or_default();
+    let samples = heaviest.samples;
+    let (half_size, half_keys) = (heaviest.size / 2, heaviest.keys / 2);
     let by_size = size > cfg.region_split_size_bytes;
     let by_keys = keys > cfg.region_split_keys;
     let split_key = if by_size || by_keys {
         let distance = |s: &Sample| {
             if by_size {
-                s.size_before.abs_diff(size / 2)
+                s.size_before.abs_diff(half_size)
             } else {
-                s.keys_before.abs_diff(keys / 2)
+                s.keys_before.abs_diff(half_keys)
             }
         };
         samples
@@ -229,7 +252,7 @@ impl Drop for SplitChecker {
 mod tests {
     use super::*;
     use ringkv_proto::keys;
-    use ringkv_storage::layout::data_key;
+    use ringkv_storage::layout::{data_key, data_range, write_key};
     use ringkv_storage::{KvWriteBatch, MemKv};
 
     fn cfg(size: u64, keys: u64) -> SplitConfig {
@@ -258,6 +281,33 @@ mod tests {
         })
         .unwrap();
         n
+    }
+
+    #[test]
+    fn a_region_of_transactional_data_splits_at_the_middle_of_its_write_records() {
+        let kv = MemKv::new();
+        let mut batch = KvWriteBatch::default();
+        let mut encoded: Vec<Vec<u8>> = (0..1000)
+            .map(|i| keys::encode(&keys::default_keyspace(), format!("t{i:06}").as_bytes()))
+            .collect();
+        for key in &encoded {
+            for ts in [10, 20] {
+                batch.put(write_key(key, ts), vec![1; 20]);
+            }
+        }
+        kv.write(batch).unwrap();
+        let out = check_region(&kv, &Region::default(), &cfg(10_000, 1 << 20)).unwrap();
+        assert_eq!(out.keys, 2000);
+        let split = out.split_key.expect("over the size threshold");
+        encoded.sort();
+        let below = encoded
+            .iter()
+            .filter(|k| k.as_slice() < split.as_slice())
+            .count();
+        assert!(
+            (400..=600).contains(&below),
+            "{below} of 1000 keys below the split"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! machine. Every mutating call takes the current time as an input and records what must be
 //! persisted in a [`MetaWrites`]; the edge writes those (syncing when asked) before it replies.
 
+use crate::gc_safe_point::GcSafePoints;
 use crate::id::IdAllocator;
 use crate::merge_checker::{self, Candidate, MergeConfig, MergesInFlight, RegionStats};
 use crate::meta_store::keys;
@@ -12,6 +13,9 @@ use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
 use ringkv_proto::metapb::{Peer, PeerRole, Region, RegionEpoch, Store, StoreState};
 use ringkv_proto::pdpb::{KeyspaceMeta, StoreStats};
 use std::collections::{BTreeMap, HashMap};
+
+/// How far behind now the GC safe point trails by default: 10 minutes.
+pub const DEFAULT_GC_LIFE_TIME_MS: i64 = 600_000;
 
 /// Writes the core asks the edge to persist.
 #[derive(Default, Debug)]
@@ -24,7 +28,7 @@ pub struct MetaWrites {
 }
 
 impl MetaWrites {
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+    pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.puts.push((key, value));
     }
 
@@ -63,6 +67,7 @@ pub struct RegionInfo {
 pub struct PersistedState {
     pub id_limit: u64,
     pub tso_limit_ms: i64,
+    pub gc_safe_point: u64,
     pub bootstrap_region: Option<Region>,
     pub stores: Vec<Store>,
     pub regions: Vec<Region>,
@@ -89,6 +94,7 @@ pub struct PlacementCore {
     keyspaces: BTreeMap<String, KeyspaceMeta>,
     merge_config: MergeConfig,
     merges: MergesInFlight,
+    gc: GcSafePoints,
 }
 
 fn check_has_epoch(region: &Region) -> Result<(), PlacementError> {
@@ -126,6 +132,7 @@ impl PlacementCore {
             keyspaces: BTreeMap::new(),
             merge_config: MergeConfig::default(),
             merges: MergesInFlight::default(),
+            gc: GcSafePoints::new(state.gc_safe_point, DEFAULT_GC_LIFE_TIME_MS),
         };
         core.keyspaces.insert(
             DEFAULT_KEYSPACE_NAME.into(),
@@ -380,6 +387,38 @@ impl PlacementCore {
     }
 
     /// Sets the merge checker's limits.
+    /// How far behind now the GC safe point trails on its own (0: only set by hand).
+    pub fn set_gc_life_time_ms(&mut self, life_time_ms: i64) {
+        self.gc.set_life_time_ms(life_time_ms);
+    }
+
+    /// The GC safe point, advanced first when the life time allows.
+    pub fn gc_safe_point(&mut self, now_ms: i64, writes: &mut MetaWrites) -> u64 {
+        self.gc.current(now_ms, writes)
+    }
+
+    /// Sets the GC safe point by hand (the admin CLI).
+    pub fn set_gc_safe_point(
+        &mut self,
+        safe_point: u64,
+        now_ms: i64,
+        writes: &mut MetaWrites,
+    ) -> Result<u64, PlacementError> {
+        self.gc.set_by_hand(safe_point, now_ms, writes)
+    }
+
+    /// A client's oldest running start_ts (see [`GcSafePoints::update_service`]).
+    pub fn update_service_gc_safe_point(
+        &mut self,
+        service_id: &str,
+        safe_point: u64,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<u64, PlacementError> {
+        self.gc
+            .update_service(service_id, safe_point, ttl_ms, now_ms)
+    }
+
     pub fn set_merge_config(&mut self, cfg: MergeConfig) {
         self.merge_config = cfg;
     }

@@ -37,6 +37,10 @@ pub struct PlacementConfig {
     /// A merge order not completed within this long may be given again. Default 60000;
     /// 1000..=3600000.
     pub merge_timeout_ms: i64,
+    /// How long versions stay readable: the GC safe point trails now by this much (and never
+    /// passes a running transaction's start_ts). 0: it only moves when set with the admin CLI.
+    /// Default 600000 (10 minutes); 0 or 60000..=31536000000.
+    pub gc_life_time_ms: i64,
 }
 
 impl Default for PlacementConfig {
@@ -53,6 +57,7 @@ impl Default for PlacementConfig {
             merge_keys_max: 200_000,
             split_merge_interval_ms: 3_600_000,
             merge_timeout_ms: 60_000,
+            gc_life_time_ms: crate::cluster::DEFAULT_GC_LIFE_TIME_MS,
         }
     }
 }
@@ -101,6 +106,12 @@ impl PlacementConfig {
             return Err(PlacementError::Config(format!(
                 "merge_timeout_ms = {} is outside 1000..=3600000",
                 self.merge_timeout_ms
+            )));
+        }
+        if self.gc_life_time_ms != 0 && !(60_000..=31_536_000_000).contains(&self.gc_life_time_ms) {
+            return Err(PlacementError::Config(format!(
+                "gc_life_time_ms = {} is outside 60000..=31536000000 (a minute to a year); 0 turns automatic GC off",
+                self.gc_life_time_ms
             )));
         }
         if self.name.is_empty() {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 mod error;
+pub mod gc_safe_point;
 pub mod id;
 pub mod merge_checker;
 pub mod meta_store;

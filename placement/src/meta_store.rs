@@ -5,6 +5,7 @@
 //! "id_limit"              u64 BE    every id handed out is below it
 //! "tso_limit_ms"          i64 BE    every timestamp handed out has physical_ms below it
 //! "bootstrap"             Region    the first region, once the cluster is bootstrapped
+//! "gc_safe_point"         u64 BE    the GC safe point (never goes back)
 //! "store/" id: u64 BE     Store
 //! "region/" id: u64 BE    Region
 //! ```
@@ -21,6 +22,7 @@ pub mod keys {
     pub const ID_LIMIT: &[u8] = b"id_limit";
     pub const TSO_LIMIT: &[u8] = b"tso_limit_ms";
     pub const BOOTSTRAP: &[u8] = b"bootstrap";
+    pub const GC_SAFE_POINT: &[u8] = b"gc_safe_point";
     pub const STORE_PREFIX: &[u8] = b"store/";
     pub const REGION_PREFIX: &[u8] = b"region/";
     pub const KEYSPACE_PREFIX: &[u8] = b"keyspace/";
@@ -90,6 +92,9 @@ impl MetaStore {
         }
         if let Some(v) = self.db.get(keys::TSO_LIMIT)? {
             state.tso_limit_ms = i64::from_be_bytes(fixed8(keys::TSO_LIMIT, &v)?);
+        }
+        if let Some(v) = self.db.get(keys::GC_SAFE_POINT)? {
+            state.gc_safe_point = u64::from_be_bytes(fixed8(keys::GC_SAFE_POINT, &v)?);
         }
         if let Some(v) = self.db.get(keys::BOOTSTRAP)? {
             state.bootstrap_region =

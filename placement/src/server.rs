@@ -53,6 +53,7 @@ impl PlacementServer {
             state,
         );
         core.set_merge_config(config.merge_config());
+        core.set_gc_life_time_ms(config.gc_life_time_ms);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("placement")

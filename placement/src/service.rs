@@ -341,4 +341,42 @@ impl Placement for PlacementService {
         });
         Ok(Response::new(ScanRegionsResponse { header, regions }))
     }
+
+    async fn get_gc_safe_point(
+        &self,
+        request: Request<GetGcSafePointRequest>,
+    ) -> Result<Response<GetGcSafePointResponse>, Status> {
+        let (header, safe_point) = self.run(request.into_inner().header, |core, w, now| {
+            Ok(core.gc_safe_point(now, w))
+        });
+        Ok(Response::new(GetGcSafePointResponse { header, safe_point }))
+    }
+
+    async fn update_gc_safe_point(
+        &self,
+        request: Request<UpdateGcSafePointRequest>,
+    ) -> Result<Response<UpdateGcSafePointResponse>, Status> {
+        let req = request.into_inner();
+        let (header, new_safe_point) = self.run(req.header, |core, w, now| {
+            core.set_gc_safe_point(req.safe_point, now, w)
+        });
+        Ok(Response::new(UpdateGcSafePointResponse {
+            header,
+            new_safe_point,
+        }))
+    }
+
+    async fn update_service_gc_safe_point(
+        &self,
+        request: Request<UpdateServiceGcSafePointRequest>,
+    ) -> Result<Response<UpdateServiceGcSafePointResponse>, Status> {
+        let req = request.into_inner();
+        let (header, gc_safe_point) = self.run(req.header, |core, _, now| {
+            core.update_service_gc_safe_point(&req.service_id, req.safe_point, req.ttl_ms, now)
+        });
+        Ok(Response::new(UpdateServiceGcSafePointResponse {
+            header,
+            gc_safe_point,
+        }))
+    }
 }

@@ -851,6 +851,7 @@ impl Sim {
                     cmd: Some(Cmd::Put(PutRequest {
                         key: encoded.clone(),
                         value,
+                        ..Default::default()
                     })),
                 }],
                 admin: None,
@@ -988,6 +989,7 @@ impl Sim {
                 cmd: Some(Cmd::Put(PutRequest {
                     key: encoded,
                     value: value_of(key, self.cfg.value_bytes),
+                    ..Default::default()
                 })),
             }],
             admin: None,

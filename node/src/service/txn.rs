@@ -1,0 +1,675 @@
+//! The transactional half of the KV service: Percolator commands, validated at the edge, run
+//! under per-key latches on the region's leader (read a snapshot, compute the action, propose
+//! its writes as one Raft command, answer once applied), and MVCC reads at a timestamp.
+
+use super::{check_context, check_key, check_keyspace, invalid, rule, storage_failed, KvService};
+use crate::apply::{scan_bounds, user_in_range};
+use crate::latch::{Latches, LATCH_SLOTS};
+use crate::memory_lock::MemoryLocks;
+use ringkv_proto::errorpb::RegionError;
+use ringkv_proto::keys;
+use ringkv_proto::kvrpcpb::*;
+use ringkv_proto::limits::*;
+use ringkv_proto::mvccpb::Write;
+use ringkv_proto::raftpb::{self, request::Cmd, DeleteRequest, PutRequest};
+use ringkv_txn::actions::{
+    check_txn_status, commit, gc, prewrite, read, resolve_lock, rollback, txn_heart_beat,
+};
+use ringkv_txn::{LockStatus, Modify, MvccReader, MvccTxn, TxnError};
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Status;
+
+/// The node's transactional state, shared by its services.
+pub struct TxnContext {
+    pub latches: Latches,
+    pub memory_locks: Arc<MemoryLocks>,
+    /// The GC safe point as last heard from the placement driver: reads below it are refused.
+    pub gc_safe_point: AtomicU64,
+}
+
+impl Default for TxnContext {
+    fn default() -> Self {
+        TxnContext {
+            latches: Latches::new(LATCH_SLOTS),
+            memory_locks: Arc::new(MemoryLocks::default()),
+            gc_safe_point: AtomicU64::new(0),
+        }
+    }
+}
+
+/// How long a read waits for one-phase commits in flight on its keys before answering busy.
+const MEMORY_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// The outcome of a transactional command: done, refused by the region (retry elsewhere), or
+/// refused by the transaction rules (the client's business).
+pub enum TxnOutcome<T> {
+    Done(T),
+    Region(RegionError),
+    Txn(TxnError),
+}
+
+fn modify_to_request(m: Modify) -> raftpb::Request {
+    let cmd = match m {
+        Modify::Put { cf, key, ts, value } => Cmd::Put(PutRequest {
+            key,
+            value,
+            cf: cf.to_wire(),
+            ts,
+        }),
+        Modify::Delete { cf, key, ts } => Cmd::Delete(DeleteRequest {
+            key,
+            cf: cf.to_wire(),
+            ts,
+        }),
+    };
+    raftpb::Request { cmd: Some(cmd) }
+}
+
+/// A node failure in an action (storage, corruption) is an RPC error; the rest is an answer.
+fn node_failure(e: &TxnError) -> Option<Status> {
+    e.key_errors().is_none().then(|| storage_failed(e))
+}
+
+fn check_ts(ts: u64, what: &str) -> Result<(), Status> {
+    if ts == 0 {
+        return Err(invalid(format!(
+            "{what} is 0; take timestamps from the TSO"
+        )));
+    }
+    Ok(())
+}
+
+fn check_keys(keys: &[Vec<u8>], what: &str) -> Result<(), Status> {
+    if keys.is_empty() {
+        return Err(invalid(format!("{what} with no keys")));
+    }
+    rule(check_batch(
+        keys.len(),
+        "keys",
+        keys.iter().map(|k| k.len()).sum(),
+    ))?;
+    for k in keys {
+        check_key(k)?;
+    }
+    Ok(())
+}
+
+impl KvService {
+    fn txn_ctx(&self) -> &TxnContext {
+        &self.ctx.txn
+    }
+
+    /// Runs a transactional write command on `keys`: latches, a linearizable snapshot on the
+    /// leader, the action, its writes through Raft. The latches are held until the writes are
+    /// applied, so no other command on these keys computes from a snapshot without them.
+    async fn txn_write<T>(
+        &self,
+        context: Context,
+        keys: Vec<Vec<u8>>,
+        action: impl FnOnce(&MvccReader<'_>) -> Result<(MvccTxn, T), TxnError>,
+    ) -> Result<TxnOutcome<T>, Status> {
+        let _latches = self.txn_ctx().latches.acquire(&keys).await;
+        self.txn_write_latched(context, keys, action).await
+    }
+
+    async fn txn_write_latched<T>(
+        &self,
+        mut context: Context,
+        keys: Vec<Vec<u8>>,
+        action: impl FnOnce(&MvccReader<'_>) -> Result<(MvccTxn, T), TxnError>,
+    ) -> Result<TxnOutcome<T>, Status> {
+        context.replica_read = false;
+        if let Err(region_error) = self.clear_read(context.clone(), keys).await? {
+            return Ok(TxnOutcome::Region(region_error));
+        }
+        let reader = MvccReader::new(self.ctx.kv.as_ref());
+        let (txn, value) = match action(&reader) {
+            Ok(done) => done,
+            Err(e) => match node_failure(&e) {
+                Some(status) => return Err(status),
+                None => return Ok(TxnOutcome::Txn(e)),
+            },
+        };
+        if txn.is_empty() {
+            return Ok(TxnOutcome::Done(value));
+        }
+        let requests = txn
+            .into_modifies()
+            .into_iter()
+            .map(modify_to_request)
+            .collect();
+        Ok(match self.propose(context, requests).await? {
+            None => TxnOutcome::Done(value),
+            Some(region_error) => TxnOutcome::Region(region_error),
+        })
+    }
+
+    /// Waits until a read at `read_ts` on the leader may look at storage: the region is led
+    /// here, and no one-phase commit in flight could still land below `read_ts`.
+    async fn txn_clear_read(
+        &self,
+        mut context: Context,
+        keys: Vec<Vec<u8>>,
+        range: Option<(&[u8], &[u8])>,
+        read_ts: u64,
+    ) -> Result<Result<ringkv_proto::metapb::Region, RegionError>, Status> {
+        context.replica_read = false;
+        let region = match self.clear_read(context, keys.clone()).await? {
+            Ok(region) => region,
+            Err(e) => return Ok(Err(e)),
+        };
+        let locks = &self.txn_ctx().memory_locks;
+        let deadline = tokio::time::Instant::now() + MEMORY_LOCK_WAIT;
+        loop {
+            let blocked = match range {
+                Some((start, end)) => locks.blocks_range(start, end, read_ts),
+                None => locks.blocks_keys(&keys, read_ts),
+            };
+            if !blocked {
+                return Ok(Ok(region));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::unavailable(
+                    "a one-phase commit on these keys is still being applied; retry",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    fn below_safe_point(&self, read_ts: u64) -> Option<KeyError> {
+        let safe_point = self.txn_ctx().gc_safe_point.load(Ordering::Acquire);
+        (read_ts < safe_point).then(|| {
+            TxnError::GcSafePointPassed {
+                read_ts,
+                safe_point,
+            }
+            .key_error()
+            .expect("a key error")
+        })
+    }
+
+    pub(super) async fn txn_get(&self, req: KvGetRequest) -> Result<KvGetResponse, Status> {
+        let context = check_context(req.context)?;
+        check_key(&req.key)?;
+        check_ts(req.version, "read version")?;
+        if let Some(error) = self.below_safe_point(req.version) {
+            return Ok(KvGetResponse {
+                error: Some(error),
+                ..Default::default()
+            });
+        }
+        let keys = vec![req.key.clone()];
+        if let Err(e) = self
+            .txn_clear_read(context, keys, None, req.version)
+            .await?
+        {
+            return Ok(KvGetResponse {
+                region_error: Some(e),
+                ..Default::default()
+            });
+        }
+        let reader = MvccReader::new(self.ctx.kv.as_ref());
+        Ok(
+            match read::get(&reader, &req.key, req.version, &req.resolved_locks) {
+                Ok(Some(value)) => KvGetResponse {
+                    value,
+                    ..Default::default()
+                },
+                Ok(None) => KvGetResponse {
+                    not_found: true,
+                    ..Default::default()
+                },
+                Err(e) => {
+                    if let Some(status) = node_failure(&e) {
+                        return Err(status);
+                    }
+                    KvGetResponse {
+                        error: e.key_error(),
+                        ..Default::default()
+                    }
+                }
+            },
+        )
+    }
+
+    pub(super) async fn txn_batch_get(
+        &self,
+        req: KvBatchGetRequest,
+    ) -> Result<KvBatchGetResponse, Status> {
+        let context = check_context(req.context)?;
+        check_keys(&req.keys, "batch get")?;
+        check_ts(req.version, "read version")?;
+        if let Some(error) = self.below_safe_point(req.version) {
+            return Ok(KvBatchGetResponse {
+                errors: vec![error],
+                ..Default::default()
+            });
+        }
+        if let Err(e) = self
+            .txn_clear_read(context, req.keys.clone(), None, req.version)
+            .await?
+        {
+            return Ok(KvBatchGetResponse {
+                region_error: Some(e),
+                ..Default::default()
+            });
+        }
+        let reader = MvccReader::new(self.ctx.kv.as_ref());
+        Ok(
+            match read::batch_get(&reader, &req.keys, req.version, &req.resolved_locks) {
+                Ok(pairs) => KvBatchGetResponse {
+                    pairs: pairs
+                        .into_iter()
+                        .map(|(key, value)| KvPair { key, value })
+                        .collect(),
+                    ..Default::default()
+                },
+                Err(e) => {
+                    if let Some(status) = node_failure(&e) {
+                        return Err(status);
+                    }
+                    KvBatchGetResponse {
+                        errors: e.key_errors().unwrap_or_default(),
+                        ..Default::default()
+                    }
+                }
+            },
+        )
+    }
+
+    pub(super) async fn txn_scan(&self, req: KvScanRequest) -> Result<KvScanResponse, Status> {
+        let context = check_context(req.context)?;
+        let keyspace = check_keyspace(req.keyspace)?;
+        rule(check_user_range(&req.start_key, &req.end_key))?;
+        rule(check_scan_limit(req.limit))?;
+        check_ts(req.version, "read version")?;
+        if let Some(error) = self.below_safe_point(req.version) {
+            return Ok(KvScanResponse {
+                errors: vec![error],
+                ..Default::default()
+            });
+        }
+        let region_id = context.region_id;
+        let region = match self.clear_read(context.clone(), vec![]).await? {
+            Ok(region) => region,
+            Err(e) => {
+                return Ok(KvScanResponse {
+                    region_error: Some(e),
+                    ..Default::default()
+                })
+            }
+        };
+        let Some((lo, hi)) = scan_bounds(&region, &keyspace, &req.start_key, &req.end_key) else {
+            return Ok(KvScanResponse::default());
+        };
+        if let Err(e) = self
+            .txn_clear_read(context, vec![], Some((&lo, &hi)), req.version)
+            .await?
+        {
+            return Ok(KvScanResponse {
+                region_error: Some(e),
+                ..Default::default()
+            });
+        }
+        let (start, end) = (req.start_key.as_slice(), req.end_key.as_slice());
+        let wanted = |encoded: &[u8]| {
+            keys::user_key_unchecked(encoded).is_some_and(|u| user_in_range(u, start, end))
+        };
+        let ordered = keyspace.mode == KeyspaceMode::Range as i32;
+        let limit = req.limit as usize;
+        // (user key, encoded key, the version's start_ts, its inlined value)
+        type Found = (Vec<u8>, Vec<u8>, u64, Option<Vec<u8>>);
+        let mut heap: BinaryHeap<Found> = BinaryHeap::with_capacity(limit + 1);
+        let reader = MvccReader::new(self.ctx.kv.as_ref());
+        let scanned = read::scan(
+            &reader,
+            &lo,
+            &hi,
+            req.version,
+            &req.resolved_locks,
+            &wanted,
+            &mut |encoded, write| {
+                let Some(user) = keys::user_key_unchecked(encoded) else {
+                    return true;
+                };
+                heap.push((
+                    user.to_vec(),
+                    encoded.to_vec(),
+                    write.start_ts,
+                    write.short_value.clone(),
+                ));
+                if heap.len() > limit {
+                    heap.pop();
+                }
+                !(ordered && heap.len() == limit)
+            },
+        );
+        if let Err(e) = scanned {
+            if let Some(status) = node_failure(&e) {
+                return Err(status);
+            }
+            return Ok(KvScanResponse {
+                errors: e.key_errors().unwrap_or_default(),
+                ..Default::default()
+            });
+        }
+        let mut pairs = Vec::with_capacity(heap.len());
+        for (user, encoded, start_ts, short_value) in heap.into_sorted_vec() {
+            let value = if req.key_only {
+                Vec::new()
+            } else {
+                let write = Write {
+                    op: Op::Put as i32,
+                    start_ts,
+                    short_value,
+                };
+                reader
+                    .value_of(&encoded, &write)
+                    .map_err(|e| storage_failed(format!("region {region_id} scan: {e}")))?
+            };
+            pairs.push(KvPair { key: user, value });
+        }
+        Ok(KvScanResponse {
+            pairs,
+            ..Default::default()
+        })
+    }
+
+    pub(super) async fn txn_prewrite(
+        &self,
+        req: KvPrewriteRequest,
+    ) -> Result<KvPrewriteResponse, Status> {
+        let context = check_context(req.context)?;
+        check_ts(req.start_version, "start version")?;
+        if req.mutations.is_empty() {
+            return Err(invalid("prewrite with no mutations"));
+        }
+        if req.primary_lock.is_empty() {
+            return Err(invalid("prewrite names no primary key"));
+        }
+        let mut bytes = 0;
+        for m in &req.mutations {
+            check_key(&m.key)?;
+            rule(check_value(&m.value))?;
+            let op =
+                Op::try_from(m.op).map_err(|_| invalid(format!("unknown mutation op {}", m.op)))?;
+            if op == Op::Rollback {
+                return Err(invalid("a mutation cannot be a rollback"));
+            }
+            bytes += m.key.len() + m.value.len();
+        }
+        rule(check_batch(req.mutations.len(), "mutations", bytes))?;
+        let keys: Vec<Vec<u8>> = req.mutations.iter().map(|m| m.key.clone()).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            return Err(invalid("prewrite names a key twice"));
+        }
+        let _latches = self.txn_ctx().latches.acquire(&keys).await;
+        let mut one_pc_commit_ts = None;
+        let _memory_locks =
+            if req.try_one_pc {
+                let guard = self.txn_ctx().memory_locks.lock(&keys, req.start_version);
+                // The commit_ts is taken after the keys are locked against readers: see
+                // memory_lock.rs for why that makes a one-phase commit safe for them.
+                let commit_ts =
+                    self.ctx.pd.tso(1).await.map_err(|e| {
+                        Status::unavailable(format!("TSO for a one-phase commit: {e}"))
+                    })?;
+                if commit_ts <= req.start_version {
+                    return Err(invalid(format!(
+                        "start version {} is from the future (TSO is at {commit_ts})",
+                        req.start_version
+                    )));
+                }
+                one_pc_commit_ts = Some(commit_ts);
+                Some(guard)
+            } else {
+                None
+            };
+        let outcome = self
+            .txn_write_latched(context, keys, |reader| {
+                let txn = prewrite::prewrite(
+                    reader,
+                    &prewrite::Prewrite {
+                        mutations: &req.mutations,
+                        primary: &req.primary_lock,
+                        start_ts: req.start_version,
+                        lock_ttl_ms: req.lock_ttl,
+                        txn_size: req.txn_size,
+                        one_pc_commit_ts,
+                    },
+                )?;
+                Ok((txn, ()))
+            })
+            .await?;
+        Ok(match outcome {
+            TxnOutcome::Done(()) => KvPrewriteResponse {
+                one_pc_commit_ts: one_pc_commit_ts.unwrap_or_default(),
+                ..Default::default()
+            },
+            TxnOutcome::Region(e) => KvPrewriteResponse {
+                region_error: Some(e),
+                ..Default::default()
+            },
+            TxnOutcome::Txn(e) => KvPrewriteResponse {
+                errors: e.key_errors().unwrap_or_default(),
+                ..Default::default()
+            },
+        })
+    }
+
+    pub(super) async fn txn_commit(
+        &self,
+        req: KvCommitRequest,
+    ) -> Result<KvCommitResponse, Status> {
+        let context = check_context(req.context)?;
+        check_ts(req.start_version, "start version")?;
+        check_keys(&req.keys, "commit")?;
+        if req.commit_version <= req.start_version {
+            return Err(invalid(format!(
+                "commit version {} is not after start version {}",
+                req.commit_version, req.start_version
+            )));
+        }
+        let outcome = self
+            .txn_write(context, req.keys.clone(), |reader| {
+                let txn =
+                    commit::commit_keys(reader, req.start_version, &req.keys, req.commit_version)?;
+                Ok((txn, ()))
+            })
+            .await?;
+        let (region_error, error) = split_outcome(outcome);
+        Ok(KvCommitResponse {
+            region_error,
+            error,
+        })
+    }
+
+    pub(super) async fn txn_batch_rollback(
+        &self,
+        req: KvBatchRollbackRequest,
+    ) -> Result<KvBatchRollbackResponse, Status> {
+        let context = check_context(req.context)?;
+        check_ts(req.start_version, "start version")?;
+        check_keys(&req.keys, "rollback")?;
+        let outcome = self
+            .txn_write(context, req.keys.clone(), |reader| {
+                let txn = rollback::rollback_keys(reader, req.start_version, &req.keys)?;
+                Ok((txn, ()))
+            })
+            .await?;
+        let (region_error, error) = split_outcome(outcome);
+        Ok(KvBatchRollbackResponse {
+            region_error,
+            error,
+        })
+    }
+
+    pub(super) async fn txn_check_txn_status(
+        &self,
+        req: KvCheckTxnStatusRequest,
+    ) -> Result<KvCheckTxnStatusResponse, Status> {
+        let context = check_context(req.context)?;
+        check_key(&req.primary_key)?;
+        check_ts(req.lock_ts, "lock ts")?;
+        check_ts(req.current_ts, "current ts")?;
+        let outcome = self
+            .txn_write(context, vec![req.primary_key.clone()], |reader| {
+                check_txn_status::check_txn_status(
+                    reader,
+                    &check_txn_status::CheckTxnStatus {
+                        primary: &req.primary_key,
+                        lock_ts: req.lock_ts,
+                        caller_start_ts: req.caller_start_ts,
+                        current_ts: req.current_ts,
+                        rollback_if_not_exist: req.rollback_if_not_exist,
+                    },
+                )
+            })
+            .await?;
+        Ok(match outcome {
+            TxnOutcome::Done((status, action)) => {
+                let mut resp = KvCheckTxnStatusResponse {
+                    action: action as i32,
+                    ..Default::default()
+                };
+                match status {
+                    LockStatus::Locked(lock) => {
+                        resp.lock_info = Some(ringkv_txn::lock_info(&req.primary_key, &lock))
+                    }
+                    LockStatus::Committed { commit_ts } => resp.commit_version = commit_ts,
+                    LockStatus::RolledBack => resp.rolled_back = true,
+                }
+                resp
+            }
+            TxnOutcome::Region(e) => KvCheckTxnStatusResponse {
+                region_error: Some(e),
+                ..Default::default()
+            },
+            TxnOutcome::Txn(e) => KvCheckTxnStatusResponse {
+                error: e.key_error(),
+                ..Default::default()
+            },
+        })
+    }
+
+    pub(super) async fn txn_resolve_lock(
+        &self,
+        req: KvResolveLockRequest,
+    ) -> Result<KvResolveLockResponse, Status> {
+        let context = check_context(req.context)?;
+        check_ts(req.start_version, "start version")?;
+        check_keys(&req.keys, "resolve lock")?;
+        if req.commit_version != 0 && req.commit_version <= req.start_version {
+            return Err(invalid(format!(
+                "commit version {} is not after start version {}",
+                req.commit_version, req.start_version
+            )));
+        }
+        let outcome = self
+            .txn_write(context, req.keys.clone(), |reader| {
+                let txn = resolve_lock::resolve_lock(
+                    reader,
+                    req.start_version,
+                    req.commit_version,
+                    &req.keys,
+                )?;
+                Ok((txn, ()))
+            })
+            .await?;
+        let (region_error, error) = split_outcome(outcome);
+        Ok(KvResolveLockResponse {
+            region_error,
+            error,
+        })
+    }
+
+    pub(super) async fn txn_heart_beat(
+        &self,
+        req: KvTxnHeartBeatRequest,
+    ) -> Result<KvTxnHeartBeatResponse, Status> {
+        let context = check_context(req.context)?;
+        check_key(&req.primary_lock)?;
+        check_ts(req.start_version, "start version")?;
+        let outcome = self
+            .txn_write(context, vec![req.primary_lock.clone()], |reader| {
+                txn_heart_beat::txn_heart_beat(
+                    reader,
+                    &req.primary_lock,
+                    req.start_version,
+                    req.advise_lock_ttl,
+                )
+            })
+            .await?;
+        Ok(match outcome {
+            TxnOutcome::Done(ttl) => KvTxnHeartBeatResponse {
+                lock_ttl: ttl,
+                ..Default::default()
+            },
+            TxnOutcome::Region(e) => KvTxnHeartBeatResponse {
+                region_error: Some(e),
+                ..Default::default()
+            },
+            TxnOutcome::Txn(e) => KvTxnHeartBeatResponse {
+                error: e.key_error(),
+                ..Default::default()
+            },
+        })
+    }
+
+    /// Collects garbage below `safe_point` in one batch of keys of `region` from `start`
+    /// (encoded), through Raft under the keys' latches. Returns where to go on from (None:
+    /// the region is done) and how many versions went.
+    pub async fn gc_batch(
+        &self,
+        context: Context,
+        start: Vec<u8>,
+        end: &[u8],
+        safe_point: u64,
+    ) -> Result<TxnOutcome<(Option<Vec<u8>>, usize)>, Status> {
+        let reader = MvccReader::new(self.ctx.kv.as_ref());
+        let scan = gc::keys_with_garbage(
+            &reader,
+            &start,
+            end,
+            safe_point,
+            GC_KEYS_PER_BATCH,
+            GC_SCAN_MAX,
+        )
+        .map_err(|e| storage_failed(format!("GC scan: {e}")))?;
+        if scan.keys.is_empty() {
+            return Ok(TxnOutcome::Done((scan.next, 0)));
+        }
+        let next = scan.next.clone();
+        let keys = scan.keys;
+        let outcome = self
+            .txn_write(context, keys.clone(), |reader| {
+                let (txn, removed) = gc::gc_keys(reader, &keys, safe_point)?;
+                Ok((txn, removed))
+            })
+            .await?;
+        Ok(match outcome {
+            TxnOutcome::Done(removed) => TxnOutcome::Done((next, removed)),
+            TxnOutcome::Region(e) => TxnOutcome::Region(e),
+            TxnOutcome::Txn(e) => TxnOutcome::Txn(e),
+        })
+    }
+}
+
+/// Keys GC'd in one Raft command at most.
+const GC_KEYS_PER_BATCH: usize = 256;
+/// Write records one GC scan looks at, at most, so a batch never stalls on a huge region.
+const GC_SCAN_MAX: usize = 16_384;
+
+fn split_outcome(outcome: TxnOutcome<()>) -> (Option<RegionError>, Option<KeyError>) {
+    match outcome {
+        TxnOutcome::Done(()) => (None, None),
+        TxnOutcome::Region(e) => (Some(e), None),
+        TxnOutcome::Txn(e) => (None, e.key_error()),
+    }
+}
