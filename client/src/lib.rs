@@ -4,6 +4,9 @@
 //!   over a keyspace. It routes each request to the leader of the key's region through a
 //!   [`region_cache`], and retries `NotLeader`, `EpochNotMatch`, `RegionNotFound`, busy and
 //!   unreachable nodes with backoff, within a deadline the caller sets.
+//! - [`TransactionClient`]: snapshot-isolated transactions over any keys (Percolator):
+//!   [`Transaction`] get / batch get / scan / put / insert / delete / lock keys / commit, and
+//!   [`TransactionClient::run`], which retries a transaction that conflicts.
 //! - [`PdClient`]: the placement driver client, used by the SDK and by nodes.
 //!
 //! ```no_run
@@ -19,8 +22,10 @@ mod error;
 pub mod pd;
 mod raw;
 pub mod region_cache;
+mod txn;
 
 pub use error::{ClientError, Result};
 pub use pd::PdClient;
 pub use raw::{RawClient, RawConfig};
 pub use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
+pub use txn::{Transaction, TransactionClient, TxnConfig};

@@ -81,7 +81,7 @@ fn writes(operation: &str) -> bool {
     matches!(operation, "put" | "batch_put" | "delete" | "delete_range")
 }
 
-type BoxFut<'a, T> = std::pin::Pin<
+pub(crate) type BoxFut<'a, T> = std::pin::Pin<
     Box<dyn std::future::Future<Output = std::result::Result<T, tonic::Status>> + Send + 'a>,
 >;
 
@@ -180,7 +180,7 @@ impl RawClient {
         &self.pd
     }
 
-    fn encode(&self, user_key: &[u8]) -> Vec<u8> {
+    pub(crate) fn encode(&self, user_key: &[u8]) -> Vec<u8> {
         keys::encode(&self.config.keyspace, user_key)
     }
 
@@ -644,7 +644,7 @@ impl RawClient {
     }
 
     /// The encoded range a user-key range can touch: the whole keyspace for a hash keyspace.
-    fn encoded_span(&self, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    pub(crate) fn encoded_span(&self, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let ks = &self.config.keyspace;
         if ks.mode == KeyspaceMode::Range as i32 {
             let end = if end.is_empty() {
@@ -660,7 +660,7 @@ impl RawClient {
 
     /// Runs `send` once on every region the range can touch, each with retries. If regions
     /// change underneath (split, merge), starts over from a fresh region list.
-    async fn for_each_region<T: Send + 'static>(
+    pub(crate) async fn for_each_region<T: Send + 'static>(
         &self,
         operation: &'static str,
         start: &[u8],
@@ -760,7 +760,7 @@ impl RawClient {
         self.config.replica_read && !writes(operation)
     }
 
-    fn timeout(&self, operation: &'static str, last_error: String) -> ClientError {
+    pub(crate) fn timeout(&self, operation: &'static str, last_error: String) -> ClientError {
         ClientError::Timeout {
             operation,
             timeout_ms: self.config.timeout.as_millis() as u64,
@@ -770,7 +770,7 @@ impl RawClient {
 
     /// Groups `items` by region, sends each group, and retries the groups that failed (with
     /// fresh routing) until all succeed or the deadline passes.
-    async fn run_batch<I: Clone + Send + 'static, T: Send + 'static>(
+    pub(crate) async fn run_batch<I: Clone + Send + 'static, T: Send + 'static>(
         &self,
         operation: &'static str,
         items: Vec<I>,
@@ -860,7 +860,7 @@ impl RawClient {
         Ok(results)
     }
 
-    async fn route(&self, key: &[u8]) -> Result<RegionRoute> {
+    pub(crate) async fn route(&self, key: &[u8]) -> Result<RegionRoute> {
         if let Some(route) = self.shared.regions.locate(key) {
             return Ok(route);
         }

@@ -1,9 +1,14 @@
 //! The node's MVCC garbage collector: a background task that learns the GC safe point from the
 //! placement driver and, on every region this store leads, drops the versions below it in
 //! small batches (each one Raft command under the keys' latches, so foreground commands on
-//! other keys never wait for it). Progress is kept per region: a region fully collected at a
-//! safe point is not scanned again until the safe point moves, and a region that is only
-//! partly done resumes where it stopped.
+//! other keys never wait for it).
+//!
+//! It tracks what it has cleaned, so idle data is not scanned again and again: after a full
+//! pass over a region at safe point S every key has at most one version at or below S, so new
+//! garbage can only appear once the safe point passes a version above S. The worker remembers
+//! the oldest such version it saw, and the oldest this node wrote since (`TxnContext::written`),
+//! and rescans the region only when the safe point reaches one of them. A pass cut short
+//! resumes where it stopped.
 
 use crate::service::{KvService, TxnOutcome};
 use ringkv_proto::kvrpcpb::Context;
@@ -18,10 +23,30 @@ const BATCHES_PER_REGION_ROUND: usize = 16;
 struct RegionProgress {
     /// The region version the progress is for (a split or merge starts over).
     version: u64,
-    /// Fully collected at this safe point.
+    /// Whether a full pass was done at `done_at`.
+    passed: bool,
     done_at: u64,
-    /// Where the current pass goes on from.
+    /// No garbage can appear before the safe point reaches this (None: none can appear
+    /// until something is written).
+    rescan_at: Option<u64>,
+    /// Where the pass under way goes on from, and the oldest version above its safe point
+    /// seen so far.
     next: Option<Vec<u8>>,
+    oldest_above: Option<u64>,
+}
+
+impl RegionProgress {
+    fn due(&self, safe_point: u64) -> bool {
+        !self.passed || self.next.is_some() || self.rescan_at.is_some_and(|ts| ts <= safe_point)
+    }
+}
+
+fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
 }
 
 pub struct GcWorker {
@@ -46,14 +71,15 @@ impl GcWorker {
         }
     }
 
-    /// One pass over the regions this store leads; returns the versions dropped.
-    pub async fn round(&mut self) -> usize {
+    /// One pass over the regions this store leads; returns the versions dropped and the
+    /// regions scanned.
+    pub async fn round(&mut self) -> (usize, usize) {
         let ctx = self.service.context().clone();
         let safe_point = match ctx.pd.gc_safe_point().await {
             Ok(sp) => sp,
             Err(e) => {
                 tracing::debug!(error = %e, "GC safe point unavailable; GC waits");
-                return 0;
+                return (0, 0);
             }
         };
         let known = ctx
@@ -62,7 +88,7 @@ impl GcWorker {
             .fetch_max(safe_point, Ordering::AcqRel);
         let safe_point = safe_point.max(known);
         if safe_point == 0 {
-            return 0;
+            return (0, 0);
         }
         let regions: Vec<_> = {
             let meta = ctx.router.meta();
@@ -73,9 +99,10 @@ impl GcWorker {
         };
         self.progress
             .retain(|id, _| regions.iter().any(|r| r.id == *id));
-        let mut removed_total = 0;
+        let (mut removed_total, mut scanned) = (0, 0);
         for region in regions {
             let version = region.region_epoch.unwrap_or_default().version;
+            let written = ctx.txn.written.lock().remove(&region.id);
             let progress = self.progress.entry(region.id).or_default();
             if progress.version != version {
                 *progress = RegionProgress {
@@ -83,8 +110,15 @@ impl GcWorker {
                     ..Default::default()
                 };
             }
-            if progress.done_at >= safe_point {
+            progress.rescan_at = min_opt(progress.rescan_at, written);
+            if !progress.due(safe_point) {
                 continue;
+            }
+            scanned += 1;
+            if progress.next.is_none() {
+                // A new pass; what was due is now being looked at.
+                progress.rescan_at = None;
+                progress.oldest_above = None;
             }
             let context = Context {
                 region_id: region.id,
@@ -101,16 +135,20 @@ impl GcWorker {
                     .gc_batch(context.clone(), start.clone(), &region.end_key, safe_point)
                     .await;
                 match outcome {
-                    Ok(TxnOutcome::Done((next, removed))) => {
-                        removed_total += removed;
-                        match next {
+                    Ok(TxnOutcome::Done(batch)) => {
+                        removed_total += batch.removed;
+                        progress.oldest_above = min_opt(progress.oldest_above, batch.oldest_above);
+                        match batch.next {
                             Some(next) => {
                                 start = next.clone();
                                 progress.next = Some(next);
                             }
                             None => {
+                                progress.passed = true;
                                 progress.done_at = safe_point;
                                 progress.next = None;
+                                progress.rescan_at =
+                                    min_opt(progress.rescan_at, progress.oldest_above);
                                 break;
                             }
                         }
@@ -135,9 +173,10 @@ impl GcWorker {
             tracing::info!(
                 safe_point,
                 versions = removed_total,
+                regions = scanned,
                 "GC dropped old versions"
             );
         }
-        removed_total
+        (removed_total, scanned)
     }
 }

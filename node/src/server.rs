@@ -221,6 +221,11 @@ impl NodeServer {
         self.addr
     }
 
+    /// The node's applied-state engine, for inspection (tests, tools).
+    pub fn kv_engine(&self) -> Arc<dyn KvEngine> {
+        self.kv.clone()
+    }
+
     /// Stops serving, stops the raftstore, and flushes storage.
     pub fn stop(mut self) {
         self.shutdown_now();

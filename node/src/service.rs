@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
 mod txn;
-pub use txn::{TxnContext, TxnOutcome};
+pub use txn::{GcProgress, TxnContext, TxnOutcome};
 
 /// How long a request waits for the raftstore before answering "try again".
 const REQUEST_WAIT: Duration = Duration::from_secs(10);

@@ -128,6 +128,7 @@ impl TestCluster {
                 listen_addr: "127.0.0.1:0".parse().unwrap(),
                 placement_endpoints: vec![pd_addr.to_string()],
                 store_heartbeat_ms: 200,
+                gc_interval_ms: 200,
                 ..NodeConfig::default()
             };
             config.raft.tick_interval_ms = b.tick_interval_ms;
@@ -207,6 +208,36 @@ impl TestCluster {
         self.rt
             .block_on(RawClient::connect_with_config(&[self.pd_addr()], config))
             .expect("client connects")
+    }
+
+    /// A transactional client with a 20 s deadline per call.
+    pub fn txn_client(&self) -> ringkv_client::TransactionClient {
+        self.txn_client_with(ringkv_client::TxnConfig {
+            timeout: Duration::from_secs(20),
+            attempt_timeout: Duration::from_secs(2),
+            ..Default::default()
+        })
+    }
+
+    pub fn txn_client_with(
+        &self,
+        config: ringkv_client::TxnConfig,
+    ) -> ringkv_client::TransactionClient {
+        self.rt
+            .block_on(ringkv_client::TransactionClient::connect_with_config(
+                &[self.pd_addr()],
+                config,
+            ))
+            .expect("client connects")
+    }
+
+    /// Node `i`'s applied-state engine (it must be running).
+    pub fn node_kv(&self, i: usize) -> std::sync::Arc<dyn ringkv_storage::KvEngine> {
+        self.nodes[i]
+            .server
+            .as_ref()
+            .expect("node is running")
+            .kv_engine()
     }
 
     /// Stops node `i` (its data stays).

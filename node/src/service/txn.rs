@@ -28,6 +28,9 @@ pub struct TxnContext {
     pub memory_locks: Arc<MemoryLocks>,
     /// The GC safe point as last heard from the placement driver: reads below it are refused.
     pub gc_safe_point: AtomicU64,
+    /// Region → the oldest commit_ts of a write record this node wrote to it since the GC
+    /// worker last looked: where new garbage may appear.
+    pub written: parking_lot::Mutex<std::collections::HashMap<u64, u64>>,
 }
 
 impl Default for TxnContext {
@@ -36,6 +39,7 @@ impl Default for TxnContext {
             latches: Latches::new(LATCH_SLOTS),
             memory_locks: Arc::new(MemoryLocks::default()),
             gc_safe_point: AtomicU64::new(0),
+            written: Default::default(),
         }
     }
 }
@@ -136,13 +140,29 @@ impl KvService {
         if txn.is_empty() {
             return Ok(TxnOutcome::Done(value));
         }
-        let requests = txn
-            .into_modifies()
-            .into_iter()
-            .map(modify_to_request)
-            .collect();
+        let modifies = txn.into_modifies();
+        let oldest_version = modifies
+            .iter()
+            .filter_map(|m| match m {
+                Modify::Put {
+                    cf: ringkv_storage::layout::Cf::Write,
+                    ts,
+                    ..
+                } => Some(*ts),
+                _ => None,
+            })
+            .min();
+        let region_id = context.region_id;
+        let requests = modifies.into_iter().map(modify_to_request).collect();
         Ok(match self.propose(context, requests).await? {
-            None => TxnOutcome::Done(value),
+            None => {
+                if let Some(ts) = oldest_version {
+                    let mut written = self.txn_ctx().written.lock();
+                    let entry = written.entry(region_id).or_insert(ts);
+                    *entry = (*entry).min(ts);
+                }
+                TxnOutcome::Done(value)
+            }
             Some(region_error) => TxnOutcome::Region(region_error),
         })
     }
@@ -622,16 +642,18 @@ impl KvService {
         })
     }
 
-    /// Collects garbage below `safe_point` in one batch of keys of `region` from `start`
-    /// (encoded), through Raft under the keys' latches. Returns where to go on from (None:
-    /// the region is done) and how many versions went.
+    /// Collects garbage below `safe_point` in one batch of keys of the region from `start`
+    /// (encoded), through Raft under the keys' latches, if this store leads the region.
     pub async fn gc_batch(
         &self,
         context: Context,
         start: Vec<u8>,
         end: &[u8],
         safe_point: u64,
-    ) -> Result<TxnOutcome<(Option<Vec<u8>>, usize)>, Status> {
+    ) -> Result<TxnOutcome<GcProgress>, Status> {
+        if let Err(e) = self.clear_read(context.clone(), vec![]).await? {
+            return Ok(TxnOutcome::Region(e));
+        }
         let reader = MvccReader::new(self.ctx.kv.as_ref());
         let scan = gc::keys_with_garbage(
             &reader,
@@ -642,10 +664,14 @@ impl KvService {
             GC_SCAN_MAX,
         )
         .map_err(|e| storage_failed(format!("GC scan: {e}")))?;
+        let mut progress = GcProgress {
+            next: scan.next.clone(),
+            removed: 0,
+            oldest_above: scan.oldest_above,
+        };
         if scan.keys.is_empty() {
-            return Ok(TxnOutcome::Done((scan.next, 0)));
+            return Ok(TxnOutcome::Done(progress));
         }
-        let next = scan.next.clone();
         let keys = scan.keys;
         let outcome = self
             .txn_write(context, keys.clone(), |reader| {
@@ -654,11 +680,25 @@ impl KvService {
             })
             .await?;
         Ok(match outcome {
-            TxnOutcome::Done(removed) => TxnOutcome::Done((next, removed)),
+            TxnOutcome::Done(removed) => {
+                progress.removed = removed;
+                TxnOutcome::Done(progress)
+            }
             TxnOutcome::Region(e) => TxnOutcome::Region(e),
             TxnOutcome::Txn(e) => TxnOutcome::Txn(e),
         })
     }
+}
+
+/// How far one GC batch got.
+#[derive(Debug, Default)]
+pub struct GcProgress {
+    /// Where the next batch starts; None: the region is done.
+    pub next: Option<Vec<u8>>,
+    /// Versions dropped.
+    pub removed: usize,
+    /// The oldest commit_ts above the safe point the batch looked at.
+    pub oldest_above: Option<u64>,
 }
 
 /// Keys GC'd in one Raft command at most.

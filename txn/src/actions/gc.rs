@@ -58,6 +58,9 @@ pub struct GcScan {
     pub keys: Vec<Vec<u8>>,
     /// The encoded key to resume at; None when the range is done.
     pub next: Option<Vec<u8>>,
+    /// The oldest commit_ts above the safe point among the records looked at: no new garbage
+    /// appears there before the safe point reaches it (or something new is written).
+    pub oldest_above: Option<u64>,
 }
 
 /// Finds up to `limit` keys in the encoded range `[start, end)` with garbage below
@@ -97,6 +100,9 @@ pub fn keys_with_garbage(
             below = 0;
         }
         seen += 1;
+        if commit_ts > safe_point {
+            out.oldest_above = Some(out.oldest_above.map_or(commit_ts, |o| o.min(commit_ts)));
+        }
         if commit_ts <= safe_point {
             if below == 0 {
                 newest_below_is_put = write.op == Op::Put as i32;
@@ -166,6 +172,13 @@ mod tests {
         store.put_committed(b"d", b"1", 10, 11);
         let first = keys_with_garbage(&store.reader(), b"", b"", 30, 2, 1000).unwrap();
         assert_eq!(first.keys, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(first.oldest_above, None);
+        assert_eq!(
+            keys_with_garbage(&store.reader(), b"", b"", 15, 10, 1000)
+                .unwrap()
+                .oldest_above,
+            Some(21)
+        );
         let next = first.next.clone().unwrap();
         let rest = keys_with_garbage(&store.reader(), &next, b"", 30, 2, 1000).unwrap();
         assert_eq!(rest.keys, vec![b"c".to_vec()]);

@@ -1,0 +1,600 @@
+//! Percolator transactions on an in-process cluster: snapshot reads, atomic multi-region
+//! commits, one-phase commits, conflicts, lock resolution after a client dies, GC, and a bank
+//! workload under node restarts and leader partitions.
+
+use ringkv_client::{ClientError, PdClient, Transaction, TxnConfig};
+use ringkv_proto::keys;
+use ringkv_proto::kvrpcpb::kv_client::KvClient;
+use ringkv_proto::kvrpcpb::*;
+use ringkv_tests::cluster::{ClusterBuilder, TestCluster};
+use ringkv_tests::wait_until;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn encoded(user: &[u8]) -> Vec<u8> {
+    keys::encode(&keys::default_keyspace(), user)
+}
+
+fn num(v: Option<Vec<u8>>) -> i64 {
+    v.map(|v| String::from_utf8(v).unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// Splits the cluster's keyspace into a few regions so transactions span several.
+fn presplit(cluster: &TestCluster, points: &[&[u8]]) {
+    let raw = cluster.client();
+    for p in points {
+        cluster
+            .rt
+            .block_on(raw.split_region(encoded(p)))
+            .expect("split");
+    }
+}
+
+#[test]
+fn transactions_read_their_snapshot_and_commit_atomically_across_regions() {
+    let cluster = ClusterBuilder::default().start();
+    presplit(&cluster, &[b"m", b"t"]);
+    let client = cluster.txn_client();
+    cluster.rt.block_on(async {
+        let before = client.begin().await.unwrap();
+        let mut writer = client.begin().await.unwrap();
+        for k in ["a", "m", "z", "q", "b"] {
+            writer.put(k, format!("v-{k}")).unwrap();
+        }
+        // A transaction sees its own writes before commit.
+        assert_eq!(writer.get("q").await.unwrap(), Some(b"v-q".to_vec()));
+        let commit_ts = writer.commit().await.unwrap();
+        assert!(commit_ts > writer.start_ts());
+
+        let mut before = before;
+        assert_eq!(
+            before.get("a").await.unwrap(),
+            None,
+            "snapshot before the commit"
+        );
+        let mut after = client.begin().await.unwrap();
+        let got = after
+            .batch_get(
+                ["a", "b", "m", "q", "z", "nope"]
+                    .map(|k| k.as_bytes().to_vec())
+                    .to_vec(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            got.len(),
+            5,
+            "every key of the commit is visible at once: {got:?}"
+        );
+        let scanned = after.scan("", "", 100).await.unwrap();
+        let keys: Vec<_> = scanned.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(
+            keys,
+            ["a", "b", "m", "q", "z"]
+                .map(|k| k.as_bytes().to_vec())
+                .to_vec()
+        );
+    });
+}
+
+#[test]
+fn a_single_region_transaction_commits_in_one_phase_and_leaves_no_lock() {
+    let cluster = ClusterBuilder::default().start();
+    let client = cluster.txn_client();
+    let commit_ts = cluster.rt.block_on(async {
+        let mut txn = client.begin().await.unwrap();
+        txn.put("one", "1").unwrap();
+        txn.put("two", "2").unwrap();
+        txn.commit().await.unwrap()
+    });
+    let leader = cluster.leader().expect("a leader");
+    let kv = cluster.node_kv(leader);
+    let reader = ringkv_txn::MvccReader::new(kv.as_ref());
+    for k in [&b"one"[..], b"two"] {
+        assert!(
+            reader.load_lock(&encoded(k)).unwrap().is_none(),
+            "no lock left"
+        );
+        let writes = reader.all_writes(&encoded(k)).unwrap();
+        assert_eq!(writes.len(), 1);
+        assert_eq!(
+            writes[0].0, commit_ts,
+            "committed at the returned commit_ts"
+        );
+    }
+}
+
+#[test]
+fn insert_delete_scan_and_lock_keys_follow_their_rules() {
+    let cluster = ClusterBuilder::default().start();
+    presplit(&cluster, &[b"k"]);
+    let client = cluster.txn_client();
+    cluster.rt.block_on(async {
+        let mut t = client.begin().await.unwrap();
+        t.insert("x", "1").unwrap();
+        t.put("y", "2").unwrap();
+        t.commit().await.unwrap();
+
+        let mut t = client.begin().await.unwrap();
+        t.insert("x", "again").unwrap();
+        let err = t.commit().await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::KeyExists { ref key } if key == b"x"),
+            "{err}"
+        );
+        // Buffered twice in one transaction: refused at once.
+        let mut t = client.begin().await.unwrap();
+        t.put("fresh", "1").unwrap();
+        assert!(matches!(
+            t.insert("fresh", "2"),
+            Err(ClientError::KeyExists { .. })
+        ));
+
+        let mut t = client.begin().await.unwrap();
+        t.delete("x").unwrap();
+        t.put("z", "3").unwrap();
+        assert_eq!(t.get("x").await.unwrap(), None);
+        let seen: Vec<_> = t
+            .scan("", "", 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            seen,
+            vec![b"y".to_vec(), b"z".to_vec()],
+            "scan overlays the buffer"
+        );
+        t.commit().await.unwrap();
+        let mut t = client.begin().await.unwrap();
+        t.insert("x", "back").unwrap();
+        t.commit().await.unwrap();
+
+        // lock_keys: a write to a locked key by someone else makes this commit fail.
+        let mut guard = client.begin().await.unwrap();
+        assert_eq!(guard.get("y").await.unwrap(), Some(b"2".to_vec()));
+        guard.lock_keys([b"y".to_vec()]).unwrap();
+        guard.put("w", "derived from y").unwrap();
+        let mut other = client.begin().await.unwrap();
+        other.put("y", "changed").unwrap();
+        other.commit().await.unwrap();
+        let err = guard.commit().await.unwrap_err();
+        assert!(err.is_txn_conflict(), "{err}");
+        let mut t = client.begin().await.unwrap();
+        assert_eq!(
+            t.get("w").await.unwrap(),
+            None,
+            "the failed transaction left nothing"
+        );
+        // A finished transaction refuses more work.
+        t.commit().await.unwrap();
+        assert!(matches!(
+            t.put("a", "b"),
+            Err(ClientError::TxnFinished { .. })
+        ));
+    });
+}
+
+#[test]
+fn concurrent_increments_of_one_counter_lose_no_update() {
+    let cluster = ClusterBuilder::default().start();
+    let client = cluster.txn_client();
+    let (workers, per_worker) = (8, 25);
+    cluster.rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..workers {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per_worker {
+                    client
+                        .run(|txn| {
+                            Box::pin(async move {
+                                let n = num(txn.get("counter").await?);
+                                txn.put("counter", (n + 1).to_string())?;
+                                Ok(())
+                            })
+                        })
+                        .await
+                        .expect("increment commits");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut t = client.begin().await.unwrap();
+        assert_eq!(num(t.get("counter").await.unwrap()), workers * per_worker);
+    });
+}
+
+/// Prewrites `keys` of a transaction at `start_ts` with `primary` and a TTL, the way a client
+/// does before it dies: straight to each key's region leader.
+async fn prewrite_and_die(
+    pd: &PdClient,
+    keys_values: &[(&[u8], &[u8])],
+    primary: &[u8],
+    start_ts: u64,
+    ttl_ms: u64,
+) {
+    for (k, v) in keys_values {
+        send_to_leader(pd, &encoded(k), |mut c, context| async move {
+            let r = c
+                .kv_prewrite(KvPrewriteRequest {
+                    context: Some(context),
+                    mutations: vec![Mutation {
+                        op: Op::Put as i32,
+                        key: encoded(k),
+                        value: v.to_vec(),
+                    }],
+                    primary_lock: encoded(primary),
+                    start_version: start_ts,
+                    lock_ttl: ttl_ms,
+                    txn_size: keys_values.len() as u64,
+                    try_one_pc: false,
+                })
+                .await?
+                .into_inner();
+            Ok(r.region_error.is_none() && r.errors.is_empty())
+        })
+        .await;
+    }
+}
+
+async fn commit_key(pd: &PdClient, key: &[u8], start_ts: u64, commit_ts: u64) {
+    send_to_leader(pd, &encoded(key), |mut c, context| async move {
+        let r = c
+            .kv_commit(KvCommitRequest {
+                context: Some(context),
+                start_version: start_ts,
+                keys: vec![encoded(key)],
+                commit_version: commit_ts,
+            })
+            .await?
+            .into_inner();
+        Ok(r.region_error.is_none() && r.error.is_none())
+    })
+    .await;
+}
+
+/// Sends to the leader of `key`'s region until `f` says it was done.
+async fn send_to_leader<F, Fut>(pd: &PdClient, key: &[u8], f: F)
+where
+    F: Fn(KvClient<tonic::transport::Channel>, Context) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "no leader accepted the request");
+        let route = pd.get_region(key).await.unwrap();
+        if let Some(leader) = route.leader {
+            let store = pd.get_store(leader.store_id).await.unwrap();
+            let client = KvClient::connect(format!("http://{}", store.address))
+                .await
+                .unwrap();
+            let context = Context {
+                region_id: route.region.id,
+                region_epoch: route.region.region_epoch,
+                replica_read: false,
+            };
+            if let Ok(true) = f(client, context).await {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn a_client_killed_between_prewrite_and_commit_is_resolved_by_later_readers() {
+    let cluster = ClusterBuilder::default().start();
+    presplit(&cluster, &[b"m"]);
+    let client = cluster.txn_client();
+    let pd = cluster.pd();
+    cluster.rt.block_on(async {
+        let mut t = client.begin().await.unwrap();
+        t.put("p1", "old").unwrap();
+        t.put("s1", "old").unwrap();
+        t.put("p2", "old").unwrap();
+        t.put("z2", "old").unwrap();
+        t.commit().await.unwrap();
+
+        // Dead before its commit point: readers wait out the TTL, then roll it back.
+        let start = client.current_ts().await.unwrap();
+        prewrite_and_die(
+            &pd,
+            &[(b"p1", b"new"), (b"s1", b"new")],
+            b"p1",
+            start,
+            1_500,
+        )
+        .await;
+        let mut reader = client.begin().await.unwrap();
+        assert_eq!(reader.get("s1").await.unwrap(), Some(b"old".to_vec()));
+        let mut later = client.begin().await.unwrap();
+        assert_eq!(
+            later.get("p1").await.unwrap(),
+            Some(b"old".to_vec()),
+            "rolled back"
+        );
+        assert_eq!(later.get("s1").await.unwrap(), Some(b"old".to_vec()));
+        // Its late commit now fails: the rollback is final.
+        let mut writer = client.begin().await.unwrap();
+        writer.put("s1", "after").unwrap();
+        writer.commit().await.unwrap();
+
+        // Dead after its commit point (primary committed, secondary still locked): readers
+        // commit the secondary.
+        let start = client.current_ts().await.unwrap();
+        prewrite_and_die(
+            &pd,
+            &[(b"p2", b"new"), (b"z2", b"new")],
+            b"p2",
+            start,
+            60_000,
+        )
+        .await;
+        let commit_ts = client.current_ts().await.unwrap();
+        commit_key(&pd, b"p2", start, commit_ts).await;
+        let mut reader = client.begin().await.unwrap();
+        assert_eq!(reader.get("z2").await.unwrap(), Some(b"new".to_vec()));
+        assert_eq!(reader.get("p2").await.unwrap(), Some(b"new".to_vec()));
+    });
+    // The secondary lock is gone on the leader once resolved.
+    let leader = cluster.leader().unwrap();
+    let kv = cluster.node_kv(leader);
+    let reader = ringkv_txn::MvccReader::new(kv.as_ref());
+    wait_until("z2 resolved on the leader", Duration::from_secs(10), || {
+        reader
+            .load_lock(&encoded(b"z2"))
+            .unwrap()
+            .is_none()
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_reader_pushes_a_live_transaction_instead_of_waiting_for_it() {
+    let cluster = ClusterBuilder::default().start();
+    let client = cluster.txn_client();
+    let pd = cluster.pd();
+    cluster.rt.block_on(async {
+        let mut t = client.begin().await.unwrap();
+        t.put("k", "old").unwrap();
+        t.commit().await.unwrap();
+        let start = client.current_ts().await.unwrap();
+        prewrite_and_die(&pd, &[(b"k", b"new")], b"k", start, 600_000).await;
+        let mut reader = client.begin().await.unwrap();
+        // Its lock lives ten minutes; the reader pushes min_commit_ts past itself and reads on.
+        assert_eq!(reader.get("k").await.unwrap(), Some(b"old".to_vec()));
+        // The pushed transaction must commit later than the reader.
+        let commit_ts = reader.start_ts();
+        let r = {
+            let route = pd.get_region(&encoded(b"k")).await.unwrap();
+            let leader = route.leader.unwrap();
+            let store = pd.get_store(leader.store_id).await.unwrap();
+            let mut c = KvClient::connect(format!("http://{}", store.address))
+                .await
+                .unwrap();
+            c.kv_commit(KvCommitRequest {
+                context: Some(Context {
+                    region_id: route.region.id,
+                    region_epoch: route.region.region_epoch,
+                    replica_read: false,
+                }),
+                start_version: start,
+                keys: vec![encoded(b"k")],
+                commit_version: commit_ts,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        };
+        assert!(
+            r.error.and_then(|e| e.commit_ts_expired).is_some(),
+            "commit below the pushed min_commit_ts is refused"
+        );
+    });
+}
+
+#[test]
+fn gc_drops_versions_below_the_safe_point_and_reads_above_it_are_unaffected() {
+    let cluster = ClusterBuilder::default().start();
+    let client = cluster.txn_client();
+    let pd = cluster.pd();
+    let old_ts = cluster.rt.block_on(async {
+        for i in 0..5 {
+            let mut t = client.begin().await.unwrap();
+            t.put("g", format!("v{i}")).unwrap();
+            t.put("gone", format!("v{i}")).unwrap();
+            t.commit().await.unwrap();
+        }
+        let mut t = client.begin().await.unwrap();
+        t.delete("gone").unwrap();
+        t.commit().await.unwrap();
+        let old = client.begin().await.unwrap().start_ts();
+        let mut t = client.begin().await.unwrap();
+        t.put("g", "newest").unwrap();
+        t.commit().await.unwrap();
+        old
+    });
+    cluster.rt.block_on(async {
+        let sp = client.current_ts().await.unwrap();
+        let set = pd.update_gc_safe_point(sp).await.unwrap();
+        assert_eq!(set, sp);
+        assert!(
+            pd.update_gc_safe_point(sp - 1).await.is_err(),
+            "never goes back"
+        );
+    });
+    let leader = cluster.leader().unwrap();
+    let kv = cluster.node_kv(leader);
+    let reader = ringkv_txn::MvccReader::new(kv.as_ref());
+    wait_until("GC to drop old versions", Duration::from_secs(20), || {
+        let g = reader.all_writes(&encoded(b"g")).unwrap();
+        let gone = reader.all_writes(&encoded(b"gone")).unwrap();
+        (g.len() == 1 && gone.is_empty()).then_some(())
+    });
+    cluster.rt.block_on(async {
+        let mut t = client.begin().await.unwrap();
+        assert_eq!(t.get("g").await.unwrap(), Some(b"newest".to_vec()));
+        assert_eq!(t.get("gone").await.unwrap(), None);
+        // A read below the safe point is refused rather than answered from missing versions.
+        let raw = KvGetRequest {
+            key: encoded(b"g"),
+            version: old_ts,
+            ..Default::default()
+        };
+        let route = pd.get_region(&encoded(b"g")).await.unwrap();
+        let store = pd.get_store(route.leader.unwrap().store_id).await.unwrap();
+        let mut c = KvClient::connect(format!("http://{}", store.address))
+            .await
+            .unwrap();
+        let r = c
+            .kv_get(KvGetRequest {
+                context: Some(Context {
+                    region_id: route.region.id,
+                    region_epoch: route.region.region_epoch,
+                    replica_read: false,
+                }),
+                ..raw
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.error.is_some_and(|e| e.gc_safe_point_passed > 0));
+    });
+}
+
+const ACCOUNTS: usize = 10;
+const START_BALANCE: i64 = 100;
+
+fn account(i: usize) -> Vec<u8> {
+    format!("acct{i:02}").into_bytes()
+}
+
+async fn read_all(txn: &mut Transaction) -> Result<Vec<i64>, ClientError> {
+    let keys: Vec<Vec<u8>> = (0..ACCOUNTS).map(account).collect();
+    let got = txn.batch_get(keys.clone()).await?;
+    Ok(keys
+        .iter()
+        .map(|k| num(got.iter().find(|(gk, _)| gk == k).map(|(_, v)| v.clone())))
+        .collect())
+}
+
+/// A bank: 16 clients move money between 10 accounts in transactions while a nemesis restarts
+/// nodes and cuts the leader off; every snapshot of all accounts sums to the starting total.
+#[test]
+fn bank_transfers_keep_the_total_under_node_restarts_and_leader_partitions() {
+    let mut cluster = ClusterBuilder::default().start();
+    presplit(&cluster, &[b"acct03", b"acct07"]);
+    let client = cluster.txn_client_with(TxnConfig {
+        timeout: Duration::from_secs(10),
+        attempt_timeout: Duration::from_secs(1),
+        lock_ttl_ms: 1_000,
+        ..Default::default()
+    });
+    cluster.rt.block_on(async {
+        let mut t = client.begin().await.unwrap();
+        for i in 0..ACCOUNTS {
+            t.put(account(i), START_BALANCE.to_string()).unwrap();
+        }
+        t.commit().await.unwrap();
+    });
+    let total = START_BALANCE * ACCOUNTS as i64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (transfers, snapshots) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let violations = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for w in 0..16u64 {
+        let (client, stop, transfers, snapshots, violations) = (
+            client.clone(),
+            stop.clone(),
+            transfers.clone(),
+            snapshots.clone(),
+            violations.clone(),
+        );
+        workers.push(cluster.rt.spawn(async move {
+            let mut n = w;
+            while !stop.load(Ordering::Relaxed) {
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                if n % 5 == 0 {
+                    let Ok(mut txn) = client.begin().await else {
+                        continue;
+                    };
+                    if let Ok(balances) = read_all(&mut txn).await {
+                        let sum: i64 = balances.iter().sum();
+                        if sum != total {
+                            violations.lock().push(format!(
+                                "snapshot at {} sums to {sum}: {balances:?}",
+                                txn.start_ts()
+                            ));
+                        }
+                        snapshots.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                let from = (n >> 8) as usize % ACCOUNTS;
+                let to = (from + 1 + (n >> 16) as usize % (ACCOUNTS - 1)) % ACCOUNTS;
+                let amount = (n >> 24) as i64 % 20;
+                let done = client
+                    .run(|txn| {
+                        Box::pin(async move {
+                            let a = num(txn.get(account(from)).await?);
+                            let b = num(txn.get(account(to)).await?);
+                            txn.put(account(from), (a - amount).to_string())?;
+                            txn.put(account(to), (b + amount).to_string())?;
+                            Ok(())
+                        })
+                    })
+                    .await;
+                if done.is_ok() {
+                    transfers.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // The nemesis: bounded in rounds and time.
+    let started = Instant::now();
+    for round in 0..6 {
+        if started.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        if round % 2 == 0 {
+            let victim = round % cluster.node_count();
+            cluster.stop_node(victim);
+            std::thread::sleep(Duration::from_millis(1500));
+            cluster.restart_node(victim);
+        } else if let Some(leader) = cluster.leader() {
+            cluster.isolate(leader);
+            std::thread::sleep(Duration::from_millis(2000));
+            cluster.heal();
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = cluster.rt.block_on(w);
+    }
+    let violations = violations.lock().clone();
+    assert!(violations.is_empty(), "{violations:#?}");
+    let balances = cluster.rt.block_on(async {
+        let mut txn = client.begin().await.unwrap();
+        read_all(&mut txn).await.unwrap()
+    });
+    assert_eq!(balances.iter().sum::<i64>(), total, "{balances:?}");
+    let (t, s) = (
+        transfers.load(Ordering::Relaxed),
+        snapshots.load(Ordering::Relaxed),
+    );
+    eprintln!("bank: {t} transfers, {s} snapshots checked");
+    assert!(
+        t > 0 && s > 0,
+        "the workload made progress: {t} transfers, {s} snapshots"
+    );
+}
