@@ -38,9 +38,12 @@ impl Drop for MemoryLockGuard {
 impl MemoryLocks {
     pub fn lock(self: &Arc<Self>, keys: &[Vec<u8>], start_ts: u64) -> MemoryLockGuard {
         let mut locks = self.locks.lock();
+        assert!(
+            keys.iter().all(|k| !locks.contains_key(k)),
+            "latches keep one commit per key"
+        );
         for key in keys {
-            let previous = locks.insert(key.clone(), start_ts);
-            assert!(previous.is_none(), "latches keep one commit per key");
+            locks.insert(key.clone(), start_ts);
         }
         MemoryLockGuard {
             table: self.clone(),

@@ -119,6 +119,18 @@ impl KvService {
         context: Context,
         requests: Vec<raftpb::Request>,
     ) -> Result<Option<RegionError>, Status> {
+        self.propose_holding(context, requests, ()).await
+    }
+
+    /// Proposes `requests` and waits for them to be applied, keeping `hold` (latches, locks)
+    /// until the outcome is known, even past the wait: a write that times out here may still
+    /// be applied later, and what guards it must not be released before.
+    async fn propose_holding<H: Send + 'static>(
+        &self,
+        context: Context,
+        requests: Vec<raftpb::Request>,
+        hold: H,
+    ) -> Result<Option<RegionError>, Status> {
         let keys: Vec<Vec<u8>> = requests
             .iter()
             .filter_map(|r| match &r.cmd {
@@ -133,16 +145,24 @@ impl KvService {
             requests,
             admin: None,
         };
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         self.ctx.router.send_command(cmd, tx);
-        match tokio::time::timeout(REQUEST_WAIT, rx).await {
+        match tokio::time::timeout(REQUEST_WAIT, &mut rx).await {
             Ok(Ok(Ok(()))) => Ok(None),
             Ok(Ok(Err(region_error))) => Ok(Some(self.with_current_regions(region_error, &keys))),
             Ok(Err(_)) => Err(Status::unavailable("node is shutting down")),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "write to region {} not applied within {REQUEST_WAIT:?}; its outcome is unknown",
-                context.region_id
-            ))),
+            Err(_) => {
+                // The proposal is answered once its log index is applied (or found stale),
+                // or dropped with the peer.
+                tokio::spawn(async move {
+                    let _ = rx.await;
+                    drop(hold);
+                });
+                Err(Status::deadline_exceeded(format!(
+                    "write to region {} not applied within {REQUEST_WAIT:?}; its outcome is unknown",
+                    context.region_id
+                )))
+            }
         }
     }
 

@@ -404,7 +404,8 @@ impl PlacementCore {
         now_ms: i64,
         writes: &mut MetaWrites,
     ) -> Result<u64, PlacementError> {
-        self.gc.set_by_hand(safe_point, now_ms, writes)
+        self.gc
+            .set_by_hand(safe_point, now_ms, self.tso.last(), writes)
     }
 
     /// A client's oldest running start_ts (see [`GcSafePoints::update_service`]).

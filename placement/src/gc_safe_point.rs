@@ -75,11 +75,13 @@ impl GcSafePoints {
         self.safe_point
     }
 
-    /// An operator's safe point: refused when it would go back, or pass a live service.
+    /// An operator's safe point: refused when it would go back, lie past the last timestamp
+    /// handed out (`tso_last`), or pass a live service.
     pub fn set_by_hand(
         &mut self,
         safe_point: u64,
         now_ms: i64,
+        tso_last: u64,
         writes: &mut MetaWrites,
     ) -> Result<u64, PlacementError> {
         if safe_point < self.safe_point {
@@ -88,9 +90,9 @@ impl GcSafePoints {
                 self.safe_point
             )));
         }
-        if safe_point > compose_ts(now_ms, 0) {
+        if safe_point > tso_last {
             return Err(PlacementError::InvalidArgument(format!(
-                "GC safe point {safe_point} is in the future"
+                "GC safe point {safe_point} is in the future (the last timestamp handed out is {tso_last})"
             )));
         }
         if let Some(min) = self.min_service(now_ms) {
@@ -167,6 +169,7 @@ mod tests {
     #[test]
     fn it_never_goes_back_and_refuses_what_would_break_a_service() {
         let mut gc = GcSafePoints::new(compose_ts(50_000, 0), 0);
+        let tso = compose_ts(100_000, 5);
         let mut w = MetaWrites::default();
         assert_eq!(
             gc.current(1_000_000, &mut w),
@@ -174,11 +177,10 @@ mod tests {
             "life time 0: manual only"
         );
         assert!(gc
-            .set_by_hand(compose_ts(40_000, 0), 100_000, &mut w)
+            .set_by_hand(compose_ts(40_000, 0), 100_000, tso, &mut w)
             .is_err());
         assert!(
-            gc.set_by_hand(compose_ts(200_000, 0), 100_000, &mut w)
-                .is_err(),
+            gc.set_by_hand(tso + 1, 100_000, tso, &mut w).is_err(),
             "future"
         );
         assert!(gc
@@ -187,16 +189,16 @@ mod tests {
         gc.update_service("s", compose_ts(60_000, 0), 1_000, 100_000)
             .unwrap();
         assert!(gc
-            .set_by_hand(compose_ts(70_000, 0), 100_000, &mut w)
+            .set_by_hand(compose_ts(70_000, 0), 100_000, tso, &mut w)
             .is_err());
         assert_eq!(
-            gc.set_by_hand(compose_ts(60_000, 0), 100_000, &mut w)
+            gc.set_by_hand(compose_ts(60_000, 0), 100_000, tso, &mut w)
                 .unwrap(),
             compose_ts(60_000, 0)
         );
         gc.update_service("s", 0, 0, 100_000).unwrap();
         assert_eq!(
-            gc.set_by_hand(compose_ts(70_000, 0), 100_000, &mut w)
+            gc.set_by_hand(compose_ts(70_000, 0), 100_000, tso, &mut w)
                 .unwrap(),
             compose_ts(70_000, 0)
         );

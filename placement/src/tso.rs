@@ -51,6 +51,11 @@ impl Tso {
 
     /// Takes `count` timestamps at time `now_ms`. Returns the batch and, when the persisted limit
     /// must move first, the new limit to persist (durably, before replying).
+    /// The last timestamp handed out (0 before the first).
+    pub fn last(&self) -> u64 {
+        compose_ts(self.physical_ms, self.logical)
+    }
+
     pub fn allocate(&mut self, count: u32, now_ms: i64) -> (TsBatch, Option<i64>) {
         assert!(
             (1..=TSO_BATCH_MAX).contains(&count),

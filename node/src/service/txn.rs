@@ -4,8 +4,8 @@
 
 use super::{check_context, check_key, check_keyspace, invalid, rule, storage_failed, KvService};
 use crate::apply::{scan_bounds, user_in_range};
-use crate::latch::{Latches, LATCH_SLOTS};
-use crate::memory_lock::MemoryLocks;
+use crate::latch::{LatchGuard, Latches, LATCH_SLOTS};
+use crate::memory_lock::{MemoryLockGuard, MemoryLocks};
 use ringkv_proto::errorpb::RegionError;
 use ringkv_proto::keys;
 use ringkv_proto::kvrpcpb::*;
@@ -43,6 +43,18 @@ impl Default for TxnContext {
         }
     }
 }
+
+/// What a command holds from before its snapshot until its writes are applied (or known to
+/// be lost): its latches and, for a one-phase commit, its memory locks.
+/// Fields drop in order: the memory locks go before the latches, so no other command can hold
+/// the keys' latches while these memory locks are still in the table.
+struct Held {
+    _memory_locks: Option<MemoryLockGuard>,
+    _latches: LatchGuard,
+}
+
+/// How long a command waits for the latches of its keys.
+const LATCH_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a read waits for one-phase commits in flight on its keys before answering busy.
 const MEMORY_LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -115,14 +127,28 @@ impl KvService {
         keys: Vec<Vec<u8>>,
         action: impl FnOnce(&MvccReader<'_>) -> Result<(MvccTxn, T), TxnError>,
     ) -> Result<TxnOutcome<T>, Status> {
-        let _latches = self.txn_ctx().latches.acquire(&keys).await;
-        self.txn_write_latched(context, keys, action).await
+        let held = Held {
+            _latches: self.acquire_latches(&keys).await?,
+            _memory_locks: None,
+        };
+        self.txn_write_latched(context, keys, held, action).await
+    }
+
+    async fn acquire_latches(&self, keys: &[Vec<u8>]) -> Result<LatchGuard, Status> {
+        tokio::time::timeout(LATCH_WAIT, self.txn_ctx().latches.acquire(keys))
+            .await
+            .map_err(|_| {
+                Status::unavailable(format!(
+                    "keys busy: an earlier command on them has not finished within {LATCH_WAIT:?}; retry"
+                ))
+            })
     }
 
     async fn txn_write_latched<T>(
         &self,
         mut context: Context,
         keys: Vec<Vec<u8>>,
+        held: Held,
         action: impl FnOnce(&MvccReader<'_>) -> Result<(MvccTxn, T), TxnError>,
     ) -> Result<TxnOutcome<T>, Status> {
         context.replica_read = false;
@@ -154,7 +180,7 @@ impl KvService {
             .min();
         let region_id = context.region_id;
         let requests = modifies.into_iter().map(modify_to_request).collect();
-        Ok(match self.propose(context, requests).await? {
+        Ok(match self.propose_holding(context, requests, held).await? {
             None => {
                 if let Some(ts) = oldest_version {
                     let mut written = self.txn_ctx().written.lock();
@@ -429,9 +455,9 @@ impl KvService {
         if sorted.windows(2).any(|w| w[0] == w[1]) {
             return Err(invalid("prewrite names a key twice"));
         }
-        let _latches = self.txn_ctx().latches.acquire(&keys).await;
+        let latches = self.acquire_latches(&keys).await?;
         let mut one_pc_commit_ts = None;
-        let _memory_locks =
+        let memory_locks =
             if req.try_one_pc {
                 let guard = self.txn_ctx().memory_locks.lock(&keys, req.start_version);
                 // The commit_ts is taken after the keys are locked against readers: see
@@ -452,20 +478,28 @@ impl KvService {
                 None
             };
         let outcome = self
-            .txn_write_latched(context, keys, |reader| {
-                let txn = prewrite::prewrite(
-                    reader,
-                    &prewrite::Prewrite {
-                        mutations: &req.mutations,
-                        primary: &req.primary_lock,
-                        start_ts: req.start_version,
-                        lock_ttl_ms: req.lock_ttl,
-                        txn_size: req.txn_size,
-                        one_pc_commit_ts,
-                    },
-                )?;
-                Ok((txn, ()))
-            })
+            .txn_write_latched(
+                context,
+                keys,
+                Held {
+                    _latches: latches,
+                    _memory_locks: memory_locks,
+                },
+                |reader| {
+                    let txn = prewrite::prewrite(
+                        reader,
+                        &prewrite::Prewrite {
+                            mutations: &req.mutations,
+                            primary: &req.primary_lock,
+                            start_ts: req.start_version,
+                            lock_ttl_ms: req.lock_ttl,
+                            txn_size: req.txn_size,
+                            one_pc_commit_ts,
+                        },
+                    )?;
+                    Ok((txn, ()))
+                },
+            )
             .await?;
         Ok(match outcome {
             TxnOutcome::Done(()) => KvPrewriteResponse {
