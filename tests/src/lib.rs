@@ -10,6 +10,7 @@
 //! - [`regions`]: checks that regions tile the keyspace and never overlap on a node.
 //! - [`wait_until`]: bounded polling for conditions that become true eventually.
 
+pub mod bank;
 pub mod cluster;
 pub mod cluster_checks;
 pub mod debug;

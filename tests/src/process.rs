@@ -234,6 +234,41 @@ impl ProcessCluster {
     }
 
     /// A runtime for the test's clients and a raw client of this cluster with a 30 s deadline.
+    /// Cuts node `isolated` off from the others both ways, or heals (None), through the nodes'
+    /// fault-injection hook (their config needs `fault_injection = true`).
+    pub fn partition(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        store_ids: &[u64],
+        isolated: Option<usize>,
+    ) {
+        for (i, _) in store_ids.iter().enumerate() {
+            if !self.node_running(i) {
+                continue;
+            }
+            let blocked = match isolated {
+                None => Vec::new(),
+                Some(j) if j == i => store_ids
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| *k != i)
+                    .map(|(_, s)| *s)
+                    .collect(),
+                Some(j) => vec![store_ids[j]],
+            };
+            // A node just restarted may not listen yet: wait for it (it refuses only if fault
+            // injection is off, which the wait reports).
+            wait_until(
+                &format!("node {i} to take its net filter"),
+                Duration::from_secs(20),
+                || {
+                    rt.block_on(debug::set_net_filter(self.node_addr(i), blocked.clone()))
+                        .then_some(())
+                },
+            );
+        }
+    }
+
     pub fn client(&self) -> (tokio::runtime::Runtime, ringkv_client::RawClient) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

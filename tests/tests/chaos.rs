@@ -247,10 +247,10 @@ fn run_nemesis(
                 cluster.resume_node(i);
             }
             6..=8 => {
-                partition(cluster, rt, store_ids, Some(i));
+                cluster.partition(rt, store_ids, Some(i));
                 faults.partitions += 1;
                 std::thread::sleep(length);
-                partition(cluster, rt, store_ids, None);
+                cluster.partition(rt, store_ids, None);
             }
             _ => {
                 cluster.kill_placement();
@@ -260,41 +260,7 @@ fn run_nemesis(
             }
         }
     }
-    partition(cluster, rt, store_ids, None);
+    cluster.partition(rt, store_ids, None);
     cluster.wait_for_leader(Duration::from_secs(60));
     faults
-}
-
-/// Cuts node `isolated` off from the others both ways, or heals (None).
-fn partition(
-    cluster: &ProcessCluster,
-    rt: &tokio::runtime::Runtime,
-    store_ids: &[u64],
-    isolated: Option<usize>,
-) {
-    for (i, _) in store_ids.iter().enumerate() {
-        if !cluster.node_running(i) {
-            continue;
-        }
-        let blocked = match isolated {
-            None => Vec::new(),
-            Some(j) if j == i => store_ids
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| *k != i)
-                .map(|(_, s)| *s)
-                .collect(),
-            Some(j) => vec![store_ids[j]],
-        };
-        // A node just restarted may not listen yet: wait for it (it refuses only if fault
-        // injection is off, which the wait reports).
-        ringkv_tests::wait_until(
-            &format!("node {i} to take its net filter"),
-            Duration::from_secs(20),
-            || {
-                rt.block_on(debug::set_net_filter(cluster.node_addr(i), blocked.clone()))
-                    .then_some(())
-            },
-        );
-    }
 }

@@ -2,13 +2,14 @@
 //! commits, one-phase commits, conflicts, lock resolution after a client dies, GC, and a bank
 //! workload under node restarts and leader partitions.
 
-use ringkv_client::{ClientError, PdClient, Transaction, TxnConfig};
+use ringkv_client::{ClientError, PdClient, TxnConfig};
 use ringkv_proto::keys;
 use ringkv_proto::kvrpcpb::kv_client::KvClient;
 use ringkv_proto::kvrpcpb::*;
+use ringkv_tests::bank;
 use ringkv_tests::cluster::{ClusterBuilder, TestCluster};
 use ringkv_tests::wait_until;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -468,22 +469,6 @@ fn gc_drops_versions_below_the_safe_point_and_reads_above_it_are_unaffected() {
     });
 }
 
-const ACCOUNTS: usize = 10;
-const START_BALANCE: i64 = 100;
-
-fn account(i: usize) -> Vec<u8> {
-    format!("acct{i:02}").into_bytes()
-}
-
-async fn read_all(txn: &mut Transaction) -> Result<Vec<i64>, ClientError> {
-    let keys: Vec<Vec<u8>> = (0..ACCOUNTS).map(account).collect();
-    let got = txn.batch_get(keys.clone()).await?;
-    Ok(keys
-        .iter()
-        .map(|k| num(got.iter().find(|(gk, _)| gk == k).map(|(_, v)| v.clone())))
-        .collect())
-}
-
 /// A bank: 16 clients move money between 10 accounts in transactions while a nemesis restarts
 /// nodes and cuts the leader off; every snapshot of all accounts sums to the starting total.
 #[test]
@@ -496,68 +481,16 @@ fn bank_transfers_keep_the_total_under_node_restarts_and_leader_partitions() {
         lock_ttl_ms: 1_000,
         ..Default::default()
     });
-    cluster.rt.block_on(async {
-        let mut t = client.begin().await.unwrap();
-        for i in 0..ACCOUNTS {
-            t.put(account(i), START_BALANCE.to_string()).unwrap();
-        }
-        t.commit().await.unwrap();
-    });
-    let total = START_BALANCE * ACCOUNTS as i64;
+    cluster
+        .rt
+        .block_on(bank::open_accounts(&client))
+        .expect("accounts open");
     let stop = Arc::new(AtomicBool::new(false));
-    let (transfers, snapshots) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let violations = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
-    let mut workers = Vec::new();
-    for w in 0..16u64 {
-        let (client, stop, transfers, snapshots, violations) = (
-            client.clone(),
-            stop.clone(),
-            transfers.clone(),
-            snapshots.clone(),
-            violations.clone(),
-        );
-        workers.push(cluster.rt.spawn(async move {
-            let mut n = w;
-            while !stop.load(Ordering::Relaxed) {
-                n = n
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                if n % 5 == 0 {
-                    let Ok(mut txn) = client.begin().await else {
-                        continue;
-                    };
-                    if let Ok(balances) = read_all(&mut txn).await {
-                        let sum: i64 = balances.iter().sum();
-                        if sum != total {
-                            violations.lock().push(format!(
-                                "snapshot at {} sums to {sum}: {balances:?}",
-                                txn.start_ts()
-                            ));
-                        }
-                        snapshots.fetch_add(1, Ordering::Relaxed);
-                    }
-                    continue;
-                }
-                let from = (n >> 8) as usize % ACCOUNTS;
-                let to = (from + 1 + (n >> 16) as usize % (ACCOUNTS - 1)) % ACCOUNTS;
-                let amount = (n >> 24) as i64 % 20;
-                let done = client
-                    .run(|txn| {
-                        Box::pin(async move {
-                            let a = num(txn.get(account(from)).await?);
-                            let b = num(txn.get(account(to)).await?);
-                            txn.put(account(from), (a - amount).to_string())?;
-                            txn.put(account(to), (b + amount).to_string())?;
-                            Ok(())
-                        })
-                    })
-                    .await;
-                if done.is_ok() {
-                    transfers.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
+    let stats = Arc::new(bank::BankStats::default());
+    let workers = {
+        let _guard = cluster.rt.enter();
+        bank::start_workers(&client, 16, &stop, &stats)
+    };
     // The nemesis: bounded in rounds and time.
     let started = Instant::now();
     for round in 0..6 {
@@ -581,16 +514,16 @@ fn bank_transfers_keep_the_total_under_node_restarts_and_leader_partitions() {
     for w in workers {
         let _ = cluster.rt.block_on(w);
     }
-    let violations = violations.lock().clone();
+    let violations = stats.violations.lock().clone();
     assert!(violations.is_empty(), "{violations:#?}");
     let balances = cluster.rt.block_on(async {
         let mut txn = client.begin().await.unwrap();
-        read_all(&mut txn).await.unwrap()
+        bank::balances(&mut txn).await.unwrap()
     });
-    assert_eq!(balances.iter().sum::<i64>(), total, "{balances:?}");
+    assert_eq!(balances.iter().sum::<i64>(), bank::TOTAL, "{balances:?}");
     let (t, s) = (
-        transfers.load(Ordering::Relaxed),
-        snapshots.load(Ordering::Relaxed),
+        stats.transfers.load(Ordering::Relaxed),
+        stats.snapshots.load(Ordering::Relaxed),
     );
     eprintln!("bank: {t} transfers, {s} snapshots checked");
     assert!(
