@@ -4,9 +4,9 @@
 use crate::workload::{record_key, KeyChooser, OpKind, Recorder, RunSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
-use ringkv_client::RawClient;
+use ringkv_client::{RawClient, TransactionClient, TxnConfig};
 use ringkv_proto::etcdserverpb::kv_client::KvClient;
-use ringkv_proto::etcdserverpb::{PutRequest, RangeRequest};
+use ringkv_proto::etcdserverpb::{request_op, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,15 +15,64 @@ use tonic::transport::Channel;
 /// A system under load.
 #[derive(Clone)]
 pub enum Target {
-    Ringkv(RawClient),
+    /// The raw API for single-key operations, transactions for `Txn`.
+    Ringkv(RawClient, TransactionClient),
     /// One connection per member; client `c` uses member `c % members`.
     Etcd(Vec<KvClient<Channel>>),
 }
 
 impl Target {
+    /// ringkv through `raw`, with transactions over the same keyspace. `try_one_pc`: commit
+    /// transactions whose keys share a region in one phase.
+    pub fn ringkv(raw: RawClient, try_one_pc: bool) -> Target {
+        let txn = TransactionClient::with_pd(
+            raw.pd().clone(),
+            TxnConfig {
+                timeout: Duration::from_secs(60),
+                keyspace: raw.keyspace(),
+                try_one_pc,
+                ..TxnConfig::default()
+            },
+        );
+        Target::Ringkv(raw, txn)
+    }
+
+    /// Writes every pair in one transaction.
+    async fn txn(&self, client: usize, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
+        match self {
+            Target::Ringkv(_, txn) => {
+                let mut t = txn.begin().await.map_err(|e| e.to_string())?;
+                for (k, v) in pairs {
+                    t.put(k, v).map_err(|e| e.to_string())?;
+                }
+                t.commit().await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            Target::Etcd(members) => {
+                let mut kv = members[client % members.len()].clone();
+                let success = pairs
+                    .into_iter()
+                    .map(|(key, value)| RequestOp {
+                        request: Some(request_op::Request::RequestPut(PutRequest {
+                            key,
+                            value,
+                            lease: 0,
+                        })),
+                    })
+                    .collect();
+                kv.txn(TxnRequest {
+                    success,
+                    failure: vec![],
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+            }
+        }
+    }
+
     async fn get(&self, client: usize, key: Vec<u8>) -> Result<Option<Vec<u8>>, String> {
         match self {
-            Target::Ringkv(c) => c.get(key).await.map_err(|e| e.to_string()),
+            Target::Ringkv(c, _) => c.get(key).await.map_err(|e| e.to_string()),
             Target::Etcd(members) => {
                 let mut kv = members[client % members.len()].clone();
                 let r = kv
@@ -40,7 +89,7 @@ impl Target {
 
     async fn put(&self, client: usize, key: Vec<u8>, value: Vec<u8>) -> Result<(), String> {
         match self {
-            Target::Ringkv(c) => c.put(key, value).await.map_err(|e| e.to_string()),
+            Target::Ringkv(c, _) => c.put(key, value).await.map_err(|e| e.to_string()),
             Target::Etcd(members) => {
                 let mut kv = members[client % members.len()].clone();
                 kv.put(PutRequest {
@@ -58,7 +107,7 @@ impl Target {
     /// Reads up to `limit` records from `start` on, in key order; returns how many.
     async fn scan(&self, client: usize, start: Vec<u8>, limit: usize) -> Result<usize, String> {
         match self {
-            Target::Ringkv(c) => {
+            Target::Ringkv(c, _) => {
                 // Records are "user" + digits: ":" sorts right after every digit.
                 c.scan(start, b"user:".to_vec(), limit as u32)
                     .await
@@ -104,7 +153,7 @@ impl Target {
                         }
                         let last = (first + 64).min(records);
                         match &target {
-                            Target::Ringkv(c) => {
+                            Target::Ringkv(c, _) => {
                                 let pairs = (first..last)
                                     .map(|n| (record_key(n), value.clone()))
                                     .collect();
@@ -180,6 +229,18 @@ pub async fn run(target: &Target, spec: &RunSpec, label: &str) -> (Recorder, f64
                             let key = record_key(chooser.next(&mut rng, count));
                             let limit = rng.gen_range(1..=spec.scan_length_max);
                             target.scan(c, key, limit).await.is_ok()
+                        }
+                        OpKind::Txn => {
+                            // Distinct records: a transaction writes each key once.
+                            let mut keys = std::collections::BTreeSet::new();
+                            while keys.len() < spec.workload.txn_keys.min(count as usize) {
+                                keys.insert(chooser.next(&mut rng, count));
+                            }
+                            let pairs = keys
+                                .into_iter()
+                                .map(|n| (record_key(n), value.clone()))
+                                .collect();
+                            target.txn(c, pairs).await.is_ok()
                         }
                         OpKind::ReadModifyWrite => {
                             let key = record_key(chooser.next(&mut rng, count));

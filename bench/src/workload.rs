@@ -22,6 +22,9 @@ pub enum OpKind {
     Scan,
     /// Read a record, then write it back (read-modify-write).
     ReadModifyWrite,
+    /// Overwrite `txn_keys` existing records in one transaction (ringkv: a Percolator
+    /// transaction; etcd: a `Txn` of puts).
+    Txn,
 }
 
 impl OpKind {
@@ -32,6 +35,7 @@ impl OpKind {
             OpKind::Insert => "insert",
             OpKind::Scan => "scan",
             OpKind::ReadModifyWrite => "read_modify_write",
+            OpKind::Txn => "txn",
         }
     }
 }
@@ -55,11 +59,14 @@ pub struct Workload {
     /// (operation, weight); weights sum to 1.
     pub mix: Vec<(OpKind, f64)>,
     pub distribution: KeyDistribution,
+    /// Records one `Txn` operation writes (0 in workloads without transactions).
+    pub txn_keys: usize,
 }
 
 /// The workloads `ringkv-bench run --workload` knows.
 pub const WORKLOAD_NAMES: &[&str] = &[
-    "put", "get", "mixed", "ycsb-a", "ycsb-b", "ycsb-c", "ycsb-d", "ycsb-e", "ycsb-f",
+    "put", "get", "mixed", "ycsb-a", "ycsb-b", "ycsb-c", "ycsb-d", "ycsb-e", "ycsb-f", "txn-2",
+    "txn-10",
 ];
 
 impl Workload {
@@ -78,6 +85,7 @@ impl Workload {
             "ycsb-d" => (vec![(Read, 0.95), (Insert, 0.05)], Latest),
             "ycsb-e" => (vec![(Scan, 0.95), (Insert, 0.05)], Zipfian),
             "ycsb-f" => (vec![(Read, 0.5), (ReadModifyWrite, 0.5)], Zipfian),
+            "txn-2" | "txn-10" => (vec![(Txn, 1.0)], Uniform),
             other => {
                 return Err(format!(
                     "unknown workload {other:?}; choose one of {}",
@@ -85,10 +93,16 @@ impl Workload {
                 ))
             }
         };
+        let txn_keys = match name {
+            "txn-2" => 2,
+            "txn-10" => 10,
+            _ => 0,
+        };
         Ok(Workload {
             name: name.to_string(),
             mix,
             distribution,
+            txn_keys,
         })
     }
 

@@ -180,6 +180,11 @@ impl RawClient {
         &self.pd
     }
 
+    /// The keyspace this client's keys belong to.
+    pub fn keyspace(&self) -> Keyspace {
+        self.config.keyspace
+    }
+
     pub(crate) fn encode(&self, user_key: &[u8]) -> Vec<u8> {
         keys::encode(&self.config.keyspace, user_key)
     }

@@ -20,7 +20,6 @@ use ringkv_proto::limits::{check_user_key, check_user_range, check_value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 /// Options of a [`TransactionClient`].
@@ -63,53 +62,6 @@ impl Default for TxnConfig {
     }
 }
 
-/// Timestamps requested together at most.
-const TSO_BATCH_MAX: usize = 4096;
-
-/// Hands out timestamps, taking them from the placement driver in batches: every request
-/// waiting when a call goes out is served by that one call.
-struct TsoBatcher {
-    tx: mpsc::Sender<oneshot::Sender<Result<u64>>>,
-}
-
-impl TsoBatcher {
-    fn start(pd: PdClient) -> Self {
-        let (tx, mut rx) = mpsc::channel::<oneshot::Sender<Result<u64>>>(TSO_BATCH_MAX);
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut waiters = vec![first];
-                while waiters.len() < TSO_BATCH_MAX {
-                    match rx.try_recv() {
-                        Ok(w) => waiters.push(w),
-                        Err(_) => break,
-                    }
-                }
-                let n = waiters.len() as u64;
-                match pd.tso(n as u32).await {
-                    Ok(last) => {
-                        for (i, w) in waiters.into_iter().enumerate() {
-                            let _ = w.send(Ok(last - n + 1 + i as u64));
-                        }
-                    }
-                    Err(e) => {
-                        for w in waiters {
-                            let _ = w.send(Err(e.clone()));
-                        }
-                    }
-                }
-            }
-        });
-        TsoBatcher { tx }
-    }
-
-    async fn get(&self) -> Result<u64> {
-        let (tx, rx) = oneshot::channel();
-        let closed = || ClientError::Server("the client's timestamp task has stopped".into());
-        self.tx.send(tx).await.map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
-    }
-}
-
 /// A client of the transactional API. Cheap to clone; clones share connections, caches and
 /// the timestamp batcher.
 #[derive(Clone)]
@@ -120,7 +72,7 @@ pub struct TransactionClient {
 struct Inner {
     raw: RawClient,
     config: TxnConfig,
-    tso: TsoBatcher,
+    tso: crate::TsoBatcher,
     /// start_ts of the transactions alive in this client, with their count.
     active: Mutex<BTreeMap<u64, usize>>,
     service_id: String,
@@ -175,7 +127,7 @@ impl TransactionClient {
         let service_id = format!("txn-client-{:016x}", rand::random::<u64>());
         let inner = Arc::new(Inner {
             raw,
-            tso: TsoBatcher::start(pd),
+            tso: crate::TsoBatcher::start(pd),
             config,
             active: Mutex::new(BTreeMap::new()),
             service_id,

@@ -144,6 +144,10 @@ impl NodeServer {
             receivers,
         )?;
 
+        let tso = {
+            let _rt = runtime.enter();
+            Arc::new(ringkv_client::TsoBatcher::start(pd.clone()))
+        };
         let ctx = NodeContext {
             store_id,
             cluster_id: ident.cluster_id,
@@ -152,6 +156,7 @@ impl NodeServer {
             pd: pd.clone(),
             fault_injection,
             txn: Arc::new(crate::service::TxnContext::default()),
+            tso,
         };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let incoming = ringkv_placement::server::incoming_nodelay(listener);

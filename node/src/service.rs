@@ -44,6 +44,8 @@ pub struct NodeContext {
     pub fault_injection: Option<Arc<crate::NetFilter>>,
     /// Latches, one-phase commits in flight and the GC safe point.
     pub txn: Arc<TxnContext>,
+    /// Timestamps for one-phase commits, batched across concurrent requests.
+    pub tso: Arc<ringkv_client::TsoBatcher>,
 }
 
 pub struct KvService {

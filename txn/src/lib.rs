@@ -21,5 +21,5 @@ pub mod timestamp;
 pub use error::{Result, TxnError};
 pub use lock::{lock_info, LockStatus};
 pub use mvcc::{
-    write_modifies, Modify, MvccReader, MvccTxn, TxnCommitRecord, SHORT_VALUE_MAX_BYTES,
+    write_modifies, Modify, MvccReader, MvccTxn, SinceStart, TxnCommitRecord, SHORT_VALUE_MAX_BYTES,
 };

@@ -45,6 +45,24 @@ impl Modify {
     }
 }
 
+/// What a transaction that started at some start_ts finds written since (see
+/// [`MvccReader::since_start`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinceStart {
+    Nothing,
+    /// It committed this key already.
+    OwnCommit {
+        commit_ts: u64,
+    },
+    /// It was rolled back on this key.
+    OwnRollback,
+    /// Another transaction committed the key after it started.
+    Conflict {
+        commit_ts: u64,
+        start_ts: u64,
+    },
+}
+
 /// What the write family says about transaction `start_ts` on one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnCommitRecord {
@@ -215,21 +233,33 @@ impl<'a> MvccReader<'a> {
         Ok(record)
     }
 
-    /// The newest write of `key` committed after `start_ts` that is not a rollback, if any
-    /// (a conflict for a transaction that started at `start_ts`).
-    pub fn newer_write(&self, key: &[u8], start_ts: u64) -> Result<Option<(u64, Write)>> {
-        let mut found = None;
+    /// What the write records at or after `start_ts` mean for a transaction that started
+    /// then, in one scan: its own commit or rollback wins over other transactions' writes (a
+    /// retried one-phase commit that did commit must learn so, not see a conflict).
+    pub fn since_start(&self, key: &[u8], start_ts: u64) -> Result<SinceStart> {
+        let mut newest_other = None;
+        let mut own = None;
         self.visit_writes(key, u64::MAX, &mut |commit_ts, w| {
-            if commit_ts <= start_ts {
+            if commit_ts < start_ts {
                 return false;
             }
-            if w.op != Op::Rollback as i32 {
-                found = Some((commit_ts, w));
+            if w.start_ts == start_ts {
+                own = Some(if w.op == Op::Rollback as i32 {
+                    SinceStart::OwnRollback
+                } else {
+                    SinceStart::OwnCommit { commit_ts }
+                });
                 return false;
+            }
+            if commit_ts > start_ts && w.op != Op::Rollback as i32 && newest_other.is_none() {
+                newest_other = Some(SinceStart::Conflict {
+                    commit_ts,
+                    start_ts: w.start_ts,
+                });
             }
             true
         })?;
-        Ok(found)
+        Ok(own.or(newest_other).unwrap_or(SinceStart::Nothing))
     }
 
     /// Every write record of `key` (newest first).
@@ -273,6 +303,9 @@ impl<'a> MvccReader<'a> {
 #[derive(Debug, Default)]
 pub struct MvccTxn {
     pub start_ts: u64,
+    /// Set by a prewrite that found keys the transaction already committed (a retried
+    /// one-phase commit): when it did.
+    pub committed_at: Option<u64>,
     modifies: Vec<Modify>,
 }
 
@@ -280,6 +313,7 @@ impl MvccTxn {
     pub fn new(start_ts: u64) -> Self {
         MvccTxn {
             start_ts,
+            committed_at: None,
             modifies: Vec::new(),
         }
     }

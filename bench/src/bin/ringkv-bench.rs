@@ -74,9 +74,10 @@ enum Cmd {
     /// throughput is printed once a second and, at the end, a table of throughput and latency
     /// percentiles per operation type (or JSON with `--json`).
     Run {
-        /// put, get, mixed (read/update 50/50), or YCSB's core workloads ycsb-a .. ycsb-f
+        /// put, get, mixed (read/update 50/50), YCSB's core workloads ycsb-a .. ycsb-f
         /// (a: 50/50 read/update, b: 95/5, c: read only, d: read latest 95 / insert 5,
-        /// e: short scans 95 / insert 5, f: read / read-modify-write 50/50).
+        /// e: short scans 95 / insert 5, f: read / read-modify-write 50/50), or txn-2 / txn-10
+        /// (transactions overwriting 2 or 10 records; etcd: a Txn of as many puts).
         #[arg(long, default_value = "ycsb-a")]
         workload: String,
         /// Key distribution of the records read and updated; default: the workload's own.
@@ -112,6 +113,10 @@ enum Cmd {
         /// regions in key order; the one to use for ycsb-e).
         #[arg(long, value_enum, default_value = "hash")]
         keyspace: KeyspaceKind,
+        /// How ringkv commits the transactions of txn-2 and txn-10: auto (in one phase when
+        /// every key is in one region, else two) or two-pc (always two phases).
+        #[arg(long, value_enum, default_value = "auto")]
+        txn_commit: TxnCommit,
         /// Print one JSON document instead of the table.
         #[arg(long)]
         json: bool,
@@ -222,6 +227,7 @@ fn main() {
                 etcd,
                 no_ringkv,
                 keyspace,
+                txn_commit,
                 json,
             } => {
                 let spec = ringkv_bench::workload::RunSpec::new(
@@ -232,7 +238,16 @@ fn main() {
                     seconds,
                     value_bytes,
                 )?;
-                run(&spec, read_mode, keyspace, &pd, &etcd, no_ringkv, json).await
+                let opts = RunOptions {
+                    read_mode,
+                    keyspace,
+                    pd,
+                    etcd,
+                    no_ringkv,
+                    txn_commit,
+                    json,
+                };
+                run(&spec, &opts).await
             }
             Cmd::Sweep {
                 workload,
@@ -448,6 +463,24 @@ enum ReadMode {
     Follower,
 }
 
+/// How `run` has ringkv commit transactions.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TxnCommit {
+    Auto,
+    TwoPc,
+}
+
+/// Where and how `run` sends its load.
+struct RunOptions {
+    read_mode: ReadMode,
+    keyspace: KeyspaceKind,
+    pd: Vec<String>,
+    etcd: Vec<String>,
+    no_ringkv: bool,
+    txn_commit: TxnCommit,
+    json: bool,
+}
+
 /// Which ringkv keyspace `run` uses.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum KeyspaceKind {
@@ -456,15 +489,16 @@ enum KeyspaceKind {
 }
 
 /// See [`Cmd::Run`].
-async fn run(
-    spec: &ringkv_bench::workload::RunSpec,
-    read_mode: ReadMode,
-    keyspace: KeyspaceKind,
-    pd: &[String],
-    etcd_endpoints: &[String],
-    no_ringkv: bool,
-    json: bool,
-) -> Result<(), String> {
+async fn run(spec: &ringkv_bench::workload::RunSpec, opts: &RunOptions) -> Result<(), String> {
+    let RunOptions {
+        read_mode,
+        keyspace,
+        ref pd,
+        etcd: ref etcd_endpoints,
+        no_ringkv,
+        txn_commit,
+        json,
+    } = *opts;
     use ringkv_bench::target::Target;
     use ringkv_bench::workload::{format_table, report_json};
     if no_ringkv && etcd_endpoints.is_empty() {
@@ -516,7 +550,8 @@ async fn run(
             client
         };
         let client = client.with_replica_read(read_mode == ReadMode::Follower);
-        rows.push(measure(&Target::Ringkv(client), spec, "ringkv").await?);
+        let target = Target::ringkv(client, txn_commit == TxnCommit::Auto);
+        rows.push(measure(&target, spec, "ringkv").await?);
     }
     if !etcd_endpoints.is_empty() {
         let kv = etcd::connect(etcd_endpoints).await?;
@@ -572,7 +607,7 @@ async fn sweep(
     let cluster = LocalCluster::start(3, NODE_TOML)?;
     targets.push((
         "ringkv".to_string(),
-        Target::Ringkv(cluster.client(Duration::from_secs(60)).await?),
+        Target::ringkv(cluster.client(Duration::from_secs(60)).await?, true),
     ));
     if !etcd_endpoints.is_empty() {
         targets.push((

@@ -463,7 +463,7 @@ impl KvService {
                 // The commit_ts is taken after the keys are locked against readers: see
                 // memory_lock.rs for why that makes a one-phase commit safe for them.
                 let commit_ts =
-                    self.ctx.pd.tso(1).await.map_err(|e| {
+                    self.ctx.tso.get().await.map_err(|e| {
                         Status::unavailable(format!("TSO for a one-phase commit: {e}"))
                     })?;
                 if commit_ts <= req.start_version {
@@ -497,13 +497,17 @@ impl KvService {
                             one_pc_commit_ts,
                         },
                     )?;
-                    Ok((txn, ()))
+                    // A retried one-phase commit that committed before reports when.
+                    let committed_at = txn.committed_at;
+                    Ok((txn, committed_at))
                 },
             )
             .await?;
         Ok(match outcome {
-            TxnOutcome::Done(()) => KvPrewriteResponse {
-                one_pc_commit_ts: one_pc_commit_ts.unwrap_or_default(),
+            TxnOutcome::Done(committed_at) => KvPrewriteResponse {
+                one_pc_commit_ts: one_pc_commit_ts
+                    .map(|ts| committed_at.unwrap_or(ts))
+                    .unwrap_or_default(),
                 ..Default::default()
             },
             TxnOutcome::Region(e) => KvPrewriteResponse {

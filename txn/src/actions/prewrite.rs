@@ -3,7 +3,7 @@
 //! `start_ts`.
 
 use crate::lock::lock_info;
-use crate::mvcc::{MvccReader, MvccTxn, TxnCommitRecord, SHORT_VALUE_MAX_BYTES};
+use crate::mvcc::{MvccReader, MvccTxn, SinceStart, SHORT_VALUE_MAX_BYTES};
 use crate::{Result, TxnError};
 use ringkv_proto::kvrpcpb::{Mutation, Op};
 use ringkv_proto::mvccpb::{Lock, Write};
@@ -37,28 +37,35 @@ pub fn prewrite(reader: &MvccReader<'_>, req: &Prewrite<'_>) -> Result<MvccTxn> 
             // Our own lock: this key is prewritten already.
             continue;
         }
-        if let Some((commit_ts, write)) = reader.newer_write(&m.key, start_ts)? {
-            if write.start_ts == start_ts {
+        match reader.since_start(&m.key, start_ts)? {
+            SinceStart::Nothing => {}
+            SinceStart::OwnCommit { commit_ts } => {
                 // Committed already (a retry after the commit): nothing to do.
+                txn.committed_at = Some(commit_ts);
                 continue;
             }
-            return Err(TxnError::WriteConflict {
-                start_ts,
-                conflict_start_ts: write.start_ts,
-                conflict_commit_ts: commit_ts,
-                key: m.key.clone(),
-                primary: req.primary.to_vec(),
-            });
-        }
-        if reader.txn_commit_record(&m.key, start_ts)? == TxnCommitRecord::RolledBack {
-            // Someone rolled this transaction back (it looked dead): it must not lock now.
-            return Err(TxnError::WriteConflict {
-                start_ts,
-                conflict_start_ts: 0,
-                conflict_commit_ts: 0,
-                key: m.key.clone(),
-                primary: req.primary.to_vec(),
-            });
+            SinceStart::OwnRollback => {
+                // Someone rolled this transaction back (it looked dead): it must not lock now.
+                return Err(TxnError::WriteConflict {
+                    start_ts,
+                    conflict_start_ts: 0,
+                    conflict_commit_ts: 0,
+                    key: m.key.clone(),
+                    primary: req.primary.to_vec(),
+                });
+            }
+            SinceStart::Conflict {
+                commit_ts,
+                start_ts: conflict_start_ts,
+            } => {
+                return Err(TxnError::WriteConflict {
+                    start_ts,
+                    conflict_start_ts,
+                    conflict_commit_ts: commit_ts,
+                    key: m.key.clone(),
+                    primary: req.primary.to_vec(),
+                });
+            }
         }
         if op == Op::Insert && reader.get(&m.key, start_ts)?.is_some() {
             return Err(TxnError::AlreadyExist { key: m.key.clone() });
@@ -219,7 +226,11 @@ mod tests {
         assert_eq!(store.get(b"a", 11), None);
         assert_eq!(store.get(b"a", 12), Some(b"1".to_vec()));
         assert_eq!(store.get(b"b", 12), Some(big));
-        // A retry of the same one-phase commit (its answer was lost) writes nothing.
-        assert!(prewrite(&store.reader(), &req).unwrap().is_empty());
+        // A retry of the same one-phase commit (its answer was lost) writes nothing and learns
+        // the commit_ts, even after a later transaction wrote the keys.
+        store.put_committed(b"a", b"later", 20, 21);
+        let retry = prewrite(&store.reader(), &req).unwrap();
+        assert!(retry.is_empty());
+        assert_eq!(retry.committed_at, Some(12));
     }
 }
