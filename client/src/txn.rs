@@ -86,6 +86,9 @@ fn rule(check: std::result::Result<(), String>) -> Result<()> {
     check.map_err(ClientError::InvalidArgument)
 }
 
+/// The locks of one transaction met by a read: its primary, the longest TTL, the keys.
+type TxnLocks = (Vec<u8>, u64, Vec<Vec<u8>>);
+
 /// What became of a transaction, as its primary says.
 enum TxnStatus {
     Committed(u64),
@@ -316,7 +319,8 @@ impl TransactionClient {
         caller_start_ts: u64,
         bypass: &mut HashSet<u64>,
     ) -> Result<bool> {
-        let mut by_txn: BTreeMap<u64, (Vec<u8>, u64, Vec<Vec<u8>>)> = BTreeMap::new();
+        // start_ts → (primary, longest TTL seen, locked keys)
+        let mut by_txn: BTreeMap<u64, TxnLocks> = BTreeMap::new();
         for lock in locks {
             if bypass.contains(&lock.lock_version) {
                 continue;

@@ -132,7 +132,7 @@ impl GcWorker {
             for _ in 0..BATCHES_PER_REGION_ROUND {
                 let outcome = self
                     .service
-                    .gc_batch(context.clone(), start.clone(), &region.end_key, safe_point)
+                    .gc_batch(context, start.clone(), &region.end_key, safe_point)
                     .await;
                 match outcome {
                     Ok(TxnOutcome::Done(batch)) => {

@@ -107,7 +107,7 @@ pub fn encode_bytes(key: &[u8]) -> Vec<u8> {
         out.extend(std::iter::repeat_n(0u8, pad));
         out.push(ENC_MARKER - pad as u8);
     }
-    if key.len() % ENC_GROUP_SIZE == 0 {
+    if key.len().is_multiple_of(ENC_GROUP_SIZE) {
         out.extend_from_slice(&[0; ENC_GROUP_SIZE]);
         out.push(ENC_MARKER - ENC_GROUP_SIZE as u8);
     }
@@ -389,7 +389,7 @@ mod tests {
 
     #[test]
     fn versions_of_a_key_sort_newest_first_and_never_interleave_with_other_keys() {
-        let mut all = vec![
+        let mut all = [
             write_key(b"a", 5),
             write_key(b"a", 9),
             write_key(b"a\0", 7),

@@ -18,6 +18,7 @@ pub mod linearizability;
 pub mod process;
 pub mod regions;
 pub mod sim;
+pub mod sim_bank;
 
 use std::time::{Duration, Instant};
 

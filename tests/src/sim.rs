@@ -29,7 +29,7 @@ use ringkv_proto::raftpb::{
     admin_request, request::Cmd, AdminRequest, PutRequest, RaftCmdRequest, RaftMessage, Request,
     SplitRequest,
 };
-use ringkv_storage::layout::{data_key, data_range};
+use ringkv_storage::layout::{data_key, region_data_ranges};
 use ringkv_storage::{KvEngine, MemKv, MemLogEngine};
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -79,6 +79,12 @@ pub struct SimConfig {
     /// A deliberately broken node: leaders serve lease reads after the lease expired
     /// ([`PeerConfig::unsafe_lease_ignores_expiry`]).
     pub unsafe_lease_ignores_expiry: bool,
+    /// Transactional bank clients ([`crate::sim_bank`]; 0: none). Checked: every snapshot of
+    /// the accounts, and the final one, sums to the starting total.
+    pub bank_clients: usize,
+    /// A deliberately broken node for the bank checker's own test: transactional reads
+    /// ignore locks (they miss transactions committing at their snapshot).
+    pub unsafe_txn_reads_ignore_locks: bool,
 }
 
 impl Default for SimConfig {
@@ -101,6 +107,8 @@ impl Default for SimConfig {
             unsafe_local_reads: false,
             lease_ms: 500,
             unsafe_lease_ignores_expiry: false,
+            bank_clients: 0,
+            unsafe_txn_reads_ignore_locks: false,
         }
     }
 }
@@ -126,6 +134,8 @@ pub struct SimOutcome {
     /// Register operations recorded (failed gets left out) and those acknowledged.
     pub register_ops: usize,
     pub register_ops_completed: usize,
+    /// What the bank workload did and saw (None without it).
+    pub bank: Option<crate::sim_bank::BankOutcome>,
     /// A hash over everything observable that happened, in order.
     pub trace: u64,
 }
@@ -158,6 +168,8 @@ struct SimStore {
     outbox: Arc<Mutex<Outbox>>,
     /// The machine's monotonic clock: survives restarts of the store.
     clock: Arc<ManualClock>,
+    /// Starts so far (the bank's view of the store's service memory is per start).
+    incarnation: u64,
 }
 
 struct InFlight {
@@ -245,6 +257,9 @@ pub struct Sim {
     next_register_value: u64,
     trace: std::collections::hash_map::DefaultHasher,
     outcome: SimOutcome,
+    bank: Option<crate::sim_bank::Bank>,
+    /// The bank's final snapshot, once started: None while it runs, then whether it summed up.
+    bank_final: Option<std::rc::Rc<std::cell::Cell<Option<bool>>>>,
 }
 
 /// Search states the linearizability check may visit per key before it gives up.
@@ -285,6 +300,7 @@ impl Sim {
                 running: None,
                 outbox: Arc::new(Mutex::new(Outbox::default())),
                 clock: Arc::new(ManualClock::default()),
+                incarnation: 0,
             });
         }
         let mut sim = Sim {
@@ -325,8 +341,18 @@ impl Sim {
                 merges_rolled_back: 0,
                 register_ops: 0,
                 register_ops_completed: 0,
+                bank: None,
                 trace: 0,
             },
+            bank: (cfg.bank_clients > 0).then(|| {
+                crate::sim_bank::Bank::new(
+                    seed,
+                    cfg.stores,
+                    cfg.misroute_per_mille,
+                    cfg.unsafe_txn_reads_ignore_locks,
+                )
+            }),
+            bank_final: None,
             cfg,
         };
         // Each store's clock runs at its own rate: ticks every steps_per_tick - 1 ..= + 1 steps.
@@ -353,7 +379,30 @@ impl Sim {
                 let _ = sim.router(i).send_control(StoreMsg::CreateBootstrapPeer(r));
             }
         }
+        for i in 0..sim.stores.len() {
+            sim.publish_to_bank(i);
+        }
+        let clients = sim.cfg.bank_clients;
+        if let Some(bank) = sim.bank.as_mut() {
+            bank.start(clients, seed);
+        }
         sim
+    }
+
+    /// Tells the bank what store `i` runs as now.
+    fn publish_to_bank(&mut self, i: usize) {
+        let node = self.stores[i].running.as_ref().map(|(store, _)| {
+            let kv: Arc<dyn KvEngine> = self.stores[i].kv.clone();
+            crate::sim_bank::NodeHandle::new(
+                self.stores[i].id,
+                self.stores[i].incarnation,
+                store.router().clone(),
+                kv,
+            )
+        });
+        if let Some(bank) = &self.bank {
+            bank.set_node(i, node);
+        }
     }
 
     fn store_config(&self) -> RaftStoreConfig {
@@ -402,6 +451,8 @@ impl Sim {
         };
         let store = SteppedStore::open(ctx, receivers).expect("store opens");
         s.running = Some((store, events_rx));
+        s.incarnation += 1;
+        self.publish_to_bank(i);
     }
 
     fn router(&self, i: usize) -> StoreRouter {
@@ -426,6 +477,9 @@ impl Sim {
     pub fn run(mut self) -> SimOutcome {
         for _ in 0..self.cfg.steps {
             self.step(true);
+        }
+        if let Some(bank) = &self.bank {
+            bank.stop();
         }
         self.heal_all();
         self.settle();
@@ -478,6 +532,15 @@ impl Sim {
         {
             self.start_register_op();
         }
+        if let Some(bank) = self.bank.as_mut() {
+            let routes = self
+                .pd
+                .scan_regions(b"", b"", usize::MAX)
+                .into_iter()
+                .cloned()
+                .collect();
+            bank.step(self.now, routes);
+        }
         self.check_merges();
         self.check_writes();
         self.check_register_ops();
@@ -517,6 +580,7 @@ impl Sim {
         self.stores[i].kv.set_fail_next_write(false);
         self.stores[i].log.set_fail_next_write(false);
         self.stores[i].outbox.lock().messages.clear();
+        self.publish_to_bank(i);
     }
 
     fn inject_faults(&mut self) {
@@ -1105,6 +1169,7 @@ impl Sim {
             self.step(false);
             if self.now.is_multiple_of(500)
                 && self.unacked.is_empty()
+                && self.bank_settled()
                 && self.settled()
                 && self.data_difference().is_none()
             {
@@ -1138,8 +1203,41 @@ impl Sim {
         self.check_no_overlap();
         self.check_data();
         self.check_history();
+        self.check_bank();
         self.outcome.acked_writes = self.acked.len();
         self.outcome.regions = self.pd.region_count();
+    }
+
+    /// Whether the bank (if any) is done: its workers stopped and its final snapshot read.
+    fn bank_settled(&mut self) -> bool {
+        let Some(bank) = self.bank.as_mut() else {
+            return true;
+        };
+        if !bank.idle() {
+            return false;
+        }
+        let done = self
+            .bank_final
+            .get_or_insert_with(|| bank.start_final_check());
+        done.get().is_some()
+    }
+
+    fn check_bank(&mut self) {
+        let Some(bank) = &self.bank else { return };
+        let outcome = bank.outcome();
+        if let Some(v) = outcome.violations.first() {
+            self.fail(format!(
+                "bank: {} violation(s), first: {v}",
+                outcome.violations.len()
+            ));
+        }
+        self.note((
+            "bank",
+            outcome.transfers,
+            outcome.snapshots,
+            outcome.aborted,
+        ));
+        self.outcome.bank = Some(outcome);
     }
 
     /// Where `key` is routed and what each store knows of that region, for failure reports.
@@ -1238,11 +1336,13 @@ impl Sim {
         let dumps: BTreeMap<u64, BTreeMap<Vec<u8>, Vec<u8>>> =
             self.stores.iter().map(|s| (s.id, s.kv.dump())).collect();
         for region in &routed {
-            let (lo, hi) = data_range(&region.start_key, &region.end_key);
+            // Every column family: raw data and the transactional lock / write / default.
+            let ranges = region_data_ranges(&region.start_key, &region.end_key);
             let mut first: Option<(u64, Pairs)> = None;
             for p in &region.peers {
-                let data: Pairs = dumps[&p.store_id]
-                    .range(lo.clone()..hi.clone())
+                let data: Pairs = ranges
+                    .iter()
+                    .flat_map(|(_, lo, hi)| dumps[&p.store_id].range(lo.clone()..hi.clone()))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 match &first {

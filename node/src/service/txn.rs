@@ -152,7 +152,7 @@ impl KvService {
         action: impl FnOnce(&MvccReader<'_>) -> Result<(MvccTxn, T), TxnError>,
     ) -> Result<TxnOutcome<T>, Status> {
         context.replica_read = false;
-        if let Err(region_error) = self.clear_read(context.clone(), keys).await? {
+        if let Err(region_error) = self.clear_read(context, keys).await? {
             return Ok(TxnOutcome::Region(region_error));
         }
         let reader = MvccReader::new(self.ctx.kv.as_ref());
@@ -340,7 +340,7 @@ impl KvService {
             });
         }
         let region_id = context.region_id;
-        let region = match self.clear_read(context.clone(), vec![]).await? {
+        let region = match self.clear_read(context, vec![]).await? {
             Ok(region) => region,
             Err(e) => {
                 return Ok(KvScanResponse {
@@ -689,7 +689,7 @@ impl KvService {
         end: &[u8],
         safe_point: u64,
     ) -> Result<TxnOutcome<GcProgress>, Status> {
-        if let Err(e) = self.clear_read(context.clone(), vec![]).await? {
+        if let Err(e) = self.clear_read(context, vec![]).await? {
             return Ok(TxnOutcome::Region(e));
         }
         let reader = MvccReader::new(self.ctx.kv.as_ref());
