@@ -158,7 +158,7 @@ mod tests {
         let mut gc = GcSafePoints::new(0, 10_000);
         let mut w = MetaWrites::default();
         assert_eq!(gc.current(100_000, &mut w), compose_ts(90_000, 0));
-        gc.update_service("client-a", compose_ts(95_000, 0), 5_000, 100_000)
+        gc.update_service("client-a", compose_ts(95_000, 0), 15_000, 100_000)
             .unwrap();
         assert_eq!(gc.current(110_000, &mut w), compose_ts(95_000, 0));
         // Once the service's TTL runs out, it holds nothing back.
