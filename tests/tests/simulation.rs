@@ -30,14 +30,14 @@ fn split_merge_workload() -> SimConfig {
     }
 }
 
-/// The bank workload: transactional clients move money between ten accounts (Percolator, one-
+/// The bank workload: sixteen transactional clients move money between ten accounts (Percolator, one-
 /// phase when both accounts share a region) and check snapshots of all of them, while raw
 /// writes split the keyspace under them and every fault is injected. Checked: each snapshot
 /// and the final one sum to the starting total, and replicas agree on every column family.
 fn bank_workload() -> SimConfig {
     SimConfig {
         steps: 5000,
-        bank_clients: 4,
+        bank_clients: 16,
         write_per_mille: 150,
         ..SimConfig::default()
     }
