@@ -95,6 +95,12 @@ struct ScanCursor {
     exhausted: bool,
 }
 
+/// Items one request of a batch carries at most (a region's share of a larger batch is sent
+/// in several requests).
+pub(crate) const GROUP_ITEMS_MAX: usize = 4096;
+/// Bytes one request of a batch carries at most (as the caller weighs its items).
+pub(crate) const GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 /// Region pages a merged scan fetches at once at most.
 const SCAN_FANOUT_MAX: usize = 64;
 
@@ -782,6 +788,22 @@ impl RawClient {
         key_of: impl Fn(&I) -> &Vec<u8>,
         send: impl Fn(KvClient<Channel>, Context, Vec<I>) -> BoxFut<'static, (Option<RegionError>, T)>,
     ) -> Result<Vec<T>> {
+        let size_of = |i: &I| key_of(i).len();
+        self.run_batch_weighted(operation, items, &key_of, size_of, send)
+            .await
+    }
+
+    /// [`RawClient::run_batch`] where each request carries at most [`GROUP_ITEMS_MAX`] items
+    /// and [`GROUP_BYTES_MAX`] bytes (by `size_of`): a region's share of a large batch goes in
+    /// several requests, each within the nodes' limits.
+    pub(crate) async fn run_batch_weighted<I: Clone + Send + 'static, T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        items: Vec<I>,
+        key_of: impl Fn(&I) -> &Vec<u8>,
+        size_of: impl Fn(&I) -> usize,
+        send: impl Fn(KvClient<Channel>, Context, Vec<I>) -> BoxFut<'static, (Option<RegionError>, T)>,
+    ) -> Result<Vec<T>> {
         let deadline = Instant::now() + self.config.timeout;
         let mut backoff = Backoff::new(deadline);
         let mut pending = items;
@@ -789,18 +811,25 @@ impl RawClient {
         let mut round = 0usize;
         let mut last_error = String::from("none");
         while !pending.is_empty() {
-            // Group by region.
-            let mut groups: Vec<(RegionRoute, Vec<I>)> = Vec::new();
+            // Group by region, each group within the request limits.
+            let mut groups: Vec<(RegionRoute, Vec<I>, usize)> = Vec::new();
             let mut unrouted = Vec::new();
             for item in pending.drain(..) {
                 match self.route(key_of(&item)).await {
-                    Ok(route) => match groups
-                        .iter_mut()
-                        .find(|(r, _)| r.region.id == route.region.id)
-                    {
-                        Some((_, g)) => g.push(item),
-                        None => groups.push((route, vec![item])),
-                    },
+                    Ok(route) => {
+                        let size = size_of(&item);
+                        match groups.iter_mut().rev().find(|(r, g, bytes)| {
+                            r.region.id == route.region.id
+                                && g.len() < GROUP_ITEMS_MAX
+                                && bytes + size <= GROUP_BYTES_MAX
+                        }) {
+                            Some((_, g, bytes)) => {
+                                g.push(item);
+                                *bytes += size;
+                            }
+                            None => groups.push((route, vec![item], size)),
+                        }
+                    }
                     Err(e) if e.is_retryable() => {
                         last_error = e.to_string();
                         unrouted.push(item);
@@ -808,7 +837,7 @@ impl RawClient {
                     Err(e) => return Err(e),
                 }
             }
-            let attempts = groups.into_iter().map(|(route, group)| {
+            let attempts = groups.into_iter().map(|(route, group, _)| {
                 let send = &send;
                 async move {
                     let g = group.clone();

@@ -45,6 +45,9 @@ pub struct TxnConfig {
     pub gc_keepalive_interval: Duration,
     /// Attempts [`TransactionClient::run`] makes at most. Default 20.
     pub run_attempts_max: usize,
+    /// Bytes (keys and values) one transaction may buffer; past it a write fails with
+    /// `InvalidArgument` rather than exhausting memory here and on the nodes. Default 100 MiB.
+    pub txn_size_bytes_max: usize,
 }
 
 impl Default for TxnConfig {
@@ -58,6 +61,7 @@ impl Default for TxnConfig {
             try_one_pc: true,
             gc_keepalive_interval: Duration::from_secs(10),
             run_attempts_max: 20,
+            txn_size_bytes_max: 100 * 1024 * 1024,
         }
     }
 }
@@ -163,6 +167,7 @@ impl TransactionClient {
             buffer: BTreeMap::new(),
             state: TxnState::Active,
             bypass: HashSet::new(),
+            buffered_bytes: 0,
         })
     }
 
@@ -453,6 +458,8 @@ pub struct Transaction {
     state: TxnState,
     /// Transactions whose locks do not affect this one's reads (pushed past it, or known).
     bypass: HashSet<u64>,
+    /// Bytes of keys and values in `buffer`.
+    buffered_bytes: usize,
 }
 
 impl Drop for Transaction {
@@ -488,6 +495,26 @@ impl Transaction {
 
     fn encode(&self, key: &[u8]) -> Vec<u8> {
         self.client.inner.raw.encode(key)
+    }
+
+    /// Buffers a mutation of `encoded`, within the transaction's size limit.
+    fn buffer(&mut self, encoded: Vec<u8>, op: Op, value: Vec<u8>) -> Result<()> {
+        let added = encoded.len() + value.len();
+        let removed = self
+            .buffer
+            .get(&encoded)
+            .map_or(0, |(_, v)| encoded.len() + v.len());
+        let size = self.buffered_bytes - removed + added;
+        let max = self.client.inner.config.txn_size_bytes_max;
+        if size > max {
+            return Err(ClientError::InvalidArgument(format!(
+                "transaction {} would hold {size} bytes, over txn_size_bytes_max = {max}; split it into smaller transactions",
+                self.start_ts
+            )));
+        }
+        self.buffered_bytes = size;
+        self.buffer.insert(encoded, (op, value));
+        Ok(())
     }
 
     /// The value of `key` as this transaction sees it.
@@ -684,8 +711,7 @@ impl Transaction {
             Some((Op::Insert, _)) => Op::Insert,
             _ => Op::Put,
         };
-        self.buffer.insert(encoded, (op, value));
-        Ok(())
+        self.buffer(encoded, op, value)
     }
 
     /// Writes `value` at `key` when the transaction commits, which then fails with
@@ -702,8 +728,7 @@ impl Transaction {
             Some((Op::Delete, _)) => Op::Put,
             _ => Op::Insert,
         };
-        self.buffer.insert(encoded, (op, value));
-        Ok(())
+        self.buffer(encoded, op, value)
     }
 
     /// Deletes `key` when the transaction commits.
@@ -712,8 +737,7 @@ impl Transaction {
         let key = key.into();
         rule(check_user_key(&key))?;
         let encoded = self.encode(&key);
-        self.buffer.insert(encoded, (Op::Delete, Vec::new()));
-        Ok(())
+        self.buffer(encoded, Op::Delete, Vec::new())
     }
 
     /// Makes the commit conflict with any other transaction that writes these keys meanwhile,
@@ -723,7 +747,9 @@ impl Transaction {
         for key in keys {
             rule(check_user_key(&key))?;
             let encoded = self.encode(&key);
-            self.buffer.entry(encoded).or_insert((Op::Lock, Vec::new()));
+            if !self.buffer.contains_key(&encoded) {
+                self.buffer(encoded, Op::Lock, Vec::new())?;
+            }
         }
         Ok(())
     }
@@ -732,6 +758,7 @@ impl Transaction {
     pub fn rollback(&mut self) {
         if self.state == TxnState::Active {
             self.buffer.clear();
+            self.buffered_bytes = 0;
             self.state = TxnState::RolledBack;
         }
     }
@@ -822,10 +849,11 @@ impl Transaction {
             let responses = client
                 .inner
                 .raw
-                .run_batch(
+                .run_batch_weighted(
                     "txn_prewrite",
                     pending.clone(),
                     |m| &m.key,
+                    |m| m.key.len() + m.value.len(),
                     move |mut c, context, group| -> BoxFut<'static, _> {
                         let primary_lock = primary_lock.clone();
                         Box::pin(async move {

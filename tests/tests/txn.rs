@@ -531,3 +531,38 @@ fn bank_transfers_keep_the_total_under_node_restarts_and_leader_partitions() {
         "the workload made progress: {t} transfers, {s} snapshots"
     );
 }
+
+/// A transaction larger than one request may carry goes in several prewrites (two phases),
+/// and one past the configured size is refused before it uses any node's memory.
+#[test]
+fn a_large_transaction_commits_in_several_requests_and_an_oversized_one_is_refused() {
+    let cluster = ClusterBuilder::default().start();
+    let client = cluster.txn_client();
+    cluster.rt.block_on(async {
+        let mut t = client.begin().await.unwrap();
+        for i in 0..10_000 {
+            t.put(format!("big{i:05}"), "v").unwrap();
+        }
+        t.commit().await.unwrap();
+        let mut r = client.begin().await.unwrap();
+        let keys: Vec<Vec<u8>> = (0..10_000)
+            .map(|i| format!("big{i:05}").into_bytes())
+            .collect();
+        assert_eq!(r.batch_get(keys).await.unwrap().len(), 10_000);
+    });
+    let small = cluster.txn_client_with(TxnConfig {
+        txn_size_bytes_max: 1_000,
+        ..Default::default()
+    });
+    cluster.rt.block_on(async {
+        let mut t = small.begin().await.unwrap();
+        t.put("a", vec![0u8; 900]).unwrap();
+        let err = t.put("b", vec![0u8; 200]).unwrap_err();
+        assert!(
+            matches!(err, ClientError::InvalidArgument(ref m) if m.contains("txn_size_bytes_max")),
+            "{err}"
+        );
+        // Overwriting a key counts its new size only.
+        t.put("a", vec![0u8; 950]).unwrap();
+    });
+}
