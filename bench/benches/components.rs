@@ -7,6 +7,12 @@
 //! - `apply_pool/64_regions`: 64 regions' apply delegates, 16 put entries each, applied as one
 //!   apply round over the in-memory engine (decode, checks, batch, apply states).
 //! - `keys/encode_hash`: encoding a user key into the hash keyspace (ring position + key).
+//! - `mvcc/prewrite_commit_2_keys`: a two-key transaction's prewrite and commit actions over
+//!   sled (conflict checks, then each action's writes as one sled batch), as a leader runs them.
+//! - `mvcc/prewrite_check_10_keys`: the prewrite action alone (reads and checks, no write) for
+//!   ten keys that each have one committed version.
+//! - `mvcc/get/{1,10,100}_versions`: a read at a timestamp of a key with that many versions
+//!   (the read lands in the middle of them).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use prost::Message as _;
@@ -146,11 +152,150 @@ fn key_encoding(c: &mut Criterion) {
     });
 }
 
+/// Runs `txn`'s writes as one sled batch.
+fn write_txn(kv: &SledKv, txn: ringkv_txn::MvccTxn) {
+    let mut batch = KvWriteBatch::default();
+    ringkv_txn::write_modifies(&mut batch, txn.into_modifies());
+    kv.write(batch).unwrap();
+}
+
+fn put_mutation(key: Vec<u8>) -> ringkv_proto::kvrpcpb::Mutation {
+    ringkv_proto::kvrpcpb::Mutation {
+        op: ringkv_proto::kvrpcpb::Op::Put as i32,
+        key,
+        value: vec![b'v'; 100],
+    }
+}
+
+/// `keys` records, each committed once (start 1, commit 2).
+fn mvcc_store(keys: u64) -> (tempfile::TempDir, SledKv, Vec<Vec<u8>>) {
+    use ringkv_txn::actions::prewrite;
+    let dir = tempfile::tempdir().unwrap();
+    let kv = SledKv::open(dir.path()).unwrap();
+    let encoded: Vec<Vec<u8>> = (0..keys)
+        .map(|n| keys::encode(&keys::default_keyspace(), format!("user{n:012}").as_bytes()))
+        .collect();
+    for chunk in encoded.chunks(256) {
+        let muts: Vec<_> = chunk.iter().cloned().map(put_mutation).collect();
+        let reader = ringkv_txn::MvccReader::new(&kv);
+        let txn = prewrite::prewrite(
+            &reader,
+            &prewrite::Prewrite {
+                mutations: &muts,
+                primary: &chunk[0],
+                start_ts: 1,
+                lock_ttl_ms: 3000,
+                txn_size: muts.len() as u64,
+                one_pc_commit_ts: Some(2),
+            },
+        )
+        .unwrap();
+        write_txn(&kv, txn);
+    }
+    (dir, kv, encoded)
+}
+
+fn mvcc_actions(c: &mut Criterion) {
+    use ringkv_txn::actions::{commit, prewrite, read};
+    let (_dir, kv, keys) = mvcc_store(10_000);
+    let mut ts = 10u64;
+    let mut next = 0usize;
+    let mut group = c.benchmark_group("mvcc");
+    group.throughput(Throughput::Elements(2));
+    group.bench_function("prewrite_commit_2_keys", |b| {
+        b.iter(|| {
+            let pair = [
+                keys[next % keys.len()].clone(),
+                keys[(next + 1) % keys.len()].clone(),
+            ];
+            next += 2;
+            let (start_ts, commit_ts) = (ts, ts + 1);
+            ts += 2;
+            let muts: Vec<_> = pair.iter().cloned().map(put_mutation).collect();
+            let txn = prewrite::prewrite(
+                &ringkv_txn::MvccReader::new(&kv),
+                &prewrite::Prewrite {
+                    mutations: &muts,
+                    primary: &pair[0],
+                    start_ts,
+                    lock_ttl_ms: 3000,
+                    txn_size: 2,
+                    one_pc_commit_ts: None,
+                },
+            )
+            .unwrap();
+            write_txn(&kv, txn);
+            let txn = commit::commit_keys(
+                &ringkv_txn::MvccReader::new(&kv),
+                start_ts,
+                &pair,
+                commit_ts,
+            )
+            .unwrap();
+            write_txn(&kv, txn);
+        })
+    });
+    group.throughput(Throughput::Elements(10));
+    group.bench_function("prewrite_check_10_keys", |b| {
+        b.iter(|| {
+            let muts: Vec<_> = (0..10)
+                .map(|i| put_mutation(keys[(next + i) % keys.len()].clone()))
+                .collect();
+            next += 10;
+            let txn = prewrite::prewrite(
+                &ringkv_txn::MvccReader::new(&kv),
+                &prewrite::Prewrite {
+                    mutations: &muts,
+                    primary: &muts[0].key,
+                    start_ts: u64::MAX / 2,
+                    lock_ttl_ms: 3000,
+                    txn_size: 10,
+                    one_pc_commit_ts: None,
+                },
+            )
+            .unwrap();
+            std::hint::black_box(txn);
+        })
+    });
+    group.throughput(Throughput::Elements(1));
+    for versions in [1u64, 10, 100] {
+        let key = keys::encode(
+            &keys::default_keyspace(),
+            format!("versions{versions}").as_bytes(),
+        );
+        for v in 0..versions {
+            let (start_ts, commit_ts) = (1_000 + v * 10, 1_000 + v * 10 + 1);
+            let txn = prewrite::prewrite(
+                &ringkv_txn::MvccReader::new(&kv),
+                &prewrite::Prewrite {
+                    mutations: &[put_mutation(key.clone())],
+                    primary: &key,
+                    start_ts,
+                    lock_ttl_ms: 3000,
+                    txn_size: 1,
+                    one_pc_commit_ts: Some(commit_ts),
+                },
+            )
+            .unwrap();
+            write_txn(&kv, txn);
+        }
+        let read_ts = 1_000 + versions * 5 + 2;
+        group.bench_function(format!("get/{versions}_versions"), |b| {
+            b.iter(|| {
+                let v = read::get(&ringkv_txn::MvccReader::new(&kv), &key, read_ts, &[]).unwrap();
+                std::hint::black_box(v)
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     components,
     log_append_sync,
     kv_apply_batch,
     apply_pool_round,
-    key_encoding
+    key_encoding,
+    mvcc_actions
 );
 criterion_main!(components);

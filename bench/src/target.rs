@@ -185,13 +185,18 @@ pub async fn run(target: &Target, spec: &RunSpec, label: &str) -> (Recorder, f64
     let started = Instant::now();
     let records = Arc::new(AtomicU64::new(spec.records));
     let done = Arc::new(AtomicU64::new(0));
+    // Operations handed out so far, for a run bounded by an operation count.
+    let issued = Arc::new(AtomicU64::new(0));
     let ticker = {
         let (done, label) = (done.clone(), label.to_string());
         tokio::spawn(async move {
             let mut last = 0;
             let mut second = 0;
-            while Instant::now() < deadline {
+            loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                if Instant::now() >= deadline {
+                    break;
+                }
                 second += 1;
                 let now = done.load(Ordering::Relaxed);
                 eprintln!("   {label} {second:>4} s: {:>8} ops/s", now - last);
@@ -201,14 +206,23 @@ pub async fn run(target: &Target, spec: &RunSpec, label: &str) -> (Recorder, f64
     };
     let clients: Vec<_> = (0..spec.clients)
         .map(|c| {
-            let (target, spec, records, done) =
-                (target.clone(), spec.clone(), records.clone(), done.clone());
+            let (target, spec, records, done, issued) = (
+                target.clone(),
+                spec.clone(),
+                records.clone(),
+                done.clone(),
+                issued.clone(),
+            );
             tokio::spawn(async move {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(c as u64);
                 let mut chooser = KeyChooser::new(spec.workload.distribution);
                 let mut recorder = Recorder::default();
                 let value = vec![b'u'; spec.value_bytes];
-                while Instant::now() < deadline {
+                while Instant::now() < deadline
+                    && spec
+                        .ops
+                        .is_none_or(|n| issued.fetch_add(1, Ordering::Relaxed) < n)
+                {
                     let op = spec.workload.pick(rng.gen::<f64>());
                     let count = records.load(Ordering::Relaxed);
                     let t = Instant::now();

@@ -133,6 +133,8 @@ pub struct RunSpec {
     pub seconds: u64,
     pub value_bytes: usize,
     pub scan_length_max: usize,
+    /// Stop after this many operations in all (or at `seconds`, whichever comes first).
+    pub ops: Option<u64>,
 }
 
 impl RunSpec {
@@ -173,7 +175,19 @@ impl RunSpec {
             seconds,
             value_bytes,
             scan_length_max: 100,
+            ops: None,
         })
+    }
+
+    /// Bounds the run by an operation count as well as its duration.
+    pub fn with_ops(mut self, ops: Option<u64>) -> Result<RunSpec, String> {
+        if let Some(n) = ops {
+            if n == 0 || n > 1_000_000_000_000 {
+                return Err(format!("--ops {n} is outside 1..=1000000000000"));
+            }
+        }
+        self.ops = ops;
+        Ok(self)
     }
 }
 
@@ -355,6 +369,47 @@ pub fn report_json(spec: &RunSpec, rows: &[(String, Vec<OpReport>)]) -> serde_js
 }
 
 /// Draws throughput against client count, one line per target, as an SVG file.
+/// A Markdown table of one saved `run --json` document: a heading naming the workload and
+/// load, then one row per target and operation. For `scripts/benchmarks.sh`, which saves every
+/// run and renders the tables of BENCHMARKS.md with `ringkv-bench report`.
+pub fn markdown_report(doc: &serde_json::Value) -> Result<String, String> {
+    let spec = doc
+        .get("spec")
+        .ok_or("not a `run --json` document: no \"spec\"")?;
+    let results = doc
+        .get("results")
+        .and_then(|r| r.as_array())
+        .ok_or("not a `run --json` document: no \"results\" list")?;
+    let name = spec["workload"]["name"].as_str().unwrap_or("?");
+    let mut out = format!(
+        "#### {name}: {} clients, {} s, {} records, {} B values\n\n",
+        spec["clients"], spec["seconds"], spec["records"], spec["value_bytes"]
+    );
+    out.push_str(
+        "| target | operation | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |\n",
+    );
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for result in results {
+        let target = result["target"].as_str().unwrap_or("?");
+        for op in result["operations"].as_array().into_iter().flatten() {
+            let ms = |k: &str| op[k].as_f64().map_or("-".into(), |v| format!("{v:.1}"));
+            let _ = writeln!(
+                out,
+                "| {target} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                op["operation"].as_str().unwrap_or("?"),
+                op["ops_per_second"].as_f64().unwrap_or(0.0),
+                ms("p50_ms"),
+                ms("p90_ms"),
+                ms("p99_ms"),
+                ms("p999_ms"),
+                ms("max_ms"),
+                op["errors"],
+            );
+        }
+    }
+    Ok(out)
+}
+
 pub fn plot_sweep(
     path: &std::path::Path,
     title: &str,
@@ -430,6 +485,32 @@ mod tests {
         assert_eq!(e.pick(0.99), OpKind::Insert);
         let f = Workload::named("ycsb-f").unwrap();
         assert_eq!(f.pick(0.75), OpKind::ReadModifyWrite);
+        let t = Workload::named("txn-10").unwrap();
+        assert_eq!((t.pick(0.5), t.txn_keys), (OpKind::Txn, 10));
+        assert!(t.needs_records(), "transactions overwrite loaded records");
+    }
+
+    #[test]
+    fn a_saved_run_renders_as_a_markdown_table() {
+        let spec = RunSpec::new("mixed", None, 10, 4, 2, 100).unwrap();
+        let mut rec = Recorder::default();
+        rec.record(OpKind::Read, Some(1500));
+        rec.record(OpKind::Update, None);
+        let doc = report_json(&spec, &[("ringkv".into(), rec.report(2.0))]);
+        let md = markdown_report(&doc).unwrap();
+        assert!(md.starts_with("#### mixed: 4 clients, 2 s"), "{md}");
+        assert!(md.contains("| ringkv | read | 0 | 1.5 |"), "{md}");
+        assert!(md.contains("| ringkv | update |"), "{md}");
+        assert!(markdown_report(&serde_json::json!({"x": 1})).is_err());
+    }
+
+    #[test]
+    fn an_operation_count_bounds_the_run_and_zero_is_refused() {
+        let spec = RunSpec::new("get", None, 10, 1, 1, 10).unwrap();
+        assert_eq!(spec.clone().with_ops(Some(500)).unwrap().ops, Some(500));
+        assert_eq!(spec.clone().with_ops(None).unwrap().ops, None);
+        let err = spec.with_ops(Some(0)).unwrap_err();
+        assert!(err.contains("--ops"), "{err}");
     }
 
     #[test]

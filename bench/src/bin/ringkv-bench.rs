@@ -92,6 +92,9 @@ enum Cmd {
         /// Seconds of load.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Stop after this many operations in all (or at --seconds, whichever comes first).
+        #[arg(long)]
+        ops: Option<u64>,
         /// Value size in bytes.
         #[arg(long, default_value_t = 100)]
         value_bytes: usize,
@@ -143,6 +146,14 @@ enum Cmd {
         /// Where the plot goes.
         #[arg(long, default_value = "docs/throughput-vs-clients.svg")]
         plot: std::path::PathBuf,
+    },
+    /// Render saved `run --json` documents (files, or every *.json in a directory) as Markdown
+    /// tables, in file-name order: how scripts/benchmarks.sh turns a session's runs into the
+    /// tables of BENCHMARKS.md.
+    Report {
+        /// JSON files or directories holding them.
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
     },
     /// Run the write load against a running cluster.
     Write {
@@ -221,6 +232,7 @@ fn main() {
                 records,
                 clients,
                 seconds,
+                ops,
                 value_bytes,
                 read_mode,
                 pd,
@@ -237,7 +249,8 @@ fn main() {
                     clients,
                     seconds,
                     value_bytes,
-                )?;
+                )?
+                .with_ops(ops)?;
                 let opts = RunOptions {
                     read_mode,
                     keyspace,
@@ -257,6 +270,7 @@ fn main() {
                 etcd,
                 plot,
             } => sweep(&workload, &clients, seconds, records, &etcd, &plot).await,
+            Cmd::Report { paths } => report(&paths),
             Cmd::Write { pd, load } => {
                 let client = RawClient::connect_with_config(&pd, RawConfig::default())
                     .await
@@ -486,6 +500,39 @@ struct RunOptions {
 enum KeyspaceKind {
     Hash,
     Range,
+}
+
+/// See [`Cmd::Report`].
+fn report(paths: &[std::path::PathBuf]) -> Result<(), String> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let entries = std::fs::read_dir(p)
+                .map_err(|e| format!("cannot read directory {}: {e}", p.display()))?;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|x| x == "json") {
+                    files.push(path);
+                }
+            }
+        } else {
+            files.push(p.clone());
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err("no JSON files found; pass files or directories of `run --json` output".into());
+    }
+    for f in files {
+        let text =
+            std::fs::read_to_string(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", f.display()))?;
+        let md = ringkv_bench::workload::markdown_report(&doc)
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+        println!("{md}");
+    }
+    Ok(())
 }
 
 /// See [`Cmd::Run`].
