@@ -13,6 +13,10 @@
 //!   ten keys that each have one committed version.
 //! - `mvcc/get/{1,10,100}_versions`: a read at a timestamp of a key with that many versions
 //!   (the read lands in the middle of them).
+//! - `poll_round/{64,1024}_regions`: one round of the batch system (`SteppedStore::step`) on a
+//!   store leading that many single-replica regions, each with one put waiting: mail, proposals,
+//!   one log write for all, commit, apply, answers — the raftstore's CPU per round, over the
+//!   in-memory engines.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use prost::Message as _;
@@ -290,12 +294,116 @@ fn mvcc_actions(c: &mut Criterion) {
     group.finish();
 }
 
+struct NoTransport;
+
+impl ringkv_node::raftstore::RaftTransport for NoTransport {
+    fn send_all(&self, _: Vec<ringkv_proto::raftpb::RaftMessage>) {}
+    fn send_snapshot(
+        &self,
+        _: ringkv_proto::raftpb::RaftMessage,
+        _: ringkv_node::transport::SnapshotReport,
+    ) {
+    }
+}
+
+/// A store leading `n` single-replica regions, all elected; with the receiver of its events
+/// (kept alive so reports to placement have somewhere to go).
+type SingleStore = (
+    ringkv_node::raftstore::SteppedStore,
+    Vec<Region>,
+    tokio::sync::mpsc::UnboundedReceiver<ringkv_node::raftstore::StoreEvent>,
+);
+
+fn single_store(n: u64) -> SingleStore {
+    use ringkv_node::raftstore::{RaftStoreConfig, SteppedStore, StoreContext};
+    use ringkv_node::router::StoreMsg;
+    use std::sync::Arc;
+    let (router, receivers) = StoreRouter::new(1 << 16, 1 << 12);
+    let kv: Arc<dyn KvEngine> = Arc::new(MemKv::new());
+    let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let cfg = RaftStoreConfig {
+        tick_interval: std::time::Duration::from_millis(100),
+        ..RaftStoreConfig::default()
+    };
+    let ctx = StoreContext {
+        store_id: 1,
+        log: Arc::new(ringkv_storage::MemLogEngine::new()),
+        kv: kv.clone(),
+        transport: Arc::new(NoTransport),
+        events,
+        split_checker: ringkv_node::split_check::SplitChecker::inline(
+            kv,
+            cfg.split,
+            router.clone(),
+        ),
+        clock: Arc::new(ringkv_node::clock::ManualClock::default()),
+        cfg,
+        router,
+    };
+    let mut store = SteppedStore::open(ctx, receivers).unwrap();
+    let regions: Vec<Region> = (1..=n).map(region).collect();
+    for r in &regions {
+        let _ = store
+            .router()
+            .send_control(StoreMsg::CreateBootstrapPeer(r.clone()));
+    }
+    // Single voters elect themselves within a couple of election timeouts.
+    for _ in 0..60 {
+        store.tick();
+        store.step();
+    }
+    (store, regions, events_rx)
+}
+
+fn poll_round(c: &mut Criterion) {
+    let mut group = c.benchmark_group("poll_round");
+    for n in [64u64, 1024] {
+        let (mut store, regions, _events) = single_store(n);
+        let mut seq = 0u64;
+        group.throughput(Throughput::Elements(n));
+        group.bench_function(format!("{n}_regions"), |b| {
+            b.iter(|| {
+                let mut answers = Vec::with_capacity(regions.len());
+                for r in &regions {
+                    seq += 1;
+                    let mut key = r.start_key.clone();
+                    key.extend_from_slice(&seq.to_be_bytes());
+                    let cmd = RaftCmdRequest {
+                        region_id: r.id,
+                        region_epoch: r.region_epoch,
+                        requests: vec![Request {
+                            cmd: Some(Cmd::Put(PutRequest {
+                                key,
+                                value: vec![b'v'; 100],
+                                ..Default::default()
+                            })),
+                        }],
+                        admin: None,
+                    };
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    store.router().send_command(cmd, tx);
+                    answers.push(rx);
+                }
+                store.step();
+                for mut rx in answers {
+                    assert!(
+                        matches!(rx.try_recv(), Ok(Ok(()))),
+                        "every put is answered in the round"
+                    );
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     components,
     log_append_sync,
     kv_apply_batch,
     apply_pool_round,
     key_encoding,
-    mvcc_actions
+    mvcc_actions,
+    poll_round
 );
 criterion_main!(components);
