@@ -32,13 +32,15 @@ fn split_merge_workload() -> SimConfig {
 
 /// The bank workload: sixteen transactional clients move money between ten accounts (Percolator, one-
 /// phase when both accounts share a region) and check snapshots of all of them, while raw
-/// writes split the keyspace under them and every fault is injected. Checked: each snapshot
+/// writes split the keyspace under them, an admin merges neighbours, and every fault is
+/// injected. Checked: each snapshot
 /// and the final one sum to the starting total, and replicas agree on every column family.
 fn bank_workload() -> SimConfig {
     SimConfig {
         steps: 5000,
         bank_clients: 16,
         write_per_mille: 150,
+        merge_per_mille: 4,
         ..SimConfig::default()
     }
 }
@@ -115,8 +117,13 @@ fn bank_shard(shard: u64) {
             *totals.abort_reasons.entry(k.clone()).or_default() += v;
         }
     }
-    println!("bank over {} seeds: {totals:?}", outcomes.len());
+    let merges: u32 = outcomes.iter().map(|(_, o)| o.merges_committed).sum();
+    println!(
+        "bank over {} seeds: {totals:?}; {merges} merges committed",
+        outcomes.len()
+    );
     if outcomes.len() >= 10 {
+        assert!(merges > 0, "merges ran under the transactions");
         assert!(
             totals.one_phase > 0 && totals.one_phase < totals.transfers,
             "both commit paths ran: {totals:?}"
