@@ -5,10 +5,10 @@ use crate::region_error;
 use ringkv_proto::errorpb::RegionError;
 use ringkv_proto::keys::{self, in_range};
 use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
-use ringkv_proto::metapb::{Peer as PeerMeta, Region, RegionEpoch};
+use ringkv_proto::metapb::{ConfChangeKind, Peer as PeerMeta, PeerRole, Region, RegionEpoch};
 use ringkv_proto::raftpb::{
-    admin_request, request::Cmd, CommitMergeRequest, DeleteRequest, MergeState, PeerState,
-    PutRequest, RaftCmdRequest, RegionLocalState, Request, SplitRequest,
+    admin_request, request::Cmd, ChangePeerRequest, CommitMergeRequest, DeleteRequest, MergeState,
+    PeerState, PutRequest, RaftCmdRequest, RegionLocalState, Request, SplitRequest,
 };
 use ringkv_proto::region;
 use ringkv_storage::layout::{self, data_range, origin_key, Cf};
@@ -38,6 +38,12 @@ pub enum AdminResult {
     },
     /// The merge this region prepared is abandoned; it serves again at a new version.
     RollbackMerge { region: Region },
+    /// The membership changed (conf_ver + 1): raft must apply `change`; the peer `removed`
+    /// (if any) is no longer a member.
+    ChangePeer {
+        region: Region,
+        change: ChangePeerRequest,
+    },
 }
 
 impl AdminResult {
@@ -47,7 +53,8 @@ impl AdminResult {
             AdminResult::Split { left, .. } => Some(left),
             AdminResult::PrepareMerge { region, .. }
             | AdminResult::CommitMerge { region, .. }
-            | AdminResult::RollbackMerge { region } => Some(region),
+            | AdminResult::RollbackMerge { region }
+            | AdminResult::ChangePeer { region, .. } => Some(region),
             AdminResult::CompactLog { .. } => None,
         }
     }
@@ -68,6 +75,13 @@ impl std::fmt::Display for AdminResult {
                 write!(f, "merge committed; region {} merged in", source.id)
             }
             AdminResult::RollbackMerge { .. } => write!(f, "merge rolled back"),
+            AdminResult::ChangePeer { region, change } => write!(
+                f,
+                "membership changed ({:?} peer {:?}); conf_ver {}",
+                ConfChangeKind::try_from(change.kind).unwrap_or(ConfChangeKind::AddVoter),
+                change.peer.map(|p| (p.id, p.store_id)).unwrap_or_default(),
+                region.region_epoch.unwrap_or_default().conf_ver
+            ),
         }
     }
 }
@@ -265,6 +279,14 @@ pub fn check_command(view: RegionView<'_>, cmd: &RaftCmdRequest) -> CmdResult {
                 "rollback of a merge the region is not preparing",
             ))
         }
+        Some(admin_request::Cmd::ChangePeer(c)) => {
+            if asked.conf_ver != current.conf_ver {
+                return Err(region_error::epoch_not_match(region, cmd.region_epoch));
+            }
+            if let Err(why) = changed_peers(region, c) {
+                return Err(region_error::invalid_command(region.id, &why));
+            }
+        }
         None if cmd.admin.is_some() => {
             return Err(region_error::invalid_command(
                 region.id,
@@ -363,6 +385,81 @@ pub fn split_regions(region: &Region, split: &SplitRequest) -> (Region, Region) 
     (left, right)
 }
 
+/// The Raft configuration change that carries `change`.
+pub fn raft_conf_change(change: &ChangePeerRequest) -> raft::eraftpb::ConfChangeV2 {
+    use raft::eraftpb::{ConfChangeSingle, ConfChangeType};
+    let change_type = match ConfChangeKind::try_from(change.kind) {
+        Ok(ConfChangeKind::AddLearner) => ConfChangeType::AddLearnerNode,
+        Ok(ConfChangeKind::Remove) => ConfChangeType::RemoveNode,
+        _ => ConfChangeType::AddNode,
+    };
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(change_type);
+    single.node_id = change.peer.map(|p| p.id).unwrap_or_default();
+    let mut cc = raft::eraftpb::ConfChangeV2::default();
+    cc.mut_changes().push(single);
+    cc
+}
+
+/// The peers of `region` after `change`, or why the change cannot be made.
+pub fn changed_peers(region: &Region, change: &ChangePeerRequest) -> Result<Vec<PeerMeta>, String> {
+    let Some(peer) = change.peer else {
+        return Err("membership change names no peer".into());
+    };
+    if peer.id == 0 || peer.store_id == 0 {
+        return Err(format!("peer {peer:?} needs an id and a store"));
+    }
+    let mut peers = region.peers.clone();
+    let existing = peers.iter().position(|p| p.id == peer.id);
+    let on_store = peers.iter().position(|p| p.store_id == peer.store_id);
+    let kind = ConfChangeKind::try_from(change.kind)
+        .map_err(|_| format!("unknown membership change kind {}", change.kind))?;
+    match kind {
+        ConfChangeKind::AddVoter | ConfChangeKind::AddLearner => {
+            let role = if kind == ConfChangeKind::AddVoter {
+                PeerRole::Voter
+            } else {
+                PeerRole::Learner
+            };
+            match (existing, on_store) {
+                (Some(i), _) if peers[i].store_id != peer.store_id => {
+                    return Err(format!(
+                        "peer {} lives on store {}",
+                        peer.id, peers[i].store_id
+                    ))
+                }
+                (Some(i), _) if peers[i].role == role as i32 => {
+                    return Err(format!("peer {} already has that role", peer.id))
+                }
+                (Some(i), _) if role == PeerRole::Learner => {
+                    return Err(format!("voter {} cannot become a learner", peers[i].id))
+                }
+                (Some(i), _) => peers[i].role = role as i32,
+                (None, Some(j)) => {
+                    return Err(format!(
+                        "store {} already holds peer {} of region {}",
+                        peer.store_id, peers[j].id, region.id
+                    ))
+                }
+                (None, None) => peers.push(PeerMeta {
+                    role: role as i32,
+                    ..peer
+                }),
+            }
+        }
+        ConfChangeKind::Remove => {
+            let Some(i) = existing.filter(|&i| peers[i].store_id == peer.store_id) else {
+                return Err(format!("peer {} is not a member", peer.id));
+            };
+            peers.remove(i);
+            if !peers.iter().any(|p| p.role == PeerRole::Voter as i32) {
+                return Err("the last voter cannot be removed".into());
+            }
+        }
+    }
+    Ok(peers)
+}
+
 /// Adds the writes of `cmd` (the entry at `index`) to `batch`. A delete range scans `kv`, so
 /// the caller must have written every earlier write of the round first (see
 /// [`needs_flushed_state`]). A CommitMerge must only get here once the local source replica has
@@ -396,6 +493,30 @@ pub fn exec_command(
                     PeerStorage::write_split_state(&right, batch);
                 }
                 Some(AdminResult::Split { left, right })
+            }
+            Some(admin_request::Cmd::ChangePeer(c)) => {
+                let peers = changed_peers(region, c).expect("check_command checked the change");
+                let epoch = region.region_epoch.unwrap_or_default();
+                let changed = Region {
+                    peers,
+                    region_epoch: Some(RegionEpoch {
+                        conf_ver: epoch.conf_ver + 1,
+                        version: epoch.version,
+                    }),
+                    ..region.clone()
+                };
+                layout::write_region_state(
+                    batch,
+                    &RegionView {
+                        region: &changed,
+                        ..view
+                    }
+                    .local_state(PeerState::Normal),
+                );
+                Some(AdminResult::ChangePeer {
+                    region: changed,
+                    change: *c,
+                })
             }
             Some(admin_request::Cmd::CompactLog(c)) => Some(AdminResult::CompactLog {
                 index: c.compact_index,
@@ -609,6 +730,116 @@ fn keys_in_user_range(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn change(kind: ConfChangeKind, id: u64, store_id: u64) -> ChangePeerRequest {
+        ChangePeerRequest {
+            kind: kind as i32,
+            peer: Some(PeerMeta {
+                id,
+                store_id,
+                role: 0,
+            }),
+        }
+    }
+
+    fn three_voters() -> Region {
+        Region {
+            id: 1,
+            peers: (1..=3)
+                .map(|i| PeerMeta {
+                    id: i * 10,
+                    store_id: i,
+                    role: PeerRole::Voter as i32,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn membership_changes_add_promote_and_remove_and_refuse_what_cannot_be() {
+        use ConfChangeKind::*;
+        let r = three_voters();
+        let with_learner = changed_peers(&r, &change(AddLearner, 40, 4)).unwrap();
+        assert_eq!(with_learner.len(), 4);
+        assert_eq!(with_learner[3].role, PeerRole::Learner as i32);
+        let r2 = Region {
+            peers: with_learner,
+            ..r.clone()
+        };
+        let promoted = changed_peers(&r2, &change(AddVoter, 40, 4)).unwrap();
+        assert_eq!(promoted[3].role, PeerRole::Voter as i32);
+        let removed = changed_peers(&r, &change(Remove, 20, 2)).unwrap();
+        assert_eq!(
+            removed.iter().map(|p| p.id).collect::<Vec<_>>(),
+            vec![10, 30]
+        );
+
+        let refusals = [
+            (change(AddVoter, 50, 2), "already holds peer"),
+            (
+                change(AddLearner, 20, 2),
+                "voter 20 cannot become a learner",
+            ),
+            (change(AddVoter, 20, 2), "already has that role"),
+            (change(AddVoter, 20, 9), "lives on store 2"),
+            (change(Remove, 99, 1), "not a member"),
+            (change(Remove, 10, 2), "not a member"),
+            (change(AddVoter, 0, 4), "needs an id and a store"),
+        ];
+        for (c, why) in refusals {
+            let err = changed_peers(&r, &c).unwrap_err();
+            assert!(err.contains(why), "{c:?}: {err}");
+        }
+        let alone = Region {
+            peers: vec![r.peers[0]],
+            ..r.clone()
+        };
+        assert!(changed_peers(&alone, &change(Remove, 10, 1))
+            .unwrap_err()
+            .contains("last voter"));
+    }
+
+    #[test]
+    fn a_membership_change_needs_the_current_conf_ver_and_bumps_it() {
+        let mut r = three_voters();
+        r.region_epoch = Some(RegionEpoch {
+            conf_ver: 3,
+            version: 7,
+        });
+        let cmd = |conf_ver| RaftCmdRequest {
+            region_id: 1,
+            region_epoch: Some(RegionEpoch {
+                conf_ver,
+                version: 7,
+            }),
+            requests: vec![],
+            admin: Some(ringkv_proto::raftpb::AdminRequest {
+                cmd: Some(admin_request::Cmd::ChangePeer(change(
+                    ConfChangeKind::AddLearner,
+                    40,
+                    4,
+                ))),
+            }),
+        };
+        let view = RegionView {
+            region: &r,
+            merge_state: None,
+            merged_sources: &[],
+        };
+        assert!(check_command(view, &cmd(2)).is_err(), "stale conf_ver");
+        let kv = MemKv::new();
+        let mut batch = KvWriteBatch::default();
+        let applied = exec_command(view, 9, &cmd(3), &kv, &mut batch).unwrap();
+        match applied.admin {
+            Some(AdminResult::ChangePeer { region, .. }) => {
+                assert_eq!(region.region_epoch.unwrap().conf_ver, 4);
+                assert_eq!(region.region_epoch.unwrap().version, 7);
+                assert_eq!(region.peers.len(), 4);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
     use ringkv_proto::metapb::Peer as PeerMeta;
     use ringkv_proto::metapb::RegionEpoch;
     use ringkv_proto::raftpb::{DeleteRangeRequest, PutRequest};

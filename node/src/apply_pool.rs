@@ -204,11 +204,26 @@ impl ApplyDelegate {
                     }
                     Some(self.apply_command(entry.index, &cmd, kv, batch)?)
                 }
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    panic!(
-                        "region {}: entry {} is a membership change, which this version cannot apply",
-                        self.region.id, entry.index
-                    );
+                EntryType::EntryConfChangeV2 => {
+                    let corrupt = |detail: String| StorageError::Corruption {
+                        what: format!(
+                            "membership change entry {} of region {}",
+                            entry.index, self.region.id
+                        ),
+                        detail,
+                    };
+                    let mut cc = raft::eraftpb::ConfChangeV2::default();
+                    protobuf::Message::merge_from_bytes(&mut cc, entry.get_data())
+                        .map_err(|e| corrupt(e.to_string()))?;
+                    let cmd = RaftCmdRequest::decode(cc.get_context())
+                        .map_err(|e| corrupt(e.to_string()))?;
+                    Some(self.apply_command(entry.index, &cmd, kv, batch)?)
+                }
+                EntryType::EntryConfChange => {
+                    return Err(StorageError::Corruption {
+                        what: format!("raft entry {} of region {}", entry.index, self.region.id),
+                        detail: "a version-1 membership change, which ringkv never proposes".into(),
+                    });
                 }
             };
             self.match_proposal(entry.index, entry.term, result, results);
@@ -269,7 +284,9 @@ impl ApplyDelegate {
                         self.merged_sources = merged_sources.clone()
                     }
                     AdminResult::RollbackMerge { .. } => self.merge_state = None,
-                    AdminResult::Split { .. } | AdminResult::CompactLog { .. } => {}
+                    AdminResult::Split { .. }
+                    | AdminResult::CompactLog { .. }
+                    | AdminResult::ChangePeer { .. } => {}
                 }
                 self.region = admin
                     .region_after()

@@ -12,7 +12,7 @@ use raft::eraftpb;
 use raft::{RawNode, ReadState, StateRole};
 use ringkv_proto::errorpb::RegionError;
 use ringkv_proto::keys::in_range;
-use ringkv_proto::metapb::{Peer as PeerMeta, Region};
+use ringkv_proto::metapb::{ConfChangeKind, Peer as PeerMeta, Region};
 use ringkv_proto::raftpb::{
     admin_request, AdminRequest, CommitMergeRequest, MergeState, PeerState, RaftCmdRequest,
     RaftMessage, RegionLocalState,
@@ -606,10 +606,28 @@ impl Peer {
                     | admin_request::Cmd::PrepareMerge(_)
                     | admin_request::Cmd::CommitMerge(_)
                     | admin_request::Cmd::RollbackMerge(_)
+                    | admin_request::Cmd::ChangePeer(_)
             )
         );
         let data = cmd.encode_to_vec();
-        match self.raw.propose(Vec::new(), data) {
+        let proposed = match cmd.admin.as_ref().and_then(|a| a.cmd.as_ref()) {
+            Some(admin_request::Cmd::ChangePeer(change)) => {
+                let removes_self = change.kind == ConfChangeKind::Remove as i32
+                    && change.peer.is_some_and(|p| p.id == self.peer_id());
+                if removes_self {
+                    let _ = callback.send(Err(region_error::invalid_command(
+                        self.region_id(),
+                        "the leader cannot remove itself; transfer leadership first",
+                    )));
+                    return;
+                }
+                let mut cc = apply::raft_conf_change(change);
+                cc.set_context(data.into());
+                self.raw.propose_conf_change(Vec::new(), cc)
+            }
+            _ => self.raw.propose(Vec::new(), data),
+        };
+        match proposed {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
                 let term = self.raw.raft.term;
@@ -1091,6 +1109,15 @@ impl Peer {
                     self.merged_sources = merged_sources.clone()
                 }
                 AdminResult::RollbackMerge { .. } => self.merge_state = None,
+                AdminResult::ChangePeer { change, .. } => {
+                    // Raft's own view of the members follows the applied change.
+                    if let Err(e) = self.raw.apply_conf_change(&apply::raft_conf_change(change)) {
+                        panic!(
+                            "region {}: raft refused an applied membership change: {e}",
+                            self.region_id()
+                        );
+                    }
+                }
                 AdminResult::Split { .. } | AdminResult::CompactLog { .. } => {}
             }
             if let Some(region) = admin.region_after() {

@@ -542,7 +542,7 @@ fn destroy_peer(ctx: &StoreContext, fsm: &mut PeerFsm, tombstone: bool) {
             .write(batch)
             .unwrap_or_else(|e| panic!("cannot write tombstone of region {}: {e}", region.id));
     }
-    tracing::info!(region = region.id, tombstone, "merged-away peer destroyed");
+    tracing::info!(region = region.id, tombstone, "peer destroyed");
     fsm.peer
         .fail_all(crate::region_error::region_not_found(region.id));
     {
@@ -1006,6 +1006,22 @@ fn on_applied(ctx: &StoreContext, fsm: &mut PeerFsm, delegate: Box<ApplyDelegate
             }
             AdminResult::RollbackMerge { .. } => {
                 fsm.merge_asked_at = None;
+                report_region(ctx, &fsm.peer);
+            }
+            AdminResult::ChangePeer { region, change } => {
+                let removed = change.kind == ringkv_proto::metapb::ConfChangeKind::Remove as i32
+                    && change.peer.is_some_and(|p| p.id == fsm.peer.peer_id());
+                if removed {
+                    // No longer a member: the region's data here goes with the peer.
+                    tracing::info!(
+                        region = region.id,
+                        peer = fsm.peer.peer_id(),
+                        "removed from the region; destroying the peer"
+                    );
+                    destroy_peer(ctx, fsm, true);
+                    return;
+                }
+                publish_region(ctx, fsm);
                 report_region(ctx, &fsm.peer);
             }
             AdminResult::CompactLog { index, .. } => {

@@ -448,6 +448,63 @@ impl Kv for KvService {
         Ok(Response::new(MergeRegionResponse { region_error }))
     }
 
+    async fn change_peer(
+        &self,
+        request: Request<ChangePeerRegionRequest>,
+    ) -> Result<Response<ChangePeerRegionResponse>, Status> {
+        let req = request.into_inner();
+        let context = check_context(req.context)?;
+        let peer = req
+            .peer
+            .ok_or_else(|| invalid("membership change names no peer"))?;
+        if peer.id == 0 || peer.store_id == 0 {
+            return Err(invalid(format!(
+                "peer {} on store {}: both need to be set (allocate the peer id from the placement driver)",
+                peer.id, peer.store_id
+            )));
+        }
+        if ringkv_proto::metapb::ConfChangeKind::try_from(req.kind).is_err() {
+            return Err(invalid(format!(
+                "unknown membership change kind {}",
+                req.kind
+            )));
+        }
+        let router = &self.ctx.router;
+        if let Err(f) =
+            crate::admin::local_leader(router, context.region_id, context.region_epoch).await
+        {
+            let (region_error, _) = admin_outcome::<()>(Err(f))?;
+            return Ok(Response::new(ChangePeerRegionResponse {
+                region_error,
+                region: None,
+            }));
+        }
+        let cmd = RaftCmdRequest {
+            region_id: context.region_id,
+            region_epoch: context.region_epoch,
+            requests: vec![],
+            admin: Some(raftpb::AdminRequest {
+                cmd: Some(raftpb::admin_request::Cmd::ChangePeer(
+                    raftpb::ChangePeerRequest {
+                        kind: req.kind,
+                        peer: Some(peer),
+                    },
+                )),
+            }),
+        };
+        let (region_error, done) = admin_outcome(crate::admin::propose(router, cmd).await)?;
+        let region = match done {
+            Some(()) => crate::admin::local_region(router, context.region_id)
+                .await
+                .map(|(r, _)| r),
+            None => None,
+        };
+        Ok(Response::new(ChangePeerRegionResponse {
+            region_error,
+            region,
+        }))
+    }
+
     async fn kv_get(&self, r: Request<KvGetRequest>) -> Result<Response<KvGetResponse>, Status> {
         self.txn_get(r.into_inner()).await.map(Response::new)
     }

@@ -1,0 +1,208 @@
+//! Raft membership changes of a region on an in-process cluster of four nodes: a learner is
+//! added on the store without a replica and catches up (by snapshot), is promoted to voter,
+//! a follower is removed and its replica destroyed, writes go on throughout; and the changes a
+//! region refuses (removing its leader, a second replica on one store, a stale epoch).
+
+use ringkv_proto::errorpb::region_error::Kind;
+use ringkv_proto::kvrpcpb::{ChangePeerRegionRequest, Context};
+use ringkv_proto::metapb::{ConfChangeKind, Peer, PeerRole, Region};
+use ringkv_tests::cluster::{ClusterBuilder, TestCluster};
+use ringkv_tests::{debug, wait_until};
+use std::time::Duration;
+
+fn encoded(user: &[u8]) -> Vec<u8> {
+    ringkv_proto::keys::encode(&ringkv_proto::keys::default_keyspace(), user)
+}
+
+/// Sends a membership change to the region's leader (found through the placement driver),
+/// retrying until a leader answers; returns the answer.
+fn change(
+    cluster: &TestCluster,
+    kind: ConfChangeKind,
+    peer: Peer,
+) -> ringkv_proto::kvrpcpb::ChangePeerRegionResponse {
+    let pd = cluster.pd();
+    wait_until(
+        "a leader to take the change",
+        Duration::from_secs(20),
+        || {
+            cluster.rt.block_on(async {
+                let route = pd.get_region(&encoded(b"k")).await.ok()?;
+                let leader = route.leader?;
+                let store = pd.get_store(leader.store_id).await.ok()?;
+                let mut kv = debug::kv_client(&store.address).await;
+                let r = kv
+                    .change_peer(ChangePeerRegionRequest {
+                        context: Some(Context {
+                            region_id: route.region.id,
+                            region_epoch: route.region.region_epoch,
+                            replica_read: false,
+                        }),
+                        kind: kind as i32,
+                        peer: Some(peer),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                match r.region_error.as_ref().and_then(|e| e.kind.as_ref()) {
+                    Some(Kind::NotLeader(_) | Kind::EpochNotMatch(_) | Kind::RegionNotFound(_)) => {
+                        None
+                    }
+                    _ => Some(r),
+                }
+            })
+        },
+    )
+}
+
+fn region(cluster: &TestCluster) -> Region {
+    let pd = cluster.pd();
+    cluster
+        .rt
+        .block_on(pd.get_region(&encoded(b"k")))
+        .expect("routed")
+        .region
+}
+
+#[test]
+fn a_learner_catches_up_is_promoted_and_a_removed_follower_is_destroyed() {
+    let cluster = ClusterBuilder {
+        nodes: 4,
+        replicas: 3,
+        ..ClusterBuilder::default()
+    }
+    .start();
+    let client = cluster.client();
+    cluster.rt.block_on(async {
+        for i in 0..50 {
+            client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+        }
+    });
+    let before = region(&cluster);
+    let outsider = (0..4)
+        .find(|&i| {
+            !before
+                .peers
+                .iter()
+                .any(|p| p.store_id == cluster.store_id(i))
+        })
+        .expect("one store has no replica");
+    let peer_id = cluster.rt.block_on(cluster.pd().alloc_ids(1)).unwrap();
+    let learner = Peer {
+        id: peer_id,
+        store_id: cluster.store_id(outsider),
+        role: PeerRole::Learner as i32,
+    };
+
+    let r = change(&cluster, ConfChangeKind::AddLearner, learner);
+    assert!(r.region_error.is_none(), "{:?}", r.region_error);
+    let after = r.region.expect("the region after the change");
+    assert_eq!(
+        after.region_epoch.unwrap().conf_ver,
+        before.region_epoch.unwrap().conf_ver + 1
+    );
+    assert!(after
+        .peers
+        .iter()
+        .any(|p| p.id == peer_id && p.role == PeerRole::Learner as i32));
+    cluster.wait_replicated(b"k49", b"v49", Duration::from_secs(30));
+
+    let r = change(&cluster, ConfChangeKind::AddVoter, learner);
+    assert!(r.region_error.is_none(), "{:?}", r.region_error);
+    let promoted = r.region.unwrap();
+    assert!(promoted
+        .peers
+        .iter()
+        .any(|p| p.id == peer_id && p.role == PeerRole::Voter as i32));
+
+    // Remove a follower that is not the new voter.
+    let route_leader = cluster
+        .rt
+        .block_on(cluster.pd().get_region(&encoded(b"k")))
+        .unwrap()
+        .leader
+        .expect("a leader");
+    let victim = *promoted
+        .peers
+        .iter()
+        .find(|p| p.id != route_leader.id && p.id != peer_id)
+        .expect("a follower to remove");
+    let victim_node = (0..4)
+        .find(|&i| cluster.store_id(i) == victim.store_id)
+        .unwrap();
+    let r = change(&cluster, ConfChangeKind::Remove, victim);
+    assert!(r.region_error.is_none(), "{:?}", r.region_error);
+    let region_id = promoted.id;
+    wait_until(
+        "the removed replica to be destroyed",
+        Duration::from_secs(20),
+        || {
+            cluster
+                .region_info(victim_node, region_id)
+                .is_none()
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        cluster.local_get(victim_node, b"k1"),
+        None,
+        "its data went with it"
+    );
+
+    // Writes go on, and reach the new voter.
+    cluster.rt.block_on(async {
+        client.put("after", "change").await.unwrap();
+    });
+    wait_until("the new voter to apply", Duration::from_secs(20), || {
+        (cluster.local_get(outsider, b"after").as_deref() == Some(&b"change"[..])).then_some(())
+    });
+}
+
+#[test]
+fn a_region_refuses_changes_it_cannot_make() {
+    let cluster = ClusterBuilder {
+        nodes: 4,
+        replicas: 3,
+        ..ClusterBuilder::default()
+    }
+    .start();
+    let before = region(&cluster);
+    let leader = cluster
+        .rt
+        .block_on(cluster.pd().get_region(&encoded(b"k")))
+        .unwrap()
+        .leader
+        .expect("a leader");
+    let r = change(&cluster, ConfChangeKind::Remove, leader);
+    let e = r.region_error.expect("refused");
+    assert!(
+        e.message.contains("transfer leadership first"),
+        "{}",
+        e.message
+    );
+
+    let member = before.peers[0];
+    let twin = Peer {
+        id: cluster.rt.block_on(cluster.pd().alloc_ids(1)).unwrap(),
+        store_id: member.store_id,
+        role: PeerRole::Learner as i32,
+    };
+    let r = change(&cluster, ConfChangeKind::AddLearner, twin);
+    let e = r.region_error.expect("refused");
+    assert!(e.message.contains("already holds peer"), "{}", e.message);
+
+    let stranger = Peer {
+        id: 999_999,
+        store_id: member.store_id,
+        role: 0,
+    };
+    let r = change(&cluster, ConfChangeKind::Remove, stranger);
+    assert!(r
+        .region_error
+        .is_some_and(|e| e.message.contains("not a member")));
+    assert_eq!(
+        region(&cluster).region_epoch,
+        before.region_epoch,
+        "nothing changed"
+    );
+}
