@@ -289,7 +289,7 @@ impl PdClient {
     pub async fn region_heartbeat(
         &self,
         request: RegionHeartbeatRequest,
-    ) -> Result<Option<MergeOrder>> {
+    ) -> Result<RegionHeartbeatResponse> {
         let r = self
             .call("region_heartbeat", |mut c, h| {
                 let mut req = request.clone();
@@ -298,7 +298,7 @@ impl PdClient {
             })
             .await?;
         check_header(r.header.as_ref())?;
-        Ok(r.merge)
+        Ok(r)
     }
 
     /// The GC safe point (advanced first when its life time allows).

@@ -322,7 +322,41 @@ async fn on_store_event(task: &PlacementTask, event: StoreEvent) {
             let source = hb.region.clone().unwrap_or_default();
             tokio::spawn(async move {
                 match pd.region_heartbeat(hb).await {
-                    Ok(Some(order)) => {
+                    Ok(answer) if answer.change_peer.is_some() => {
+                        let order = answer.change_peer.expect("checked");
+                        let Some(peer) = order.peer else { return };
+                        tracing::info!(
+                            region = source.id,
+                            kind = order.kind,
+                            peer = peer.id,
+                            peer_store = peer.store_id,
+                            "placement driver orders a membership change"
+                        );
+                        // One change at a time per region (they share the merge guard: a
+                        // region does not merge while its membership changes).
+                        spawn_merge_step(&merges, source.id, async move {
+                            let cmd = ringkv_proto::raftpb::RaftCmdRequest {
+                                region_id: source.id,
+                                region_epoch: source.region_epoch,
+                                requests: vec![],
+                                admin: Some(ringkv_proto::raftpb::AdminRequest {
+                                    cmd: Some(
+                                        ringkv_proto::raftpb::admin_request::Cmd::ChangePeer(
+                                            ringkv_proto::raftpb::ChangePeerRequest {
+                                                kind: order.kind,
+                                                peer: Some(peer),
+                                            },
+                                        ),
+                                    ),
+                                }),
+                            };
+                            if let Err(e) = crate::admin::propose(&router, cmd).await {
+                                tracing::info!(region = source.id, store = store_id, reason = %e, "membership change not made");
+                            }
+                        });
+                    }
+                    Ok(answer) => {
+                        let Some(order) = answer.merge else { return };
                         let Some(target) = order.target else { return };
                         tracing::info!(
                             region = source.id,
@@ -342,7 +376,6 @@ async fn on_store_event(task: &PlacementTask, event: StoreEvent) {
                             }
                         });
                     }
-                    Ok(None) => {}
                     Err(e) => tracing::debug!(error = %e, "region heartbeat failed"),
                 }
                 drop(permit);

@@ -3,6 +3,12 @@
 //! persisted in a [`MetaWrites`]; the edge writes those (syncing when asked) before it replies.
 
 use crate::gc_safe_point::GcSafePoints;
+use crate::replica_checker::{self, Operator, ReplicaConfig, Step, StoreView};
+
+/// A store silent this long is down and its replicas are replaced: 30 minutes, as PD's.
+pub const DEFAULT_MAX_STORE_DOWN_TIME_MS: i64 = 1_800_000;
+/// An operator not done within this long is dropped: 10 minutes.
+pub const DEFAULT_OPERATOR_TIMEOUT_MS: i64 = 600_000;
 use crate::id::IdAllocator;
 use crate::merge_checker::{self, Candidate, MergeConfig, MergesInFlight, RegionStats};
 use crate::meta_store::keys;
@@ -95,6 +101,9 @@ pub struct PlacementCore {
     merge_config: MergeConfig,
     merges: MergesInFlight,
     gc: GcSafePoints,
+    replica_cfg: ReplicaConfig,
+    /// Operators in flight, by region.
+    operators: BTreeMap<u64, Operator>,
 }
 
 fn check_has_epoch(region: &Region) -> Result<(), PlacementError> {
@@ -132,6 +141,12 @@ impl PlacementCore {
             keyspaces: BTreeMap::new(),
             merge_config: MergeConfig::default(),
             merges: MergesInFlight::default(),
+            replica_cfg: ReplicaConfig {
+                replicas,
+                max_store_down_time_ms: DEFAULT_MAX_STORE_DOWN_TIME_MS,
+                operator_timeout_ms: DEFAULT_OPERATOR_TIMEOUT_MS,
+            },
+            operators: BTreeMap::new(),
             gc: GcSafePoints::new(state.gc_safe_point, DEFAULT_GC_LIFE_TIME_MS),
         };
         core.keyspaces.insert(
@@ -434,6 +449,89 @@ impl PlacementCore {
 
     /// Whether `region_id` should merge into a neighbour now (see [`merge_checker`]); the
     /// order is recorded so it is not given twice at once.
+    /// Sets how replicas are repaired (down time, operator timeout).
+    pub fn set_replica_timing(&mut self, max_store_down_time_ms: i64, operator_timeout_ms: i64) {
+        self.replica_cfg.max_store_down_time_ms = max_store_down_time_ms;
+        self.replica_cfg.operator_timeout_ms = operator_timeout_ms;
+    }
+
+    /// Operators in flight.
+    pub fn operators(&self) -> impl Iterator<Item = &Operator> {
+        self.operators.values()
+    }
+
+    /// The membership change the leader of `region_id` should make now, if any: the next step
+    /// of the region's operator, planning one first when the region has a down peer or too
+    /// few replicas. An operator is dropped once the region shows every step done, or when it
+    /// times out.
+    pub fn change_peer_order(
+        &mut self,
+        region_id: u64,
+        now_ms: i64,
+        writes: &mut MetaWrites,
+    ) -> Option<Step> {
+        let region = self.regions.get(&region_id)?.region.clone();
+        if let Some(op) = self.operators.get(&region_id) {
+            if now_ms - op.created_ms > self.replica_cfg.operator_timeout_ms {
+                tracing::warn!(region = region_id, reason = %op.reason, "operator timed out");
+                self.operators.remove(&region_id);
+                return None;
+            }
+            match op.next_step(&region) {
+                Some(step) => return Some(step),
+                None => {
+                    tracing::info!(region = region_id, reason = %op.reason, "operator finished");
+                    self.operators.remove(&region_id);
+                    return None;
+                }
+            }
+        }
+        let cfg = self.replica_cfg;
+        let needs_look = region.peers.len() < cfg.replicas as usize
+            || region.peers.iter().any(|p| {
+                self.stores
+                    .get(&p.store_id)
+                    .is_none_or(|s| now_ms - s.last_heartbeat_ms >= cfg.max_store_down_time_ms)
+            });
+        if !needs_look {
+            return None;
+        }
+        let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+        for info in self.regions.values() {
+            for p in &info.region.peers {
+                *counts.entry(p.store_id).or_default() += 1;
+            }
+        }
+        let stores: BTreeMap<u64, StoreView> = self
+            .stores
+            .values()
+            .map(|s| {
+                (
+                    s.store.id,
+                    StoreView {
+                        id: s.store.id,
+                        last_heartbeat_ms: s.last_heartbeat_ms,
+                        region_count: counts.get(&s.store.id).copied().unwrap_or(0),
+                        tombstone: s.store.state == StoreState::Tombstone as i32,
+                    },
+                )
+            })
+            .collect();
+        let ids = &mut self.ids;
+        let op = replica_checker::check_region(&region, &stores, &cfg, now_ms, &mut || {
+            let (id, new_limit) = ids.alloc(1);
+            if let Some(limit) = new_limit {
+                writes.put(keys::ID_LIMIT.to_vec(), limit.to_be_bytes().to_vec());
+                writes.sync = true;
+            }
+            id
+        })?;
+        tracing::info!(region = region_id, reason = %op.reason, steps = op.steps.len(), "operator created");
+        let step = op.next_step(&region);
+        self.operators.insert(region_id, op);
+        step
+    }
+
     pub fn merge_order(&mut self, region_id: u64, now_ms: i64) -> Option<Region> {
         self.merges.expire(now_ms);
         let info = self.regions.get(&region_id)?;

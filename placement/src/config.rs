@@ -41,6 +41,13 @@ pub struct PlacementConfig {
     /// passes a running transaction's start_ts). 0: it only moves when set with the admin CLI.
     /// Default 600000 (10 minutes); 0 or 60000..=31536000000.
     pub gc_life_time_ms: i64,
+    /// A store that has not heartbeated for this long is down: its replicas are replaced on
+    /// other stores (add a learner, promote it, remove the down peer). Default 1800000 (30
+    /// minutes); 1000..=604800000.
+    pub max_store_down_time_ms: i64,
+    /// A repair operator not done within this long is dropped and planned afresh. Default
+    /// 600000 (10 minutes); 1000..=86400000.
+    pub operator_timeout_ms: i64,
 }
 
 impl Default for PlacementConfig {
@@ -58,6 +65,8 @@ impl Default for PlacementConfig {
             split_merge_interval_ms: 3_600_000,
             merge_timeout_ms: 60_000,
             gc_life_time_ms: crate::cluster::DEFAULT_GC_LIFE_TIME_MS,
+            max_store_down_time_ms: crate::cluster::DEFAULT_MAX_STORE_DOWN_TIME_MS,
+            operator_timeout_ms: crate::cluster::DEFAULT_OPERATOR_TIMEOUT_MS,
         }
     }
 }
@@ -112,6 +121,18 @@ impl PlacementConfig {
             return Err(PlacementError::Config(format!(
                 "gc_life_time_ms = {} is outside 60000..=31536000000 (a minute to a year); 0 turns automatic GC off",
                 self.gc_life_time_ms
+            )));
+        }
+        if !(1000..=604_800_000).contains(&self.max_store_down_time_ms) {
+            return Err(PlacementError::Config(format!(
+                "max_store_down_time_ms = {} is outside 1000..=604800000 (a week)",
+                self.max_store_down_time_ms
+            )));
+        }
+        if !(1000..=86_400_000).contains(&self.operator_timeout_ms) {
+            return Err(PlacementError::Config(format!(
+                "operator_timeout_ms = {} is outside 1000..=86400000 (a day)",
+                self.operator_timeout_ms
             )));
         }
         if self.name.is_empty() {

@@ -13,6 +13,7 @@ pub mod gc_safe_point;
 pub mod id;
 pub mod merge_checker;
 pub mod meta_store;
+pub mod replica_checker;
 pub mod server;
 mod service;
 pub mod tso;

@@ -54,6 +54,7 @@ impl PlacementServer {
         );
         core.set_merge_config(config.merge_config());
         core.set_gc_life_time_ms(config.gc_life_time_ms);
+        core.set_replica_timing(config.max_store_down_time_ms, config.operator_timeout_ms);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("placement")

@@ -200,7 +200,7 @@ impl Placement for PlacementService {
         request: Request<RegionHeartbeatRequest>,
     ) -> Result<Response<RegionHeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let (header, merge) = self.run(req.header, |core, w, now| {
+        let (header, (merge, change_peer)) = self.run(req.header, |core, w, now| {
             let region = req.region.ok_or_else(|| {
                 PlacementError::InvalidArgument("region heartbeat without a region".into())
             })?;
@@ -208,7 +208,7 @@ impl Placement for PlacementService {
             core.region_heartbeat(region, req.leader, req.term, w)?;
             if core.region_by_id(region_id).map(|i| i.region.region_epoch) != Some(epoch) {
                 // A stale report: its figures describe another range.
-                return Ok(None);
+                return Ok((None, None));
             }
             let stats = req.stats_known.then_some(RegionStats {
                 size_bytes: req.approximate_size_bytes,
@@ -216,11 +216,24 @@ impl Placement for PlacementService {
                 pending_peers: req.pending_peers.len(),
             });
             core.region_stats(region_id, stats, now);
-            Ok(core.merge_order(region_id, now).map(|target| MergeOrder {
+            // Repairs first; no merge while the region's membership is changing.
+            if let Some(step) = core.change_peer_order(region_id, now, w) {
+                let order = ChangePeerOrder {
+                    kind: step.kind as i32,
+                    peer: Some(step.peer),
+                };
+                return Ok((None, Some(order)));
+            }
+            let merge = core.merge_order(region_id, now).map(|target| MergeOrder {
                 target: Some(target),
-            }))
+            });
+            Ok((merge, None))
         });
-        Ok(Response::new(RegionHeartbeatResponse { header, merge }))
+        Ok(Response::new(RegionHeartbeatResponse {
+            header,
+            merge,
+            change_peer,
+        }))
     }
 
     async fn create_keyspace(

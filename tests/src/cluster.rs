@@ -23,6 +23,8 @@ pub struct ClusterBuilder {
     /// The placement driver's merge checker (default: the production limits, which merge
     /// nothing a test creates within its run).
     pub merge: ringkv_placement::merge_checker::MergeConfig,
+    /// When the placement driver declares a silent store down and replaces its replicas.
+    pub max_store_down_time_ms: i64,
 }
 
 impl Default for ClusterBuilder {
@@ -41,6 +43,7 @@ impl Default for ClusterBuilder {
                 )
             },
             merge: Default::default(),
+            max_store_down_time_ms: ringkv_placement::cluster::DEFAULT_MAX_STORE_DOWN_TIME_MS,
         }
     }
 }
@@ -116,6 +119,7 @@ impl TestCluster {
             merge_keys_max: b.merge.merge_keys_max,
             split_merge_interval_ms: b.merge.split_merge_interval_ms,
             merge_timeout_ms: b.merge.merge_timeout_ms,
+            max_store_down_time_ms: b.max_store_down_time_ms,
             ..PlacementConfig::default()
         })
         .expect("placement starts");

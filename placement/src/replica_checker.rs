@@ -1,0 +1,255 @@
+//! Replica repair: keeps `replicas` healthy replicas of every region. A peer on a store that
+//! has not heartbeated for `max_store_down_time_ms` is down; the checker then plans an
+//! *operator* for its region — add a learner on a healthy store without a replica, promote it,
+//! remove the down peer — which the region's leader carries out one step at a time, as the
+//! placement driver hands each step back on the leader's heartbeats. A region short of
+//! replicas gets the first two steps. Pure: time, stores and ids come in as arguments.
+
+use ringkv_proto::metapb::{ConfChangeKind, Peer, PeerRole, Region};
+use std::collections::BTreeMap;
+
+/// What the checker needs to know of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreView {
+    pub id: u64,
+    pub last_heartbeat_ms: i64,
+    /// Regions with a replica on the store (for choosing where a new one goes).
+    pub region_count: usize,
+    /// A tombstone (decommissioned) store takes no replica.
+    pub tombstone: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    pub replicas: u32,
+    pub max_store_down_time_ms: i64,
+    /// An operator not done within this long is dropped (and planned afresh if still needed).
+    pub operator_timeout_ms: i64,
+}
+
+/// One step of an operator: a membership change of the region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub kind: ConfChangeKind,
+    pub peer: Peer,
+}
+
+impl Step {
+    /// Whether `region` shows the step done.
+    fn done_in(&self, region: &Region) -> bool {
+        let member = region.peers.iter().find(|p| p.id == self.peer.id);
+        match self.kind {
+            ConfChangeKind::AddLearner => member.is_some(),
+            ConfChangeKind::AddVoter => member.is_some_and(|p| p.role == PeerRole::Voter as i32),
+            ConfChangeKind::Remove => member.is_none(),
+        }
+    }
+}
+
+/// Ordered steps for one region, tracked until done or timed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    pub region_id: u64,
+    pub steps: Vec<Step>,
+    pub created_ms: i64,
+    /// Why it exists, for logs and the admin CLI.
+    pub reason: String,
+}
+
+impl Operator {
+    /// The first step `region` does not show done yet (None: the operator is finished).
+    pub fn next_step(&self, region: &Region) -> Option<Step> {
+        self.steps.iter().find(|s| !s.done_in(region)).copied()
+    }
+}
+
+fn is_up(store: &StoreView, now_ms: i64, cfg: &ReplicaConfig) -> bool {
+    !store.tombstone && now_ms - store.last_heartbeat_ms < cfg.max_store_down_time_ms
+}
+
+/// Plans the repair `region` needs, if any. `new_peer_id` hands out a fresh peer id.
+pub fn check_region(
+    region: &Region,
+    stores: &BTreeMap<u64, StoreView>,
+    cfg: &ReplicaConfig,
+    now_ms: i64,
+    new_peer_id: &mut dyn FnMut() -> u64,
+) -> Option<Operator> {
+    let down: Vec<Peer> = region
+        .peers
+        .iter()
+        .filter(|p| {
+            stores
+                .get(&p.store_id)
+                .is_none_or(|s| !is_up(s, now_ms, cfg))
+        })
+        .copied()
+        .collect();
+    let healthy = region.peers.len() - down.len();
+    if down.is_empty() && region.peers.len() >= cfg.replicas as usize {
+        return None;
+    }
+    // Never take away a replica without one to replace it: first add, then remove.
+    let target = stores
+        .values()
+        .filter(|s| is_up(s, now_ms, cfg))
+        .filter(|s| !region.peers.iter().any(|p| p.store_id == s.id))
+        .min_by_key(|s| (s.region_count, s.id))?;
+    let new_peer = Peer {
+        id: new_peer_id(),
+        store_id: target.id,
+        role: PeerRole::Learner as i32,
+    };
+    let mut steps = vec![
+        Step {
+            kind: ConfChangeKind::AddLearner,
+            peer: new_peer,
+        },
+        Step {
+            kind: ConfChangeKind::AddVoter,
+            peer: new_peer,
+        },
+    ];
+    let reason = match down.first() {
+        Some(d) if healthy + 1 >= cfg.replicas as usize || region.peers.len() > cfg.replicas as usize => {
+            steps.push(Step {
+                kind: ConfChangeKind::Remove,
+                peer: *d,
+            });
+            format!("replace down peer {} on store {}", d.id, d.store_id)
+        }
+        Some(d) => format!(
+            "add a replica (peer {} on store {} is down and too few others are healthy to drop it yet)",
+            d.id, d.store_id
+        ),
+        None => format!(
+            "add a missing replica ({} of {})",
+            region.peers.len(),
+            cfg.replicas
+        ),
+    };
+    Some(Operator {
+        region_id: region.id,
+        steps,
+        created_ms: now_ms,
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ReplicaConfig {
+        ReplicaConfig {
+            replicas: 3,
+            max_store_down_time_ms: 10_000,
+            operator_timeout_ms: 60_000,
+        }
+    }
+
+    fn stores(up: &[(u64, usize)], down: &[u64]) -> BTreeMap<u64, StoreView> {
+        let mut m = BTreeMap::new();
+        for &(id, region_count) in up {
+            m.insert(
+                id,
+                StoreView {
+                    id,
+                    last_heartbeat_ms: 99_000,
+                    region_count,
+                    tombstone: false,
+                },
+            );
+        }
+        for &id in down {
+            m.insert(
+                id,
+                StoreView {
+                    id,
+                    last_heartbeat_ms: 50_000,
+                    region_count: 0,
+                    tombstone: false,
+                },
+            );
+        }
+        m
+    }
+
+    fn region(on: &[u64]) -> Region {
+        Region {
+            id: 7,
+            peers: on
+                .iter()
+                .map(|&s| Peer {
+                    id: s * 10,
+                    store_id: s,
+                    role: PeerRole::Voter as i32,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_down_peer_is_replaced_on_the_least_loaded_healthy_store_add_before_remove() {
+        let mut next = 100;
+        let op = check_region(
+            &region(&[1, 2, 3]),
+            &stores(&[(1, 5), (2, 5), (4, 9), (5, 2)], &[3]),
+            &cfg(),
+            100_000,
+            &mut || {
+                next += 1;
+                next
+            },
+        )
+        .expect("a repair");
+        let kinds: Vec<_> = op
+            .steps
+            .iter()
+            .map(|s| (s.kind, s.peer.id, s.peer.store_id))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (ConfChangeKind::AddLearner, 101, 5),
+                (ConfChangeKind::AddVoter, 101, 5),
+                (ConfChangeKind::Remove, 30, 3),
+            ]
+        );
+        // Progress is read off the region.
+        let mut r = region(&[1, 2, 3]);
+        assert_eq!(op.next_step(&r).unwrap().kind, ConfChangeKind::AddLearner);
+        r.peers.push(Peer {
+            id: 101,
+            store_id: 5,
+            role: PeerRole::Learner as i32,
+        });
+        assert_eq!(op.next_step(&r).unwrap().kind, ConfChangeKind::AddVoter);
+        r.peers[3].role = PeerRole::Voter as i32;
+        assert_eq!(op.next_step(&r).unwrap().kind, ConfChangeKind::Remove);
+        r.peers.remove(2);
+        assert_eq!(op.next_step(&r), None);
+    }
+
+    #[test]
+    fn healthy_regions_need_nothing_and_a_short_one_gets_a_replica() {
+        let s = stores(&[(1, 0), (2, 0), (3, 0), (4, 0)], &[]);
+        assert_eq!(
+            check_region(&region(&[1, 2, 3]), &s, &cfg(), 100_000, &mut || 1),
+            None
+        );
+        let op = check_region(&region(&[1, 2]), &s, &cfg(), 100_000, &mut || 9).unwrap();
+        assert_eq!(op.steps.len(), 2, "add and promote, nothing to remove");
+        assert_eq!(op.steps[0].peer.store_id, 3);
+    }
+
+    #[test]
+    fn without_a_healthy_store_to_move_to_nothing_is_planned() {
+        let s = stores(&[(1, 0), (2, 0)], &[3]);
+        assert_eq!(
+            check_region(&region(&[1, 2, 3]), &s, &cfg(), 100_000, &mut || 1),
+            None
+        );
+    }
+}
