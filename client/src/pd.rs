@@ -301,6 +301,23 @@ impl PdClient {
         Ok(r)
     }
 
+    /// Starts decommissioning `store_id`; returns the store as it now is.
+    pub async fn decommission_store(&self, store_id: u64) -> Result<Store> {
+        let r = self
+            .call("decommission_store", |mut c, h| async move {
+                Ok(c.decommission_store(DecommissionStoreRequest {
+                    header: Some(h),
+                    store_id,
+                })
+                .await?
+                .into_inner())
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        r.store
+            .ok_or_else(|| ClientError::Server("decommission answered without the store".into()))
+    }
+
     /// The GC safe point (advanced first when its life time allows).
     pub async fn gc_safe_point(&self) -> Result<u64> {
         let r = self

@@ -266,10 +266,13 @@ impl PlacementCore {
                 store.id
             )));
         }
+        let mut store = store;
         if let Some(existing) = self.stores.get(&store.id) {
             if existing.store.state == StoreState::Tombstone as i32 {
                 return Err(PlacementError::StoreTombstone { store_id: store.id });
             }
+            // A restart does not undo a decommission.
+            store.state = existing.store.state;
         }
         if let Some(other) = self.stores.values().find(|s| {
             s.store.address == store.address
@@ -449,6 +452,64 @@ impl PlacementCore {
 
     /// Whether `region_id` should merge into a neighbour now (see [`merge_checker`]); the
     /// order is recorded so it is not given twice at once.
+    /// Starts decommissioning `store_id`: its replicas move to other stores, then it becomes a
+    /// tombstone. Refused when too few other stores would be left for the replica count.
+    pub fn decommission_store(
+        &mut self,
+        store_id: u64,
+        writes: &mut MetaWrites,
+    ) -> Result<Store, PlacementError> {
+        let replicas = self.replicas as usize;
+        let others = self
+            .stores
+            .values()
+            .filter(|s| s.store.id != store_id && s.store.state == StoreState::Up as i32)
+            .count();
+        let info = self
+            .stores
+            .get_mut(&store_id)
+            .ok_or(PlacementError::StoreNotFound { store_id })?;
+        if info.store.state == StoreState::Tombstone as i32 {
+            return Err(PlacementError::StoreTombstone { store_id });
+        }
+        if info.store.state == StoreState::Up as i32 {
+            if others < replicas {
+                return Err(PlacementError::InvalidArgument(format!(
+                    "store {store_id} cannot be decommissioned: only {others} other stores would hold {replicas} replicas; add a store first"
+                )));
+            }
+            info.store.state = StoreState::Offline as i32;
+            writes.put(keys::store(store_id), info.store.encode_to_vec());
+            writes.sync = true;
+            tracing::info!(
+                store = store_id,
+                "store decommissioning: its replicas move away"
+            );
+        }
+        Ok(info.store.clone())
+    }
+
+    /// Marks a decommissioning store a tombstone once no region has a replica on it.
+    pub fn finish_decommission(&mut self, store_id: u64, writes: &mut MetaWrites) {
+        let offline = self
+            .stores
+            .get(&store_id)
+            .is_some_and(|s| s.store.state == StoreState::Offline as i32);
+        if !offline
+            || self
+                .regions
+                .values()
+                .any(|r| r.region.peers.iter().any(|p| p.store_id == store_id))
+        {
+            return;
+        }
+        let info = self.stores.get_mut(&store_id).expect("checked");
+        info.store.state = StoreState::Tombstone as i32;
+        writes.put(keys::store(store_id), info.store.encode_to_vec());
+        writes.sync = true;
+        tracing::info!(store = store_id, "store decommissioned: now a tombstone");
+    }
+
     /// Sets how replicas are repaired (down time, operator timeout).
     pub fn set_replica_timing(&mut self, max_store_down_time_ms: i64, operator_timeout_ms: i64) {
         self.replica_cfg.max_store_down_time_ms = max_store_down_time_ms;
@@ -489,9 +550,10 @@ impl PlacementCore {
         let cfg = self.replica_cfg;
         let needs_look = region.peers.len() < cfg.replicas as usize
             || region.peers.iter().any(|p| {
-                self.stores
-                    .get(&p.store_id)
-                    .is_none_or(|s| now_ms - s.last_heartbeat_ms >= cfg.max_store_down_time_ms)
+                self.stores.get(&p.store_id).is_none_or(|s| {
+                    s.store.state != StoreState::Up as i32
+                        || now_ms - s.last_heartbeat_ms >= cfg.max_store_down_time_ms
+                })
             });
         if !needs_look {
             return None;
@@ -513,6 +575,7 @@ impl PlacementCore {
                         last_heartbeat_ms: s.last_heartbeat_ms,
                         region_count: counts.get(&s.store.id).copied().unwrap_or(0),
                         tombstone: s.store.state == StoreState::Tombstone as i32,
+                        offline: s.store.state == StoreState::Offline as i32,
                     },
                 )
             })

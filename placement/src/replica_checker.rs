@@ -17,6 +17,8 @@ pub struct StoreView {
     pub region_count: usize,
     /// A tombstone (decommissioned) store takes no replica.
     pub tombstone: bool,
+    /// Being decommissioned: its replicas move away, it takes no new one.
+    pub offline: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,11 @@ fn is_up(store: &StoreView, now_ms: i64, cfg: &ReplicaConfig) -> bool {
     !store.tombstone && now_ms - store.last_heartbeat_ms < cfg.max_store_down_time_ms
 }
 
+/// Whether a replica on `store` must move: the store is down or being decommissioned.
+fn must_leave(store: Option<&StoreView>, now_ms: i64, cfg: &ReplicaConfig) -> bool {
+    store.is_none_or(|s| s.offline || !is_up(s, now_ms, cfg))
+}
+
 /// Plans the repair `region` needs, if any. `new_peer_id` hands out a fresh peer id.
 pub fn check_region(
     region: &Region,
@@ -78,11 +85,7 @@ pub fn check_region(
     let down: Vec<Peer> = region
         .peers
         .iter()
-        .filter(|p| {
-            stores
-                .get(&p.store_id)
-                .is_none_or(|s| !is_up(s, now_ms, cfg))
-        })
+        .filter(|p| must_leave(stores.get(&p.store_id), now_ms, cfg))
         .copied()
         .collect();
     let healthy = region.peers.len() - down.len();
@@ -92,7 +95,7 @@ pub fn check_region(
     // Never take away a replica without one to replace it: first add, then remove.
     let target = stores
         .values()
-        .filter(|s| is_up(s, now_ms, cfg))
+        .filter(|s| is_up(s, now_ms, cfg) && !s.offline)
         .filter(|s| !region.peers.iter().any(|p| p.store_id == s.id))
         .min_by_key(|s| (s.region_count, s.id))?;
     let new_peer = Peer {
@@ -116,7 +119,7 @@ pub fn check_region(
                 kind: ConfChangeKind::Remove,
                 peer: *d,
             });
-            format!("replace down peer {} on store {}", d.id, d.store_id)
+            format!("move peer {} off store {} (down or decommissioned)", d.id, d.store_id)
         }
         Some(d) => format!(
             "add a replica (peer {} on store {} is down and too few others are healthy to drop it yet)",
@@ -158,6 +161,7 @@ mod tests {
                     last_heartbeat_ms: 99_000,
                     region_count,
                     tombstone: false,
+                    offline: false,
                 },
             );
         }
@@ -169,6 +173,7 @@ mod tests {
                     last_heartbeat_ms: 50_000,
                     region_count: 0,
                     tombstone: false,
+                    offline: false,
                 },
             );
         }
@@ -242,6 +247,19 @@ mod tests {
         let op = check_region(&region(&[1, 2]), &s, &cfg(), 100_000, &mut || 9).unwrap();
         assert_eq!(op.steps.len(), 2, "add and promote, nothing to remove");
         assert_eq!(op.steps[0].peer.store_id, 3);
+    }
+
+    #[test]
+    fn a_decommissioned_store_s_replica_moves_and_it_takes_no_new_one() {
+        let mut s = stores(&[(1, 0), (2, 0), (3, 0), (4, 0), (5, 0)], &[]);
+        s.get_mut(&3).unwrap().offline = true;
+        s.get_mut(&4).unwrap().offline = true;
+        let op = check_region(&region(&[1, 2, 3]), &s, &cfg(), 100_000, &mut || 9).unwrap();
+        assert_eq!(
+            op.steps[0].peer.store_id, 5,
+            "not onto another offline store"
+        );
+        assert_eq!(op.steps[2].peer.store_id, 3);
     }
 
     #[test]

@@ -183,11 +183,14 @@ impl Placement for PlacementService {
         request: Request<StoreHeartbeatRequest>,
     ) -> Result<Response<StoreHeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let (header, bootstrap_regions) = self.run(req.header, |core, _, now| {
+        let (header, bootstrap_regions) = self.run(req.header, |core, w, now| {
             let stats = req.stats.ok_or_else(|| {
                 PlacementError::InvalidArgument("store heartbeat without stats".into())
             })?;
-            core.store_heartbeat(stats, now)
+            let store_id = stats.store_id;
+            let regions = core.store_heartbeat(stats, now)?;
+            core.finish_decommission(store_id, w);
+            Ok(regions)
         });
         Ok(Response::new(StoreHeartbeatResponse {
             header,
@@ -353,6 +356,17 @@ impl Placement for PlacementService {
                 .collect())
         });
         Ok(Response::new(ScanRegionsResponse { header, regions }))
+    }
+
+    async fn decommission_store(
+        &self,
+        request: Request<DecommissionStoreRequest>,
+    ) -> Result<Response<DecommissionStoreResponse>, Status> {
+        let req = request.into_inner();
+        let (header, store) = self.run(req.header, |core, w, _| {
+            core.decommission_store(req.store_id, w).map(Some)
+        });
+        Ok(Response::new(DecommissionStoreResponse { header, store }))
     }
 
     async fn get_gc_safe_point(

@@ -107,3 +107,51 @@ fn an_unreachable_placement_driver_is_a_clear_error() {
         .unwrap();
     assert!(!usage.status.success());
 }
+
+#[test]
+fn store_list_and_decommission_with_their_errors() {
+    let cluster = start();
+    let pd = cluster.pd_addr();
+    let table = ctl(&pd, &["store", "list"]);
+    assert!(table.ok, "{}", table.stderr);
+    assert!(
+        table.stdout.contains("replicas") && table.stdout.contains(" up "),
+        "{}",
+        table.stdout
+    );
+    let j = json(&ctl(&pd, &["--json", "store", "list"]));
+    let stores = j["stores"].as_array().unwrap();
+    assert_eq!(stores.len(), 3);
+    assert!(
+        stores
+            .iter()
+            .all(|s| s["replicas"] == 1 && s["state"] == "up"),
+        "{j}"
+    );
+    assert_eq!(
+        stores
+            .iter()
+            .map(|s| s["leaders"].as_u64().unwrap())
+            .sum::<u64>(),
+        1,
+        "one region, one leader"
+    );
+
+    let unknown = ctl(&pd, &["store", "decommission", "999999"]);
+    assert!(!unknown.ok);
+    assert!(
+        unknown.stderr.contains("999999") && unknown.stderr.contains("not registered"),
+        "{}",
+        unknown.stderr
+    );
+    let id = cluster.store_id(0).to_string();
+    let too_few = ctl(&pd, &["store", "decommission", &id]);
+    assert!(!too_few.ok);
+    assert!(
+        too_few.stderr.contains("cannot be decommissioned"),
+        "{}",
+        too_few.stderr
+    );
+    let bad = ctl(&pd, &["store", "decommission", "abc"]);
+    assert!(!bad.ok);
+}

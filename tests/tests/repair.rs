@@ -84,3 +84,71 @@ fn repair_after_stopping(leader: bool) {
         client.put("after", "repair").await.unwrap();
     });
 }
+
+/// Decommissioning a store moves its replicas away (while it stays up), then makes it a
+/// tombstone; a second decommission that would leave too few stores is refused.
+#[test]
+fn a_decommissioned_store_is_emptied_and_becomes_a_tombstone() {
+    let cluster = ClusterBuilder {
+        nodes: 4,
+        replicas: 3,
+        ..ClusterBuilder::default()
+    }
+    .start();
+    let client = cluster.client();
+    cluster.rt.block_on(async {
+        for i in 0..100 {
+            client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+        }
+    });
+    let pd = cluster.pd();
+    let before = cluster
+        .rt
+        .block_on(pd.get_region(&encoded(b"k1")))
+        .unwrap()
+        .region;
+    let leaving = before.peers[0].store_id;
+    let store = cluster.rt.block_on(pd.decommission_store(leaving)).unwrap();
+    assert_eq!(
+        store.state,
+        ringkv_proto::metapb::StoreState::Offline as i32
+    );
+    let other = before.peers[1].store_id;
+    let refused = cluster
+        .rt
+        .block_on(pd.decommission_store(other))
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("cannot be decommissioned"),
+        "{refused}"
+    );
+
+    wait_until(
+        "the store to be emptied and tombstoned",
+        Duration::from_secs(60),
+        || {
+            let r = cluster
+                .rt
+                .block_on(pd.get_region(&encoded(b"k1")))
+                .ok()?
+                .region;
+            let s = cluster.rt.block_on(pd.get_store(leaving)).ok()?;
+            (r.peers.len() == 3
+                && r.peers.iter().all(|p| p.store_id != leaving)
+                && s.state == ringkv_proto::metapb::StoreState::Tombstone as i32)
+                .then_some(())
+        },
+    );
+    let node = (0..4).find(|&i| cluster.store_id(i) == leaving).unwrap();
+    wait_until(
+        "its replica to be destroyed",
+        Duration::from_secs(20),
+        || cluster.local_get(node, b"k1").is_none().then_some(()),
+    );
+    cluster.rt.block_on(async {
+        for i in 0..100 {
+            let v = client.get(format!("k{i}")).await.unwrap();
+            assert_eq!(v, Some(format!("v{i}").into_bytes()), "k{i}");
+        }
+    });
+}

@@ -30,11 +30,27 @@ enum Cmd {
     Cluster,
     /// A fresh timestamp from the TSO, with its physical time.
     Tso,
+    /// Stores: list them, or decommission one.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// The MVCC GC safe point: versions committed before it may be gone, and reads below it
     /// are refused. Without a subcommand: show it.
     GcSafePoint {
         #[command(subcommand)]
         action: Option<GcAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Every store: id, address, state, replicas and leaders it holds, labels.
+    List,
+    /// Move every replica off the store, then mark it a tombstone (it may never rejoin).
+    Decommission {
+        /// The store's id (see `ringkv-ctl store list`).
+        store_id: u64,
     },
 }
 
@@ -125,6 +141,85 @@ async fn run(cli: Cli) -> Result<(), String> {
                 println!("{}", ts_json(ts));
             } else {
                 println!("{}", ts_line("timestamp", ts));
+            }
+        }
+        Cmd::Store {
+            action: StoreAction::List,
+        } => {
+            let stores = pd.get_all_stores().await.map_err(|e| e.to_string())?;
+            let regions = pd
+                .scan_regions(b"", b"", 0)
+                .await
+                .map_err(|e| e.to_string())?;
+            let count = |id: u64| {
+                let replicas = regions
+                    .iter()
+                    .filter(|r| r.region.peers.iter().any(|p| p.store_id == id))
+                    .count();
+                let leaders = regions
+                    .iter()
+                    .filter(|r| r.leader.is_some_and(|l| l.store_id == id))
+                    .count();
+                (replicas, leaders)
+            };
+            let state = |s: i32| match ringkv_proto::metapb::StoreState::try_from(s) {
+                Ok(ringkv_proto::metapb::StoreState::Up) => "up",
+                Ok(ringkv_proto::metapb::StoreState::Offline) => "decommissioning",
+                Ok(ringkv_proto::metapb::StoreState::Tombstone) => "tombstone",
+                Err(_) => "unknown",
+            };
+            if cli.json {
+                let list: Vec<_> = stores
+                    .iter()
+                    .map(|s| {
+                        let (replicas, leaders) = count(s.id);
+                        json!({
+                            "id": s.id,
+                            "address": s.address,
+                            "state": state(s.state),
+                            "replicas": replicas,
+                            "leaders": leaders,
+                            "labels": s.labels,
+                            "version": s.version,
+                        })
+                    })
+                    .collect();
+                println!("{}", json!({ "stores": list }));
+            } else {
+                println!(
+                    "{:>6}  {:<22} {:<16} {:>8} {:>8}  labels",
+                    "id", "address", "state", "replicas", "leaders"
+                );
+                for s in &stores {
+                    let (replicas, leaders) = count(s.id);
+                    let labels: Vec<String> =
+                        s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{:>6}  {:<22} {:<16} {:>8} {:>8}  {}",
+                        s.id,
+                        s.address,
+                        state(s.state),
+                        replicas,
+                        leaders,
+                        labels.join(",")
+                    );
+                }
+            }
+        }
+        Cmd::Store {
+            action: StoreAction::Decommission { store_id },
+        } => {
+            let store = pd
+                .decommission_store(store_id)
+                .await
+                .map_err(|e| format!("store {store_id} was not decommissioned: {e}"))?;
+            if cli.json {
+                println!("{}", json!({ "id": store.id, "state": "decommissioning" }));
+            } else {
+                println!(
+                    "store {} is decommissioning: its replicas move to other stores, then it becomes a tombstone",
+                    store.id
+                );
             }
         }
         Cmd::GcSafePoint { action: None } => {
