@@ -87,12 +87,22 @@ impl ProcessCluster {
 
     /// Like [`ProcessCluster::start`], with `node_toml` as every node's configuration file.
     pub fn start_with_config(n: usize, node_toml: &str) -> Self {
+        Self::start_with_configs(n, node_toml, "")
+    }
+
+    /// Like [`ProcessCluster::start_with_config`], with `placement_toml` as the placement
+    /// driver's configuration file too.
+    pub fn start_with_configs(n: usize, node_toml: &str, placement_toml: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("node.toml");
         std::fs::write(&config_path, node_toml).expect("node config written");
+        let placement_config = dir.path().join("placement.toml");
+        std::fs::write(&placement_config, placement_toml).expect("placement config written");
         let pd_addr = format!("127.0.0.1:{}", free_port());
         let mut placement = Proc {
             args: vec![
+                "--config".into(),
+                placement_config.display().to_string(),
                 "--data-dir".into(),
                 dir.path().join("placement").display().to_string(),
                 "--listen-addr".into(),
