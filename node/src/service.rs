@@ -48,6 +48,7 @@ pub struct NodeContext {
     pub tso: Arc<ringkv_client::TsoBatcher>,
 }
 
+#[derive(Clone)]
 pub struct KvService {
     ctx: NodeContext,
 }
@@ -80,6 +81,20 @@ fn admin_outcome<T>(
         Err(crate::admin::AdminFailure::Region(e)) => Ok((Some(e), None)),
         Err(crate::admin::AdminFailure::Unavailable(m)) => Err(Status::unavailable(m)),
     }
+}
+
+/// Runs a transactional write command to its end even if the client goes away. tonic drops
+/// a request's future when its client cancels (a client's attempt timeout, a broken
+/// connection); dropped mid-way, a command would release its latches (and a one-phase
+/// commit its memory locks) while its proposal may still be applied, and the next command on
+/// those keys would be computed without it — a lost update. Spawned, it keeps them until its
+/// proposal is answered.
+async fn detached<T: Send + 'static>(
+    command: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(command)
+        .await
+        .map_err(|e| Status::internal(format!("transactional command failed on this node: {e}")))?
 }
 
 /// The shared request rules (`ringkv_proto::limits`), as a gRPC status.
@@ -524,21 +539,31 @@ impl Kv for KvService {
         &self,
         r: Request<KvPrewriteRequest>,
     ) -> Result<Response<KvPrewriteResponse>, Status> {
-        self.txn_prewrite(r.into_inner()).await.map(Response::new)
+        let svc = self.clone();
+        let req = r.into_inner();
+        detached(async move { svc.txn_prewrite(req).await })
+            .await
+            .map(Response::new)
     }
 
     async fn kv_commit(
         &self,
         r: Request<KvCommitRequest>,
     ) -> Result<Response<KvCommitResponse>, Status> {
-        self.txn_commit(r.into_inner()).await.map(Response::new)
+        let svc = self.clone();
+        let req = r.into_inner();
+        detached(async move { svc.txn_commit(req).await })
+            .await
+            .map(Response::new)
     }
 
     async fn kv_batch_rollback(
         &self,
         r: Request<KvBatchRollbackRequest>,
     ) -> Result<Response<KvBatchRollbackResponse>, Status> {
-        self.txn_batch_rollback(r.into_inner())
+        let svc = self.clone();
+        let req = r.into_inner();
+        detached(async move { svc.txn_batch_rollback(req).await })
             .await
             .map(Response::new)
     }
@@ -547,7 +572,9 @@ impl Kv for KvService {
         &self,
         r: Request<KvCheckTxnStatusRequest>,
     ) -> Result<Response<KvCheckTxnStatusResponse>, Status> {
-        self.txn_check_txn_status(r.into_inner())
+        let svc = self.clone();
+        let req = r.into_inner();
+        detached(async move { svc.txn_check_txn_status(req).await })
             .await
             .map(Response::new)
     }
@@ -556,7 +583,9 @@ impl Kv for KvService {
         &self,
         r: Request<KvResolveLockRequest>,
     ) -> Result<Response<KvResolveLockResponse>, Status> {
-        self.txn_resolve_lock(r.into_inner())
+        let svc = self.clone();
+        let req = r.into_inner();
+        detached(async move { svc.txn_resolve_lock(req).await })
             .await
             .map(Response::new)
     }
@@ -565,7 +594,11 @@ impl Kv for KvService {
         &self,
         r: Request<KvTxnHeartBeatRequest>,
     ) -> Result<Response<KvTxnHeartBeatResponse>, Status> {
-        self.txn_heart_beat(r.into_inner()).await.map(Response::new)
+        let svc = self.clone();
+        let req = r.into_inner();
+        detached(async move { svc.txn_heart_beat(req).await })
+            .await
+            .map(Response::new)
     }
 }
 
