@@ -791,6 +791,9 @@ impl Peer {
         if self.lease_ms == 0
             || self.lease_until_ms == 0
             || !self.is_leader()
+            // A transferee may win at once (it campaigns without waiting out an election
+            // timeout), so no lease holds while a transfer is under way.
+            || self.raw.raft.lead_transferee.is_some()
             || self.applied_index() < self.region_change_index
         {
             return false;
@@ -799,6 +802,25 @@ impl Peer {
             return false;
         }
         self.raw.raft.raft_log.term(self.applied_index()).ok() == Some(self.term())
+    }
+
+    /// Hands leadership to voter `to_peer_id`, giving up the lease at once. Ignored unless
+    /// this peer leads and `to_peer_id` is another voter of the region.
+    pub fn transfer_leader(&mut self, to_peer_id: u64) {
+        let voter =
+            self.region().peers.iter().any(|p| {
+                p.id == to_peer_id && p.role == ringkv_proto::metapb::PeerRole::Voter as i32
+            });
+        if !self.is_leader() || to_peer_id == self.peer_id() || !voter {
+            return;
+        }
+        tracing::info!(
+            region = self.region_id(),
+            to = to_peer_id,
+            "transferring leadership"
+        );
+        self.lease_until_ms = 0;
+        self.raw.transfer_leader(to_peer_id);
     }
 
     fn renew_lease(&mut self, sent_at_ms: u64) {

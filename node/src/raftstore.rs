@@ -492,6 +492,10 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
             fsm.wake();
             fsm.peer.campaign();
         }
+        PeerMsg::TransferLeader { to_peer_id } => {
+            fsm.wake();
+            fsm.peer.transfer_leader(to_peer_id);
+        }
         PeerMsg::Wake => {
             fsm.wake();
             fsm.peer.retry_merge_apply();

@@ -54,6 +54,8 @@ pub enum PeerMsg {
     Status(oneshot::Sender<Option<RegionInfoResponse>>),
     /// Start an election at once.
     Campaign,
+    /// Hand leadership to this peer (Raft's leader transfer); ignored by a non-leader.
+    TransferLeader { to_peer_id: u64 },
     /// Leave quiet mode (a peer store may have failed).
     Wake,
     /// The local target replica of this region's merge is waiting for this replica to apply

@@ -325,6 +325,24 @@ async fn on_store_event(task: &PlacementTask, event: StoreEvent) {
                     Ok(answer) if answer.change_peer.is_some() => {
                         let order = answer.change_peer.expect("checked");
                         let Some(peer) = order.peer else { return };
+                        let removes_leader = order.kind
+                            == ringkv_proto::metapb::ConfChangeKind::Remove as i32
+                            && peer.store_id == store_id;
+                        if removes_leader {
+                            // A leader cannot remove itself: hand leadership to another
+                            // voter; its next heartbeat gets the removal again.
+                            let to = source.peers.iter().find(|p| {
+                                p.id != peer.id
+                                    && p.role == ringkv_proto::metapb::PeerRole::Voter as i32
+                            });
+                            if let Some(to) = to {
+                                let _ = router.send(
+                                    source.id,
+                                    crate::router::PeerMsg::TransferLeader { to_peer_id: to.id },
+                                );
+                            }
+                            return;
+                        }
                         tracing::info!(
                             region = source.id,
                             kind = order.kind,

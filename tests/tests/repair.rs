@@ -102,18 +102,21 @@ fn a_decommissioned_store_is_emptied_and_becomes_a_tombstone() {
         }
     });
     let pd = cluster.pd();
-    let before = cluster
-        .rt
-        .block_on(pd.get_region(&encoded(b"k1")))
-        .unwrap()
-        .region;
-    let leaving = before.peers[0].store_id;
+    let route = cluster.rt.block_on(pd.get_region(&encoded(b"k1"))).unwrap();
+    let before = route.region;
+    // The leader's store: its replica can only go after leadership moves away.
+    let leaving = route.leader.expect("a leader").store_id;
     let store = cluster.rt.block_on(pd.decommission_store(leaving)).unwrap();
     assert_eq!(
         store.state,
         ringkv_proto::metapb::StoreState::Offline as i32
     );
-    let other = before.peers[1].store_id;
+    let other = before
+        .peers
+        .iter()
+        .find(|p| p.store_id != leaving)
+        .unwrap()
+        .store_id;
     let refused = cluster
         .rt
         .block_on(pd.decommission_store(other))
