@@ -20,10 +20,10 @@ use ringkv_proto::errorpb::RegionError;
 use ringkv_proto::keys;
 use ringkv_proto::kvrpcpb::{LockInfo, Mutation, Op};
 use ringkv_proto::metapb::Region;
-use ringkv_proto::raftpb::{request::Cmd, DeleteRequest, PutRequest, RaftCmdRequest, Request};
+use ringkv_proto::raftpb::RaftCmdRequest;
 use ringkv_storage::KvEngine;
 use ringkv_txn::actions::{check_txn_status, commit, prewrite, read, resolve_lock, rollback};
-use ringkv_txn::{LockStatus, Modify, MvccReader, MvccTxn, TxnError};
+use ringkv_txn::{LockStatus, MvccReader, MvccTxn, TxnError};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -447,23 +447,6 @@ async fn clear_read(
     }
 }
 
-fn to_request(m: Modify) -> Request {
-    let cmd = match m {
-        Modify::Put { cf, key, ts, value } => Cmd::Put(PutRequest {
-            key,
-            value,
-            cf: cf.to_wire(),
-            ts,
-        }),
-        Modify::Delete { cf, key, ts } => Cmd::Delete(DeleteRequest {
-            key,
-            cf: cf.to_wire(),
-            ts,
-        }),
-    };
-    Request { cmd: Some(cmd) }
-}
-
 type Action<T> = Box<dyn FnOnce(&MvccReader<'_>, Option<u64>) -> Result<(MvccTxn, T), TxnError>>;
 
 /// A transactional write command on `node`, as the node's service runs it.
@@ -507,7 +490,11 @@ async fn node_write<T: 'static>(
     let cmd = RaftCmdRequest {
         region_id: region.id,
         region_epoch: region.region_epoch,
-        requests: txn.into_modifies().into_iter().map(to_request).collect(),
+        requests: txn
+            .into_modifies()
+            .into_iter()
+            .map(ringkv_txn::raft_request)
+            .collect(),
         admin: None,
     };
     let (tx, mut rx) = oneshot::channel();

@@ -21,5 +21,6 @@ pub mod timestamp;
 pub use error::{Result, TxnError};
 pub use lock::{lock_info, LockStatus};
 pub use mvcc::{
-    write_modifies, Modify, MvccReader, MvccTxn, SinceStart, TxnCommitRecord, SHORT_VALUE_MAX_BYTES,
+    raft_request, write_modifies, Modify, MvccReader, MvccTxn, SinceStart, TxnCommitRecord,
+    SHORT_VALUE_MAX_BYTES,
 };

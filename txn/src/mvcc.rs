@@ -396,6 +396,25 @@ impl MvccTxn {
     }
 }
 
+/// The Raft command entry that carries `m` (a column-family put or delete of one key).
+pub fn raft_request(m: Modify) -> ringkv_proto::raftpb::Request {
+    use ringkv_proto::raftpb::{request::Cmd, DeleteRequest, PutRequest};
+    let cmd = match m {
+        Modify::Put { cf, key, ts, value } => Cmd::Put(PutRequest {
+            key,
+            value,
+            cf: cf.to_wire(),
+            ts,
+        }),
+        Modify::Delete { cf, key, ts } => Cmd::Delete(DeleteRequest {
+            key,
+            cf: cf.to_wire(),
+            ts,
+        }),
+    };
+    ringkv_proto::raftpb::Request { cmd: Some(cmd) }
+}
+
 /// Applies modifies to a write batch, for tests and for anything that writes locally.
 pub fn write_modifies(batch: &mut ringkv_storage::KvWriteBatch, modifies: Vec<Modify>) {
     for m in modifies {

@@ -11,7 +11,6 @@ use ringkv_proto::keys;
 use ringkv_proto::kvrpcpb::*;
 use ringkv_proto::limits::*;
 use ringkv_proto::mvccpb::Write;
-use ringkv_proto::raftpb::{self, request::Cmd, DeleteRequest, PutRequest};
 use ringkv_txn::actions::{
     check_txn_status, commit, gc, prewrite, read, resolve_lock, rollback, txn_heart_beat,
 };
@@ -65,23 +64,6 @@ pub enum TxnOutcome<T> {
     Done(T),
     Region(RegionError),
     Txn(TxnError),
-}
-
-fn modify_to_request(m: Modify) -> raftpb::Request {
-    let cmd = match m {
-        Modify::Put { cf, key, ts, value } => Cmd::Put(PutRequest {
-            key,
-            value,
-            cf: cf.to_wire(),
-            ts,
-        }),
-        Modify::Delete { cf, key, ts } => Cmd::Delete(DeleteRequest {
-            key,
-            cf: cf.to_wire(),
-            ts,
-        }),
-    };
-    raftpb::Request { cmd: Some(cmd) }
 }
 
 /// A node failure in an action (storage, corruption) is an RPC error; the rest is an answer.
@@ -179,7 +161,7 @@ impl KvService {
             })
             .min();
         let region_id = context.region_id;
-        let requests = modifies.into_iter().map(modify_to_request).collect();
+        let requests = modifies.into_iter().map(ringkv_txn::raft_request).collect();
         Ok(match self.propose_holding(context, requests, held).await? {
             None => {
                 if let Some(ts) = oldest_version {
