@@ -220,16 +220,18 @@ impl TransactionClient {
         Instant::now() + self.inner.config.timeout
     }
 
-    /// The status of transaction `lock_ts` on its primary, pushing its min_commit_ts past
-    /// `caller_start_ts` (0: no push) and rolling it back when `expired`.
+    /// The status of transaction `lock_ts` on its primary as of `current_ts`, pushing its
+    /// min_commit_ts past `caller_start_ts` (0: no push) and rolling it back when its lock
+    /// (`lock_ttl_ms`) has expired.
     async fn check_txn_status(
         &self,
         primary: &[u8],
         lock_ts: u64,
+        lock_ttl_ms: u64,
         caller_start_ts: u64,
-        expired: bool,
+        current_ts: u64,
     ) -> Result<TxnStatus> {
-        let current_ts = self.current_ts().await?;
+        let expired = physical_ms(lock_ts).saturating_add(lock_ttl_ms) <= physical_ms(current_ts);
         let primary_key = primary.to_vec();
         let responses = self
             .inner
@@ -339,9 +341,8 @@ impl TransactionClient {
         let mut clear = true;
         for (start_ts, (primary, ttl, keys)) in by_txn {
             let now = self.current_ts().await?;
-            let expired = physical_ms(start_ts).saturating_add(ttl) <= physical_ms(now);
             match self
-                .check_txn_status(&primary, start_ts, caller_start_ts, expired)
+                .check_txn_status(&primary, start_ts, ttl, caller_start_ts, now)
                 .await?
             {
                 TxnStatus::Committed(commit_ts) => self.resolve(start_ts, commit_ts, keys).await?,

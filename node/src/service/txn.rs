@@ -128,13 +128,12 @@ impl KvService {
 
     async fn txn_write_latched<T>(
         &self,
-        mut context: Context,
+        context: Context,
         keys: Vec<Vec<u8>>,
         held: Held,
         action: impl FnOnce(&MvccReader<'_>) -> Result<(MvccTxn, T), TxnError>,
     ) -> Result<TxnOutcome<T>, Status> {
-        context.replica_read = false;
-        if let Err(region_error) = self.clear_read(context, keys).await? {
+        if let Err(region_error) = self.txn_barrier(context, keys).await? {
             return Ok(TxnOutcome::Region(region_error));
         }
         let reader = MvccReader::new(self.ctx.kv.as_ref());
@@ -175,30 +174,24 @@ impl KvService {
         })
     }
 
-    /// Waits until a read at `read_ts` on the leader may look at storage: the region is led
-    /// here, and no one-phase commit in flight could still land below `read_ts`.
-    async fn txn_clear_read(
+    /// The read barrier of a transactional read: the region is led here and the snapshot is
+    /// current. Leader only, even when the client asked for a replica read: the one-phase
+    /// commit's memory locks, which readers must see, live on the leader.
+    async fn txn_barrier(
         &self,
         mut context: Context,
         keys: Vec<Vec<u8>>,
-        range: Option<(&[u8], &[u8])>,
-        read_ts: u64,
     ) -> Result<Result<ringkv_proto::metapb::Region, RegionError>, Status> {
         context.replica_read = false;
-        let region = match self.clear_read(context, keys.clone()).await? {
-            Ok(region) => region,
-            Err(e) => return Ok(Err(e)),
-        };
+        self.clear_read(context, keys).await
+    }
+
+    /// Waits until no one-phase commit in flight that `blocks` names could still land below
+    /// the read (see memory_lock.rs).
+    async fn wait_memory_locks(&self, blocks: impl Fn(&MemoryLocks) -> bool) -> Result<(), Status> {
         let locks = &self.txn_ctx().memory_locks;
         let deadline = tokio::time::Instant::now() + MEMORY_LOCK_WAIT;
-        loop {
-            let blocked = match range {
-                Some((start, end)) => locks.blocks_range(start, end, read_ts),
-                None => locks.blocks_keys(&keys, read_ts),
-            };
-            if !blocked {
-                return Ok(Ok(region));
-            }
+        while blocks(locks) {
             if tokio::time::Instant::now() >= deadline {
                 return Err(Status::unavailable(
                     "a one-phase commit on these keys is still being applied; retry",
@@ -206,6 +199,7 @@ impl KvService {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        Ok(())
     }
 
     fn below_safe_point(&self, read_ts: u64) -> Option<KeyError> {
@@ -231,15 +225,14 @@ impl KvService {
             });
         }
         let keys = vec![req.key.clone()];
-        if let Err(e) = self
-            .txn_clear_read(context, keys, None, req.version)
-            .await?
-        {
+        if let Err(e) = self.txn_barrier(context, keys.clone()).await? {
             return Ok(KvGetResponse {
                 region_error: Some(e),
                 ..Default::default()
             });
         }
+        self.wait_memory_locks(|l| l.blocks_keys(&keys, req.version))
+            .await?;
         let reader = MvccReader::new(self.ctx.kv.as_ref());
         Ok(
             match read::get(&reader, &req.key, req.version, &req.resolved_locks) {
@@ -277,15 +270,14 @@ impl KvService {
                 ..Default::default()
             });
         }
-        if let Err(e) = self
-            .txn_clear_read(context, req.keys.clone(), None, req.version)
-            .await?
-        {
+        if let Err(e) = self.txn_barrier(context, req.keys.clone()).await? {
             return Ok(KvBatchGetResponse {
                 region_error: Some(e),
                 ..Default::default()
             });
         }
+        self.wait_memory_locks(|l| l.blocks_keys(&req.keys, req.version))
+            .await?;
         let reader = MvccReader::new(self.ctx.kv.as_ref());
         Ok(
             match read::batch_get(&reader, &req.keys, req.version, &req.resolved_locks) {
@@ -322,7 +314,7 @@ impl KvService {
             });
         }
         let region_id = context.region_id;
-        let region = match self.clear_read(context, vec![]).await? {
+        let region = match self.txn_barrier(context, vec![]).await? {
             Ok(region) => region,
             Err(e) => {
                 return Ok(KvScanResponse {
@@ -334,15 +326,8 @@ impl KvService {
         let Some((lo, hi)) = scan_bounds(&region, &keyspace, &req.start_key, &req.end_key) else {
             return Ok(KvScanResponse::default());
         };
-        if let Err(e) = self
-            .txn_clear_read(context, vec![], Some((&lo, &hi)), req.version)
-            .await?
-        {
-            return Ok(KvScanResponse {
-                region_error: Some(e),
-                ..Default::default()
-            });
-        }
+        self.wait_memory_locks(|l| l.blocks_range(&lo, &hi, req.version))
+            .await?;
         let (start, end) = (req.start_key.as_slice(), req.end_key.as_slice());
         let wanted = |encoded: &[u8]| {
             keys::user_key_unchecked(encoded).is_some_and(|u| user_in_range(u, start, end))
