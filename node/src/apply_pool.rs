@@ -5,8 +5,8 @@
 //! The delegate is *owned*, never shared: it sits in its peer while idle; a poll round that
 //! produced committed entries moves them (with their proposals) into the delegate and sends the
 //! delegate to the pool; an apply thread applies a batch of delegates into one atomic KV write,
-//! answers their proposals and sends each delegate home in [`crate::router::PeerMsg::Applied`], where the peer
-//! takes over what changed ([`crate::peer::Peer::on_applied`]).
+//! sends each delegate home in [`crate::router::PeerMsg::Applied`], where the peer takes over
+//! what changed ([`crate::peer::Peer::on_applied`]), and then answers their proposals.
 //!
 //! So the pollers go on appending and replicating while the pool writes to the KV engine, and
 //! at most one apply of a region is in flight, which keeps apply in log order. While a
@@ -328,14 +328,18 @@ pub type ApplyBatch = Vec<Box<ApplyDelegate>>;
 /// Applies `delegates` in one KV write, then answers their proposals and sends each home. A
 /// storage failure panics: a node that cannot persist must stop rather than answer.
 pub fn apply_batch(kv: &dyn KvEngine, router: &StoreRouter, delegates: ApplyBatch) {
-    for d in apply_all(kv, delegates) {
-        router.send_applied(d);
-    }
+    apply_all(kv, delegates, |d| router.send_applied(d));
 }
 
-/// Applies `delegates` in one KV write (more only where a command must read the engine), then
-/// answers their proposals; returns them for sending home.
-fn apply_all(kv: &dyn KvEngine, mut delegates: ApplyBatch) -> ApplyBatch {
+/// Applies `delegates` in one KV write (more only where a command must read the engine), sends
+/// each home with `send_home`, then answers their proposals. Home first: the peer's mailbox is
+/// in order, so whoever hears an answer and then asks the peer (for the region after a
+/// membership change, say) finds the applied result already there.
+fn apply_all(
+    kv: &dyn KvEngine,
+    mut delegates: ApplyBatch,
+    mut send_home: impl FnMut(Box<ApplyDelegate>),
+) {
     let mut batch = KvWriteBatch::default();
     let mut results = Vec::new();
     for d in delegates.iter_mut() {
@@ -346,10 +350,12 @@ fn apply_all(kv: &dyn KvEngine, mut delegates: ApplyBatch) -> ApplyBatch {
         kv.write(batch)
             .unwrap_or_else(|e| panic!("apply write failed; stopping the node: {e}"));
     }
+    for d in delegates {
+        send_home(d);
+    }
     for (callback, result) in results {
         let _ = callback.send(result);
     }
-    delegates
 }
 
 /// One apply thread: takes batches from the pollers, merging those that queued up into one
@@ -480,6 +486,13 @@ mod tests {
         )
     }
 
+    /// Applies `delegates` and returns them as they would go home.
+    fn applied(kv: &dyn KvEngine, delegates: ApplyBatch) -> ApplyBatch {
+        let mut home = Vec::new();
+        apply_all(kv, delegates, |d| home.push(d));
+        home
+    }
+
     fn applied_index(kv: &dyn KvEngine, region_id: u64) -> u64 {
         layout::read_apply_state(kv, region_id)
             .unwrap()
@@ -505,7 +518,7 @@ mod tests {
         let mut b = delegate(&right, 8);
         b.push(vec![entry(9, 6, &put(&right, b"q"))], []);
 
-        let back = apply_all(&kv, vec![a, b]);
+        let back = applied(&kv, vec![a, b]);
 
         assert_eq!(
             kv.writes.load(Ordering::SeqCst),
@@ -546,7 +559,7 @@ mod tests {
             ],
             [lost, ours],
         );
-        apply_all(&kv, vec![d]);
+        applied(&kv, vec![d]);
         assert_eq!(ours_rx.try_recv().unwrap(), Ok(()));
         assert!(matches!(
             lost_rx.try_recv().unwrap().unwrap_err().kind,
@@ -586,7 +599,7 @@ mod tests {
         );
 
         // The local source has not applied its prepare: apply stops before the commit.
-        let mut d = apply_all(&kv, vec![d]).pop().unwrap();
+        let mut d = applied(&kv, vec![d]).pop().unwrap();
         let outcome = d.take_outcome();
         assert_eq!(outcome.merge_wait.map(|w| w.commit), Some(9));
         assert_eq!(d.applied_index(), 5);
@@ -617,7 +630,7 @@ mod tests {
             },
         );
         kv.write(batch).unwrap();
-        let mut d = apply_all(&kv, vec![d]).pop().unwrap();
+        let mut d = applied(&kv, vec![d]).pop().unwrap();
         let outcome = d.take_outcome();
         assert!(outcome.merge_wait.is_none());
         assert!(matches!(
