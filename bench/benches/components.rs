@@ -286,7 +286,13 @@ fn mvcc_actions(c: &mut Criterion) {
         let read_ts = 1_000 + versions * 5 + 2;
         group.bench_function(format!("get/{versions}_versions"), |b| {
             b.iter(|| {
-                let v = read::get(&ringkv_txn::MvccReader::new(&kv), &key, read_ts, &[]).unwrap();
+                let v = read::get(
+                    &ringkv_txn::MvccReader::new(&kv),
+                    &key,
+                    read_ts,
+                    read::Locks::Check(&[]),
+                )
+                .unwrap();
                 std::hint::black_box(v)
             })
         });

@@ -57,11 +57,60 @@ pub struct RawClient {
     pd: PdClient,
     shared: Arc<Shared>,
     config: RawConfig,
+    /// Transactional reads are stale reads (set by the transaction client for a stale
+    /// snapshot; raw reads never are).
+    stale_reads: bool,
 }
 
 struct Shared {
     regions: RegionCache,
     stores: Mutex<HashMap<u64, KvClient<Channel>>>,
+    /// Regions whose replica answered `DataIsNotReady`, and when: their stale reads go to the
+    /// leader as ordinary reads for [`STALE_FALLBACK`].
+    stale_unready: Mutex<HashMap<u64, Instant>>,
+    /// Stores that could not be reached, and when: follower reads pass them over for
+    /// [`UNREACHABLE_FOR`].
+    unreachable: Mutex<HashMap<u64, Instant>>,
+}
+
+/// How long follower reads pass over a store that could not be reached.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
+
+/// How long a region's stale reads go to its leader after a replica was not ready.
+const STALE_FALLBACK: Duration = Duration::from_secs(1);
+
+/// Where a read goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadRoute {
+    /// The leader (and every write).
+    Leader,
+    /// A follower, linearizable (ReadIndex): [`RawConfig::replica_read`].
+    Replica,
+    /// A follower, at a timestamp at or below its safe timestamp, with no leader contact.
+    Stale,
+}
+
+impl Shared {
+    /// Whether `store_id` could not be reached a moment ago.
+    fn recently_unreachable(&self, store_id: u64) -> bool {
+        self.unreachable
+            .lock()
+            .get(&store_id)
+            .is_some_and(|at| at.elapsed() < UNREACHABLE_FOR)
+    }
+
+    /// Whether stale reads of `region_id` fall back to the leader now.
+    fn stale_unready(&self, region_id: u64) -> bool {
+        let mut unready = self.stale_unready.lock();
+        match unready.get(&region_id) {
+            Some(at) if at.elapsed() < STALE_FALLBACK => true,
+            Some(_) => {
+                unready.remove(&region_id);
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 /// What one attempt at one region came to.
@@ -162,8 +211,11 @@ impl RawClient {
             shared: Arc::new(Shared {
                 regions: RegionCache::default(),
                 stores: Mutex::new(HashMap::new()),
+                stale_unready: Mutex::new(HashMap::new()),
+                unreachable: Mutex::new(HashMap::new()),
             }),
             config,
+            stale_reads: false,
         }
     }
 
@@ -173,6 +225,13 @@ impl RawClient {
     pub fn with_replica_read(&self, replica_read: bool) -> Self {
         let mut c = self.clone();
         c.config.replica_read = replica_read;
+        c
+    }
+
+    /// A handle whose transactional reads are stale reads (see [`ReadRoute::Stale`]).
+    pub(crate) fn with_stale_reads(&self) -> Self {
+        let mut c = self.clone();
+        c.stale_reads = true;
         c
     }
 
@@ -371,25 +430,30 @@ impl RawClient {
             match self.pd.get_region_by_id(source_region_id).await {
                 Ok(route) => {
                     let outcome = self
-                        .attempt(&route, round, false, move |mut client, context| {
-                            Box::pin(async move {
-                                let r = client
-                                    .merge_region(MergeRegionRequest {
-                                        source_region_id: context.region_id,
-                                        source_epoch: context.region_epoch,
-                                        target_region_id,
-                                    })
-                                    .await?
-                                    .into_inner();
-                                match r.region_error {
-                                    // No kind: the regions cannot merge as they are.
-                                    Some(e) if e.kind.is_none() => {
-                                        Err(tonic::Status::failed_precondition(e.message))
+                        .attempt(
+                            &route,
+                            round,
+                            ReadRoute::Leader,
+                            move |mut client, context| {
+                                Box::pin(async move {
+                                    let r = client
+                                        .merge_region(MergeRegionRequest {
+                                            source_region_id: context.region_id,
+                                            source_epoch: context.region_epoch,
+                                            target_region_id,
+                                        })
+                                        .await?
+                                        .into_inner();
+                                    match r.region_error {
+                                        // No kind: the regions cannot merge as they are.
+                                        Some(e) if e.kind.is_none() => {
+                                            Err(tonic::Status::failed_precondition(e.message))
+                                        }
+                                        other => Ok((other, ())),
                                     }
-                                    other => Ok((other, ())),
-                                }
-                            })
-                        })
+                                })
+                            },
+                        )
                         .await?;
                     match outcome {
                         Attempt::Done(()) => return Ok(()),
@@ -583,7 +647,7 @@ impl RawClient {
                 .attempt(
                     &route,
                     round,
-                    self.config.replica_read,
+                    self.read_route("scan"),
                     move |mut client, context| {
                         Box::pin(async move {
                             let r = client
@@ -684,6 +748,8 @@ impl RawClient {
         let deadline = Instant::now() + self.config.timeout;
         let mut backoff = Backoff::new(deadline);
         let mut last_error;
+        // Counts attempts, so a retry of a follower read picks another follower.
+        let mut round = 0;
         loop {
             let routes = match self.pd.scan_regions(&span_start, &span_end, 0).await {
                 Ok(r) => r,
@@ -704,9 +770,9 @@ impl RawClient {
                 .iter()
                 .map(|r| r.region.start_key.clone().max(span_start.clone()))
                 .collect();
-            let attempts = anchors
-                .iter()
-                .map(|anchor| self.attempt_single(anchor, self.replica(operation), &send));
+            let attempts = anchors.iter().map(|anchor| {
+                self.attempt_single(anchor, round, self.read_route(operation), &send)
+            });
             let mut results = Vec::new();
             let mut retry = None;
             for outcome in join_all(attempts).await {
@@ -725,6 +791,7 @@ impl RawClient {
                     Attempt::Retry { reason, .. } => retry = Some(reason),
                 }
             }
+            round += 1;
             match retry {
                 None => return Ok(results),
                 Some(reason) => {
@@ -740,7 +807,8 @@ impl RawClient {
     async fn attempt_single<T>(
         &self,
         anchor: &[u8],
-        replica: bool,
+        round: usize,
+        read: ReadRoute,
         send: &(impl Fn(KvClient<Channel>, Context) -> BoxFut<'static, (Option<RegionError>, T)>
               + Send
               + Sync),
@@ -756,7 +824,7 @@ impl RawClient {
             }
             Err(e) => return Err(e),
         };
-        self.attempt(&route, 0, replica, |client, context| send(client, context))
+        self.attempt(&route, round, read, |client, context| send(client, context))
             .await
     }
 
@@ -766,9 +834,17 @@ impl RawClient {
         writes(operation) && !self.config.retry_ambiguous_writes
     }
 
-    /// Whether `operation` goes to a follower (see [`RawConfig::replica_read`]).
-    fn replica(&self, operation: &str) -> bool {
-        self.config.replica_read && !writes(operation)
+    /// Where `operation` goes (see [`RawConfig::replica_read`], [`ReadRoute`]).
+    fn read_route(&self, operation: &str) -> ReadRoute {
+        if writes(operation) {
+            ReadRoute::Leader
+        } else if self.stale_reads && matches!(operation, "txn_get" | "txn_scan") {
+            ReadRoute::Stale
+        } else if self.config.replica_read {
+            ReadRoute::Replica
+        } else {
+            ReadRoute::Leader
+        }
     }
 
     pub(crate) fn timeout(&self, operation: &'static str, last_error: String) -> ClientError {
@@ -845,7 +921,7 @@ impl RawClient {
                         .attempt(
                             &route,
                             round,
-                            self.replica(operation),
+                            self.read_route(operation),
                             move |client, context| send(client, context, g.clone()),
                         )
                         .await;
@@ -916,14 +992,13 @@ impl RawClient {
     }
 
     /// One attempt at one region: picks the leader (or, without one, a peer by `round`), sends,
-    /// and turns region errors into cache updates.
-    /// With `replica` (a read, and the client reads from followers), a follower is picked
+    /// and turns region errors into cache updates. A replica or stale `read` picks a follower
     /// instead of the leader.
     async fn attempt<T>(
         &self,
         route: &RegionRoute,
         round: usize,
-        replica: bool,
+        read: ReadRoute,
         send: impl FnOnce(KvClient<Channel>, Context) -> BoxFut<'static, (Option<RegionError>, T)>,
     ) -> Result<Attempt<T>> {
         let region = &route.region;
@@ -933,8 +1008,22 @@ impl RawClient {
             .filter(|p| route.leader.is_none_or(|l| l.id != p.id))
             .copied()
             .collect();
+        // A stale read falls back to an ordinary read at the leader while the region's
+        // replicas are not ready for it.
+        let stale = read == ReadRoute::Stale && !self.shared.stale_unready(region.id);
+        let to_follower = stale || read == ReadRoute::Replica;
+        // Followers first, then the leader: a follower read may be served by any replica,
+        // and the leader the route names may be out of date. Stores just found unreachable
+        // are passed over while others are left.
+        let mut candidates: Vec<_> = followers.iter().copied().chain(route.leader).collect();
+        if candidates
+            .iter()
+            .any(|p| !self.shared.recently_unreachable(p.store_id))
+        {
+            candidates.retain(|p| !self.shared.recently_unreachable(p.store_id));
+        }
         let peer = match route.leader {
-            _ if replica && !followers.is_empty() => followers[round % followers.len()],
+            _ if to_follower && !candidates.is_empty() => candidates[round % candidates.len()],
             Some(leader) => leader,
             None if region.peers.is_empty() => {
                 self.shared.regions.invalidate(region.id);
@@ -960,7 +1049,8 @@ impl RawClient {
         let context = Context {
             region_id: region.id,
             region_epoch: region.region_epoch,
-            replica_read: replica,
+            replica_read: read == ReadRoute::Replica,
+            stale_read: stale,
         };
         let answer = tokio::time::timeout(self.config.attempt_timeout, send(client, context)).await;
         let (region_error, value) = match answer {
@@ -975,6 +1065,10 @@ impl RawClient {
                     _ => {
                         // The node is down or unreachable: forget it and the leader it was.
                         self.shared.stores.lock().remove(&peer.store_id);
+                        self.shared
+                            .unreachable
+                            .lock()
+                            .insert(peer.store_id, Instant::now());
                         self.shared.regions.clear_leader(region.id);
                         Ok(Attempt::Retry {
                             reason: format!(
@@ -1030,6 +1124,13 @@ impl RawClient {
                 true
             }
             Some(region_error::Kind::StaleCommand(_)) => true,
+            Some(region_error::Kind::DataIsNotReady(_)) => {
+                self.shared
+                    .stale_unready
+                    .lock()
+                    .insert(region.id, Instant::now());
+                true
+            }
             Some(region_error::Kind::ServerIsBusy(_)) => false,
             _ => {
                 self.shared.regions.invalidate(region.id);

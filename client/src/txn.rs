@@ -82,8 +82,11 @@ struct Inner {
     service_id: String,
 }
 
+/// Bits of a timestamp below its physical milliseconds (the TSO's logical counter).
+const LOGICAL_BITS: u32 = 18;
+
 fn physical_ms(ts: u64) -> u64 {
-    ts >> 18
+    ts >> LOGICAL_BITS
 }
 
 fn rule(check: std::result::Result<(), String>) -> Result<()> {
@@ -159,8 +162,46 @@ impl TransactionClient {
     /// Starts a transaction: reads see the data committed before this moment.
     pub async fn begin(&self) -> Result<Transaction> {
         let start_ts = self.current_ts().await?;
+        Ok(self.transaction(start_ts, false))
+    }
+
+    /// A read-only snapshot of the data committed at or before `ts`, read by *stale reads*:
+    /// any replica (the nearest follower first) serves it from its own state with no leader
+    /// contact, once it knows no transaction can still commit at or below `ts` (its safe
+    /// timestamp, which leaders advance every `resolved_ts_interval_ms`); a region whose
+    /// replicas are not there yet is read at its leader instead, with the same result. `ts`
+    /// must not be in the future (a snapshot there could still change) nor below the GC safe
+    /// point. Writing to it is refused.
+    pub async fn stale_snapshot_at(&self, ts: u64) -> Result<Transaction> {
+        let now = self.current_ts().await?;
+        if ts == 0 || ts > now {
+            return Err(ClientError::InvalidArgument(format!(
+                "stale snapshot at {ts}: the timestamp must be between 1 and the present ({now}); a snapshot in the future could still change"
+            )));
+        }
+        Ok(self.transaction(ts, true))
+    }
+
+    /// [`stale_snapshot_at`](Self::stale_snapshot_at) the data as it was `staleness` ago. The
+    /// staler, the likelier every replica can serve it (a second or two is usually enough
+    /// with the default `resolved_ts_interval_ms`).
+    pub async fn stale_snapshot(&self, staleness: Duration) -> Result<Transaction> {
+        let now = self.current_ts().await?;
+        let back = u64::try_from(staleness.as_millis()).unwrap_or(u64::MAX);
+        let physical = physical_ms(now)
+            .checked_sub(back)
+            .filter(|&p| p > 0)
+            .ok_or_else(|| {
+                ClientError::InvalidArgument(format!(
+                    "stale snapshot {staleness:?} ago is before the cluster's clock began"
+                ))
+            })?;
+        Ok(self.transaction(physical << LOGICAL_BITS, true))
+    }
+
+    fn transaction(&self, start_ts: u64, stale: bool) -> Transaction {
         *self.inner.active.lock().entry(start_ts).or_default() += 1;
-        Ok(Transaction {
+        Transaction {
             client: self.clone(),
             start_ts,
             started: Instant::now(),
@@ -168,7 +209,8 @@ impl TransactionClient {
             state: TxnState::Active,
             bypass: HashSet::new(),
             buffered_bytes: 0,
-        })
+            stale,
+        }
     }
 
     /// Runs `body` in a transaction and commits it, starting over with a new transaction when
@@ -461,6 +503,8 @@ pub struct Transaction {
     bypass: HashSet<u64>,
     /// Bytes of keys and values in `buffer`.
     buffered_bytes: usize,
+    /// A read-only stale snapshot ([`TransactionClient::stale_snapshot_at`]).
+    stale: bool,
 }
 
 impl Drop for Transaction {
@@ -494,12 +538,32 @@ impl Transaction {
         }
     }
 
+    /// The raw client this transaction reads through: stale reads for a stale snapshot.
+    fn reader(&self) -> RawClient {
+        if self.stale {
+            self.client.inner.raw.with_stale_reads()
+        } else {
+            self.client.inner.raw.clone()
+        }
+    }
+
+    /// Whether this is a read-only stale snapshot.
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
     fn encode(&self, key: &[u8]) -> Vec<u8> {
         self.client.inner.raw.encode(key)
     }
 
     /// Buffers a mutation of `encoded`, within the transaction's size limit.
     fn buffer(&mut self, encoded: Vec<u8>, op: Op, value: Vec<u8>) -> Result<()> {
+        if self.stale {
+            return Err(ClientError::InvalidArgument(format!(
+                "the stale snapshot at {} is read-only; begin() a transaction to write",
+                self.start_ts
+            )));
+        }
         let added = encoded.len() + value.len();
         let removed = self
             .buffer
@@ -571,7 +635,7 @@ impl Transaction {
     async fn read_batch(&mut self, keys: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let client = self.client.clone();
         let version = self.start_ts;
-        let raw = client.inner.raw.clone();
+        let raw = self.reader();
         let mut bypass = std::mem::take(&mut self.bypass);
         let outcome = client
             .read_resolving("txn_get", version, &mut bypass, move |resolved| {
@@ -641,7 +705,7 @@ impl Transaction {
             .saturating_add(extra)
             .min(ringkv_proto::limits::SCAN_LIMIT_MAX);
         let client = self.client.clone();
-        let raw = client.inner.raw.clone();
+        let raw = self.reader();
         let version = self.start_ts;
         let keyspace = client.inner.config.keyspace;
         let mut bypass = std::mem::take(&mut self.bypass);

@@ -39,6 +39,10 @@ pub struct NodeConfig {
     /// How often the MVCC garbage collector asks the placement driver for the GC safe point
     /// and collects below it, in ms. Default 60000; 100..=86400000.
     pub gc_interval_ms: u64,
+    /// How often each region's leader publishes its resolved timestamp to its replicas, in
+    /// ms: stale reads on a replica can be at most about this much (plus the age of the
+    /// oldest transaction in flight) behind the present. Default 1000; 50..=600000.
+    pub resolved_ts_interval_ms: u64,
     pub raft: RaftSection,
     pub split: SplitSection,
 }
@@ -174,6 +178,7 @@ impl Default for NodeConfig {
             mailbox_capacity: 65536,
             fault_injection: false,
             gc_interval_ms: 60_000,
+            resolved_ts_interval_ms: 1000,
             raft: RaftSection::default(),
             split: SplitSection::default(),
         }
@@ -212,6 +217,12 @@ impl NodeConfig {
             return bad(format!(
                 "gc_interval_ms = {} is outside 100..=86400000 (a day)",
                 self.gc_interval_ms
+            ));
+        }
+        if !(50..=600_000).contains(&self.resolved_ts_interval_ms) {
+            return bad(format!(
+                "resolved_ts_interval_ms = {} is outside 50..=600000 (ten minutes)",
+                self.resolved_ts_interval_ms
             ));
         }
         if !(100..=60_000).contains(&self.store_heartbeat_ms) {

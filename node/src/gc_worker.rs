@@ -124,6 +124,7 @@ impl GcWorker {
                 region_id: region.id,
                 region_epoch: region.region_epoch,
                 replica_read: false,
+                stale_read: false,
             };
             let mut start = progress
                 .next

@@ -60,6 +60,20 @@ impl MemoryLocks {
                 .any(|k| locks.get(k).is_some_and(|&start_ts| start_ts <= read_ts))
     }
 
+    /// The oldest start_ts of a commit holding a key in the encoded range `[start, end)`.
+    pub fn oldest_in(&self, start: &[u8], end: &[u8]) -> Option<u64> {
+        let locks = self.locks.lock();
+        let upper = if end.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(end.to_vec())
+        };
+        locks
+            .range((Bound::Included(start.to_vec()), upper))
+            .map(|(_, &start_ts)| start_ts)
+            .min()
+    }
+
     /// Whether a read at `read_ts` of the encoded range `[start, end)` must wait.
     pub fn blocks_range(&self, start: &[u8], end: &[u8], read_ts: u64) -> bool {
         let locks = self.locks.lock();
@@ -86,7 +100,12 @@ mod tests {
         assert!(table.blocks_keys(&[b"j".to_vec(), b"k".to_vec()], 10));
         assert!(table.blocks_range(b"a", b"z", 11));
         assert!(!table.blocks_range(b"l", b"", 11));
-        drop(guard);
+        let other = table.lock(&[b"m".to_vec()], 7);
+        assert_eq!(table.oldest_in(b"a", b""), Some(7));
+        assert_eq!(table.oldest_in(b"a", b"l"), Some(10));
+        assert_eq!(table.oldest_in(b"n", b""), None);
+        drop((guard, other));
         assert!(!table.blocks_keys(&[b"k".to_vec()], 11));
+        assert_eq!(table.oldest_in(b"", b""), None);
     }
 }

@@ -6,13 +6,14 @@ use crate::apply::{self, AdminResult, CmdResult, RegionView};
 use crate::apply_pool::{ApplyDelegate, Proposal};
 use crate::logger::raft_logger;
 use crate::region_error;
+use crate::safe_ts::SafeTs;
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb;
 use raft::{RawNode, ReadState, StateRole};
 use ringkv_proto::errorpb::RegionError;
 use ringkv_proto::keys::in_range;
-use ringkv_proto::metapb::{ConfChangeKind, Peer as PeerMeta, Region};
+use ringkv_proto::metapb::{ConfChangeKind, Peer as PeerMeta, Region, RegionEpoch};
 use ringkv_proto::raftpb::{
     admin_request, AdminRequest, CommitMergeRequest, MergeState, PeerState, RaftCmdRequest,
     RaftMessage, RegionLocalState,
@@ -155,6 +156,8 @@ pub struct Peer {
     /// applied up to the prepare; apply stopped before it and is retried on a tick or wake-up
     /// ([`Peer::retry_merge_apply`]).
     merge_wait: Option<CommitMergeRequest>,
+    /// Stale reads at or below this replica's safe timestamp are served from local state.
+    safe_ts: SafeTs,
 }
 
 /// Messages a round has produced, to send once the round's log write is done (or at once).
@@ -260,6 +263,7 @@ impl Peer {
             merge_state: None,
             merged_sources: Vec::new(),
             merge_wait: None,
+            safe_ts: SafeTs::default(),
         })
     }
 
@@ -702,6 +706,75 @@ impl Peer {
         }
     }
 
+    /// Clears a stale read at `read_ts` of `keys`: any replica may serve it from its own state
+    /// once its safe timestamp has reached `read_ts` (see [`crate::safe_ts`]).
+    pub fn stale_read(
+        &mut self,
+        epoch: Option<ringkv_proto::metapb::RegionEpoch>,
+        keys: &[&[u8]],
+        read_ts: u64,
+        callback: ReadCallback,
+    ) {
+        let answer = self.check_region(epoch, keys).and_then(|()| {
+            let safe_ts = self.safe_ts();
+            if read_ts <= safe_ts {
+                Ok(self.region().clone())
+            } else {
+                Err(region_error::data_is_not_ready(
+                    self.region_id(),
+                    self.meta.id,
+                    read_ts,
+                    safe_ts,
+                ))
+            }
+        });
+        let _ = callback.send(answer);
+    }
+
+    /// The safe timestamp in force on this replica (0: none).
+    pub fn safe_ts(&mut self) -> u64 {
+        let (version, applied) = (self.version(), self.applied_index());
+        self.safe_ts.get(version, applied)
+    }
+
+    /// Takes a safe-timestamp claim (see [`crate::safe_ts`]), from the local resolver or from
+    /// the leader that made it.
+    pub fn take_safe_ts(&mut self, version: u64, index: u64, ts: u64) {
+        let (current, applied) = (self.version(), self.applied_index());
+        self.safe_ts.publish(current, version, index, ts, applied);
+    }
+
+    /// A leader's claim, taken here and sent to every other replica. Nothing if this peer no
+    /// longer leads: the claim was still true when made, but its followers will hear the new
+    /// leader's.
+    pub fn publish_safe_ts(&mut self, version: u64, index: u64, ts: u64) -> Vec<RaftMessage> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        self.take_safe_ts(version, index, ts);
+        let region = self.region();
+        region
+            .peers
+            .iter()
+            .filter(|p| p.id != self.meta.id)
+            .map(|to| RaftMessage {
+                region_id: region.id,
+                from_peer: Some(self.meta),
+                to_peer: Some(*to),
+                region_epoch: Some(RegionEpoch {
+                    version,
+                    ..region.region_epoch.unwrap_or_default()
+                }),
+                message: Vec::new(),
+                start_key: region.start_key.clone(),
+                end_key: region.end_key.clone(),
+                safe_ts: ts,
+                safe_ts_index: index,
+                ..Default::default()
+            })
+            .collect()
+    }
+
     /// Sends every queued read as one ReadIndex round.
     pub fn flush_reads(&mut self) {
         if self.reads_queued.is_empty() {
@@ -907,6 +980,7 @@ impl Peer {
                 end_key: region.end_key.clone(),
                 quiesce_term: self.term(),
                 quiesce_index: self.last_index(),
+                ..Default::default()
             })
             .collect()
     }
@@ -960,8 +1034,7 @@ impl Peer {
                 message: bytes,
                 start_key: region.start_key.clone(),
                 end_key: region.end_key.clone(),
-                quiesce_term: 0,
-                quiesce_index: 0,
+                ..Default::default()
             };
             if msg.get_msg_type() == eraftpb::MessageType::MsgSnapshot {
                 outbox.snapshots.push(wrapped);

@@ -446,7 +446,20 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
                 fsm.go_quiet();
             }
         }
+        PeerMsg::Raft(m) if m.safe_ts != 0 => {
+            let version = m.region_epoch.unwrap_or_default().version;
+            fsm.peer.take_safe_ts(version, m.safe_ts_index, m.safe_ts);
+        }
         PeerMsg::Raft(m) => on_raft_message(ctx, fsm, *m),
+        PeerMsg::StaleRead(read) => {
+            let keys: Vec<&[u8]> = read.keys.iter().map(Vec::as_slice).collect();
+            fsm.peer
+                .stale_read(read.epoch, &keys, read.read_ts, read.callback);
+        }
+        PeerMsg::PublishSafeTs { version, index, ts } => {
+            ctx.transport
+                .send_all(fsm.peer.publish_safe_ts(version, index, ts));
+        }
         PeerMsg::Command { cmd, callback } => {
             fsm.wake();
             fsm.peer.propose(*cmd, callback);
@@ -473,6 +486,7 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
             delivered,
         } => fsm.peer.report_snapshot(to_peer_id, delivered),
         PeerMsg::Status(callback) => {
+            let safe_ts = fsm.peer.safe_ts();
             let p = &fsm.peer;
             let info = p.is_initialized().then(|| RegionInfoResponse {
                 found: true,
@@ -485,6 +499,7 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
                 is_leader: p.is_leader(),
                 truncated_index: p.truncated_index(),
                 quiet: fsm.mailbox.as_ref().is_some_and(|m| !m.is_awake()),
+                safe_ts,
             });
             let _ = callback.send(info);
         }
@@ -1286,6 +1301,10 @@ impl StoreFsm {
         let Some(to) = msg.to_peer.filter(|p| p.store_id == self.ctx.store_id) else {
             return;
         };
+        if msg.message.is_empty() {
+            // A notice (quiet, safe timestamp) for a replica that is not here: nothing to do.
+            return;
+        }
         if self.maybe_create_uninitialized(&msg, to) {
             self.ctx.router.send_raft(msg);
         } else {

@@ -95,3 +95,17 @@ pub fn merging(region_id: u64, target_id: u64) -> RegionError {
         })),
     }
 }
+
+/// A stale read at `read_ts` above what this replica can serve yet (its safe timestamp).
+pub fn data_is_not_ready(region_id: u64, peer_id: u64, read_ts: u64, safe_ts: u64) -> RegionError {
+    RegionError {
+        message: format!(
+            "region {region_id}: peer {peer_id} cannot serve a stale read at {read_ts} yet (its safe timestamp is {safe_ts}); read at the leader or at an older timestamp"
+        ),
+        kind: Some(Kind::DataIsNotReady(errorpb::DataIsNotReady {
+            region_id,
+            peer_id,
+            safe_ts,
+        })),
+    }
+}

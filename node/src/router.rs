@@ -40,6 +40,11 @@ pub enum PeerMsg {
         callback: ReadCallback,
         replica: bool,
     },
+    /// A stale read to clear: any replica whose safe timestamp has reached it may.
+    StaleRead(Box<StaleRead>),
+    /// The local resolver's safe-timestamp claim for a region led here (see
+    /// [`crate::resolved_ts`]): the leader takes it and sends it to the other replicas.
+    PublishSafeTs { version: u64, index: u64, ts: u64 },
     /// One Raft tick has passed.
     Tick,
     /// A split check finished.
@@ -69,6 +74,14 @@ pub enum PeerMsg {
     ReportQuiet,
     /// The region's apply delegate is back from the apply pool.
     Applied(Box<ApplyDelegate>),
+}
+
+/// A stale read at `read_ts` of `keys` (see [`crate::safe_ts`]).
+pub struct StaleRead {
+    pub epoch: Option<RegionEpoch>,
+    pub keys: Vec<Vec<u8>>,
+    pub read_ts: u64,
+    pub callback: ReadCallback,
 }
 
 /// The largest a [`PeerMsg`] may be: queued messages cost this much each, for every region
@@ -403,6 +416,28 @@ impl StoreRouter {
             },
         ) {
             let _ = callback.send(Err(self.unavailable(region_id)));
+        }
+    }
+
+    /// Sends a stale read at `read_ts` to clear (see [`PeerMsg::StaleRead`]).
+    pub fn send_stale_read(
+        &self,
+        region_id: u64,
+        epoch: Option<RegionEpoch>,
+        keys: Vec<Vec<u8>>,
+        read_ts: u64,
+        callback: ReadCallback,
+    ) {
+        let read = StaleRead {
+            epoch,
+            keys,
+            read_ts,
+            callback,
+        };
+        if let Err(PeerMsg::StaleRead(read)) =
+            self.send(region_id, PeerMsg::StaleRead(Box::new(read)))
+        {
+            let _ = read.callback.send(Err(self.unavailable(region_id)));
         }
     }
 

@@ -164,6 +164,10 @@ impl NodeServer {
             KvService::new(ctx.clone()),
             Duration::from_millis(config.gc_interval_ms),
         );
+        let resolver = crate::resolved_ts::Resolver::new(
+            ctx.clone(),
+            Duration::from_millis(config.resolved_ts_interval_ms),
+        );
         let (kv_svc, raft_svc, debug_svc) = (
             KvService::new(ctx.clone()),
             RaftService::new(ctx.clone()),
@@ -207,6 +211,7 @@ impl NodeServer {
             config.data_dir.clone(),
         ));
         runtime.spawn(gc_worker.run());
+        runtime.spawn(resolver.run());
         tracing::info!(store_id, %addr, %advertise, dir = %data_dir, "node serving");
         Ok(NodeServer {
             store_id,

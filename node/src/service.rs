@@ -197,12 +197,38 @@ impl KvService {
             tx,
             context.replica_read,
         );
-        match tokio::time::timeout(REQUEST_WAIT, rx).await {
-            Ok(Ok(r)) => Ok(r.map_err(|e| self.with_current_regions(e, &keys))),
+        self.read_cleared(context.region_id, &keys, rx).await
+    }
+
+    /// Clears a stale read at `read_ts` (see [`crate::safe_ts`]): no leader contact.
+    async fn clear_stale_read(
+        &self,
+        context: Context,
+        keys: Vec<Vec<u8>>,
+        read_ts: u64,
+    ) -> Result<Result<Region, RegionError>, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.ctx.router.send_stale_read(
+            context.region_id,
+            context.region_epoch,
+            keys.clone(),
+            read_ts,
+            tx,
+        );
+        self.read_cleared(context.region_id, &keys, rx).await
+    }
+
+    async fn read_cleared(
+        &self,
+        region_id: u64,
+        keys: &[Vec<u8>],
+        cleared: oneshot::Receiver<Result<Region, RegionError>>,
+    ) -> Result<Result<Region, RegionError>, Status> {
+        match tokio::time::timeout(REQUEST_WAIT, cleared).await {
+            Ok(Ok(r)) => Ok(r.map_err(|e| self.with_current_regions(e, keys))),
             Ok(Err(_)) => Err(Status::unavailable("node is shutting down")),
             Err(_) => Err(Status::deadline_exceeded(format!(
-                "read of region {} could not be confirmed within {REQUEST_WAIT:?}",
-                context.region_id
+                "read of region {region_id} could not be confirmed within {REQUEST_WAIT:?}"
             ))),
         }
     }

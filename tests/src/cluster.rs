@@ -133,6 +133,7 @@ impl TestCluster {
                 placement_endpoints: vec![pd_addr.to_string()],
                 store_heartbeat_ms: 200,
                 gc_interval_ms: 200,
+                resolved_ts_interval_ms: 100,
                 ..NodeConfig::default()
             };
             config.raft.tick_interval_ms = b.tick_interval_ms;

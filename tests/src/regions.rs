@@ -90,6 +90,7 @@ pub async fn count_keys(leader_addr: &str, region: &Region, keyspace: Keyspace) 
                 region_id: region.id,
                 region_epoch: region.region_epoch,
                 replica_read: false,
+                stale_read: false,
             }),
             keyspace: Some(keyspace),
             start_key: Vec::new(),

@@ -542,7 +542,7 @@ async fn node_read(
             values.push(reader.get(k, ts).map_err(NodeError::Txn)?);
             continue;
         }
-        match read::get(&reader, k, ts, &resolved) {
+        match read::get(&reader, k, ts, read::Locks::Check(&resolved)) {
             Ok(v) => values.push(v),
             Err(TxnError::KeyIsLocked(l)) => locks.extend(l),
             Err(e) => return Err(NodeError::Txn(e)),

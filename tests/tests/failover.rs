@@ -60,6 +60,7 @@ fn partitioned_leader_is_replaced_and_stops_serving() {
                 region_id: route.region.id,
                 region_epoch: route.region.region_epoch,
                 replica_read: false,
+                stale_read: false,
             }),
             key: ringkv_proto::keys::encode(&ringkv_proto::keys::default_keyspace(), b"during0001"),
         };

@@ -37,6 +37,7 @@ fn change(
                             region_id: route.region.id,
                             region_epoch: route.region.region_epoch,
                             replica_read: false,
+                            stale_read: false,
                         }),
                         kind: kind as i32,
                         peer: Some(peer),

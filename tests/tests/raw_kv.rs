@@ -183,6 +183,7 @@ fn node_rejects_bad_requests_with_clear_status() {
             region_id: route.region.id,
             region_epoch: route.region.region_epoch,
             replica_read: false,
+            stale_read: false,
         });
         let mut kv = ringkv_tests::debug::kv_client(&c.node_addr(leader)).await;
         let ks = Some(default_keyspace());
@@ -330,6 +331,7 @@ fn node_rejects_bad_requests_with_clear_status() {
             region_id: 999_999,
             region_epoch: route.region.region_epoch,
             replica_read: false,
+            stale_read: false,
         });
         let r = kv
             .raw_put(RawPutRequest {
@@ -356,6 +358,7 @@ fn node_rejects_bad_requests_with_clear_status() {
                 version: 0,
             }),
             replica_read: false,
+            stale_read: false,
         });
         let r = kv
             .raw_get(RawGetRequest {

@@ -24,6 +24,7 @@ fn followers_serve_replica_reads_that_see_every_acknowledged_write() {
                 region_id: route.region.id,
                 region_epoch: route.region.region_epoch,
                 replica_read,
+                stale_read: false,
             }),
             key: encoded.clone(),
         };

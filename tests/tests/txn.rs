@@ -2,20 +2,16 @@
 //! commits, one-phase commits, conflicts, lock resolution after a client dies, GC, and a bank
 //! workload under node restarts and leader partitions.
 
-use ringkv_client::{ClientError, PdClient, TxnConfig};
-use ringkv_proto::keys;
+use ringkv_client::{ClientError, TxnConfig};
 use ringkv_proto::kvrpcpb::kv_client::KvClient;
 use ringkv_proto::kvrpcpb::*;
 use ringkv_tests::bank;
 use ringkv_tests::cluster::{ClusterBuilder, TestCluster};
+use ringkv_tests::txn_rpc::{commit_key, encoded, prewrite_and_die};
 use ringkv_tests::wait_until;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn encoded(user: &[u8]) -> Vec<u8> {
-    keys::encode(&keys::default_keyspace(), user)
-}
 
 fn num(v: Option<Vec<u8>>) -> i64 {
     v.map(|v| String::from_utf8(v).unwrap().parse().unwrap())
@@ -211,83 +207,6 @@ fn concurrent_increments_of_one_counter_lose_no_update() {
     });
 }
 
-/// Prewrites `keys` of a transaction at `start_ts` with `primary` and a TTL, the way a client
-/// does before it dies: straight to each key's region leader.
-async fn prewrite_and_die(
-    pd: &PdClient,
-    keys_values: &[(&[u8], &[u8])],
-    primary: &[u8],
-    start_ts: u64,
-    ttl_ms: u64,
-) {
-    for (k, v) in keys_values {
-        send_to_leader(pd, &encoded(k), |mut c, context| async move {
-            let r = c
-                .kv_prewrite(KvPrewriteRequest {
-                    context: Some(context),
-                    mutations: vec![Mutation {
-                        op: Op::Put as i32,
-                        key: encoded(k),
-                        value: v.to_vec(),
-                    }],
-                    primary_lock: encoded(primary),
-                    start_version: start_ts,
-                    lock_ttl: ttl_ms,
-                    txn_size: keys_values.len() as u64,
-                    try_one_pc: false,
-                })
-                .await?
-                .into_inner();
-            Ok(r.region_error.is_none() && r.errors.is_empty())
-        })
-        .await;
-    }
-}
-
-async fn commit_key(pd: &PdClient, key: &[u8], start_ts: u64, commit_ts: u64) {
-    send_to_leader(pd, &encoded(key), |mut c, context| async move {
-        let r = c
-            .kv_commit(KvCommitRequest {
-                context: Some(context),
-                start_version: start_ts,
-                keys: vec![encoded(key)],
-                commit_version: commit_ts,
-            })
-            .await?
-            .into_inner();
-        Ok(r.region_error.is_none() && r.error.is_none())
-    })
-    .await;
-}
-
-/// Sends to the leader of `key`'s region until `f` says it was done.
-async fn send_to_leader<F, Fut>(pd: &PdClient, key: &[u8], f: F)
-where
-    F: Fn(KvClient<tonic::transport::Channel>, Context) -> Fut,
-    Fut: std::future::Future<Output = Result<bool, tonic::Status>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(Instant::now() < deadline, "no leader accepted the request");
-        let route = pd.get_region(key).await.unwrap();
-        if let Some(leader) = route.leader {
-            let store = pd.get_store(leader.store_id).await.unwrap();
-            let client = KvClient::connect(format!("http://{}", store.address))
-                .await
-                .unwrap();
-            let context = Context {
-                region_id: route.region.id,
-                region_epoch: route.region.region_epoch,
-                replica_read: false,
-            };
-            if let Ok(true) = f(client, context).await {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[test]
 fn a_client_killed_between_prewrite_and_commit_is_resolved_by_later_readers() {
     let cluster = ClusterBuilder::default().start();
@@ -384,6 +303,7 @@ fn a_reader_pushes_a_live_transaction_instead_of_waiting_for_it() {
                     region_id: route.region.id,
                     region_epoch: route.region.region_epoch,
                     replica_read: false,
+                    stale_read: false,
                 }),
                 start_version: start,
                 keys: vec![encoded(b"k")],
@@ -459,6 +379,7 @@ fn gc_drops_versions_below_the_safe_point_and_reads_above_it_are_unaffected() {
                     region_id: route.region.id,
                     region_epoch: route.region.region_epoch,
                     replica_read: false,
+                    stale_read: false,
                 }),
                 ..raw
             })

@@ -128,6 +128,25 @@ impl<'a> MvccReader<'a> {
         err.map_or(Ok(out), Err)
     }
 
+    /// The oldest start_ts of a lock on a key in the encoded range `[start, end)` (every lock
+    /// of the range is read).
+    pub fn oldest_lock_ts(&self, start: &[u8], end: &[u8]) -> Result<Option<u64>> {
+        let (lo, hi) = layout::cf_range(Cf::Lock, start, end);
+        let mut oldest: Option<u64> = None;
+        let mut err = None;
+        self.kv.scan(&lo, &hi, &mut |k, v| match Lock::decode(v) {
+            Ok(lock) => {
+                oldest = Some(oldest.map_or(lock.start_ts, |o| o.min(lock.start_ts)));
+                true
+            }
+            Err(e) => {
+                err = Some(corrupt(format!("lock at {k:?}"), e));
+                false
+            }
+        })?;
+        err.map_or(Ok(oldest), Err)
+    }
+
     /// Visits the write records of `key` from newest to oldest, starting at commit_ts `from`
     /// (inclusive), until `visit` returns false.
     fn visit_writes(

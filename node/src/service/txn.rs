@@ -71,6 +71,15 @@ fn node_failure(e: &TxnError) -> Option<Status> {
     e.key_errors().is_none().then(|| storage_failed(e))
 }
 
+/// The locks a read respects: none for a stale read (see [`read::Locks::Ignore`]).
+fn lock_rule(stale: bool, resolved: &[u64]) -> read::Locks<'_> {
+    if stale {
+        read::Locks::Ignore
+    } else {
+        read::Locks::Check(resolved)
+    }
+}
+
 fn check_ts(ts: u64, what: &str) -> Result<(), Status> {
     if ts == 0 {
         return Err(invalid(format!(
@@ -186,6 +195,22 @@ impl KvService {
         self.clear_read(context, keys).await
     }
 
+    /// The barrier of a transactional read and the locks it must respect: the leader's
+    /// ([`Self::txn_barrier`]; the caller then waits out one-phase commits on its keys) or, for
+    /// a stale read, this replica's safe timestamp, at or below which no lock matters.
+    async fn read_barrier(
+        &self,
+        context: Context,
+        keys: Vec<Vec<u8>>,
+        read_ts: u64,
+    ) -> Result<Result<ringkv_proto::metapb::Region, RegionError>, Status> {
+        if context.stale_read {
+            self.clear_stale_read(context, keys, read_ts).await
+        } else {
+            self.txn_barrier(context, keys).await
+        }
+    }
+
     /// Waits until no one-phase commit in flight that `blocks` names could still land below
     /// the read (see memory_lock.rs).
     async fn wait_memory_locks(&self, blocks: impl Fn(&MemoryLocks) -> bool) -> Result<(), Status> {
@@ -225,17 +250,28 @@ impl KvService {
             });
         }
         let keys = vec![req.key.clone()];
-        if let Err(e) = self.txn_barrier(context, keys.clone()).await? {
+        let stale = context.stale_read;
+        if let Err(e) = self
+            .read_barrier(context, keys.clone(), req.version)
+            .await?
+        {
             return Ok(KvGetResponse {
                 region_error: Some(e),
                 ..Default::default()
             });
         }
-        self.wait_memory_locks(|l| l.blocks_keys(&keys, req.version))
-            .await?;
+        if !stale {
+            self.wait_memory_locks(|l| l.blocks_keys(&keys, req.version))
+                .await?;
+        }
         let reader = MvccReader::new(self.ctx.kv.as_ref());
         Ok(
-            match read::get(&reader, &req.key, req.version, &req.resolved_locks) {
+            match read::get(
+                &reader,
+                &req.key,
+                req.version,
+                lock_rule(stale, &req.resolved_locks),
+            ) {
                 Ok(Some(value)) => KvGetResponse {
                     value,
                     ..Default::default()
@@ -270,17 +306,24 @@ impl KvService {
                 ..Default::default()
             });
         }
-        if let Err(e) = self.txn_barrier(context, req.keys.clone()).await? {
+        let stale = context.stale_read;
+        if let Err(e) = self
+            .read_barrier(context, req.keys.clone(), req.version)
+            .await?
+        {
             return Ok(KvBatchGetResponse {
                 region_error: Some(e),
                 ..Default::default()
             });
         }
-        self.wait_memory_locks(|l| l.blocks_keys(&req.keys, req.version))
-            .await?;
+        if !stale {
+            self.wait_memory_locks(|l| l.blocks_keys(&req.keys, req.version))
+                .await?;
+        }
         let reader = MvccReader::new(self.ctx.kv.as_ref());
+        let locks = lock_rule(stale, &req.resolved_locks);
         Ok(
-            match read::batch_get(&reader, &req.keys, req.version, &req.resolved_locks) {
+            match read::batch_get(&reader, &req.keys, req.version, locks) {
                 Ok(pairs) => KvBatchGetResponse {
                     pairs: pairs
                         .into_iter()
@@ -314,7 +357,8 @@ impl KvService {
             });
         }
         let region_id = context.region_id;
-        let region = match self.txn_barrier(context, vec![]).await? {
+        let stale = context.stale_read;
+        let region = match self.read_barrier(context, vec![], req.version).await? {
             Ok(region) => region,
             Err(e) => {
                 return Ok(KvScanResponse {
@@ -326,8 +370,10 @@ impl KvService {
         let Some((lo, hi)) = scan_bounds(&region, &keyspace, &req.start_key, &req.end_key) else {
             return Ok(KvScanResponse::default());
         };
-        self.wait_memory_locks(|l| l.blocks_range(&lo, &hi, req.version))
-            .await?;
+        if !stale {
+            self.wait_memory_locks(|l| l.blocks_range(&lo, &hi, req.version))
+                .await?;
+        }
         let (start, end) = (req.start_key.as_slice(), req.end_key.as_slice());
         let wanted = |encoded: &[u8]| {
             keys::user_key_unchecked(encoded).is_some_and(|u| user_in_range(u, start, end))
@@ -343,7 +389,7 @@ impl KvService {
             &lo,
             &hi,
             req.version,
-            &req.resolved_locks,
+            lock_rule(stale, &req.resolved_locks),
             &wanted,
             &mut |encoded, write| {
                 let Some(user) = keys::user_key_unchecked(encoded) else {

@@ -8,6 +8,17 @@ use crate::{Result, TxnError};
 use ringkv_proto::kvrpcpb::{LockInfo, Op};
 use ringkv_proto::mvccpb::Write;
 
+/// Which locks a read waits for.
+#[derive(Debug, Clone, Copy)]
+pub enum Locks<'a> {
+    /// Every lock whose transaction may commit at or before the read, except those of the
+    /// transactions in the slice (the reader knows they do not affect it).
+    Check(&'a [u64]),
+    /// None: a stale read at or below the replica's safe timestamp, where no lock can still
+    /// commit at or below the read (see the node's `resolved_ts`).
+    Ignore,
+}
+
 /// Locks reported by one read at most.
 pub const LOCKS_REPORTED_MAX: usize = 256;
 
@@ -15,8 +26,11 @@ fn check_lock(
     reader: &MvccReader<'_>,
     key: &[u8],
     ts: u64,
-    resolved: &[u64],
+    locks: Locks<'_>,
 ) -> Result<Option<LockInfo>> {
+    let Locks::Check(resolved) = locks else {
+        return Ok(None);
+    };
     Ok(reader
         .load_lock(key)?
         .filter(|l| blocks_read(l, ts, resolved))
@@ -28,9 +42,9 @@ pub fn get(
     reader: &MvccReader<'_>,
     key: &[u8],
     ts: u64,
-    resolved: &[u64],
+    locks: Locks<'_>,
 ) -> Result<Option<Vec<u8>>> {
-    if let Some(lock) = check_lock(reader, key, ts, resolved)? {
+    if let Some(lock) = check_lock(reader, key, ts, locks)? {
         return Err(TxnError::KeyIsLocked(vec![lock]));
     }
     reader.get(key, ts)
@@ -41,12 +55,12 @@ pub fn batch_get(
     reader: &MvccReader<'_>,
     keys: &[Vec<u8>],
     ts: u64,
-    resolved: &[u64],
+    rule: Locks<'_>,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut locks = Vec::new();
     let mut out = Vec::new();
     for key in keys {
-        if let Some(lock) = check_lock(reader, key, ts, resolved)? {
+        if let Some(lock) = check_lock(reader, key, ts, rule)? {
             locks.push(lock);
             continue;
         }
@@ -72,13 +86,13 @@ pub fn scan(
     start: &[u8],
     end: &[u8],
     ts: u64,
-    resolved: &[u64],
+    rule: Locks<'_>,
     wanted: &dyn Fn(&[u8]) -> bool,
     visit: &mut dyn FnMut(&[u8], &Write) -> bool,
 ) -> Result<()> {
     let mut locks = Vec::new();
     let mut from = start.to_vec();
-    loop {
+    while let Locks::Check(resolved) = rule {
         let batch = reader.scan_locks(&from, end, 1024)?;
         let done = batch.len() < 1024;
         for (key, lock) in &batch {
@@ -132,15 +146,24 @@ mod tests {
         store.delete_committed(b"k", 30, 31);
         store.put_committed(b"k", b"v4", 40, 41);
         let r = store.reader();
-        assert_eq!(get(&r, b"k", 10, &[]).unwrap(), None);
-        assert_eq!(get(&r, b"k", 11, &[]).unwrap(), Some(b"v1".to_vec()));
-        assert_eq!(get(&r, b"k", 25, &[]).unwrap(), Some(b"v2".to_vec()));
-        assert_eq!(get(&r, b"k", 31, &[]).unwrap(), None);
-        assert_eq!(get(&r, b"k", 41, &[]).unwrap(), Some(b"v4".to_vec()));
+        assert_eq!(get(&r, b"k", 10, Locks::Check(&[])).unwrap(), None);
+        assert_eq!(
+            get(&r, b"k", 11, Locks::Check(&[])).unwrap(),
+            Some(b"v1".to_vec())
+        );
+        assert_eq!(
+            get(&r, b"k", 25, Locks::Check(&[])).unwrap(),
+            Some(b"v2".to_vec())
+        );
+        assert_eq!(get(&r, b"k", 31, Locks::Check(&[])).unwrap(), None);
+        assert_eq!(
+            get(&r, b"k", 41, Locks::Check(&[])).unwrap(),
+            Some(b"v4".to_vec())
+        );
         // Rollback and lock records change nothing.
         store.apply(crate::actions::rollback::rollback(&store.reader(), 50, b"k").unwrap());
         assert_eq!(
-            get(&store.reader(), b"k", 60, &[]).unwrap(),
+            get(&store.reader(), b"k", 60, Locks::Check(&[])).unwrap(),
             Some(b"v4".to_vec())
         );
     }
@@ -151,12 +174,30 @@ mod tests {
         store.put_committed(b"k", b"old", 5, 6);
         store.prewrite(&[put(b"k", b"new")], b"k", 10).unwrap();
         let r = store.reader();
-        assert_eq!(get(&r, b"k", 9, &[]).unwrap(), Some(b"old".to_vec()));
+        assert_eq!(
+            get(&r, b"k", 9, Locks::Check(&[])).unwrap(),
+            Some(b"old".to_vec())
+        );
         assert!(matches!(
-            get(&r, b"k", 12, &[]),
+            get(&r, b"k", 12, Locks::Check(&[])),
             Err(TxnError::KeyIsLocked(_))
         ));
-        assert_eq!(get(&r, b"k", 12, &[10]).unwrap(), Some(b"old".to_vec()));
+        assert_eq!(
+            get(&r, b"k", 12, Locks::Check(&[10])).unwrap(),
+            Some(b"old".to_vec())
+        );
+        // A stale read (below the safe timestamp) passes every lock.
+        assert_eq!(
+            get(&r, b"k", 12, Locks::Ignore).unwrap(),
+            Some(b"old".to_vec())
+        );
+        let mut seen = Vec::new();
+        scan(&r, b"a", b"z", 12, Locks::Ignore, &|_| true, &mut |k, _| {
+            seen.push(k.to_vec());
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, [b"k".to_vec()]);
         // Lock-only locks (lock_keys) never block reads.
         let lock_only = ringkv_proto::kvrpcpb::Mutation {
             op: Op::Lock as i32,
@@ -164,7 +205,10 @@ mod tests {
             value: vec![],
         };
         store.prewrite(&[lock_only], b"m", 10).unwrap();
-        assert_eq!(get(&store.reader(), b"m", 12, &[]).unwrap(), None);
+        assert_eq!(
+            get(&store.reader(), b"m", 12, Locks::Check(&[])).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -174,11 +218,11 @@ mod tests {
         store.prewrite(&[put(b"b", b"2")], b"b", 10).unwrap();
         store.prewrite(&[put(b"c", b"3")], b"c", 11).unwrap();
         let keys = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
-        match batch_get(&store.reader(), &keys, 20, &[]) {
+        match batch_get(&store.reader(), &keys, 20, Locks::Check(&[])) {
             Err(TxnError::KeyIsLocked(l)) => assert_eq!(l.len(), 2),
             other => panic!("{other:?}"),
         }
-        let got = batch_get(&store.reader(), &keys, 20, &[10, 11]).unwrap();
+        let got = batch_get(&store.reader(), &keys, 20, Locks::Check(&[10, 11])).unwrap();
         assert_eq!(got, vec![(b"a".to_vec(), b"1".to_vec())]);
     }
 
@@ -194,10 +238,18 @@ mod tests {
         let collect = |ts: u64, wanted: &dyn Fn(&[u8]) -> bool| {
             let r = store.reader();
             let mut out = Vec::new();
-            scan(&r, b"a", b"z", ts, &[], wanted, &mut |k, w| {
-                out.push((k.to_vec(), r.value_of(k, w).unwrap()));
-                true
-            })
+            scan(
+                &r,
+                b"a",
+                b"z",
+                ts,
+                Locks::Check(&[]),
+                wanted,
+                &mut |k, w| {
+                    out.push((k.to_vec(), r.value_of(k, w).unwrap()));
+                    true
+                },
+            )
             .unwrap();
             out
         };
@@ -219,10 +271,27 @@ mod tests {
         store.prewrite(&[put(b"c", b"x")], b"c", 15).unwrap();
         let r = store.reader();
         assert!(matches!(
-            scan(&r, b"a", b"z", 20, &[], &|_| true, &mut |_, _| true),
+            scan(
+                &r,
+                b"a",
+                b"z",
+                20,
+                Locks::Check(&[]),
+                &|_| true,
+                &mut |_, _| true
+            ),
             Err(TxnError::KeyIsLocked(_))
         ));
         // A lock outside what the scan wants does not block it.
-        scan(&r, b"a", b"z", 20, &[], &|k| k != b"c", &mut |_, _| true).unwrap();
+        scan(
+            &r,
+            b"a",
+            b"z",
+            20,
+            Locks::Check(&[]),
+            &|k| k != b"c",
+            &mut |_, _| true,
+        )
+        .unwrap();
     }
 }

@@ -1,0 +1,138 @@
+//! The resolver: on every region this store leads, it computes a *resolved timestamp* — a
+//! timestamp at or below which no transaction can commit any more in the region — and
+//! publishes it to every replica as a claim about the log (see [`crate::safe_ts`]), so that
+//! followers serve stale reads at or below it from their own state.
+//!
+//! One round, per region: take `T` from the TSO; clear a leader read barrier (lease or
+//! ReadIndex), so the leader's applied state holds every write acknowledged before `T`;
+//! look at the one-phase commits in flight (memory locks) and the locks in the region; read
+//! the applied index `J` *after* that; publish `(J, min(T, oldest lock − 1))`.
+//!
+//! Why no commit at or below that timestamp can appear after `J`:
+//! - a two-phase commit takes its commit_ts after every prewrite is acknowledged, i.e.
+//!   applied on the leader. A commit_ts below `T` was taken before `T`, so its lock was in the
+//!   state the round looked at — then the claim is below the lock's start_ts, hence below the
+//!   commit_ts — unless the commit (which removes the lock) was applied by then, at or before
+//!   `J`;
+//! - a one-phase commit locks its keys in memory before taking its commit_ts and unlocks them
+//!   once its writes are applied: a commit_ts below `T` means the memory lock was taken before
+//!   the round looked (the claim is then below its start_ts), or the writes were applied
+//!   before, at or before `J`.
+//!
+//! Locks that appear after the round with a start_ts at or below the claim belong to
+//! transactions that take their commit_ts later, above `T`: stale reads ignore locks.
+
+use crate::router::PeerMsg;
+use crate::service::NodeContext;
+use ringkv_proto::metapb::Region;
+use ringkv_storage::layout;
+use ringkv_txn::MvccReader;
+use std::time::Duration;
+
+/// The claim a round makes from the TSO's timestamp and the start_ts of the locks it saw (in
+/// storage and in memory): below every lock, at most `tso_ts`. None: nothing to claim.
+pub fn resolve(tso_ts: u64, locks: impl IntoIterator<Item = u64>) -> Option<u64> {
+    let claim = locks
+        .into_iter()
+        .map(|start_ts| start_ts.saturating_sub(1))
+        .fold(tso_ts, u64::min);
+    (claim > 0).then_some(claim)
+}
+
+/// Publishes resolved timestamps of the regions this store leads, every `interval`.
+pub struct Resolver {
+    ctx: NodeContext,
+    interval: Duration,
+}
+
+impl Resolver {
+    pub fn new(ctx: NodeContext, interval: Duration) -> Self {
+        Resolver { ctx, interval }
+    }
+
+    pub async fn run(self) {
+        loop {
+            tokio::time::sleep(self.interval).await;
+            self.round().await;
+        }
+    }
+
+    /// One round over the regions led here; returns how many got a claim.
+    pub async fn round(&self) -> usize {
+        let regions: Vec<Region> = {
+            let meta = self.ctx.router.meta();
+            meta.leaders
+                .iter()
+                .filter_map(|id| meta.regions.get(id).cloned())
+                .collect()
+        };
+        if regions.is_empty() {
+            return 0;
+        }
+        let tso_ts = match self.ctx.tso.get().await {
+            Ok(ts) => ts,
+            Err(e) => {
+                tracing::debug!(error = %e, "resolved ts: no timestamp from the TSO this round");
+                return 0;
+            }
+        };
+        let rounds = regions
+            .into_iter()
+            .map(|region| tokio::time::timeout(self.interval, self.advance(region, tso_ts)));
+        futures::future::join_all(rounds)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(true)))
+            .count()
+    }
+
+    /// Resolves one region at `tso_ts`; whether a claim was published.
+    async fn advance(&self, region: Region, tso_ts: u64) -> bool {
+        let router = &self.ctx.router;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        router.send_read(region.id, region.region_epoch, Vec::new(), tx, false);
+        let region = match rx.await {
+            Ok(Ok(region)) => region,
+            _ => return false,
+        };
+        let memory = self
+            .ctx
+            .txn
+            .memory_locks
+            .oldest_in(&region.start_key, &region.end_key);
+        let stored = match MvccReader::new(self.ctx.kv.as_ref())
+            .oldest_lock_ts(&region.start_key, &region.end_key)
+        {
+            Ok(ts) => ts,
+            Err(e) => {
+                tracing::warn!(region = region.id, error = %e, "resolved ts: cannot scan locks");
+                return false;
+            }
+        };
+        let index = match layout::read_apply_state(self.ctx.kv.as_ref(), region.id) {
+            Ok(Some(state)) => state.applied_index,
+            _ => return false,
+        };
+        let Some(ts) = resolve(tso_ts, memory.into_iter().chain(stored)) else {
+            return false;
+        };
+        let version = region.region_epoch.unwrap_or_default().version;
+        router
+            .send(region.id, PeerMsg::PublishSafeTs { version, index, ts })
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_claim_stays_below_every_lock_and_at_most_the_tso_timestamp() {
+        assert_eq!(resolve(100, []), Some(100));
+        assert_eq!(resolve(100, [40, 70]), Some(39));
+        assert_eq!(resolve(100, [200]), Some(100));
+        assert_eq!(resolve(100, [1]), None, "nothing below a lock at 1");
+        assert_eq!(resolve(0, []), None);
+    }
+}
