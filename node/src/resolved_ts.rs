@@ -22,10 +22,10 @@
 //! Locks that appear after the round with a start_ts at or below the claim belong to
 //! transactions that take their commit_ts later, above `T`: stale reads ignore locks.
 
-use crate::router::PeerMsg;
+use crate::router::{PeerMsg, StoreRouter};
 use crate::service::NodeContext;
 use ringkv_proto::metapb::Region;
-use ringkv_storage::layout;
+use ringkv_storage::{layout, KvEngine};
 use ringkv_txn::MvccReader;
 use std::time::Duration;
 
@@ -100,27 +100,63 @@ impl Resolver {
             .txn
             .memory_locks
             .oldest_in(&region.start_key, &region.end_key);
-        let stored = match MvccReader::new(self.ctx.kv.as_ref())
-            .oldest_lock_ts(&region.start_key, &region.end_key)
-        {
-            Ok(ts) => ts,
+        match claim(self.ctx.kv.as_ref(), &region, tso_ts, memory) {
+            Ok(Some(claim)) => claim.publish(router, region.id),
+            Ok(None) => false,
             Err(e) => {
                 tracing::warn!(region = region.id, error = %e, "resolved ts: cannot scan locks");
-                return false;
+                false
             }
-        };
-        let index = match layout::read_apply_state(self.ctx.kv.as_ref(), region.id) {
-            Ok(Some(state)) => state.applied_index,
-            _ => return false,
-        };
-        let Some(ts) = resolve(tso_ts, memory.into_iter().chain(stored)) else {
-            return false;
-        };
-        let version = region.region_epoch.unwrap_or_default().version;
-        router
-            .send(region.id, PeerMsg::PublishSafeTs { version, index, ts })
-            .is_ok()
+        }
     }
+}
+
+/// A leader's claim about its region's log (see [`crate::safe_ts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The region version the claim is about.
+    pub version: u64,
+    /// From this applied index on ...
+    pub index: u64,
+    /// ... nothing commits at or below this timestamp.
+    pub ts: u64,
+}
+
+impl Claim {
+    /// Hands the claim to the region's local leader, which keeps it and sends it to the other
+    /// replicas; whether it could be queued.
+    pub fn publish(self, router: &StoreRouter, region_id: u64) -> bool {
+        let msg = PeerMsg::PublishSafeTs {
+            version: self.version,
+            index: self.index,
+            ts: self.ts,
+        };
+        router.send(region_id, msg).is_ok()
+    }
+}
+
+/// The claim a leader of `region` can make at `tso_ts`, once a read barrier it sent after
+/// taking `tso_ts` has cleared: `memory_oldest` is the oldest start_ts of the one-phase commits
+/// in flight on the region's keys, looked at after the barrier. The locks in storage are read
+/// next and the applied index last (the order the argument above needs). None: nothing to
+/// claim, or the region's apply state is gone (destroyed meanwhile).
+pub fn claim(
+    kv: &dyn KvEngine,
+    region: &Region,
+    tso_ts: u64,
+    memory_oldest: Option<u64>,
+) -> ringkv_txn::Result<Option<Claim>> {
+    let stored = MvccReader::new(kv).oldest_lock_ts(&region.start_key, &region.end_key)?;
+    let Some(state) = layout::read_apply_state(kv, region.id)? else {
+        return Ok(None);
+    };
+    Ok(
+        resolve(tso_ts, memory_oldest.into_iter().chain(stored)).map(|ts| Claim {
+            version: region.region_epoch.unwrap_or_default().version,
+            index: state.applied_index,
+            ts,
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -85,6 +85,9 @@ pub struct SimConfig {
     /// A deliberately broken node for the bank checker's own test: transactional reads
     /// ignore locks (they miss transactions committing at their snapshot).
     pub unsafe_txn_reads_ignore_locks: bool,
+    /// A deliberately broken resolver for the stale-read checker's own test: leaders claim a
+    /// safe timestamp past live locks.
+    pub unsafe_safe_ts_ignores_locks: bool,
 }
 
 impl Default for SimConfig {
@@ -109,6 +112,7 @@ impl Default for SimConfig {
             unsafe_lease_ignores_expiry: false,
             bank_clients: 0,
             unsafe_txn_reads_ignore_locks: false,
+            unsafe_safe_ts_ignores_locks: false,
         }
     }
 }
@@ -349,7 +353,10 @@ impl Sim {
                     seed,
                     cfg.stores,
                     cfg.misroute_per_mille,
-                    cfg.unsafe_txn_reads_ignore_locks,
+                    crate::sim_bank::BankFaults {
+                        reads_ignore_locks: cfg.unsafe_txn_reads_ignore_locks,
+                        safe_ts_ignores_locks: cfg.unsafe_safe_ts_ignores_locks,
+                    },
                 )
             }),
             bank_final: None,

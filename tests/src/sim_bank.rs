@@ -13,9 +13,10 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use ringkv_node::resolved_ts;
 use ringkv_node::router::StoreRouter;
 use ringkv_placement::cluster::RegionInfo;
-use ringkv_placement::tso::{compose_ts, Tso};
+use ringkv_placement::tso::{compose_ts, Tso, LOGICAL_BITS};
 use ringkv_proto::errorpb::RegionError;
 use ringkv_proto::keys;
 use ringkv_proto::kvrpcpb::{LockInfo, Mutation, Op};
@@ -43,6 +44,19 @@ const NODE_WAIT_STEPS: u64 = 300;
 const CALL_STEPS: u64 = 3_000;
 /// A transaction's lock TTL, in ms of TSO time (a step is a millisecond).
 const LOCK_TTL_MS: u64 = 400;
+/// Steps between two rounds of the leaders' resolvers (`resolved_ts_interval_ms`).
+const RESOLVE_EVERY_STEPS: u64 = 25;
+/// How far back a stale snapshot reads at most, in steps (ms of TSO time).
+const STALE_BY_MAX_STEPS: u64 = 200;
+
+/// Deliberately broken nodes, for the checker's own tests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BankFaults {
+    /// Transactional reads ignore locks (they miss transactions committing at their snapshot).
+    pub reads_ignore_locks: bool,
+    /// Leaders claim safe timestamps past live locks (stale reads miss those transactions).
+    pub safe_ts_ignores_locks: bool,
+}
 
 pub fn account(i: usize) -> Vec<u8> {
     keys::encode(&keys::default_keyspace(), format!("acct{i:02}").as_bytes())
@@ -85,6 +99,11 @@ pub struct BankOutcome {
     pub aborted: u64,
     pub one_phase: u64,
     pub snapshots: u64,
+    /// Snapshots read by stale reads, and of their key reads those a replica served itself
+    /// (the rest fell back to the leader).
+    pub stale_snapshots: u64,
+    pub stale_reads_served: u64,
+    pub stale_reads_fallen_back: u64,
     pub locks_resolved: u64,
     /// Why transfers gave up, by kind.
     pub abort_reasons: BTreeMap<String, u64>,
@@ -107,8 +126,9 @@ pub struct World {
     tso: RefCell<Tso>,
     rng: RefCell<StdRng>,
     misroute_per_mille: u32,
-    /// A deliberately broken node for the checker's own test: reads ignore locks.
-    unsafe_reads_ignore_locks: bool,
+    faults: BankFaults,
+    /// A timestamp after every account was opened: snapshots are never older.
+    opened_at: Cell<u64>,
     stop: Cell<bool>,
     workers_running: Cell<usize>,
     outcome: RefCell<BankOutcome>,
@@ -187,12 +207,7 @@ pub struct Bank {
 }
 
 impl Bank {
-    pub fn new(
-        seed: u64,
-        stores: usize,
-        misroute_per_mille: u32,
-        unsafe_reads_ignore_locks: bool,
-    ) -> Bank {
+    pub fn new(seed: u64, stores: usize, misroute_per_mille: u32, faults: BankFaults) -> Bank {
         let world = Rc::new(World {
             now: Cell::new(0),
             timers: RefCell::new(Vec::new()),
@@ -201,7 +216,8 @@ impl Bank {
             tso: RefCell::new(Tso::new(0, 3000)),
             rng: RefCell::new(StdRng::seed_from_u64(seed ^ 0xba4c)),
             misroute_per_mille,
-            unsafe_reads_ignore_locks,
+            faults,
+            opened_at: Cell::new(0),
             stop: Cell::new(false),
             workers_running: Cell::new(0),
             outcome: RefCell::new(BankOutcome::default()),
@@ -219,6 +235,7 @@ impl Bank {
         let world = self.world.clone();
         world.workers_running.set(clients);
         let executor = self.executor.clone();
+        self.executor.spawn(resolver(world.clone()));
         self.executor.spawn(async move {
             while open_accounts(&world).await.is_err() {
                 sleep(&world, 50).await;
@@ -538,7 +555,7 @@ async fn node_read(
     let mut values = Vec::new();
     let mut locks = Vec::new();
     for k in &keys {
-        if world.unsafe_reads_ignore_locks {
+        if world.faults.reads_ignore_locks {
             values.push(reader.get(k, ts).map_err(NodeError::Txn)?);
             continue;
         }
@@ -708,6 +725,109 @@ async fn read_all(world: &Rc<World>, ts: u64) -> Result<Vec<i64>, ClientError> {
     Ok(out)
 }
 
+/// The leaders' resolvers (node/src/resolved_ts.rs), until the workers stop: every
+/// [`RESOLVE_EVERY_STEPS`], each running store takes a timestamp and, for each region it
+/// leads, clears a read barrier, looks at its memory locks and publishes the claim.
+async fn resolver(world: Rc<World>) {
+    while !(world.stop.get() && world.workers_running.get() == 0) {
+        sleep(&world, RESOLVE_EVERY_STEPS).await;
+        let nodes: Vec<NodeHandle> = world.nodes.borrow().iter().flatten().cloned().collect();
+        for node in nodes {
+            let mut led: Vec<Region> = {
+                let meta = node.router.meta();
+                meta.leaders
+                    .iter()
+                    .filter_map(|id| meta.regions.get(id).cloned())
+                    .collect()
+            };
+            // In id order: the leader set's own order differs between runs.
+            led.sort_by_key(|r| r.id);
+            for region in led {
+                let tso_ts = world.tso();
+                if clear_read(&world, &node, &region, &[]).await.is_err() {
+                    continue;
+                }
+                let memory = node
+                    .memory_locks
+                    .borrow()
+                    .iter()
+                    .filter(|(k, _)| keys::in_range(k, &region.start_key, &region.end_key))
+                    .map(|(_, &start_ts)| start_ts)
+                    .min();
+                let claim = if world.faults.safe_ts_ignores_locks {
+                    resolved_ts::claim(node.kv.as_ref(), &region, tso_ts, None)
+                        .map(|c| c.map(|c| resolved_ts::Claim { ts: tso_ts, ..c }))
+                } else {
+                    resolved_ts::claim(node.kv.as_ref(), &region, tso_ts, memory)
+                };
+                if let Ok(Some(claim)) = claim {
+                    claim.publish(&node.router, region.id);
+                }
+            }
+        }
+    }
+}
+
+/// A stale read of `key` at `ts`: a random running replica serves it from its own state if
+/// its safe timestamp allows, else the client reads at the leader ([`get`]). Returns the value
+/// and whether a replica served it.
+async fn stale_get(
+    world: &Rc<World>,
+    key: &[u8],
+    ts: u64,
+) -> Result<(Option<Vec<u8>>, bool), ClientError> {
+    let replica = {
+        let routes = world.routes.borrow();
+        routes
+            .iter()
+            .find(|r| keys::in_range(key, &r.region.start_key, &r.region.end_key))
+            .and_then(|info| {
+                let running: Vec<NodeHandle> = world
+                    .nodes
+                    .borrow()
+                    .iter()
+                    .flatten()
+                    .filter(|n| info.region.peers.iter().any(|p| p.store_id == n.store_id))
+                    .cloned()
+                    .collect();
+                (!running.is_empty()).then(|| {
+                    let i = world.rng.borrow_mut().gen_range(0..running.len());
+                    (info.region.clone(), running[i].clone())
+                })
+            })
+    };
+    if let Some((region, node)) = replica {
+        let (tx, rx) = oneshot::channel();
+        node.router
+            .send_stale_read(region.id, region.region_epoch, vec![key.to_vec()], ts, tx);
+        if let Some(Ok(Ok(_))) = within(world, NODE_WAIT_STEPS, rx).await {
+            let reader = MvccReader::new(node.kv.as_ref());
+            match read::get(&reader, key, ts, read::Locks::Ignore) {
+                Ok(v) => return Ok((v, true)),
+                Err(e) => return Err(ClientError::Abort(format!("stale read: {e}"))),
+            }
+        }
+    }
+    Ok((get(world, key, ts).await?, false))
+}
+
+/// A stale snapshot of every account at `ts` (some steps back).
+async fn stale_read_all(world: &Rc<World>, ts: u64) -> Result<Vec<i64>, ClientError> {
+    let mut out = Vec::new();
+    for i in 0..ACCOUNTS {
+        let (value, served) = stale_get(world, &account(i), ts).await?;
+        let mut o = world.outcome.borrow_mut();
+        if served {
+            o.stale_reads_served += 1;
+        } else {
+            o.stale_reads_fallen_back += 1;
+        }
+        drop(o);
+        out.push(balance(value));
+    }
+    Ok(out)
+}
+
 /// Writes `pairs` in one transaction at `start_ts` (primary: the first). Returns whether it
 /// committed in one phase.
 async fn commit_txn(
@@ -862,6 +982,7 @@ async fn open_accounts(world: &Rc<World>) -> Result<(), ClientError> {
         )
         .await?;
     }
+    world.opened_at.set(world.tso());
     Ok(())
 }
 
@@ -869,14 +990,33 @@ async fn open_accounts(world: &Rc<World>) -> Result<(), ClientError> {
 async fn worker(world: Rc<World>, mut rng: StdRng) {
     while !world.stop.get() {
         if rng.gen_range(0..5) == 0 {
-            let ts = world.tso();
-            if let Ok(balances) = read_all(&world, ts).await {
+            // Half the snapshots are stale: some steps back, read from any replica.
+            let stale_by = (rng.gen_range(0..2) == 0).then(|| rng.gen_range(1..STALE_BY_MAX_STEPS));
+            let (ts, balances) = match stale_by {
+                None => {
+                    let ts = world.tso();
+                    (ts, read_all(&world, ts).await)
+                }
+                Some(by) => {
+                    let now = world.tso() >> LOGICAL_BITS;
+                    let ts =
+                        compose_ts(now.saturating_sub(by) as i64, 0).max(world.opened_at.get());
+                    (ts, stale_read_all(&world, ts).await)
+                }
+            };
+            if let Ok(balances) = balances {
                 let sum: i64 = balances.iter().sum();
                 let mut outcome = world.outcome.borrow_mut();
                 outcome.snapshots += 1;
+                outcome.stale_snapshots += u64::from(stale_by.is_some());
                 if sum != TOTAL {
+                    let kind = if stale_by.is_some() {
+                        "stale snapshot"
+                    } else {
+                        "snapshot"
+                    };
                     outcome.violations.push(format!(
-                        "snapshot at {ts} (step {}) sums to {sum}, not {TOTAL}: {balances:?}",
+                        "{kind} at {ts} (step {}) sums to {sum}, not {TOTAL}: {balances:?}",
                         world.now()
                     ));
                 }
