@@ -546,6 +546,44 @@ impl Kv for KvService {
         }))
     }
 
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        let req = request.into_inner();
+        let context = check_context(req.context)?;
+        let to = req
+            .to
+            .ok_or_else(|| invalid("leader transfer names no peer to hand over to"))?;
+        let router = &self.ctx.router;
+        let region =
+            match crate::admin::local_leader(router, context.region_id, context.region_epoch).await
+            {
+                Ok(region) => region,
+                Err(f) => {
+                    let (region_error, _) = admin_outcome::<()>(Err(f))?;
+                    return Ok(Response::new(TransferLeaderResponse { region_error }));
+                }
+            };
+        let voter = region
+            .peers
+            .iter()
+            .any(|p| p.id == to.id && p.role == ringkv_proto::metapb::PeerRole::Voter as i32);
+        if !voter || to.store_id == self.ctx.store_id {
+            return Err(Status::failed_precondition(format!(
+                "peer {} is not a voter of region {} on another store; pick one of its followers",
+                to.id, region.id
+            )));
+        }
+        router
+            .send(
+                region.id,
+                crate::router::PeerMsg::TransferLeader { to_peer_id: to.id },
+            )
+            .map_err(|_| Status::unavailable("the region's mailbox is full; retry"))?;
+        Ok(Response::new(TransferLeaderResponse { region_error: None }))
+    }
+
     async fn kv_get(&self, r: Request<KvGetRequest>) -> Result<Response<KvGetResponse>, Status> {
         self.txn_get(r.into_inner()).await.map(Response::new)
     }

@@ -79,6 +79,9 @@ pub struct SimConfig {
     /// A deliberately broken node: leaders serve lease reads after the lease expired
     /// ([`PeerConfig::unsafe_lease_ignores_expiry`]).
     pub unsafe_lease_ignores_expiry: bool,
+    /// Per-mille chance per step that an admin moves a random region's leadership to another
+    /// of its voters (0: never).
+    pub transfer_per_mille: u32,
     /// Transactional bank clients ([`crate::sim_bank`]; 0: none). Checked: every snapshot of
     /// the accounts, and the final one, sums to the starting total.
     pub bank_clients: usize,
@@ -110,6 +113,7 @@ impl Default for SimConfig {
             unsafe_local_reads: false,
             lease_ms: 500,
             unsafe_lease_ignores_expiry: false,
+            transfer_per_mille: 0,
             bank_clients: 0,
             unsafe_txn_reads_ignore_locks: false,
             unsafe_safe_ts_ignores_locks: false,
@@ -135,6 +139,7 @@ pub struct SimOutcome {
     pub merges_ordered: u32,
     pub merges_committed: u32,
     pub merges_rolled_back: u32,
+    pub leader_transfers_ordered: u32,
     /// Register operations recorded (failed gets left out) and those acknowledged.
     pub register_ops: usize,
     pub register_ops_completed: usize,
@@ -343,6 +348,7 @@ impl Sim {
                 merges_ordered: 0,
                 merges_committed: 0,
                 merges_rolled_back: 0,
+                leader_transfers_ordered: 0,
                 register_ops: 0,
                 register_ops_completed: 0,
                 bank: None,
@@ -532,6 +538,9 @@ impl Sim {
         }
         if faulty && self.rng.gen_range(0..1000) < self.cfg.merge_per_mille {
             self.order_merge();
+        }
+        if faulty && self.rng.gen_range(0..1000) < self.cfg.transfer_per_mille {
+            self.order_transfer();
         }
         if faulty
             && self.cfg.register_keys > 0
@@ -816,6 +825,51 @@ impl Sim {
         let (tx, _rx) = oneshot::channel();
         self.router(i)
             .send_command(ringkv_node::merge::prepare_command(&source, &target), tx);
+    }
+
+    /// An admin moves a random region's leadership from the store that leads it to another of
+    /// its voters.
+    fn order_transfer(&mut self) {
+        // Half the time a region with a register key: the busy ones, whose reads are checked.
+        let region = if self.cfg.register_keys > 0 && self.rng.gen_bool(0.5) {
+            let n = self.rng.gen_range(0..self.cfg.register_keys);
+            let encoded = keys::encode(&keys::default_keyspace(), format!("reg{n:03}").as_bytes());
+            match self.pd.region_by_key(&encoded) {
+                Some(info) => info.region.clone(),
+                None => return,
+            }
+        } else {
+            let routed = self.routed();
+            if routed.is_empty() {
+                return;
+            }
+            routed[self.rng.gen_range(0..routed.len())].clone()
+        };
+        let Some(leader) = self.pd.region_by_id(region.id).and_then(|i| i.leader) else {
+            return;
+        };
+        let Some(i) = self.index_of(leader.store_id) else {
+            return;
+        };
+        if self.stores[i].running.is_none() {
+            return;
+        }
+        let others: Vec<_> = region
+            .peers
+            .iter()
+            .filter(|p| p.id != leader.id && p.role == ringkv_proto::metapb::PeerRole::Voter as i32)
+            .copied()
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        let to = others[self.rng.gen_range(0..others.len())];
+        self.note(("order_transfer", region.id, leader.id, to.id));
+        self.outcome.leader_transfers_ordered += 1;
+        let _ = self.router(i).send(
+            region.id,
+            ringkv_node::router::PeerMsg::TransferLeader { to_peer_id: to.id },
+        );
     }
 
     /// What a source leader's node does with its CommitMerge: propose it where the target

@@ -9,7 +9,8 @@ use ringkv_tests::sim::{shard_seeds, Sim, SimConfig, SimOutcome};
 
 /// The raw workload: clients put unique keys (enough to split the one region into dozens) and
 /// get and put four register keys, routed like real clients (mostly to the leader the placement
-/// driver knows, sometimes to any replica). Checked: every acknowledged write on every replica,
+/// driver knows, sometimes to any replica), while an admin moves leaderships around (the
+/// busy regions' half the time). Checked: every acknowledged write on every replica,
 /// replicas equal, no overlapping regions, and a linearizable register history.
 fn raw_workload() -> SimConfig {
     SimConfig {
@@ -17,6 +18,7 @@ fn raw_workload() -> SimConfig {
         register_keys: 4,
         register_per_mille: 300,
         write_per_mille: 300,
+        transfer_per_mille: 5,
         ..SimConfig::default()
     }
 }
@@ -58,6 +60,10 @@ fn raw_shard(shard: u64) {
         assert!(
             o.register_ops_completed > 300,
             "seed {seed}: too few register operations: {o:?}"
+        );
+        assert!(
+            o.leader_transfers_ordered > 0,
+            "seed {seed}: no leader transfer under the reads: {o:?}"
         );
     }
     assert_faults_injected(&outcomes);
