@@ -46,6 +46,7 @@ run 08-txn-10 --workload txn-10 --records 100000 --clients 64 "${etcd[@]}"
 run 09-txn-10-two-pc --workload txn-10 --records 100000 --clients 64 --txn-commit two-pc
 run 10-get-read-index --workload get --clients 64 --read-mode read-index
 run 11-get-follower --workload get --clients 64 --read-mode follower
+run 12-get-stale --workload get --clients 64 --read-mode stale
 
 echo "== sweep" >&2
 "$bench" sweep --workload ycsb-a --seconds $((secs / 2 > 0 ? secs / 2 : 1)) \

@@ -17,6 +17,9 @@ use tonic::transport::Channel;
 pub enum Target {
     /// The raw API for single-key operations, transactions for `Txn`.
     Ringkv(RawClient, TransactionClient),
+    /// ringkv through transactions only, reads as stale snapshots this far in the past
+    /// (served by any replica from its own state): records are written and read as MVCC data.
+    RingkvStale(TransactionClient, Duration),
     /// One connection per member; client `c` uses member `c % members`.
     Etcd(Vec<KvClient<Channel>>),
 }
@@ -37,10 +40,18 @@ impl Target {
         Target::Ringkv(raw, txn)
     }
 
+    /// ringkv with every read a stale read `staleness` in the past, and writes transactional.
+    pub fn ringkv_stale(raw: RawClient, staleness: Duration) -> Target {
+        match Target::ringkv(raw, true) {
+            Target::Ringkv(_, txn) => Target::RingkvStale(txn, staleness),
+            _ => unreachable!("Target::ringkv builds a ringkv target"),
+        }
+    }
+
     /// Writes every pair in one transaction.
     async fn txn(&self, client: usize, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), String> {
         match self {
-            Target::Ringkv(_, txn) => {
+            Target::Ringkv(_, txn) | Target::RingkvStale(txn, _) => {
                 let mut t = txn.begin().await.map_err(|e| e.to_string())?;
                 for (k, v) in pairs {
                     t.put(k, v).map_err(|e| e.to_string())?;
@@ -73,6 +84,13 @@ impl Target {
     async fn get(&self, client: usize, key: Vec<u8>) -> Result<Option<Vec<u8>>, String> {
         match self {
             Target::Ringkv(c, _) => c.get(key).await.map_err(|e| e.to_string()),
+            Target::RingkvStale(txn, staleness) => {
+                let mut snap = txn
+                    .stale_snapshot(*staleness)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                snap.get(key).await.map_err(|e| e.to_string())
+            }
             Target::Etcd(members) => {
                 let mut kv = members[client % members.len()].clone();
                 let r = kv
@@ -90,6 +108,7 @@ impl Target {
     async fn put(&self, client: usize, key: Vec<u8>, value: Vec<u8>) -> Result<(), String> {
         match self {
             Target::Ringkv(c, _) => c.put(key, value).await.map_err(|e| e.to_string()),
+            Target::RingkvStale(..) => self.txn(client, vec![(key, value)]).await,
             Target::Etcd(members) => {
                 let mut kv = members[client % members.len()].clone();
                 kv.put(PutRequest {
@@ -110,6 +129,16 @@ impl Target {
             Target::Ringkv(c, _) => {
                 // Records are "user" + digits: ":" sorts right after every digit.
                 c.scan(start, b"user:".to_vec(), limit as u32)
+                    .await
+                    .map(|pairs| pairs.len())
+                    .map_err(|e| e.to_string())
+            }
+            Target::RingkvStale(txn, staleness) => {
+                let mut snap = txn
+                    .stale_snapshot(*staleness)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                snap.scan(start, b"user:".to_vec(), limit as u32)
                     .await
                     .map(|pairs| pairs.len())
                     .map_err(|e| e.to_string())
@@ -158,6 +187,12 @@ impl Target {
                                     .map(|n| (record_key(n), value.clone()))
                                     .collect();
                                 c.batch_put(pairs).await.map_err(|e| e.to_string())?;
+                            }
+                            Target::RingkvStale(..) => {
+                                let pairs = (first..last)
+                                    .map(|n| (record_key(n), value.clone()))
+                                    .collect();
+                                target.txn(w, pairs).await?;
                             }
                             Target::Etcd(_) => {
                                 for n in first..last {

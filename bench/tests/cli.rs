@@ -29,6 +29,10 @@ fn bad_run_options_are_refused_with_the_option_named() {
             "read-index",
         ),
         (vec!["run", "--distribution", "gaussian"], "gaussian"),
+        (
+            vec!["run", "--read-mode", "stale", "--staleness-ms", "0"],
+            "--staleness-ms",
+        ),
     ] {
         let (code, text) = bench(&args);
         assert_ne!(code, 0, "{args:?} was accepted");
@@ -72,6 +76,8 @@ fn help_lists_the_workloads_and_read_modes() {
         "txn-10",
         "two-pc",
         "--ops",
+        "stale",
+        "--staleness-ms",
     ] {
         assert!(
             text.contains(word),

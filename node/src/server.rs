@@ -327,6 +327,21 @@ async fn on_store_event(task: &PlacementTask, event: StoreEvent) {
             let source = hb.region.clone().unwrap_or_default();
             tokio::spawn(async move {
                 match pd.region_heartbeat(hb).await {
+                    Ok(answer) if answer.transfer_leader.is_some() => {
+                        let Some(to) = answer.transfer_leader.and_then(|o| o.to) else {
+                            return;
+                        };
+                        tracing::info!(
+                            region = source.id,
+                            to = to.id,
+                            to_store = to.store_id,
+                            "placement driver orders a leader transfer"
+                        );
+                        let _ = router.send(
+                            source.id,
+                            crate::router::PeerMsg::TransferLeader { to_peer_id: to.id },
+                        );
+                    }
                     Ok(answer) if answer.change_peer.is_some() => {
                         let order = answer.change_peer.expect("checked");
                         let Some(peer) = order.peer else { return };

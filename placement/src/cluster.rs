@@ -2,13 +2,8 @@
 //! machine. Every mutating call takes the current time as an input and records what must be
 //! persisted in a [`MetaWrites`]; the edge writes those (syncing when asked) before it replies.
 
+use crate::balance::{self, BalanceConfig, ClusterView, RegionLoad};
 use crate::gc_safe_point::GcSafePoints;
-use crate::replica_checker::{self, Operator, ReplicaConfig, Step, StoreView};
-
-/// A store silent this long is down and its replicas are replaced: 30 minutes, as PD's.
-pub const DEFAULT_MAX_STORE_DOWN_TIME_MS: i64 = 1_800_000;
-/// An operator not done within this long is dropped: 10 minutes.
-pub const DEFAULT_OPERATOR_TIMEOUT_MS: i64 = 600_000;
 use crate::id::IdAllocator;
 use crate::merge_checker::{self, Candidate, MergeConfig, MergesInFlight, RegionStats};
 use crate::meta_store::keys;
@@ -19,6 +14,17 @@ use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
 use ringkv_proto::metapb::{Peer, PeerRole, Region, RegionEpoch, Store, StoreState};
 use ringkv_proto::pdpb::{KeyspaceMeta, StoreStats};
 use std::collections::{BTreeMap, HashMap};
+
+use crate::replica_checker::{self, Operator, ReplicaConfig, Step, StoreView};
+
+/// A store silent this long is down and its replicas are replaced: 30 minutes, as PD's.
+pub const DEFAULT_MAX_STORE_DOWN_TIME_MS: i64 = 1_800_000;
+/// An operator not done within this long is dropped: 10 minutes.
+pub const DEFAULT_OPERATOR_TIMEOUT_MS: i64 = 600_000;
+/// A leader transfer not done within this long is dropped (it holds a scheduling slot).
+pub const LEADER_OPERATOR_TIMEOUT_MS: i64 = 30_000;
+/// A store silent this long takes no new leaders or replicas from the balancers.
+pub const STORE_DISCONNECTED_MS: i64 = 20_000;
 
 /// How far behind now the GC safe point trails by default: 10 minutes.
 pub const DEFAULT_GC_LIFE_TIME_MS: i64 = 600_000;
@@ -104,6 +110,57 @@ pub struct PlacementCore {
     replica_cfg: ReplicaConfig,
     /// Operators in flight, by region.
     operators: BTreeMap<u64, Operator>,
+    balance_cfg: BalanceConfig,
+}
+
+/// What the balance schedulers see now (see [`balance`]): regions borrowed, not copied.
+fn cluster_view<'a>(
+    stores: &BTreeMap<u64, StoreInfo>,
+    regions: &'a HashMap<u64, RegionInfo>,
+    operators: &BTreeMap<u64, Operator>,
+    merges: &MergesInFlight,
+    replicas: u32,
+    now_ms: i64,
+) -> ClusterView<'a> {
+    let mut view = ClusterView {
+        schedulable: stores
+            .values()
+            .filter(|s| {
+                s.store.state == StoreState::Up as i32
+                    && now_ms - s.last_heartbeat_ms < STORE_DISCONNECTED_MS
+            })
+            .map(|s| s.store.id)
+            .collect(),
+        ..Default::default()
+    };
+    let mut ids: Vec<u64> = regions.keys().copied().collect();
+    ids.sort_unstable();
+    // Summed in hash maps (a few hundred thousand updates at scale), handed over ordered.
+    let mut scores: HashMap<u64, u64> = HashMap::new();
+    let mut leaders: HashMap<u64, u64> = HashMap::new();
+    for id in ids {
+        let info = &regions[&id];
+        let score = balance::region_score(info.stats.as_ref().map(|s| s.size_bytes));
+        for p in &info.region.peers {
+            *scores.entry(p.store_id).or_default() += score;
+        }
+        let Some(leader) = info.leader else { continue };
+        *leaders.entry(leader.store_id).or_default() += 1;
+        let healthy = info.region.peers.len() == replicas as usize
+            && info.region.peers.iter().all(|p| {
+                p.role == PeerRole::Voter as i32 && view.schedulable.contains(&p.store_id)
+            });
+        if healthy && !operators.contains_key(&id) && !merges.involves(id) {
+            view.movable.push(RegionLoad {
+                region: &info.region,
+                leader,
+                score,
+            });
+        }
+    }
+    view.region_scores = scores.into_iter().collect();
+    view.leaders = leaders.into_iter().collect();
+    view
 }
 
 fn check_has_epoch(region: &Region) -> Result<(), PlacementError> {
@@ -147,6 +204,7 @@ impl PlacementCore {
                 operator_timeout_ms: DEFAULT_OPERATOR_TIMEOUT_MS,
             },
             operators: BTreeMap::new(),
+            balance_cfg: BalanceConfig::default(),
             gc: GcSafePoints::new(state.gc_safe_point, DEFAULT_GC_LIFE_TIME_MS),
         };
         core.keyspaces.insert(
@@ -521,24 +579,40 @@ impl PlacementCore {
         self.operators.values()
     }
 
-    /// The membership change the leader of `region_id` should make now, if any: the next step
-    /// of the region's operator, planning one first when the region has a down peer or too
-    /// few replicas. An operator is dropped once the region shows every step done, or when it
-    /// times out.
-    pub fn change_peer_order(
+    pub fn set_balance_config(&mut self, cfg: BalanceConfig) {
+        self.balance_cfg = cfg;
+    }
+
+    pub fn balance_config(&self) -> BalanceConfig {
+        self.balance_cfg
+    }
+
+    /// What the leader of `region_id` should do now, if anything: the next step of the
+    /// region's operator, planning a repair first when the region has a down peer or too few
+    /// replicas. An operator is dropped once the region shows every step done, or when it
+    /// times out (a leader transfer after [`LEADER_OPERATOR_TIMEOUT_MS`] at most).
+    pub fn operator_step(
         &mut self,
         region_id: u64,
         now_ms: i64,
         writes: &mut MetaWrites,
     ) -> Option<Step> {
-        let region = self.regions.get(&region_id)?.region.clone();
+        let info = self.regions.get(&region_id)?;
+        let (region, leader) = (info.region.clone(), info.leader);
         if let Some(op) = self.operators.get(&region_id) {
-            if now_ms - op.created_ms > self.replica_cfg.operator_timeout_ms {
+            let timeout = if op.is_leader_transfer() {
+                self.replica_cfg
+                    .operator_timeout_ms
+                    .min(LEADER_OPERATOR_TIMEOUT_MS)
+            } else {
+                self.replica_cfg.operator_timeout_ms
+            };
+            if now_ms - op.created_ms > timeout {
                 tracing::warn!(region = region_id, reason = %op.reason, "operator timed out");
                 self.operators.remove(&region_id);
                 return None;
             }
-            match op.next_step(&region) {
+            match op.next_step(&region, leader.as_ref()) {
                 Some(step) => return Some(step),
                 None => {
                     tracing::info!(region = region_id, reason = %op.reason, "operator finished");
@@ -590,9 +664,78 @@ impl PlacementCore {
             id
         })?;
         tracing::info!(region = region_id, reason = %op.reason, steps = op.steps.len(), "operator created");
-        let step = op.next_step(&region);
+        let step = op.next_step(&region, leader.as_ref());
         self.operators.insert(region_id, op);
         step
+    }
+
+    /// One round of the balance schedulers: plans operators within the in-flight limits;
+    /// returns the regions it started operators for.
+    pub fn schedule(&mut self, now_ms: i64, writes: &mut MetaWrites) -> Vec<u64> {
+        let cfg = self.balance_cfg;
+        if !cfg.balance_leader && !cfg.balance_region {
+            return Vec::new();
+        }
+        let view = cluster_view(
+            &self.stores,
+            &self.regions,
+            &self.operators,
+            &self.merges,
+            self.replicas,
+            now_ms,
+        );
+        let leader_ops = self
+            .operators
+            .values()
+            .filter(|o| o.is_leader_transfer())
+            .count();
+        let region_ops = self.operators.len() - leader_ops;
+        let mut planned = Vec::new();
+        if cfg.balance_region {
+            let budget = cfg.region_schedule_limit.saturating_sub(region_ops);
+            let ids = &mut self.ids;
+            planned.extend(balance::balance_regions(
+                &view,
+                &cfg,
+                budget,
+                now_ms,
+                &mut || {
+                    let (id, new_limit) = ids.alloc(1);
+                    if let Some(limit) = new_limit {
+                        writes.put(keys::ID_LIMIT.to_vec(), limit.to_be_bytes().to_vec());
+                        writes.sync = true;
+                    }
+                    id
+                },
+            ));
+        }
+        if cfg.balance_leader {
+            let budget = cfg.leader_schedule_limit.saturating_sub(leader_ops);
+            let moving: std::collections::BTreeSet<u64> =
+                planned.iter().map(|o| o.region_id).collect();
+            planned.extend(
+                balance::balance_leaders(&view, &cfg, budget, now_ms)
+                    .into_iter()
+                    .filter(|o| !moving.contains(&o.region_id)),
+            );
+        }
+        let mut started = Vec::with_capacity(planned.len());
+        for op in planned {
+            tracing::info!(region = op.region_id, reason = %op.reason, steps = op.steps.len(), "operator created");
+            started.push(op.region_id);
+            self.operators.insert(op.region_id, op);
+        }
+        started
+    }
+
+    /// Drops the operators of `regions` (what they allocated could not be persisted, or an
+    /// admin cancelled them).
+    pub fn cancel_operators(&mut self, regions: &[u64]) {
+        for id in regions {
+            if let Some(op) = self.operators.remove(id) {
+                tracing::info!(region = id, reason = %op.reason, "operator cancelled");
+            }
+        }
     }
 
     pub fn merge_order(&mut self, region_id: u64, now_ms: i64) -> Option<Region> {

@@ -48,6 +48,23 @@ pub struct PlacementConfig {
     /// A repair operator not done within this long is dropped and planned afresh. Default
     /// 600000 (10 minutes); 1000..=86400000.
     pub operator_timeout_ms: i64,
+    /// How often the balance schedulers look at the cluster, in ms. Default 1000;
+    /// 100..=600000.
+    pub schedule_interval_ms: u64,
+    /// balance-leader: spread region leaders evenly over the stores. Default true.
+    pub balance_leader: bool,
+    /// balance-region: spread replicas evenly (by size in MiB, each region counting at least
+    /// 1). Default true.
+    pub balance_region: bool,
+    /// Leader transfers the balancers keep in flight at most. Default 4; 0..=1024 (0 pauses
+    /// balance-leader).
+    pub leader_schedule_limit: usize,
+    /// Replica moves the balancers keep in flight at most. Default 4; 0..=1024 (0 pauses
+    /// balance-region).
+    pub region_schedule_limit: usize,
+    /// Stores whose scores differ by at most this fraction of the mean (and at least one
+    /// region) count as balanced. Default 0.05; 0.0..=1.0.
+    pub balance_tolerance_ratio: f64,
 }
 
 impl Default for PlacementConfig {
@@ -67,11 +84,28 @@ impl Default for PlacementConfig {
             gc_life_time_ms: crate::cluster::DEFAULT_GC_LIFE_TIME_MS,
             max_store_down_time_ms: crate::cluster::DEFAULT_MAX_STORE_DOWN_TIME_MS,
             operator_timeout_ms: crate::cluster::DEFAULT_OPERATOR_TIMEOUT_MS,
+            schedule_interval_ms: 1000,
+            balance_leader: true,
+            balance_region: true,
+            leader_schedule_limit: 4,
+            region_schedule_limit: 4,
+            balance_tolerance_ratio: 0.05,
         }
     }
 }
 
 impl PlacementConfig {
+    /// The balance schedulers' settings.
+    pub fn balance_config(&self) -> crate::balance::BalanceConfig {
+        crate::balance::BalanceConfig {
+            balance_leader: self.balance_leader,
+            balance_region: self.balance_region,
+            leader_schedule_limit: self.leader_schedule_limit,
+            region_schedule_limit: self.region_schedule_limit,
+            tolerance_ratio: self.balance_tolerance_ratio,
+        }
+    }
+
     /// The merge checker's limits.
     pub fn merge_config(&self) -> crate::merge_checker::MergeConfig {
         crate::merge_checker::MergeConfig {
@@ -133,6 +167,28 @@ impl PlacementConfig {
             return Err(PlacementError::Config(format!(
                 "operator_timeout_ms = {} is outside 1000..=86400000 (a day)",
                 self.operator_timeout_ms
+            )));
+        }
+        if !(100..=600_000).contains(&self.schedule_interval_ms) {
+            return Err(PlacementError::Config(format!(
+                "schedule_interval_ms = {} is outside 100..=600000",
+                self.schedule_interval_ms
+            )));
+        }
+        for (name, limit) in [
+            ("leader_schedule_limit", self.leader_schedule_limit),
+            ("region_schedule_limit", self.region_schedule_limit),
+        ] {
+            if limit > 1024 {
+                return Err(PlacementError::Config(format!(
+                    "{name} = {limit} is outside 0..=1024"
+                )));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.balance_tolerance_ratio) {
+            return Err(PlacementError::Config(format!(
+                "balance_tolerance_ratio = {} is outside 0.0..=1.0",
+                self.balance_tolerance_ratio
             )));
         }
         if self.name.is_empty() {

@@ -5,6 +5,7 @@
 //! ([`cluster::PlacementCore`], [`tso::Tso`], [`id::IdAllocator`]); [`server`] is the thin edge
 //! that persists to sled and serves gRPC.
 
+pub mod balance;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod id;
 pub mod merge_checker;
 pub mod meta_store;
 pub mod replica_checker;
+pub mod scheduling_sim;
 pub mod server;
 mod service;
 pub mod tso;

@@ -29,21 +29,30 @@ pub struct ReplicaConfig {
     pub operator_timeout_ms: i64,
 }
 
-/// One step of an operator: a membership change of the region.
+/// One step of an operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Step {
-    pub kind: ConfChangeKind,
-    pub peer: Peer,
+pub enum Step {
+    /// A membership change of the region.
+    ChangePeer { kind: ConfChangeKind, peer: Peer },
+    /// Leadership handed to this voter.
+    TransferLeader { to: Peer },
 }
 
 impl Step {
-    /// Whether `region` shows the step done.
-    fn done_in(&self, region: &Region) -> bool {
-        let member = region.peers.iter().find(|p| p.id == self.peer.id);
-        match self.kind {
-            ConfChangeKind::AddLearner => member.is_some(),
-            ConfChangeKind::AddVoter => member.is_some_and(|p| p.role == PeerRole::Voter as i32),
-            ConfChangeKind::Remove => member.is_none(),
+    /// Whether `region`, led by `leader`, shows the step done.
+    fn done_in(&self, region: &Region, leader: Option<&Peer>) -> bool {
+        match *self {
+            Step::ChangePeer { kind, peer } => {
+                let member = region.peers.iter().find(|p| p.id == peer.id);
+                match kind {
+                    ConfChangeKind::AddLearner => member.is_some(),
+                    ConfChangeKind::AddVoter => {
+                        member.is_some_and(|p| p.role == PeerRole::Voter as i32)
+                    }
+                    ConfChangeKind::Remove => member.is_none(),
+                }
+            }
+            Step::TransferLeader { to } => leader.is_some_and(|l| l.id == to.id),
         }
     }
 }
@@ -59,9 +68,20 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// The first step `region` does not show done yet (None: the operator is finished).
-    pub fn next_step(&self, region: &Region) -> Option<Step> {
-        self.steps.iter().find(|s| !s.done_in(region)).copied()
+    /// The first step `region` (led by `leader`) does not show done yet (None: the operator
+    /// is finished).
+    pub fn next_step(&self, region: &Region, leader: Option<&Peer>) -> Option<Step> {
+        self.steps
+            .iter()
+            .find(|s| !s.done_in(region, leader))
+            .copied()
+    }
+
+    /// Whether the operator only moves leadership.
+    pub fn is_leader_transfer(&self) -> bool {
+        self.steps
+            .iter()
+            .all(|s| matches!(s, Step::TransferLeader { .. }))
     }
 }
 
@@ -104,18 +124,18 @@ pub fn check_region(
         role: PeerRole::Learner as i32,
     };
     let mut steps = vec![
-        Step {
+        Step::ChangePeer {
             kind: ConfChangeKind::AddLearner,
             peer: new_peer,
         },
-        Step {
+        Step::ChangePeer {
             kind: ConfChangeKind::AddVoter,
             peer: new_peer,
         },
     ];
     let reason = match down.first() {
         Some(d) if healthy + 1 >= cfg.replicas as usize || region.peers.len() > cfg.replicas as usize => {
-            steps.push(Step {
+            steps.push(Step::ChangePeer {
                 kind: ConfChangeKind::Remove,
                 peer: *d,
             });
@@ -142,6 +162,20 @@ pub fn check_region(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kind_of(step: Step) -> ConfChangeKind {
+        match step {
+            Step::ChangePeer { kind, .. } => kind,
+            Step::TransferLeader { .. } => panic!("a repair moves no leader"),
+        }
+    }
+
+    fn peer_of(step: Step) -> Peer {
+        match step {
+            Step::ChangePeer { peer, .. } => peer,
+            Step::TransferLeader { to } => to,
+        }
+    }
 
     fn cfg() -> ReplicaConfig {
         ReplicaConfig {
@@ -212,7 +246,10 @@ mod tests {
         let kinds: Vec<_> = op
             .steps
             .iter()
-            .map(|s| (s.kind, s.peer.id, s.peer.store_id))
+            .map(|s| match *s {
+                Step::ChangePeer { kind, peer } => (kind, peer.id, peer.store_id),
+                Step::TransferLeader { .. } => panic!("a repair moves no leader"),
+            })
             .collect();
         assert_eq!(
             kinds,
@@ -224,17 +261,26 @@ mod tests {
         );
         // Progress is read off the region.
         let mut r = region(&[1, 2, 3]);
-        assert_eq!(op.next_step(&r).unwrap().kind, ConfChangeKind::AddLearner);
+        assert_eq!(
+            kind_of(op.next_step(&r, None).unwrap()),
+            ConfChangeKind::AddLearner
+        );
         r.peers.push(Peer {
             id: 101,
             store_id: 5,
             role: PeerRole::Learner as i32,
         });
-        assert_eq!(op.next_step(&r).unwrap().kind, ConfChangeKind::AddVoter);
+        assert_eq!(
+            kind_of(op.next_step(&r, None).unwrap()),
+            ConfChangeKind::AddVoter
+        );
         r.peers[3].role = PeerRole::Voter as i32;
-        assert_eq!(op.next_step(&r).unwrap().kind, ConfChangeKind::Remove);
+        assert_eq!(
+            kind_of(op.next_step(&r, None).unwrap()),
+            ConfChangeKind::Remove
+        );
         r.peers.remove(2);
-        assert_eq!(op.next_step(&r), None);
+        assert_eq!(op.next_step(&r, None), None);
     }
 
     #[test]
@@ -246,7 +292,7 @@ mod tests {
         );
         let op = check_region(&region(&[1, 2]), &s, &cfg(), 100_000, &mut || 9).unwrap();
         assert_eq!(op.steps.len(), 2, "add and promote, nothing to remove");
-        assert_eq!(op.steps[0].peer.store_id, 3);
+        assert_eq!(peer_of(op.steps[0]).store_id, 3);
     }
 
     #[test]
@@ -256,10 +302,11 @@ mod tests {
         s.get_mut(&4).unwrap().offline = true;
         let op = check_region(&region(&[1, 2, 3]), &s, &cfg(), 100_000, &mut || 9).unwrap();
         assert_eq!(
-            op.steps[0].peer.store_id, 5,
+            peer_of(op.steps[0]).store_id,
+            5,
             "not onto another offline store"
         );
-        assert_eq!(op.steps[2].peer.store_id, 3);
+        assert_eq!(peer_of(op.steps[2]).store_id, 3);
     }
 
     #[test]

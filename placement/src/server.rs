@@ -22,6 +22,29 @@ pub struct PlacementServer {
     shutdown: Option<oneshot::Sender<()>>,
 }
 
+/// Runs the balance schedulers every `interval`, persisting what they consumed (peer ids).
+async fn run_schedulers(
+    core: Arc<Mutex<PlacementCore>>,
+    meta: Arc<MetaStore>,
+    interval: std::time::Duration,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let mut writes = crate::cluster::MetaWrites::default();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let mut core = core.lock();
+        let started = core.schedule(now_ms, &mut writes);
+        // Under the lock, as every handler persists: ids handed out are durable before use.
+        if let Err(e) = meta.apply(writes) {
+            tracing::error!(error = %e, "cannot persist what the schedulers allocated; their operators are dropped");
+            core.cancel_operators(&started);
+        }
+    }
+}
+
 fn fresh_cluster_id() -> u64 {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -55,6 +78,7 @@ impl PlacementServer {
         core.set_merge_config(config.merge_config());
         core.set_gc_life_time_ms(config.gc_life_time_ms);
         core.set_replica_timing(config.max_store_down_time_ms, config.operator_timeout_ms);
+        core.set_balance_config(config.balance_config());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("placement")
@@ -70,8 +94,14 @@ impl PlacementServer {
             .advertise_addr
             .clone()
             .unwrap_or_else(|| addr.to_string());
+        let core = Arc::new(Mutex::new(core));
+        runtime.spawn(run_schedulers(
+            core.clone(),
+            meta.clone(),
+            std::time::Duration::from_millis(config.schedule_interval_ms),
+        ));
         let service = PlacementService {
-            core: Arc::new(Mutex::new(core)),
+            core,
             meta,
             name: config.name.clone(),
             endpoint,

@@ -4,6 +4,7 @@
 use crate::cluster::{MetaWrites, PlacementCore};
 use crate::merge_checker::RegionStats;
 use crate::meta_store::MetaStore;
+use crate::replica_checker::Step;
 use crate::PlacementError;
 use parking_lot::Mutex;
 use ringkv_proto::pdpb::placement_server::Placement;
@@ -203,39 +204,48 @@ impl Placement for PlacementService {
         request: Request<RegionHeartbeatRequest>,
     ) -> Result<Response<RegionHeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let (header, (merge, change_peer)) = self.run(req.header, |core, w, now| {
-            let region = req.region.ok_or_else(|| {
-                PlacementError::InvalidArgument("region heartbeat without a region".into())
-            })?;
-            let (region_id, epoch) = (region.id, region.region_epoch);
-            core.region_heartbeat(region, req.leader, req.term, w)?;
-            if core.region_by_id(region_id).map(|i| i.region.region_epoch) != Some(epoch) {
-                // A stale report: its figures describe another range.
-                return Ok((None, None));
-            }
-            let stats = req.stats_known.then_some(RegionStats {
-                size_bytes: req.approximate_size_bytes,
-                keys: req.approximate_keys,
-                pending_peers: req.pending_peers.len(),
+        let (header, (merge, change_peer, transfer_leader)) =
+            self.run(req.header, |core, w, now| {
+                let region = req.region.ok_or_else(|| {
+                    PlacementError::InvalidArgument("region heartbeat without a region".into())
+                })?;
+                let (region_id, epoch) = (region.id, region.region_epoch);
+                core.region_heartbeat(region, req.leader, req.term, w)?;
+                if core.region_by_id(region_id).map(|i| i.region.region_epoch) != Some(epoch) {
+                    // A stale report: its figures describe another range.
+                    return Ok((None, None, None));
+                }
+                let stats = req.stats_known.then_some(RegionStats {
+                    size_bytes: req.approximate_size_bytes,
+                    keys: req.approximate_keys,
+                    pending_peers: req.pending_peers.len(),
+                });
+                core.region_stats(region_id, stats, now);
+                // Operators first; no merge while one moves the region.
+                match core.operator_step(region_id, now, w) {
+                    Some(Step::ChangePeer { kind, peer }) => {
+                        let order = ChangePeerOrder {
+                            kind: kind as i32,
+                            peer: Some(peer),
+                        };
+                        return Ok((None, Some(order), None));
+                    }
+                    Some(Step::TransferLeader { to }) => {
+                        let order = TransferLeaderOrder { to: Some(to) };
+                        return Ok((None, None, Some(order)));
+                    }
+                    None => {}
+                }
+                let merge = core.merge_order(region_id, now).map(|target| MergeOrder {
+                    target: Some(target),
+                });
+                Ok((merge, None, None))
             });
-            core.region_stats(region_id, stats, now);
-            // Repairs first; no merge while the region's membership is changing.
-            if let Some(step) = core.change_peer_order(region_id, now, w) {
-                let order = ChangePeerOrder {
-                    kind: step.kind as i32,
-                    peer: Some(step.peer),
-                };
-                return Ok((None, Some(order)));
-            }
-            let merge = core.merge_order(region_id, now).map(|target| MergeOrder {
-                target: Some(target),
-            });
-            Ok((merge, None))
-        });
         Ok(Response::new(RegionHeartbeatResponse {
             header,
             merge,
             change_peer,
+            transfer_leader,
         }))
     }
 

@@ -25,6 +25,9 @@ pub struct ClusterBuilder {
     pub merge: ringkv_placement::merge_checker::MergeConfig,
     /// When the placement driver declares a silent store down and replaces its replicas.
     pub max_store_down_time_ms: i64,
+    /// The placement driver's balance schedulers run (default false here, so tests that do
+    /// not test them see leaders and replicas stay where they are).
+    pub balance: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -44,6 +47,7 @@ impl Default for ClusterBuilder {
             },
             merge: Default::default(),
             max_store_down_time_ms: ringkv_placement::cluster::DEFAULT_MAX_STORE_DOWN_TIME_MS,
+            balance: false,
         }
     }
 }
@@ -102,9 +106,33 @@ pub struct TestCluster {
     pd: Option<PlacementServer>,
     pd_addr: SocketAddr,
     nodes: Vec<NodeSlot>,
+    /// The configuration new nodes start from (data directory and port set per node).
+    node_template: NodeConfig,
     pub filter: Arc<NetFilter>,
     /// Runtime for clients and debug calls of the test.
     pub rt: tokio::runtime::Runtime,
+}
+
+/// Starts node `i` from `template`, with its own data directory under `dir`.
+fn start_node_slot(
+    template: &NodeConfig,
+    dir: &std::path::Path,
+    i: usize,
+    filter: &Arc<NetFilter>,
+) -> NodeSlot {
+    let mut config = NodeConfig {
+        data_dir: dir.join(format!("node{i}")),
+        ..template.clone()
+    };
+    let server = NodeServer::start(config.clone(), filter.clone()).expect("node starts");
+    // Restarts come back on the same port.
+    config.listen_addr = server.addr();
+    NodeSlot {
+        store_id: server.store_id(),
+        addr: server.addr(),
+        config,
+        server: Some(server),
+    }
 }
 
 impl TestCluster {
@@ -120,41 +148,34 @@ impl TestCluster {
             split_merge_interval_ms: b.merge.split_merge_interval_ms,
             merge_timeout_ms: b.merge.merge_timeout_ms,
             max_store_down_time_ms: b.max_store_down_time_ms,
+            balance_leader: b.balance,
+            balance_region: b.balance,
+            schedule_interval_ms: 500,
             ..PlacementConfig::default()
         })
         .expect("placement starts");
         let pd_addr = pd.addr();
         let filter = NetFilter::new();
-        let mut nodes = Vec::new();
-        for i in 0..b.nodes {
-            let mut config = NodeConfig {
-                data_dir: dir.path().join(format!("node{i}")),
-                listen_addr: "127.0.0.1:0".parse().unwrap(),
-                placement_endpoints: vec![pd_addr.to_string()],
-                store_heartbeat_ms: 200,
-                gc_interval_ms: 200,
-                resolved_ts_interval_ms: 100,
-                ..NodeConfig::default()
-            };
-            config.raft.tick_interval_ms = b.tick_interval_ms;
-            config.split = b.split.clone();
-            // Quiet leaders report every second, so merge orders reach them within a test.
-            config.raft.region_heartbeat_quiet_ticks = (1000 / b.tick_interval_ms.max(1)) as u32;
-            (
-                config.raft.raft_log_gc_ticks,
-                config.raft.raft_log_gc_threshold,
-                config.raft.raft_log_gc_count_limit,
-            ) = b.log_gc;
-            let server = NodeServer::start(config.clone(), filter.clone()).expect("node starts");
-            // Restarts come back on the same port.
-            config.listen_addr = server.addr();
-            nodes.push(NodeSlot {
-                store_id: server.store_id(),
-                addr: server.addr(),
-                config,
-                server: Some(server),
-            });
-        }
+        let mut node_template = NodeConfig {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            placement_endpoints: vec![pd_addr.to_string()],
+            store_heartbeat_ms: 200,
+            gc_interval_ms: 200,
+            resolved_ts_interval_ms: 100,
+            ..NodeConfig::default()
+        };
+        node_template.raft.tick_interval_ms = b.tick_interval_ms;
+        node_template.split = b.split.clone();
+        // Quiet leaders report every second, so merge orders reach them within a test.
+        node_template.raft.region_heartbeat_quiet_ticks = (1000 / b.tick_interval_ms.max(1)) as u32;
+        (
+            node_template.raft.raft_log_gc_ticks,
+            node_template.raft.raft_log_gc_threshold,
+            node_template.raft.raft_log_gc_count_limit,
+        ) = b.log_gc;
+        let nodes = (0..b.nodes)
+            .map(|i| start_node_slot(&node_template, dir.path(), i, &filter))
+            .collect();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -165,11 +186,20 @@ impl TestCluster {
             pd: Some(pd),
             pd_addr,
             nodes,
+            node_template,
             filter,
             rt,
         };
         cluster.wait_for_leader(Duration::from_secs(30));
         cluster
+    }
+
+    /// Starts one more node (a new store); returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let slot = start_node_slot(&self.node_template, self.dir.path(), i, &self.filter);
+        self.nodes.push(slot);
+        i
     }
 
     pub fn pd_addr(&self) -> String {

@@ -99,9 +99,14 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         value_bytes: usize,
         /// How ringkv serves reads: leader (lease, else ReadIndex; the default), read-index
-        /// (leases off: a fresh local cluster only), or follower (replica reads).
+        /// (leases off: a fresh local cluster only), follower (replica reads), or stale
+        /// (transactional snapshots --staleness-ms in the past, served by any replica from its
+        /// own state; records are then loaded and written by transactions).
         #[arg(long, value_enum, default_value = "leader")]
         read_mode: ReadMode,
+        /// How far in the past stale reads read (--read-mode stale), in ms.
+        #[arg(long, default_value_t = 2000)]
+        staleness_ms: u64,
         /// A running ringkv cluster's placement endpoint(s); default: start a local one.
         #[arg(long, value_delimiter = ',')]
         pd: Vec<String>,
@@ -154,6 +159,22 @@ enum Cmd {
         /// JSON files or directories holding them.
         #[arg(required = true)]
         paths: Vec<std::path::PathBuf>,
+    },
+    /// The placement driver's balancers on a simulated cluster (no nodes): `--initial-stores`
+    /// of `--stores` hold every replica, the rest join empty; reports the scheduling rounds to
+    /// balance, the time per round and the core's CPU per region heartbeat.
+    PlacementSim {
+        #[arg(long, default_value_t = 100)]
+        stores: u64,
+        #[arg(long, default_value_t = 50)]
+        initial_stores: u64,
+        #[arg(long, default_value_t = 100_000)]
+        regions: u64,
+        /// Leader transfers and replica moves in flight at most (each).
+        #[arg(long, default_value_t = 1024)]
+        schedule_limit: usize,
+        #[arg(long, default_value_t = 100_000)]
+        rounds_max: usize,
     },
     /// Run the write load against a running cluster.
     Write {
@@ -235,6 +256,7 @@ fn main() {
                 ops,
                 value_bytes,
                 read_mode,
+                staleness_ms,
                 pd,
                 etcd,
                 no_ringkv,
@@ -251,8 +273,12 @@ fn main() {
                     value_bytes,
                 )?
                 .with_ops(ops)?;
+                if staleness_ms == 0 && read_mode == ReadMode::Stale {
+                    return Err("--staleness-ms must be at least 1 with --read-mode stale (0 is a leader read)".into());
+                }
                 let opts = RunOptions {
                     read_mode,
+                    staleness: Duration::from_millis(staleness_ms),
                     keyspace,
                     pd,
                     etcd,
@@ -271,6 +297,48 @@ fn main() {
                 plot,
             } => sweep(&workload, &clients, seconds, records, &etcd, &plot).await,
             Cmd::Report { paths } => report(&paths),
+            Cmd::PlacementSim {
+                stores,
+                initial_stores,
+                regions,
+                schedule_limit,
+                rounds_max,
+            } => {
+                if initial_stores < 3 || initial_stores > stores || regions == 0 {
+                    return Err("need 3 <= --initial-stores <= --stores and --regions >= 1".into());
+                }
+                let spec = ringkv_placement::scheduling_sim::SimSpec {
+                    stores,
+                    initial_stores,
+                    regions,
+                    balance: ringkv_placement::balance::BalanceConfig {
+                        leader_schedule_limit: schedule_limit,
+                        region_schedule_limit: schedule_limit,
+                        ..Default::default()
+                    },
+                    rounds_max,
+                };
+                let started = Instant::now();
+                let r = ringkv_placement::scheduling_sim::run(spec);
+                println!(
+                    "stores {stores} ({initial_stores} initially), regions {regions}, schedule limit {schedule_limit}"
+                );
+                match r.rounds {
+                    Some(n) => println!("balanced after {n} rounds, {} operators", r.operators),
+                    None => println!("NOT balanced within {rounds_max} rounds ({} operators)", r.operators),
+                }
+                println!(
+                    "replicas per store {}..{}, leaders per store {}..{}",
+                    r.region_spread.0, r.region_spread.1, r.leader_spread.0, r.leader_spread.1
+                );
+                println!(
+                    "scheduling pass: {:.1} ms mean; region heartbeat: {:.2} µs of core CPU; whole run {:.1} s",
+                    r.schedule_ms_mean,
+                    r.heartbeat_us_mean,
+                    started.elapsed().as_secs_f64()
+                );
+                Ok(())
+            }
             Cmd::Write { pd, load } => {
                 let client = RawClient::connect_with_config(&pd, RawConfig::default())
                     .await
@@ -475,6 +543,7 @@ enum ReadMode {
     Leader,
     ReadIndex,
     Follower,
+    Stale,
 }
 
 /// How `run` has ringkv commit transactions.
@@ -487,6 +556,7 @@ enum TxnCommit {
 /// Where and how `run` sends its load.
 struct RunOptions {
     read_mode: ReadMode,
+    staleness: Duration,
     keyspace: KeyspaceKind,
     pd: Vec<String>,
     etcd: Vec<String>,
@@ -539,6 +609,7 @@ fn report(paths: &[std::path::PathBuf]) -> Result<(), String> {
 async fn run(spec: &ringkv_bench::workload::RunSpec, opts: &RunOptions) -> Result<(), String> {
     let RunOptions {
         read_mode,
+        staleness,
         keyspace,
         ref pd,
         etcd: ref etcd_endpoints,
@@ -597,7 +668,11 @@ async fn run(spec: &ringkv_bench::workload::RunSpec, opts: &RunOptions) -> Resul
             client
         };
         let client = client.with_replica_read(read_mode == ReadMode::Follower);
-        let target = Target::ringkv(client, txn_commit == TxnCommit::Auto);
+        let target = if read_mode == ReadMode::Stale {
+            Target::ringkv_stale(client, staleness)
+        } else {
+            Target::ringkv(client, txn_commit == TxnCommit::Auto)
+        };
         rows.push(measure(&target, spec, "ringkv").await?);
     }
     if !etcd_endpoints.is_empty() {

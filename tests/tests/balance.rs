@@ -1,0 +1,111 @@
+//! The placement driver's balancers on an in-process cluster: a 4th and then a 5th node join a
+//! three-node cluster of twelve regions, and replicas and leaders move until every store is
+//! within the balancers' tolerance — with every key still readable throughout.
+//!
+//! The tolerance: a move is made only while the busiest and the idlest store differ by more
+//! than 5 % of the mean *and* by more than two regions (a move shifts one region, so it never
+//! reverses their order); the test asserts at most two regions (and two leaders) between the
+//! busiest and the idlest store.
+
+use ringkv_tests::cluster::{ClusterBuilder, TestCluster};
+use ringkv_tests::wait_until;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const REGIONS: usize = 12;
+const TOLERANCE: u64 = 2;
+
+fn encoded(user: &[u8]) -> Vec<u8> {
+    ringkv_proto::keys::encode(&ringkv_proto::keys::default_keyspace(), user)
+}
+
+/// Replicas and leaders per store as the placement driver routes them, over every store.
+fn counts(cluster: &TestCluster) -> (BTreeMap<u64, u64>, BTreeMap<u64, u64>) {
+    let routes = cluster
+        .rt
+        .block_on(cluster.pd().scan_regions(b"", b"", 0))
+        .expect("regions");
+    let mut replicas: BTreeMap<u64, u64> =
+        cluster.store_ids().into_iter().map(|s| (s, 0)).collect();
+    let mut leaders = replicas.clone();
+    for r in routes {
+        for p in &r.region.peers {
+            *replicas.entry(p.store_id).or_default() += 1;
+        }
+        if let Some(l) = r.leader {
+            *leaders.entry(l.store_id).or_default() += 1;
+        }
+    }
+    (replicas, leaders)
+}
+
+fn spread(m: &BTreeMap<u64, u64>) -> u64 {
+    m.values().max().unwrap() - m.values().min().unwrap()
+}
+
+/// Waits until every store is within the tolerance, each region with 3 voters.
+fn wait_balanced(cluster: &TestCluster, what: &str) {
+    wait_until(what, Duration::from_secs(90), || {
+        let (replicas, leaders) = counts(cluster);
+        let total: u64 = replicas.values().sum();
+        let led: u64 = leaders.values().sum();
+        (total == 3 * REGIONS as u64
+            && led == REGIONS as u64
+            && spread(&replicas) <= TOLERANCE
+            && spread(&leaders) <= TOLERANCE)
+            .then_some(())
+    });
+}
+
+fn check_every_key(cluster: &TestCluster) {
+    let client = cluster.client();
+    cluster.rt.block_on(async {
+        for i in 0..200 {
+            let v = client.get(format!("key{i:03}")).await.expect("read");
+            assert_eq!(v, Some(format!("value{i}").into_bytes()), "key{i:03}");
+        }
+    });
+}
+
+#[test]
+fn a_fourth_and_a_fifth_node_get_their_share_of_replicas_and_leaders() {
+    let mut cluster = ClusterBuilder {
+        balance: true,
+        ..ClusterBuilder::default()
+    }
+    .start();
+    let client = cluster.client();
+    cluster.rt.block_on(async {
+        for i in 1..REGIONS {
+            client
+                .split_region(encoded(format!("split{i:02}").as_bytes()))
+                .await
+                .expect("split");
+        }
+        for i in 0..200 {
+            client
+                .put(format!("key{i:03}"), format!("value{i}"))
+                .await
+                .unwrap();
+        }
+    });
+    wait_balanced(&cluster, "leaders spread over the first three nodes");
+
+    let fourth = cluster.add_node();
+    wait_balanced(&cluster, "the fourth node to get its share");
+    let (replicas, _) = counts(&cluster);
+    assert!(replicas[&cluster.store_id(fourth)] >= 7, "{replicas:?}");
+    check_every_key(&cluster);
+
+    let fifth = cluster.add_node();
+    wait_balanced(&cluster, "the fifth node to get its share");
+    let (replicas, leaders) = counts(&cluster);
+    assert!(replicas[&cluster.store_id(fifth)] >= 5, "{replicas:?}");
+    assert!(leaders[&cluster.store_id(fifth)] >= 1, "{leaders:?}");
+    check_every_key(&cluster);
+
+    // Balanced means settled: nothing moves any more.
+    let before = counts(&cluster);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(counts(&cluster), before, "balanced stores stay put");
+}
