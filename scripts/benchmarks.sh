@@ -48,6 +48,10 @@ run 10-get-read-index --workload get --clients 64 --read-mode read-index
 run 11-get-follower --workload get --clients 64 --read-mode follower
 run 12-get-stale --workload get --clients 64 --read-mode stale
 
+echo "== placement scheduling simulation" >&2
+"$bench" placement-sim --stores 100 --initial-stores 50 --regions 100000 --schedule-limit 1024 \
+  >"$out/placement-sim.txt"
+
 echo "== sweep" >&2
 "$bench" sweep --workload ycsb-a --seconds $((secs / 2 > 0 ? secs / 2 : 1)) \
   --plot "$out/throughput-vs-clients.svg" "${etcd[@]}" >"$out/sweep.txt" 2>"$out/sweep.log"
@@ -57,4 +61,4 @@ cargo bench -p ringkv-bench --bench components 2>&1 | grep -E "^[a-z_/0-9]+ +tim
   >"$out/components.txt" || true
 
 "$bench" report "$out" >"$out/tables.md"
-echo "results in $out: tables.md (runs), sweep.txt and throughput-vs-clients.svg, components.txt" >&2
+echo "results in $out: tables.md (runs), sweep.txt and throughput-vs-clients.svg, placement-sim.txt, components.txt" >&2

@@ -13,6 +13,9 @@
 //!   ten keys that each have one committed version.
 //! - `mvcc/get/{1,10,100}_versions`: a read at a timestamp of a key with that many versions
 //!   (the read lands in the middle of them).
+//! - `placement/schedule_round/10000_regions`: one pass of the balance schedulers over 20
+//!   stores, half of them holding every replica of 10,000 regions (view, then up to 64 replica
+//!   moves and 64 leader transfers planned).
 //! - `poll_round/{64,1024}_regions`: one round of the batch system (`SteppedStore::step`) on a
 //!   store leading that many single-replica regions, each with one put waiting: mail, proposals,
 //!   one log write for all, commit, apply, answers — the raftstore's CPU per round, over the
@@ -403,8 +406,42 @@ fn poll_round(c: &mut Criterion) {
     group.finish();
 }
 
+/// One pass of the balance schedulers (`PlacementCore::schedule`) over a skewed cluster: 20
+/// stores, 10 of them holding every replica of 10,000 regions; up to 64 moves and 64 leader
+/// transfers planned.
+fn placement_schedule_round(c: &mut Criterion) {
+    use ringkv_placement::balance::BalanceConfig;
+    use ringkv_placement::scheduling_sim::{skewed_core, SimSpec};
+    let spec = SimSpec {
+        stores: 20,
+        initial_stores: 10,
+        regions: 10_000,
+        balance: BalanceConfig {
+            leader_schedule_limit: 64,
+            region_schedule_limit: 64,
+            ..BalanceConfig::default()
+        },
+        rounds_max: 1,
+    };
+    let mut group = c.benchmark_group("placement");
+    group.sample_size(20);
+    group.bench_function("schedule_round/10000_regions", |b| {
+        b.iter_batched(
+            || skewed_core(&spec),
+            |(mut core, now)| {
+                let mut w = ringkv_placement::cluster::MetaWrites::default();
+                let planned = core.schedule(now, &mut w);
+                assert!(!planned.is_empty(), "a skewed cluster gets operators");
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
 criterion_group!(
     components,
+    placement_schedule_round,
     log_append_sync,
     kv_apply_batch,
     apply_pool_round,

@@ -26,7 +26,7 @@ mod tso;
 mod txn;
 
 pub use error::{ClientError, Result};
-pub use pd::PdClient;
+pub use pd::{PdClient, RegionRoute};
 pub use raw::{RawClient, RawConfig};
 pub use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
 pub use tso::TsoBatcher;

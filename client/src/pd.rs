@@ -318,6 +318,101 @@ impl PdClient {
             .ok_or_else(|| ClientError::Server("decommission answered without the store".into()))
     }
 
+    /// The operators in flight (admin CLI).
+    pub async fn get_operators(&self) -> Result<Vec<OperatorInfo>> {
+        let r = self
+            .call("get_operators", |mut c, h| async move {
+                Ok(c.get_operators(GetOperatorsRequest { header: Some(h) })
+                    .await?
+                    .into_inner())
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        Ok(r.operators)
+    }
+
+    /// Drops the operator of `region_id`.
+    pub async fn cancel_operator(&self, region_id: u64) -> Result<()> {
+        let r = self
+            .call("cancel_operator", |mut c, h| async move {
+                Ok(c.cancel_operator(CancelOperatorRequest {
+                    header: Some(h),
+                    region_id,
+                })
+                .await?
+                .into_inner())
+            })
+            .await?;
+        check_header(r.header.as_ref())
+    }
+
+    /// Starts an admin operator: `kind` is `transfer-leader` (to `to_store`) or `move-peer`
+    /// (from `from_store` to `to_store`).
+    pub async fn add_operator(
+        &self,
+        region_id: u64,
+        kind: &str,
+        from_store: u64,
+        to_store: u64,
+    ) -> Result<OperatorInfo> {
+        let r = self
+            .call("add_operator", |mut c, h| {
+                let kind = kind.to_string();
+                async move {
+                    Ok(c.add_operator(AddOperatorRequest {
+                        header: Some(h),
+                        region_id,
+                        kind,
+                        from_store,
+                        to_store,
+                    })
+                    .await?
+                    .into_inner())
+                }
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        r.operator
+            .ok_or_else(|| ClientError::Server("add_operator answered without the operator".into()))
+    }
+
+    /// The scheduling settings in force.
+    pub async fn get_schedule_config(&self) -> Result<ScheduleConfig> {
+        let r = self
+            .call("get_schedule_config", |mut c, h| async move {
+                Ok(
+                    c.get_schedule_config(GetScheduleConfigRequest { header: Some(h) })
+                        .await?
+                        .into_inner(),
+                )
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        r.config
+            .ok_or_else(|| ClientError::Server("answered without the configuration".into()))
+    }
+
+    /// Changes one scheduling setting (persisted by the placement driver).
+    pub async fn set_schedule_config(&self, key: &str, value: &str) -> Result<ScheduleConfig> {
+        let r = self
+            .call("set_schedule_config", |mut c, h| {
+                let (key, value) = (key.to_string(), value.to_string());
+                async move {
+                    Ok(c.set_schedule_config(SetScheduleConfigRequest {
+                        header: Some(h),
+                        key,
+                        value,
+                    })
+                    .await?
+                    .into_inner())
+                }
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        r.config
+            .ok_or_else(|| ClientError::Server("answered without the configuration".into()))
+    }
+
     /// The GC safe point (advanced first when its life time allows).
     pub async fn gc_safe_point(&self) -> Result<u64> {
         let r = self

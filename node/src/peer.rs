@@ -473,17 +473,24 @@ impl Peer {
         Some((index, term))
     }
 
-    /// Followers whose log is behind the leader's (empty on a follower).
+    /// Replicas still catching up (empty on a follower): those with nothing matched yet, or
+    /// behind the leader's compacted log, or being sent a snapshot. A follower a few entries
+    /// behind under load is not pending.
     pub fn pending_peers(&self) -> Vec<PeerMeta> {
         if !self.is_leader() {
             return Vec::new();
         }
-        let last = self.last_index();
+        let truncated = self.truncated_index();
         self.raw
             .raft
             .prs()
             .iter()
-            .filter(|(id, pr)| **id != self.meta.id && pr.matched < last)
+            .filter(|(id, pr)| {
+                **id != self.meta.id
+                    && (pr.matched == 0
+                        || pr.matched < truncated
+                        || pr.state == raft::ProgressState::Snapshot)
+            })
             .filter_map(|(id, _)| self.peer_by_id(*id))
             .collect()
     }
@@ -703,6 +710,23 @@ impl Peer {
             Err(e) => {
                 let _ = callback.send(Err(e));
             }
+        }
+    }
+
+    /// A barrier that costs nothing and counts as no activity (for the resolver): the region
+    /// when this peer leads under a valid lease — so its applied state holds every write
+    /// acknowledged before — else an error. Never starts a ReadIndex round.
+    pub fn lease_barrier(&self) -> Result<Region, RegionError> {
+        if !self.is_initialized() {
+            return Err(region_error::region_not_found(self.region_id()));
+        }
+        self.check_leader()?;
+        if self.lease_valid() {
+            Ok(self.region().clone())
+        } else {
+            Err(region_error::server_is_busy(
+                "the leader holds no valid lease",
+            ))
         }
     }
 

@@ -456,6 +456,9 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
             fsm.peer
                 .stale_read(read.epoch, &keys, read.read_ts, read.callback);
         }
+        PeerMsg::LeaseBarrier(callback) => {
+            let _ = callback.send(fsm.peer.lease_barrier());
+        }
         PeerMsg::PublishSafeTs { version, index, ts } => {
             ctx.transport
                 .send_all(fsm.peer.publish_safe_ts(version, index, ts));

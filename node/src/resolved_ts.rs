@@ -3,8 +3,9 @@
 //! publishes it to every replica as a claim about the log (see [`crate::safe_ts`]), so that
 //! followers serve stale reads at or below it from their own state.
 //!
-//! One round, per region: take `T` from the TSO; clear a leader read barrier (lease or
-//! ReadIndex), so the leader's applied state holds every write acknowledged before `T`;
+//! One round, per region: take `T` from the TSO; check, after that, that this peer leads
+//! under a valid lease (the lease barrier: no message, no activity, so quiet regions stay
+//! quiet), so the leader's applied state holds every write acknowledged before `T`;
 //! look at the one-phase commits in flight (memory locks) and the locks in the region; read
 //! the applied index `J` *after* that; publish `(J, min(T, oldest lock − 1))`.
 //!
@@ -59,10 +60,13 @@ impl Resolver {
 
     /// One round over the regions led here; returns how many got a claim.
     pub async fn round(&self) -> usize {
+        // Quiet regions are left alone: the read barrier would wake them. They keep the
+        // claims made before they went quiet (see docs/design.md "Stale reads").
         let regions: Vec<Region> = {
             let meta = self.ctx.router.meta();
             meta.leaders
                 .iter()
+                .filter(|id| self.ctx.router.is_awake(**id))
                 .filter_map(|id| meta.regions.get(id).cloned())
                 .collect()
         };
@@ -90,7 +94,9 @@ impl Resolver {
     async fn advance(&self, region: Region, tso_ts: u64) -> bool {
         let router = &self.ctx.router;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        router.send_read(region.id, region.region_epoch, Vec::new(), tx, false);
+        if router.send(region.id, PeerMsg::LeaseBarrier(tx)).is_err() {
+            return false;
+        }
         let region = match rx.await {
             Ok(Ok(region)) => region,
             _ => return false,

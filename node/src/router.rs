@@ -45,6 +45,9 @@ pub enum PeerMsg {
     /// The local resolver's safe-timestamp claim for a region led here (see
     /// [`crate::resolved_ts`]): the leader takes it and sends it to the other replicas.
     PublishSafeTs { version: u64, index: u64, ts: u64 },
+    /// The resolver's barrier (see [`crate::peer::Peer::lease_barrier`]); does not wake a
+    /// quiet region nor count as activity.
+    LeaseBarrier(ReadCallback),
     /// One Raft tick has passed.
     Tick,
     /// A split check finished.
@@ -316,6 +319,11 @@ impl StoreRouter {
 
     pub fn region_ids(&self) -> Vec<u64> {
         self.inner.mailboxes.read().keys().copied().collect()
+    }
+
+    /// Whether the region's local peer is awake (not quiet); false if it is not here.
+    pub fn is_awake(&self, region_id: u64) -> bool {
+        self.mailbox(region_id).is_some_and(|m| m.is_awake())
     }
 
     pub fn has_region(&self, region_id: u64) -> bool {

@@ -11,8 +11,10 @@ use crate::tso::{TsBatch, Tso, TSO_BATCH_MAX};
 use crate::PlacementError;
 use prost::Message;
 use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
-use ringkv_proto::metapb::{Peer, PeerRole, Region, RegionEpoch, Store, StoreState};
-use ringkv_proto::pdpb::{KeyspaceMeta, StoreStats};
+use ringkv_proto::metapb::{
+    ConfChangeKind, Peer, PeerRole, Region, RegionEpoch, Store, StoreState,
+};
+use ringkv_proto::pdpb::{KeyspaceMeta, OperatorInfo, ScheduleConfig, StoreStats};
 use std::collections::{BTreeMap, HashMap};
 
 use crate::replica_checker::{self, Operator, ReplicaConfig, Step, StoreView};
@@ -84,6 +86,8 @@ pub struct PersistedState {
     pub stores: Vec<Store>,
     pub regions: Vec<Region>,
     pub keyspaces: Vec<KeyspaceMeta>,
+    /// Scheduling settings changed at runtime; they win over the configuration file.
+    pub schedule_config: Option<ScheduleConfig>,
 }
 
 /// The keyspace every cluster has.
@@ -111,6 +115,9 @@ pub struct PlacementCore {
     /// Operators in flight, by region.
     operators: BTreeMap<u64, Operator>,
     balance_cfg: BalanceConfig,
+    /// Settings an admin changed at runtime, applied over the file's by
+    /// [`PlacementCore::apply_persisted_schedule`].
+    persisted_schedule: Option<ScheduleConfig>,
 }
 
 /// What the balance schedulers see now (see [`balance`]): regions borrowed, not copied.
@@ -146,7 +153,10 @@ fn cluster_view<'a>(
         }
         let Some(leader) = info.leader else { continue };
         *leaders.entry(leader.store_id).or_default() += 1;
+        // Every replica a caught-up voter on a schedulable store: a move or a leader transfer
+        // never starts from (or lands on) a replica that is still catching up.
         let healthy = info.region.peers.len() == replicas as usize
+            && info.stats.as_ref().is_none_or(|s| s.pending_peers == 0)
             && info.region.peers.iter().all(|p| {
                 p.role == PeerRole::Voter as i32 && view.schedulable.contains(&p.store_id)
             });
@@ -161,6 +171,29 @@ fn cluster_view<'a>(
     view.region_scores = scores.into_iter().collect();
     view.leaders = leaders.into_iter().collect();
     view
+}
+
+/// Whether the region's leader last reported replicas still catching up.
+fn info_pending(info: Option<&RegionInfo>) -> bool {
+    info.and_then(|i| i.stats.as_ref())
+        .is_some_and(|s| s.pending_peers > 0)
+}
+
+/// A step as an admin reads it.
+fn describe_step(step: &Step) -> String {
+    match *step {
+        Step::ChangePeer { kind, peer } => {
+            let what = match kind {
+                ConfChangeKind::AddLearner => "add learner",
+                ConfChangeKind::AddVoter => "promote",
+                ConfChangeKind::Remove => "remove",
+            };
+            format!("{what} peer {} on store {}", peer.id, peer.store_id)
+        }
+        Step::TransferLeader { to } => {
+            format!("transfer leader to peer {} on store {}", to.id, to.store_id)
+        }
+    }
 }
 
 fn check_has_epoch(region: &Region) -> Result<(), PlacementError> {
@@ -205,6 +238,7 @@ impl PlacementCore {
             },
             operators: BTreeMap::new(),
             balance_cfg: BalanceConfig::default(),
+            persisted_schedule: state.schedule_config,
             gc: GcSafePoints::new(state.gc_safe_point, DEFAULT_GC_LIFE_TIME_MS),
         };
         core.keyspaces.insert(
@@ -612,7 +646,14 @@ impl PlacementCore {
                 self.operators.remove(&region_id);
                 return None;
             }
+            let pending = info_pending(self.regions.get(&region_id));
             match op.next_step(&region, leader.as_ref()) {
+                // A learner is promoted once it has caught up (no replica pending), so the
+                // region is never left with a voter that cannot vote yet.
+                Some(Step::ChangePeer {
+                    kind: ConfChangeKind::AddVoter,
+                    ..
+                }) if pending => return None,
                 Some(step) => return Some(step),
                 None => {
                     tracing::info!(region = region_id, reason = %op.reason, "operator finished");
@@ -726,6 +767,229 @@ impl PlacementCore {
             self.operators.insert(op.region_id, op);
         }
         started
+    }
+
+    /// The runtime-changeable scheduling settings now in force.
+    pub fn schedule_config(&self) -> ScheduleConfig {
+        let b = self.balance_cfg;
+        ScheduleConfig {
+            balance_leader: b.balance_leader,
+            balance_region: b.balance_region,
+            leader_schedule_limit: b.leader_schedule_limit as u64,
+            region_schedule_limit: b.region_schedule_limit as u64,
+            balance_tolerance_ratio: b.tolerance_ratio,
+            max_store_down_time_ms: self.replica_cfg.max_store_down_time_ms,
+            operator_timeout_ms: self.replica_cfg.operator_timeout_ms,
+        }
+    }
+
+    /// Puts settings an admin changed at runtime (persisted) over those from the file.
+    pub fn apply_persisted_schedule(&mut self) {
+        if let Some(c) = self.persisted_schedule.take() {
+            self.use_schedule_config(&c);
+        }
+    }
+
+    fn use_schedule_config(&mut self, c: &ScheduleConfig) {
+        self.balance_cfg = BalanceConfig {
+            balance_leader: c.balance_leader,
+            balance_region: c.balance_region,
+            leader_schedule_limit: c.leader_schedule_limit as usize,
+            region_schedule_limit: c.region_schedule_limit as usize,
+            tolerance_ratio: c.balance_tolerance_ratio,
+        };
+        self.replica_cfg.max_store_down_time_ms = c.max_store_down_time_ms;
+        self.replica_cfg.operator_timeout_ms = c.operator_timeout_ms;
+    }
+
+    /// Sets one scheduling setting by name (a field of [`ScheduleConfig`]) from text, checked
+    /// as the configuration file is; persisted.
+    pub fn set_schedule_config(
+        &mut self,
+        key: &str,
+        value: &str,
+        writes: &mut MetaWrites,
+    ) -> Result<ScheduleConfig, PlacementError> {
+        let bad =
+            |why: String| PlacementError::InvalidArgument(format!("{key} = {value:?}: {why}"));
+        let boolean = || {
+            value
+                .parse::<bool>()
+                .map_err(|_| bad("give true or false".into()))
+        };
+        let ranged = |lo: i64, hi: i64| {
+            value
+                .parse::<i64>()
+                .ok()
+                .filter(|v| (lo..=hi).contains(v))
+                .ok_or_else(|| bad(format!("give a whole number in {lo}..={hi}")))
+        };
+        let mut c = self.schedule_config();
+        match key {
+            "balance_leader" => c.balance_leader = boolean()?,
+            "balance_region" => c.balance_region = boolean()?,
+            "leader_schedule_limit" => c.leader_schedule_limit = ranged(0, 1024)? as u64,
+            "region_schedule_limit" => c.region_schedule_limit = ranged(0, 1024)? as u64,
+            "balance_tolerance_ratio" => {
+                c.balance_tolerance_ratio = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| (0.0..=1.0).contains(v))
+                    .ok_or_else(|| bad("give a fraction in 0.0..=1.0".into()))?
+            }
+            "max_store_down_time_ms" => c.max_store_down_time_ms = ranged(1000, 604_800_000)?,
+            "operator_timeout_ms" => c.operator_timeout_ms = ranged(1000, 86_400_000)?,
+            _ => {
+                return Err(PlacementError::InvalidArgument(format!(
+                    "unknown setting {key:?}; settable: balance_leader, balance_region, leader_schedule_limit, region_schedule_limit, balance_tolerance_ratio, max_store_down_time_ms, operator_timeout_ms"
+                )))
+            }
+        }
+        self.use_schedule_config(&c);
+        writes.put(keys::SCHEDULE_CONFIG.to_vec(), c.encode_to_vec());
+        writes.sync = true;
+        tracing::info!(key, value, "scheduling setting changed");
+        Ok(c)
+    }
+
+    /// Operators in flight, described.
+    pub fn operator_infos(&self) -> Vec<OperatorInfo> {
+        self.operators
+            .values()
+            .map(|op| self.describe(op))
+            .collect()
+    }
+
+    fn describe(&self, op: &Operator) -> OperatorInfo {
+        let info = self.regions.get(&op.region_id);
+        let next = info.and_then(|i| op.next_step(&i.region, i.leader.as_ref()));
+        OperatorInfo {
+            region_id: op.region_id,
+            reason: op.reason.clone(),
+            steps: op.steps.iter().map(describe_step).collect(),
+            next_step: next.as_ref().map(describe_step).unwrap_or_default(),
+            created_ms: op.created_ms,
+        }
+    }
+
+    /// Drops the operator of `region_id` (an admin's cancel); steps already made stay made.
+    pub fn cancel_operator(&mut self, region_id: u64) -> Result<(), PlacementError> {
+        if !self.operators.contains_key(&region_id) {
+            return Err(PlacementError::InvalidArgument(format!(
+                "region {region_id} has no operator in flight (see `ringkv-ctl operator list`)"
+            )));
+        }
+        self.cancel_operators(&[region_id]);
+        Ok(())
+    }
+
+    /// An admin's operator: `transfer-leader` to the voter on `to_store`, or `move-peer` from
+    /// `from_store` to `to_store` (add a learner there, promote it, remove the old peer).
+    pub fn add_operator(
+        &mut self,
+        region_id: u64,
+        kind: &str,
+        from_store: u64,
+        to_store: u64,
+        now_ms: i64,
+        writes: &mut MetaWrites,
+    ) -> Result<OperatorInfo, PlacementError> {
+        let info = self.regions.get(&region_id).ok_or_else(|| {
+            PlacementError::InvalidArgument(format!(
+                "no region {region_id} (see `ringkv-ctl region list`)"
+            ))
+        })?;
+        if self.operators.contains_key(&region_id) {
+            return Err(PlacementError::InvalidArgument(format!(
+                "region {region_id} already has an operator in flight; cancel it first"
+            )));
+        }
+        let region = info.region.clone();
+        let leader = info.leader;
+        let target_up = |core: &Self, store: u64| -> Result<(), PlacementError> {
+            match core.stores.get(&store) {
+                Some(s) if s.store.state == StoreState::Up as i32 => Ok(()),
+                Some(_) => Err(PlacementError::InvalidArgument(format!(
+                    "store {store} is decommissioning or a tombstone; it takes nothing"
+                ))),
+                None => Err(PlacementError::StoreNotFound { store_id: store }),
+            }
+        };
+        let steps = match kind {
+            "transfer-leader" => {
+                let to = *region
+                    .peers
+                    .iter()
+                    .find(|p| p.store_id == to_store && p.role == PeerRole::Voter as i32)
+                    .ok_or_else(|| {
+                        PlacementError::InvalidArgument(format!(
+                            "region {region_id} has no voter on store {to_store}"
+                        ))
+                    })?;
+                if leader.is_some_and(|l| l.id == to.id) {
+                    return Err(PlacementError::InvalidArgument(format!(
+                        "store {to_store} already leads region {region_id}"
+                    )));
+                }
+                vec![Step::TransferLeader { to }]
+            }
+            "move-peer" => {
+                let from = *region
+                    .peers
+                    .iter()
+                    .find(|p| p.store_id == from_store)
+                    .ok_or_else(|| {
+                        PlacementError::InvalidArgument(format!(
+                            "region {region_id} has no replica on store {from_store}"
+                        ))
+                    })?;
+                if region.peers.iter().any(|p| p.store_id == to_store) {
+                    return Err(PlacementError::InvalidArgument(format!(
+                        "region {region_id} already has a replica on store {to_store}"
+                    )));
+                }
+                target_up(self, to_store)?;
+                let (id, new_limit) = self.ids.alloc(1);
+                if let Some(limit) = new_limit {
+                    writes.put(keys::ID_LIMIT.to_vec(), limit.to_be_bytes().to_vec());
+                    writes.sync = true;
+                }
+                let added = Peer {
+                    id,
+                    store_id: to_store,
+                    role: PeerRole::Learner as i32,
+                };
+                vec![
+                    Step::ChangePeer {
+                        kind: ConfChangeKind::AddLearner,
+                        peer: added,
+                    },
+                    Step::ChangePeer {
+                        kind: ConfChangeKind::AddVoter,
+                        peer: added,
+                    },
+                    Step::ChangePeer {
+                        kind: ConfChangeKind::Remove,
+                        peer: from,
+                    },
+                ]
+            }
+            _ => {
+                return Err(PlacementError::InvalidArgument(format!(
+                    "unknown operator kind {kind:?}: transfer-leader or move-peer"
+                )))
+            }
+        };
+        let op = Operator {
+            region_id,
+            steps,
+            created_ms: now_ms,
+            reason: format!("admin: {kind}"),
+        };
+        tracing::info!(region = region_id, reason = %op.reason, "operator created");
+        let described = self.describe(&op);
+        self.operators.insert(region_id, op);
+        Ok(described)
     }
 
     /// Drops the operators of `regions` (what they allocated could not be persisted, or an
@@ -1096,16 +1360,49 @@ mod tests {
             .filter(|(k, _)| k.starts_with(keys::KEYSPACE_PREFIX))
             .map(|(_, v)| KeyspaceMeta::decode(v.as_slice()).unwrap())
             .collect();
-        PlacementCore::new(
+        let schedule_config = kv
+            .get(keys::SCHEDULE_CONFIG)
+            .map(|v| ScheduleConfig::decode(v.as_slice()).unwrap());
+        let mut core = PlacementCore::new(
             42,
             1,
             3000,
             PersistedState {
                 regions,
                 keyspaces,
+                schedule_config,
                 ..Default::default()
             },
-        )
+        );
+        core.apply_persisted_schedule();
+        core
+    }
+
+    #[test]
+    fn scheduling_settings_changed_at_runtime_are_checked_and_survive_a_restart() {
+        let mut pd = core(3);
+        let mut w = MetaWrites::default();
+        let c = pd
+            .set_schedule_config("region_schedule_limit", "32", &mut w)
+            .unwrap();
+        assert_eq!(c.region_schedule_limit, 32);
+        pd.set_schedule_config("balance_leader", "false", &mut w)
+            .unwrap();
+        for (key, value) in [
+            ("region_schedule_limit", "-1"),
+            ("operator_timeout_ms", "5"),
+            ("balance_tolerance_ratio", "nan"),
+            ("nope", "1"),
+        ] {
+            assert!(
+                pd.set_schedule_config(key, value, &mut w).is_err(),
+                "{key} = {value}"
+            );
+        }
+        let restarted = reload(&[w]);
+        let c = restarted.schedule_config();
+        assert_eq!((c.region_schedule_limit, c.balance_leader), (32, false));
+        assert_eq!(restarted.balance_config().region_schedule_limit, 32);
     }
 
     #[test]

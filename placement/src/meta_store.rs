@@ -23,6 +23,8 @@ pub mod keys {
     pub const TSO_LIMIT: &[u8] = b"tso_limit_ms";
     pub const BOOTSTRAP: &[u8] = b"bootstrap";
     pub const GC_SAFE_POINT: &[u8] = b"gc_safe_point";
+    /// The scheduling settings an admin changed at runtime (ScheduleConfig).
+    pub const SCHEDULE_CONFIG: &[u8] = b"schedule_config";
     pub const STORE_PREFIX: &[u8] = b"store/";
     pub const REGION_PREFIX: &[u8] = b"region/";
     pub const KEYSPACE_PREFIX: &[u8] = b"keyspace/";
@@ -95,6 +97,12 @@ impl MetaStore {
         }
         if let Some(v) = self.db.get(keys::GC_SAFE_POINT)? {
             state.gc_safe_point = u64::from_be_bytes(fixed8(keys::GC_SAFE_POINT, &v)?);
+        }
+        if let Some(v) = self.db.get(keys::SCHEDULE_CONFIG)? {
+            state.schedule_config = Some(
+                ringkv_proto::pdpb::ScheduleConfig::decode(v.as_ref())
+                    .map_err(|e| corruption(keys::SCHEDULE_CONFIG, e))?,
+            );
         }
         if let Some(v) = self.db.get(keys::BOOTSTRAP)? {
             state.bootstrap_region =

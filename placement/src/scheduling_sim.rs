@@ -61,13 +61,21 @@ fn key_of(i: u64) -> Vec<u8> {
     }
 }
 
-/// Runs the simulation.
-pub fn run(spec: SimSpec) -> SimReport {
+/// When the simulated cluster starts, in the core's ms.
+const START_MS: i64 = 1_000_000;
+
+/// The starting cluster of `spec`, as the core sees it at [`START_MS`] (every store just
+/// registered): for benchmarks of one scheduling pass.
+pub fn skewed_core(spec: &SimSpec) -> (PlacementCore, i64) {
+    (setup(spec).0, START_MS)
+}
+
+fn setup(spec: &SimSpec) -> (PlacementCore, BTreeMap<u64, SimRegion>) {
     assert!(spec.initial_stores >= 3 && spec.initial_stores <= spec.stores);
     let mut core = PlacementCore::new(1, 3, 3000, PersistedState::default());
     core.set_balance_config(spec.balance);
     let mut w = MetaWrites::default();
-    let mut now = 1_000_000i64;
+    let now = START_MS;
     for id in 1..=spec.stores {
         let store = Store {
             id,
@@ -111,6 +119,14 @@ pub fn run(spec: SimSpec) -> SimReport {
             },
         );
     }
+    (core, regions)
+}
+
+/// Runs the simulation.
+pub fn run(spec: SimSpec) -> SimReport {
+    let (mut core, mut regions) = setup(&spec);
+    let mut w = MetaWrites::default();
+    let mut now = START_MS;
     let mut operators = 0;
     let mut schedule_ms = Vec::new();
     let mut rounds = None;

@@ -79,6 +79,7 @@ impl PlacementServer {
         core.set_gc_life_time_ms(config.gc_life_time_ms);
         core.set_replica_timing(config.max_store_down_time_ms, config.operator_timeout_ms);
         core.set_balance_config(config.balance_config());
+        core.apply_persisted_schedule();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("placement")

@@ -379,6 +379,65 @@ impl Placement for PlacementService {
         Ok(Response::new(DecommissionStoreResponse { header, store }))
     }
 
+    async fn get_operators(
+        &self,
+        request: Request<GetOperatorsRequest>,
+    ) -> Result<Response<GetOperatorsResponse>, Status> {
+        let (header, operators) = self.run(request.into_inner().header, |core, _, _| {
+            Ok(core.operator_infos())
+        });
+        Ok(Response::new(GetOperatorsResponse { header, operators }))
+    }
+
+    async fn cancel_operator(
+        &self,
+        request: Request<CancelOperatorRequest>,
+    ) -> Result<Response<CancelOperatorResponse>, Status> {
+        let req = request.into_inner();
+        let (header, ()) = self.run(req.header, |core, _, _| core.cancel_operator(req.region_id));
+        Ok(Response::new(CancelOperatorResponse { header }))
+    }
+
+    async fn add_operator(
+        &self,
+        request: Request<AddOperatorRequest>,
+    ) -> Result<Response<AddOperatorResponse>, Status> {
+        let req = request.into_inner();
+        let (header, operator) = self.run(req.header, |core, w, now| {
+            core.add_operator(
+                req.region_id,
+                &req.kind,
+                req.from_store,
+                req.to_store,
+                now,
+                w,
+            )
+            .map(Some)
+        });
+        Ok(Response::new(AddOperatorResponse { header, operator }))
+    }
+
+    async fn get_schedule_config(
+        &self,
+        request: Request<GetScheduleConfigRequest>,
+    ) -> Result<Response<ScheduleConfigResponse>, Status> {
+        let (header, config) = self.run(request.into_inner().header, |core, _, _| {
+            Ok(Some(core.schedule_config()))
+        });
+        Ok(Response::new(ScheduleConfigResponse { header, config }))
+    }
+
+    async fn set_schedule_config(
+        &self,
+        request: Request<SetScheduleConfigRequest>,
+    ) -> Result<Response<ScheduleConfigResponse>, Status> {
+        let req = request.into_inner();
+        let (header, config) = self.run(req.header, |core, w, _| {
+            core.set_schedule_config(&req.key, &req.value, w).map(Some)
+        });
+        Ok(Response::new(ScheduleConfigResponse { header, config }))
+    }
+
     async fn get_gc_safe_point(
         &self,
         request: Request<GetGcSafePointRequest>,

@@ -447,12 +447,19 @@ impl Storage for PeerStorage {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         // Generating one scans the region, which raft must not wait for inside a step: the
         // first call asks for one, and raft retries after the raftstore has made it.
         if let Some(snap) = self.snapshot.borrow().as_ref() {
-            let index = snap.get_metadata().index;
-            if index >= request_index && index >= self.apply_state.truncated_index {
+            let meta = snap.get_metadata();
+            let conf = meta.get_conf_state();
+            // A snapshot made before `to` joined the region does not name it: `to` would
+            // refuse it, and raft would send the same one again forever. Make a new one.
+            let names_to = conf.voters.contains(&to) || conf.learners.contains(&to);
+            if meta.index >= request_index
+                && meta.index >= self.apply_state.truncated_index
+                && names_to
+            {
                 return Ok(snap.clone());
             }
         }
@@ -460,5 +467,54 @@ impl Storage for PeerStorage {
         Err(raft::Error::Store(
             RaftStorageError::SnapshotTemporarilyUnavailable,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{KvWriteBatch, MemLogEngine};
+    use raft::eraftpb::{ConfState, SnapshotMetadata};
+    use raft::Storage;
+
+    fn snapshot_naming(index: u64, voters: Vec<u64>, learners: Vec<u64>) -> Snapshot {
+        let conf = ConfState {
+            voters,
+            learners,
+            ..Default::default()
+        };
+        let mut meta = SnapshotMetadata {
+            index,
+            term: 6,
+            ..Default::default()
+        };
+        meta.set_conf_state(conf);
+        let mut snap = Snapshot::default();
+        snap.set_metadata(meta);
+        snap
+    }
+
+    #[test]
+    fn a_kept_snapshot_goes_only_to_peers_it_names_others_get_a_new_one() {
+        let region = Region {
+            id: 1,
+            peers: vec![ringkv_proto::metapb::Peer {
+                id: 1,
+                store_id: 1,
+                role: 0,
+            }],
+            ..Default::default()
+        };
+        let log: Arc<dyn RaftLogEngine> = Arc::new(MemLogEngine::new());
+        let (mut kvb, mut logb) = (KvWriteBatch::default(), RaftLogBatch::default());
+        let ps = PeerStorage::create_at_bootstrap(region, log, &mut kvb, &mut logb);
+        ps.set_generated_snapshot(snapshot_naming(20, vec![1, 2, 3], vec![]));
+        assert_eq!(ps.snapshot(0, 3).unwrap().get_metadata().index, 20);
+        assert!(!ps.take_snapshot_wanted());
+        // Peer 4 joined after the snapshot was made: it would refuse it.
+        assert!(ps.snapshot(0, 4).is_err());
+        assert!(ps.take_snapshot_wanted(), "a new snapshot is asked for");
+        ps.set_generated_snapshot(snapshot_naming(25, vec![1, 2, 3], vec![4]));
+        assert_eq!(ps.snapshot(0, 4).unwrap().get_metadata().index, 25);
     }
 }

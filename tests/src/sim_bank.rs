@@ -338,6 +338,17 @@ impl World {
         self.now.get()
     }
 
+    /// Whether `node` is still the running incarnation of its store. A task of a node's
+    /// service that awaited across a crash must not go on: the process it ran in is gone
+    /// (its engine object, which outlives the crash here, holds only what was durable).
+    fn is_running(&self, node: &NodeHandle) -> bool {
+        self.nodes
+            .borrow()
+            .iter()
+            .flatten()
+            .any(|n| n.store_id == node.store_id && n.incarnation == node.incarnation)
+    }
+
     /// A timestamp: physical time is the step count.
     fn tso(&self) -> u64 {
         let (batch, _) = self.tso.borrow_mut().allocate(1, self.now() as i64);
@@ -490,6 +501,9 @@ async fn node_write<T: 'static>(
         memory_locked: false,
     };
     clear_read(world, &node, &region, &keys).await?;
+    if !world.is_running(&node) {
+        return Err(NodeError::Unknown);
+    }
     let one_pc_ts = one_pc_start.map(|start_ts| {
         // Lock against readers first, then take the commit_ts (docs/design.md).
         node.memory_locks
@@ -550,6 +564,9 @@ async fn node_read(
         }
         sleep(world, 1).await;
         waited += 1;
+    }
+    if !world.is_running(&node) {
+        return Err(NodeError::Unknown);
     }
     let reader = MvccReader::new(node.kv.as_ref());
     let mut values = Vec::new();
@@ -737,6 +754,7 @@ async fn resolver(world: Rc<World>) {
                 let meta = node.router.meta();
                 meta.leaders
                     .iter()
+                    .filter(|id| node.router.is_awake(**id))
                     .filter_map(|id| meta.regions.get(id).cloned())
                     .collect()
             };
@@ -744,7 +762,19 @@ async fn resolver(world: Rc<World>) {
             led.sort_by_key(|r| r.id);
             for region in led {
                 let tso_ts = world.tso();
-                if clear_read(&world, &node, &region, &[]).await.is_err() {
+                let (tx, rx) = oneshot::channel();
+                if node
+                    .router
+                    .send(region.id, ringkv_node::router::PeerMsg::LeaseBarrier(tx))
+                    .is_err()
+                {
+                    continue;
+                }
+                let cleared = within(&world, NODE_WAIT_STEPS, rx).await;
+                let Some(Ok(Ok(region))) = cleared else {
+                    continue;
+                };
+                if !world.is_running(&node) {
                     continue;
                 }
                 let memory = node
@@ -800,7 +830,10 @@ async fn stale_get(
         let (tx, rx) = oneshot::channel();
         node.router
             .send_stale_read(region.id, region.region_epoch, vec![key.to_vec()], ts, tx);
-        if let Some(Ok(Ok(_))) = within(world, NODE_WAIT_STEPS, rx).await {
+        if let (Some(Ok(Ok(_))), true) = (
+            within(world, NODE_WAIT_STEPS, rx).await,
+            world.is_running(&node),
+        ) {
             let reader = MvccReader::new(node.kv.as_ref());
             match read::get(&reader, key, ts, read::Locks::Ignore) {
                 Ok(v) => return Ok((v, true)),

@@ -43,9 +43,18 @@ fn spread(m: &BTreeMap<u64, u64>) -> u64 {
     m.values().max().unwrap() - m.values().min().unwrap()
 }
 
-/// Waits until every store is within the tolerance, each region with 3 voters.
+/// Waits until every store is within the tolerance, each region with 3 voters, and no
+/// operator is in flight.
 fn wait_balanced(cluster: &TestCluster, what: &str) {
     wait_until(what, Duration::from_secs(90), || {
+        let busy = !cluster
+            .rt
+            .block_on(cluster.pd().get_operators())
+            .ok()?
+            .is_empty();
+        if busy {
+            return None;
+        }
         let (replicas, leaders) = counts(cluster);
         let total: u64 = replicas.values().sum();
         let led: u64 = leaders.values().sum();

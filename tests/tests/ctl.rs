@@ -155,3 +155,260 @@ fn store_list_and_decommission_with_their_errors() {
     let bad = ctl(&pd, &["store", "decommission", "abc"]);
     assert!(!bad.ok);
 }
+
+#[test]
+fn region_commands_list_show_find_and_check() {
+    let cluster = start();
+    let pd = cluster.pd_addr();
+    let client = cluster.client();
+    let split_at =
+        ringkv_proto::keys::encode(&ringkv_proto::keys::default_keyspace(), b"somewhere");
+    cluster.rt.block_on(client.split_region(split_at)).unwrap();
+    let j = json(&ctl(&pd, &["--json", "region", "list"]));
+    let regions = j["regions"].as_array().unwrap();
+    assert_eq!(regions.len(), 2, "{j}");
+    assert!(regions
+        .iter()
+        .all(|r| r["peers"].as_array().unwrap().len() == 3));
+    let table = ctl(&pd, &["region", "list"]);
+    assert!(
+        table.ok && table.stdout.contains("replicas"),
+        "{}",
+        table.stderr
+    );
+
+    let id = regions[0]["id"].as_u64().unwrap();
+    let shown = json(&ctl(&pd, &["--json", "region", "show", &id.to_string()]));
+    assert_eq!(shown["id"].as_u64(), Some(id));
+    let found = json(&ctl(&pd, &["--json", "region", "by-key", "some-user-key"]));
+    assert!(found["id"].as_u64().is_some());
+    let missing = ctl(&pd, &["region", "show", "999999"]);
+    assert!(
+        !missing.ok && missing.stderr.contains("999999"),
+        "{}",
+        missing.stderr
+    );
+    let bad = ctl(&pd, &["region", "show", "x"]);
+    assert!(!bad.ok);
+
+    let healthy = json(&ctl(&pd, &["--json", "region", "check", "miss-peer"]));
+    assert_eq!(healthy["regions"].as_array().unwrap().len(), 0);
+    let unknown = ctl(&pd, &["region", "check", "sadness"]);
+    assert!(
+        !unknown.ok && unknown.stderr.contains("miss-peer"),
+        "{}",
+        unknown.stderr
+    );
+}
+
+#[test]
+fn operators_are_added_listed_shown_cancelled_and_refused_with_reasons() {
+    let cluster = ClusterBuilder {
+        nodes: 4,
+        ..ClusterBuilder::default()
+    }
+    .start();
+    let pd = cluster.pd_addr();
+    let route = cluster
+        .rt
+        .block_on(cluster.pd().get_region(&ringkv_proto::keys::encode(
+            &ringkv_proto::keys::default_keyspace(),
+            b"k",
+        )))
+        .unwrap();
+    let region = route.region.id.to_string();
+    let leader = route.leader.unwrap().store_id;
+    let follower = route
+        .region
+        .peers
+        .iter()
+        .find(|p| p.store_id != leader)
+        .unwrap()
+        .store_id;
+    let outsider = cluster
+        .store_ids()
+        .into_iter()
+        .find(|s| !route.region.peers.iter().any(|p| p.store_id == *s))
+        .unwrap();
+
+    // A leader transfer runs to its end: the follower leads.
+    let added = json(&ctl(
+        &pd,
+        &[
+            "--json",
+            "operator",
+            "add",
+            "transfer-leader",
+            &region,
+            &follower.to_string(),
+        ],
+    ));
+    assert_eq!(added["operators"][0]["steps"].as_array().unwrap().len(), 1);
+    ringkv_tests::wait_until(
+        "the follower to lead",
+        std::time::Duration::from_secs(30),
+        || {
+            let r = cluster
+                .rt
+                .block_on(cluster.pd().get_region_by_id(route.region.id))
+                .ok()?;
+            (r.leader?.store_id == follower).then_some(())
+        },
+    );
+
+    // A move to the store without a replica; listed and shown while in flight, then cancelled.
+    let moved = json(&ctl(
+        &pd,
+        &[
+            "--json",
+            "operator",
+            "add",
+            "move-peer",
+            &region,
+            &leader.to_string(),
+            &outsider.to_string(),
+        ],
+    ));
+    assert_eq!(moved["operators"][0]["steps"].as_array().unwrap().len(), 3);
+    let again = ctl(
+        &pd,
+        &[
+            "operator",
+            "add",
+            "transfer-leader",
+            &region,
+            &leader.to_string(),
+        ],
+    );
+    assert!(
+        !again.ok && again.stderr.contains("already has an operator"),
+        "{}",
+        again.stderr
+    );
+    let listed = ctl(&pd, &["operator", "list"]);
+    assert!(listed.ok, "{}", listed.stderr);
+    let shown = ctl(&pd, &["operator", "show", &region]);
+    assert!(
+        shown.ok && shown.stdout.contains("admin: move-peer"),
+        "{}",
+        shown.stdout
+    );
+    let cancelled = ctl(&pd, &["operator", "cancel", &region]);
+    assert!(cancelled.ok, "{}", cancelled.stderr);
+    let none = ctl(&pd, &["operator", "show", &region]);
+    assert!(
+        !none.ok && none.stderr.contains("no operator"),
+        "{}",
+        none.stderr
+    );
+    let twice = ctl(&pd, &["operator", "cancel", &region]);
+    assert!(
+        !twice.ok && twice.stderr.contains("no operator"),
+        "{}",
+        twice.stderr
+    );
+
+    // Refusals name what is wrong.
+    for (args, needle) in [
+        (
+            vec!["operator", "add", "transfer-leader", "999999", "1"],
+            "no region 999999",
+        ),
+        (
+            vec![
+                "operator",
+                "add",
+                "transfer-leader",
+                &region,
+                &outsider.to_string(),
+            ],
+            "no voter on store",
+        ),
+        (
+            vec![
+                "operator",
+                "add",
+                "move-peer",
+                &region,
+                &outsider.to_string(),
+                &leader.to_string(),
+            ],
+            "no replica on store",
+        ),
+        (
+            vec![
+                "operator",
+                "add",
+                "move-peer",
+                &region,
+                &leader.to_string(),
+                "999999",
+            ],
+            "999999",
+        ),
+    ] {
+        let out = ctl(&pd, &args);
+        assert!(!out.ok, "{args:?} was accepted");
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn schedulers_pause_and_resume_and_config_is_shown_set_and_validated() {
+    let cluster = start();
+    let pd = cluster.pd_addr();
+    let list = json(&ctl(&pd, &["--json", "scheduler", "list"]));
+    let names: Vec<&str> = list["schedulers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"balance-leader") && names.contains(&"replica-repair"));
+    let paused = json(&ctl(
+        &pd,
+        &["--json", "scheduler", "pause", "balance-region"],
+    ));
+    let state = |j: &serde_json::Value, name: &str| {
+        j["schedulers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["running"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(!state(&paused, "balance-region"));
+    let resumed = json(&ctl(
+        &pd,
+        &["--json", "scheduler", "resume", "balance-region"],
+    ));
+    assert!(state(&resumed, "balance-region"));
+    let unknown = ctl(&pd, &["scheduler", "pause", "balance-mood"]);
+    assert!(!unknown.ok);
+
+    let shown = json(&ctl(&pd, &["--json", "config", "show"]));
+    assert_eq!(shown["region_schedule_limit"], 4);
+    let set = json(&ctl(
+        &pd,
+        &["--json", "config", "set", "region_schedule_limit", "16"],
+    ));
+    assert_eq!(set["region_schedule_limit"], 16);
+    let table = ctl(&pd, &["config", "show"]);
+    assert!(
+        table.ok && table.stdout.contains("region_schedule_limit"),
+        "{}",
+        table.stdout
+    );
+    for (key, value, needle) in [
+        ("region_schedule_limit", "5000", "0..=1024"),
+        ("balance_tolerance_ratio", "2", "0.0..=1.0"),
+        ("balance_leader", "maybe", "true or false"),
+        ("replicas", "5", "unknown setting"),
+    ] {
+        let out = ctl(&pd, &["config", "set", key, value]);
+        assert!(!out.ok, "{key} = {value} was accepted");
+        assert!(out.stderr.contains(needle), "{key}: {}", out.stderr);
+    }
+}

@@ -41,6 +41,102 @@ enum Cmd {
         #[command(subcommand)]
         action: Option<GcAction>,
     },
+    /// Regions: list them, show one, find the one holding a key, or check for problems.
+    Region {
+        #[command(subcommand)]
+        action: RegionAction,
+    },
+    /// Operators (ordered steps moving a region's replicas or leader): list, show, cancel,
+    /// or add one by hand.
+    Operator {
+        #[command(subcommand)]
+        action: OperatorAction,
+    },
+    /// The schedulers: list them with their state, pause or resume a balancer.
+    Scheduler {
+        #[command(subcommand)]
+        action: SchedulerAction,
+    },
+    /// Scheduling settings: show them, or change one (persisted by the placement driver;
+    /// it wins over the configuration file on restart).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegionAction {
+    /// Regions in key order: id, epoch, leader's store, replicas.
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// One region by id.
+    Show { region_id: u64 },
+    /// The region holding a key of the default keyspace.
+    ByKey { key: String },
+    /// Regions with a problem: `miss-peer` (fewer replicas than configured), `extra-peer`
+    /// (more), `learner` (a replica not yet a voter), `no-leader` (no leader reported).
+    Check {
+        #[arg(value_parser = ["miss-peer", "extra-peer", "learner", "no-leader"])]
+        problem: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperatorAction {
+    /// Every operator in flight.
+    List,
+    /// The operator of one region.
+    Show { region_id: u64 },
+    /// Drop a region's operator (steps already made stay made).
+    Cancel { region_id: u64 },
+    /// Start an operator by hand.
+    Add {
+        #[command(subcommand)]
+        kind: AddOperator,
+    },
+}
+
+#[derive(Subcommand)]
+enum AddOperator {
+    /// Hand the region's leadership to its voter on a store.
+    TransferLeader { region_id: u64, to_store: u64 },
+    /// Move the region's replica from one store to another (add a learner there, promote
+    /// it, remove the old replica).
+    MovePeer {
+        region_id: u64,
+        from_store: u64,
+        to_store: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchedulerAction {
+    /// The schedulers and whether they run.
+    List,
+    /// Stop a balancer: `balance-leader` or `balance-region`.
+    Pause {
+        #[arg(value_parser = ["balance-leader", "balance-region"])]
+        name: String,
+    },
+    /// Start a paused balancer again.
+    Resume {
+        #[arg(value_parser = ["balance-leader", "balance-region"])]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Every runtime-changeable scheduling setting.
+    Show,
+    /// Change one: balance_leader, balance_region, leader_schedule_limit,
+    /// region_schedule_limit, balance_tolerance_ratio, max_store_down_time_ms,
+    /// operator_timeout_ms (see docs/configuration.md).
+    Set { key: String, value: String },
 }
 
 #[derive(Subcommand)]
@@ -91,6 +187,113 @@ fn utc(ms: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+fn region_json(r: &ringkv_client::RegionRoute) -> serde_json::Value {
+    let e = r.region.region_epoch.unwrap_or_default();
+    let peers: Vec<_> = r
+        .region
+        .peers
+        .iter()
+        .map(|p| {
+            json!({
+                "id": p.id,
+                "store_id": p.store_id,
+                "role": if p.role == ringkv_proto::metapb::PeerRole::Voter as i32 { "voter" } else { "learner" },
+            })
+        })
+        .collect();
+    json!({
+        "id": r.region.id,
+        "start_key": hex(&r.region.start_key),
+        "end_key": hex(&r.region.end_key),
+        "conf_ver": e.conf_ver,
+        "version": e.version,
+        "leader": r.leader.map(|l| json!({ "id": l.id, "store_id": l.store_id })),
+        "peers": peers,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn region_header() -> String {
+    format!(
+        "{:>8}  {:>9}  {:>7}  {:<24}  {:<24}  replicas (store:peer, * leader, ~ learner)",
+        "region", "conf/ver", "leader", "start", "end"
+    )
+}
+
+fn region_row(r: &ringkv_client::RegionRoute) -> String {
+    let e = r.region.region_epoch.unwrap_or_default();
+    let peers: Vec<String> = r
+        .region
+        .peers
+        .iter()
+        .map(|p| {
+            let mark = if r.leader.is_some_and(|l| l.id == p.id) {
+                "*"
+            } else if p.role != ringkv_proto::metapb::PeerRole::Voter as i32 {
+                "~"
+            } else {
+                ""
+            };
+            format!("{}:{}{mark}", p.store_id, p.id)
+        })
+        .collect();
+    let short = |k: &[u8]| {
+        let h = hex(k);
+        if h.is_empty() {
+            "(unbounded)".to_string()
+        } else if h.len() > 24 {
+            format!("{}…", &h[..23])
+        } else {
+            h
+        }
+    };
+    format!(
+        "{:>8}  {:>9}  {:>7}  {:<24}  {:<24}  {}",
+        r.region.id,
+        format!("{}/{}", e.conf_ver, e.version),
+        r.leader.map_or("-".to_string(), |l| l.store_id.to_string()),
+        short(&r.region.start_key),
+        short(&r.region.end_key),
+        peers.join(" ")
+    )
+}
+
+fn operator_json(o: &ringkv_proto::pdpb::OperatorInfo) -> serde_json::Value {
+    json!({
+        "region_id": o.region_id,
+        "reason": o.reason,
+        "steps": o.steps,
+        "next_step": o.next_step,
+        "created": utc(o.created_ms.max(0) as u64),
+    })
+}
+
+fn config_json(c: &ringkv_proto::pdpb::ScheduleConfig) -> serde_json::Value {
+    json!({
+        "balance_leader": c.balance_leader,
+        "balance_region": c.balance_region,
+        "leader_schedule_limit": c.leader_schedule_limit,
+        "region_schedule_limit": c.region_schedule_limit,
+        "balance_tolerance_ratio": c.balance_tolerance_ratio,
+        "max_store_down_time_ms": c.max_store_down_time_ms,
+        "operator_timeout_ms": c.operator_timeout_ms,
+    })
+}
+
+fn print_config(c: &ringkv_proto::pdpb::ScheduleConfig, as_json: bool) {
+    let j = config_json(c);
+    if as_json {
+        println!("{j}");
+        return;
+    }
+    for (k, v) in j.as_object().expect("an object") {
+        println!("{k:<26} {v}");
+    }
 }
 
 fn ts_json(ts: u64) -> serde_json::Value {
@@ -249,6 +452,205 @@ async fn run(cli: Cli) -> Result<(), String> {
             } else {
                 println!("{}", ts_line("gc safe point", sp));
             }
+        }
+        Cmd::Region { action } => region_command(&pd, action, cli.json).await?,
+        Cmd::Operator { action } => operator_command(&pd, action, cli.json).await?,
+        Cmd::Scheduler { action } => {
+            let config = match &action {
+                SchedulerAction::List => pd.get_schedule_config().await,
+                SchedulerAction::Pause { name } | SchedulerAction::Resume { name } => {
+                    let value = matches!(action, SchedulerAction::Resume { .. }).to_string();
+                    pd.set_schedule_config(&name.replace('-', "_"), &value)
+                        .await
+                }
+            }
+            .map_err(|e| e.to_string())?;
+            let rows = [
+                (
+                    "replica-repair",
+                    true,
+                    "always on: replaces down, missing and decommissioned replicas",
+                ),
+                (
+                    "balance-leader",
+                    config.balance_leader,
+                    "spreads leaders evenly",
+                ),
+                (
+                    "balance-region",
+                    config.balance_region,
+                    "spreads replicas evenly by size",
+                ),
+                (
+                    "merge-checker",
+                    true,
+                    "merges small neighbours (merge_size_bytes_max, file setting)",
+                ),
+            ];
+            if cli.json {
+                let list: Vec<_> = rows
+                    .iter()
+                    .map(|(n, on, what)| json!({ "name": n, "running": on, "does": what }))
+                    .collect();
+                println!("{}", json!({ "schedulers": list }));
+            } else {
+                println!("{:<16} {:<8} does", "scheduler", "state");
+                for (n, on, what) in rows {
+                    println!(
+                        "{n:<16} {:<8} {what}",
+                        if on { "running" } else { "paused" }
+                    );
+                }
+            }
+        }
+        Cmd::Config {
+            action: ConfigAction::Show,
+        } => print_config(
+            &pd.get_schedule_config().await.map_err(|e| e.to_string())?,
+            cli.json,
+        ),
+        Cmd::Config {
+            action: ConfigAction::Set { key, value },
+        } => print_config(
+            &pd.set_schedule_config(&key, &value)
+                .await
+                .map_err(|e| format!("not changed: {e}"))?,
+            cli.json,
+        ),
+    }
+    Ok(())
+}
+
+async fn region_command(pd: &PdClient, action: RegionAction, as_json: bool) -> Result<(), String> {
+    let routes = match &action {
+        RegionAction::Show { region_id } => {
+            vec![pd.get_region_by_id(*region_id).await.map_err(|e| {
+                format!("region {region_id}: {e}\nhint: `ringkv-ctl region list` shows the regions")
+            })?]
+        }
+        RegionAction::ByKey { key } => {
+            let encoded =
+                ringkv_proto::keys::encode(&ringkv_proto::keys::default_keyspace(), key.as_bytes());
+            vec![pd.get_region(&encoded).await.map_err(|e| e.to_string())?]
+        }
+        RegionAction::List { limit } => {
+            let mut all = pd
+                .scan_regions(b"", b"", 0)
+                .await
+                .map_err(|e| e.to_string())?;
+            all.truncate(*limit);
+            all
+        }
+        RegionAction::Check { problem } => {
+            let replicas = pd
+                .get_cluster_info()
+                .await
+                .map_err(|e| e.to_string())?
+                .replicas as usize;
+            let all = pd
+                .scan_regions(b"", b"", 0)
+                .await
+                .map_err(|e| e.to_string())?;
+            all.into_iter()
+                .filter(|r| match problem.as_str() {
+                    "miss-peer" => r.region.peers.len() < replicas,
+                    "extra-peer" => r.region.peers.len() > replicas,
+                    "learner" => r
+                        .region
+                        .peers
+                        .iter()
+                        .any(|p| p.role != ringkv_proto::metapb::PeerRole::Voter as i32),
+                    _ => r.leader.is_none(),
+                })
+                .collect()
+        }
+    };
+    if as_json {
+        let list: Vec<_> = routes.iter().map(region_json).collect();
+        match action {
+            RegionAction::Show { .. } | RegionAction::ByKey { .. } => {
+                println!("{}", list.into_iter().next().expect("one region"))
+            }
+            _ => println!("{}", json!({ "regions": list })),
+        }
+    } else {
+        println!("{}", region_header());
+        for r in &routes {
+            println!("{}", region_row(r));
+        }
+    }
+    Ok(())
+}
+
+async fn operator_command(
+    pd: &PdClient,
+    action: OperatorAction,
+    as_json: bool,
+) -> Result<(), String> {
+    let print = |ops: &[ringkv_proto::pdpb::OperatorInfo]| {
+        if as_json {
+            let list: Vec<_> = ops.iter().map(operator_json).collect();
+            println!("{}", json!({ "operators": list }));
+            return;
+        }
+        if ops.is_empty() {
+            println!("no operator in flight");
+        }
+        for o in ops {
+            println!(
+                "region {}: {} (since {})",
+                o.region_id,
+                o.reason,
+                utc(o.created_ms.max(0) as u64)
+            );
+            for step in &o.steps {
+                let mark = if *step == o.next_step { "->" } else { "  " };
+                println!("  {mark} {step}");
+            }
+        }
+    };
+    match action {
+        OperatorAction::List => print(&pd.get_operators().await.map_err(|e| e.to_string())?),
+        OperatorAction::Show { region_id } => {
+            let ops = pd.get_operators().await.map_err(|e| e.to_string())?;
+            let op: Vec<_> = ops
+                .into_iter()
+                .filter(|o| o.region_id == region_id)
+                .collect();
+            if op.is_empty() {
+                return Err(format!(
+                    "region {region_id} has no operator in flight (see `ringkv-ctl operator list`)"
+                ));
+            }
+            print(&op);
+        }
+        OperatorAction::Cancel { region_id } => {
+            pd.cancel_operator(region_id)
+                .await
+                .map_err(|e| format!("not cancelled: {e}"))?;
+            if as_json {
+                println!("{}", json!({ "cancelled": region_id }));
+            } else {
+                println!("cancelled the operator of region {region_id}");
+            }
+        }
+        OperatorAction::Add { kind } => {
+            let (region_id, kind, from, to) = match kind {
+                AddOperator::TransferLeader {
+                    region_id,
+                    to_store,
+                } => (region_id, "transfer-leader", 0, to_store),
+                AddOperator::MovePeer {
+                    region_id,
+                    from_store,
+                    to_store,
+                } => (region_id, "move-peer", from_store, to_store),
+            };
+            let op = pd
+                .add_operator(region_id, kind, from, to)
+                .await
+                .map_err(|e| format!("no operator started: {e}"))?;
+            print(&[op]);
         }
     }
     Ok(())
