@@ -104,9 +104,13 @@ fn followers_serve_stale_snapshots_exactly_as_of_their_timestamp_even_without_a_
     cluster.stop_node(1);
     cluster.rt.block_on(check_every_snapshot(&client, &commits));
 
-    // A write cannot get through without a quorum, so the data really is frozen: a snapshot
-    // above the survivor's safe timestamp is not served by it, and the leader it falls back to
-    // is gone — the read fails rather than answer from a state that may be out of date.
+    // A write cannot get through without a quorum, so the data really is frozen. The survivor
+    // may have led a region when the others stopped, and may still claim timestamps while its
+    // lease runs (rightly: nothing can commit without a quorum); once the lease is over it
+    // claims nothing more. Then a snapshot above its safe timestamp is not served by it, and
+    // the leader it falls back to is gone — the read fails rather than answer from a state
+    // that may be out of date.
+    std::thread::sleep(Duration::from_secs(2));
     let quick = cluster.txn_client_with(ringkv_client::TxnConfig {
         timeout: Duration::from_secs(2),
         attempt_timeout: Duration::from_millis(500),
