@@ -11,6 +11,7 @@ use ringkv_proto::keys;
 use ringkv_proto::kvrpcpb::kv_client::KvClient;
 use ringkv_proto::kvrpcpb::*;
 use ringkv_proto::limits::*;
+use ringkv_proto::metapb::Peer;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -991,6 +992,24 @@ impl RawClient {
         Ok(client)
     }
 
+    /// The replica a follower read goes to in `round`: followers first, then the leader (a
+    /// follower read may be served by any replica, and the leader the route names may be out
+    /// of date); stores just found unreachable are passed over while others are left. Only
+    /// follower reads pay for this choice.
+    fn follower_read_peer(&self, peers: &[Peer], leader: Option<Peer>, round: usize) -> Peer {
+        let followers = peers.iter().filter(|p| leader.is_none_or(|l| l.id != p.id));
+        let mut candidates: Vec<Peer> = followers.copied().chain(leader).collect();
+        let reachable: Vec<Peer> = candidates
+            .iter()
+            .copied()
+            .filter(|p| !self.shared.recently_unreachable(p.store_id))
+            .collect();
+        if !reachable.is_empty() {
+            candidates = reachable;
+        }
+        candidates[round % candidates.len()]
+    }
+
     /// One attempt at one region: picks the leader (or, without one, a peer by `round`), sends,
     /// and turns region errors into cache updates. A replica or stale `read` picks a follower
     /// instead of the leader.
@@ -1002,28 +1021,14 @@ impl RawClient {
         send: impl FnOnce(KvClient<Channel>, Context) -> BoxFut<'static, (Option<RegionError>, T)>,
     ) -> Result<Attempt<T>> {
         let region = &route.region;
-        let followers: Vec<_> = region
-            .peers
-            .iter()
-            .filter(|p| route.leader.is_none_or(|l| l.id != p.id))
-            .copied()
-            .collect();
         // A stale read falls back to an ordinary read at the leader while the region's
         // replicas are not ready for it.
         let stale = read == ReadRoute::Stale && !self.shared.stale_unready(region.id);
         let to_follower = stale || read == ReadRoute::Replica;
-        // Followers first, then the leader: a follower read may be served by any replica,
-        // and the leader the route names may be out of date. Stores just found unreachable
-        // are passed over while others are left.
-        let mut candidates: Vec<_> = followers.iter().copied().chain(route.leader).collect();
-        if candidates
-            .iter()
-            .any(|p| !self.shared.recently_unreachable(p.store_id))
-        {
-            candidates.retain(|p| !self.shared.recently_unreachable(p.store_id));
-        }
         let peer = match route.leader {
-            _ if to_follower && !candidates.is_empty() => candidates[round % candidates.len()],
+            _ if to_follower && !region.peers.is_empty() => {
+                self.follower_read_peer(&region.peers, route.leader, round)
+            }
             Some(leader) => leader,
             None if region.peers.is_empty() => {
                 self.shared.regions.invalidate(region.id);

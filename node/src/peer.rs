@@ -776,25 +776,37 @@ impl Peer {
             return Vec::new();
         }
         self.take_safe_ts(version, index, ts);
+        let epoch = RegionEpoch {
+            version,
+            ..self.region().region_epoch.unwrap_or_default()
+        };
+        self.notices(|m| {
+            m.region_epoch = Some(epoch);
+            m.safe_ts = ts;
+            m.safe_ts_index = index;
+        })
+    }
+
+    /// A leader's notice (a `RaftMessage` with no Raft payload) to every other replica, each
+    /// filled in by `fill`.
+    fn notices(&self, fill: impl Fn(&mut RaftMessage)) -> Vec<RaftMessage> {
         let region = self.region();
         region
             .peers
             .iter()
             .filter(|p| p.id != self.meta.id)
-            .map(|to| RaftMessage {
-                region_id: region.id,
-                from_peer: Some(self.meta),
-                to_peer: Some(*to),
-                region_epoch: Some(RegionEpoch {
-                    version,
-                    ..region.region_epoch.unwrap_or_default()
-                }),
-                message: Vec::new(),
-                start_key: region.start_key.clone(),
-                end_key: region.end_key.clone(),
-                safe_ts: ts,
-                safe_ts_index: index,
-                ..Default::default()
+            .map(|to| {
+                let mut m = RaftMessage {
+                    region_id: region.id,
+                    from_peer: Some(self.meta),
+                    to_peer: Some(*to),
+                    region_epoch: region.region_epoch,
+                    start_key: region.start_key.clone(),
+                    end_key: region.end_key.clone(),
+                    ..Default::default()
+                };
+                fill(&mut m);
+                m
             })
             .collect()
     }
@@ -989,24 +1001,11 @@ impl Peer {
 
     /// A leader's notices to its followers that the region goes quiet.
     pub fn quiesce_messages(&self) -> Vec<RaftMessage> {
-        let region = self.region();
-        region
-            .peers
-            .iter()
-            .filter(|p| p.id != self.meta.id)
-            .map(|to| RaftMessage {
-                region_id: region.id,
-                from_peer: Some(self.meta),
-                to_peer: Some(*to),
-                region_epoch: region.region_epoch,
-                message: Vec::new(),
-                start_key: region.start_key.clone(),
-                end_key: region.end_key.clone(),
-                quiesce_term: self.term(),
-                quiesce_index: self.last_index(),
-                ..Default::default()
-            })
-            .collect()
+        let (term, index) = (self.term(), self.last_index());
+        self.notices(|m| {
+            m.quiesce_term = term;
+            m.quiesce_index = index;
+        })
     }
 
     /// Whether a follower may go quiet on its leader's notice: same term and leader, and it

@@ -15,8 +15,8 @@
 //! the move shifts, so a move never reverses the order of the two stores; a cluster within
 //! tolerance is left alone. Operators in flight are bounded per kind (`*_schedule_limit`).
 
-use crate::replica_checker::{Operator, Step};
-use ringkv_proto::metapb::{ConfChangeKind, Peer, PeerRole, Region};
+use crate::replica_checker::{move_replica_steps, Operator, Step};
+use ringkv_proto::metapb::{Peer, PeerRole, Region};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// How the balance schedulers run; `[schedule]` in the placement configuration.
@@ -235,27 +235,9 @@ pub fn balance_regions(
         used.insert(r.region.id);
         *scores.entry(source).or_default() -= r.score;
         *scores.entry(target).or_default() += r.score;
-        let added = Peer {
-            id: new_peer_id(),
-            store_id: target,
-            role: PeerRole::Learner as i32,
-        };
         out.push(Operator {
             region_id: r.region.id,
-            steps: vec![
-                Step::ChangePeer {
-                    kind: ConfChangeKind::AddLearner,
-                    peer: added,
-                },
-                Step::ChangePeer {
-                    kind: ConfChangeKind::AddVoter,
-                    peer: added,
-                },
-                Step::ChangePeer {
-                    kind: ConfChangeKind::Remove,
-                    peer: from,
-                },
-            ],
+            steps: move_replica_steps(new_peer_id(), target, from),
             created_ms: now_ms,
             reason: format!(
                 "balance-region: store {source} scores {highest}, store {target} scores {lowest}"
@@ -268,6 +250,7 @@ pub fn balance_regions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringkv_proto::metapb::ConfChangeKind;
 
     fn peer(id: u64, store_id: u64) -> Peer {
         Peer {

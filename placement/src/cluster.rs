@@ -173,12 +173,6 @@ fn cluster_view<'a>(
     view
 }
 
-/// Whether the region's leader last reported replicas still catching up.
-fn info_pending(info: Option<&RegionInfo>) -> bool {
-    info.and_then(|i| i.stats.as_ref())
-        .is_some_and(|s| s.pending_peers > 0)
-}
-
 /// A step as an admin reads it.
 fn describe_step(step: &Step) -> String {
     match *step {
@@ -633,6 +627,7 @@ impl PlacementCore {
     ) -> Option<Step> {
         let info = self.regions.get(&region_id)?;
         let (region, leader) = (info.region.clone(), info.leader);
+        let pending = info.stats.as_ref().is_some_and(|s| s.pending_peers > 0);
         if let Some(op) = self.operators.get(&region_id) {
             let timeout = if op.is_leader_transfer() {
                 self.replica_cfg
@@ -646,7 +641,6 @@ impl PlacementCore {
                 self.operators.remove(&region_id);
                 return None;
             }
-            let pending = info_pending(self.regions.get(&region_id));
             match op.next_step(&region, leader.as_ref()) {
                 // A learner is promoted once it has caught up (no replica pending), so the
                 // region is never left with a voter that cannot vote yet.
@@ -954,25 +948,7 @@ impl PlacementCore {
                     writes.put(keys::ID_LIMIT.to_vec(), limit.to_be_bytes().to_vec());
                     writes.sync = true;
                 }
-                let added = Peer {
-                    id,
-                    store_id: to_store,
-                    role: PeerRole::Learner as i32,
-                };
-                vec![
-                    Step::ChangePeer {
-                        kind: ConfChangeKind::AddLearner,
-                        peer: added,
-                    },
-                    Step::ChangePeer {
-                        kind: ConfChangeKind::AddVoter,
-                        peer: added,
-                    },
-                    Step::ChangePeer {
-                        kind: ConfChangeKind::Remove,
-                        peer: from,
-                    },
-                ]
+                replica_checker::move_replica_steps(id, to_store, from)
             }
             _ => {
                 return Err(PlacementError::InvalidArgument(format!(

@@ -94,6 +94,37 @@ fn must_leave(store: Option<&StoreView>, now_ms: i64, cfg: &ReplicaConfig) -> bo
     store.is_none_or(|s| s.offline || !is_up(s, now_ms, cfg))
 }
 
+/// The steps that add a replica (peer `peer_id`) on `store_id`: a learner, which catches up,
+/// then promoted. A move appends the removal of the old replica.
+pub fn add_replica_steps(peer_id: u64, store_id: u64) -> Vec<Step> {
+    let peer = Peer {
+        id: peer_id,
+        store_id,
+        role: PeerRole::Learner as i32,
+    };
+    vec![
+        Step::ChangePeer {
+            kind: ConfChangeKind::AddLearner,
+            peer,
+        },
+        Step::ChangePeer {
+            kind: ConfChangeKind::AddVoter,
+            peer,
+        },
+    ]
+}
+
+/// The steps that move the replica `from` to `store_id` (new peer `peer_id`): add first,
+/// then remove, so the region never has fewer replicas than before.
+pub fn move_replica_steps(peer_id: u64, store_id: u64, from: Peer) -> Vec<Step> {
+    let mut steps = add_replica_steps(peer_id, store_id);
+    steps.push(Step::ChangePeer {
+        kind: ConfChangeKind::Remove,
+        peer: from,
+    });
+    steps
+}
+
 /// Plans the repair `region` needs, if any. `new_peer_id` hands out a fresh peer id.
 pub fn check_region(
     region: &Region,
@@ -118,21 +149,7 @@ pub fn check_region(
         .filter(|s| is_up(s, now_ms, cfg) && !s.offline)
         .filter(|s| !region.peers.iter().any(|p| p.store_id == s.id))
         .min_by_key(|s| (s.region_count, s.id))?;
-    let new_peer = Peer {
-        id: new_peer_id(),
-        store_id: target.id,
-        role: PeerRole::Learner as i32,
-    };
-    let mut steps = vec![
-        Step::ChangePeer {
-            kind: ConfChangeKind::AddLearner,
-            peer: new_peer,
-        },
-        Step::ChangePeer {
-            kind: ConfChangeKind::AddVoter,
-            peer: new_peer,
-        },
-    ];
+    let mut steps = add_replica_steps(new_peer_id(), target.id);
     let reason = match down.first() {
         Some(d) if healthy + 1 >= cfg.replicas as usize || region.peers.len() > cfg.replicas as usize => {
             steps.push(Step::ChangePeer {

@@ -218,7 +218,7 @@ fn the_checker_catches_stale_reads_of_a_broken_node() {
         unsafe_local_reads: true,
         ..raw_workload()
     };
-    let caught = first_seed_caught(&cfg, RAW_SEEDS..RAW_SEEDS + 10);
+    let caught = first_seed_caught(&cfg, RAW_SEEDS..RAW_SEEDS + 10, "not linearizable");
     assert!(caught.is_some(), "stale reads went unnoticed in ten seeds");
 }
 
@@ -232,23 +232,23 @@ fn the_checker_catches_reads_served_on_an_expired_lease() {
         misroute_per_mille: 500,
         ..raw_workload()
     };
-    let caught = first_seed_caught(&cfg, RAW_SEEDS..RAW_SEEDS + 20);
+    let caught = first_seed_caught(&cfg, RAW_SEEDS..RAW_SEEDS + 20, "not linearizable");
     assert!(
         caught.is_some(),
         "expired-lease reads went unnoticed in twenty seeds"
     );
 }
 
-/// The first of `seeds` whose run fails the history check; a failure of any other kind fails
-/// the test.
-fn first_seed_caught(cfg: &SimConfig, seeds: std::ops::Range<u64>) -> Option<u64> {
+/// The first of `seeds` whose run fails with a message containing `caught_by` (the check
+/// under test); a failure of any other kind fails the test.
+fn first_seed_caught(cfg: &SimConfig, seeds: std::ops::Range<u64>, caught_by: &str) -> Option<u64> {
     seeds.into_iter().find(|&seed| {
         match std::panic::catch_unwind(|| Sim::new(seed, cfg.clone()).run()) {
             Ok(_) => false,
             Err(e) => {
                 let msg = panic_message(e);
                 assert!(
-                    msg.contains("not linearizable"),
+                    msg.contains(caught_by),
                     "seed {seed} failed for another reason: {msg}"
                 );
                 true
@@ -276,19 +276,7 @@ fn the_bank_catches_safe_timestamps_claimed_past_live_locks() {
         unsafe_safe_ts_ignores_locks: true,
         ..bank_workload()
     };
-    let caught = (BANK_SEEDS..BANK_SEEDS + 10).find(|&seed| {
-        match std::panic::catch_unwind(|| Sim::new(seed, cfg.clone()).run()) {
-            Ok(_) => false,
-            Err(e) => {
-                let msg = panic_message(e);
-                assert!(
-                    msg.contains("stale snapshot"),
-                    "seed {seed} failed for another reason: {msg}"
-                );
-                true
-            }
-        }
-    });
+    let caught = first_seed_caught(&cfg, BANK_SEEDS..BANK_SEEDS + 10, "stale snapshot");
     assert!(
         caught.is_some(),
         "safe timestamps past live locks went unnoticed in ten seeds"
@@ -303,19 +291,7 @@ fn the_bank_catches_reads_that_ignore_locks() {
         unsafe_txn_reads_ignore_locks: true,
         ..bank_workload()
     };
-    let caught = (BANK_SEEDS..BANK_SEEDS + 10).find(|&seed| {
-        match std::panic::catch_unwind(|| Sim::new(seed, cfg.clone()).run()) {
-            Ok(_) => false,
-            Err(e) => {
-                let msg = panic_message(e);
-                assert!(
-                    msg.contains("bank:"),
-                    "seed {seed} failed for another reason: {msg}"
-                );
-                true
-            }
-        }
-    });
+    let caught = first_seed_caught(&cfg, BANK_SEEDS..BANK_SEEDS + 10, "bank:");
     assert!(
         caught.is_some(),
         "reads ignoring locks went unnoticed in ten seeds"
