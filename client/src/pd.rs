@@ -33,9 +33,15 @@ struct Inner {
 
 struct State {
     cluster_id: u64,
-    channel: Option<(usize, Channel)>,
+    /// The member calls go to now, by endpoint: one of `endpoints`, or a leader one named.
+    channel: Option<(String, Channel)>,
     next_endpoint: usize,
 }
+
+/// gRPC metadata key in which a placement member that does not serve names the leader.
+const LEADER_METADATA_KEY: &str = "ringkv-placement-leader";
+/// Redirects to a named leader one call follows before it backs off.
+const LEADER_REDIRECTS_MAX: u32 = 3;
 
 /// The region holding a key, with its leader if one has reported.
 #[derive(Debug, Clone)]
@@ -109,7 +115,69 @@ impl PdClient {
             .await?;
         let cluster_id = members.header.map(|h| h.cluster_id).unwrap_or(0);
         client.inner.state.lock().cluster_id = cluster_id;
+        if let (Some(leader), Some(current)) = (members.leader, client.current_endpoint()) {
+            if !leader.endpoint.is_empty() && leader.endpoint != current {
+                client.follow_leader(&current, &leader.endpoint)?;
+            }
+        }
         Ok(client)
+    }
+
+    /// The placement members, the leader as the answering member sees it, and that member's
+    /// view of the placement Raft group.
+    pub async fn get_members(&self) -> Result<GetMembersResponse> {
+        let r = self
+            .call("get_members", |mut c, h| async move {
+                Ok(c.get_members(GetMembersRequest { header: Some(h) })
+                    .await?
+                    .into_inner())
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        Ok(r)
+    }
+
+    /// The same, asked of one member by endpoint (which need not lead).
+    pub async fn get_members_from(&self, endpoint: &str) -> Result<GetMembersResponse> {
+        let mut c = PlacementClient::new(channel_to(endpoint)?);
+        let cluster_id = self.cluster_id();
+        let r = tokio::time::timeout(
+            PD_ATTEMPT_TIMEOUT,
+            c.get_members(GetMembersRequest {
+                header: Some(RequestHeader { cluster_id }),
+            }),
+        )
+        .await
+        .map_err(|_| ClientError::PlacementUnreachable {
+            endpoints: vec![endpoint.to_string()],
+            detail: format!("no answer within {PD_ATTEMPT_TIMEOUT:?}"),
+        })?
+        .map_err(|s| ClientError::PlacementUnreachable {
+            endpoints: vec![endpoint.to_string()],
+            detail: format!("{}: {}", s.code(), s.message()),
+        })?
+        .into_inner();
+        check_header(r.header.as_ref())?;
+        Ok(r)
+    }
+
+    /// Asks the placement leader to hand leadership to the member named `to_name`; returns
+    /// once the leader has stepped down.
+    pub async fn transfer_placement_leader(&self, to_name: &str) -> Result<()> {
+        let r = self
+            .call("transfer_placement_leader", |mut c, h| {
+                let to_name = to_name.to_string();
+                async move {
+                    Ok(c.transfer_placement_leader(TransferPlacementLeaderRequest {
+                        header: Some(h),
+                        to_name,
+                    })
+                    .await?
+                    .into_inner())
+                }
+            })
+            .await?;
+        check_header(r.header.as_ref())
     }
 
     pub fn cluster_id(&self) -> u64 {
@@ -120,23 +188,44 @@ impl PdClient {
         &self.inner.endpoints
     }
 
-    fn channel(&self) -> Result<(usize, Channel, u64)> {
+    fn channel(&self) -> Result<(String, Channel, u64)> {
         let mut state = self.inner.state.lock();
-        if let Some((i, ch)) = &state.channel {
-            return Ok((*i, ch.clone(), state.cluster_id));
+        if let Some((endpoint, ch)) = &state.channel {
+            return Ok((endpoint.clone(), ch.clone(), state.cluster_id));
         }
         let i = state.next_endpoint % self.inner.endpoints.len();
         state.next_endpoint += 1;
-        let ch = channel_to(&self.inner.endpoints[i])?;
-        state.channel = Some((i, ch.clone()));
-        Ok((i, ch, state.cluster_id))
+        let endpoint = self.inner.endpoints[i].clone();
+        let ch = channel_to(&endpoint)?;
+        state.channel = Some((endpoint.clone(), ch.clone()));
+        Ok((endpoint, ch, state.cluster_id))
     }
 
-    fn drop_channel(&self, index: usize) {
+    fn drop_channel(&self, endpoint: &str) {
         let mut state = self.inner.state.lock();
-        if matches!(state.channel, Some((i, _)) if i == index) {
+        if matches!(&state.channel, Some((e, _)) if e == endpoint) {
             state.channel = None;
         }
+    }
+
+    /// Sends the following calls to `leader` (named by a member that does not serve).
+    fn follow_leader(&self, from: &str, leader: &str) -> Result<()> {
+        let ch = channel_to(leader)?;
+        let mut state = self.inner.state.lock();
+        if matches!(&state.channel, Some((e, _)) if e == from) {
+            state.channel = Some((leader.to_string(), ch));
+        }
+        Ok(())
+    }
+
+    /// The placement endpoint calls go to now (the leader once one answered).
+    pub fn current_endpoint(&self) -> Option<String> {
+        self.inner
+            .state
+            .lock()
+            .channel
+            .as_ref()
+            .map(|(e, _)| e.clone())
     }
 
     /// Runs one placement call, retrying transport failures on the next member until the
@@ -147,8 +236,9 @@ impl PdClient {
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
         let mut backoff = Backoff::new(Instant::now() + PD_TIMEOUT);
+        let mut redirects = 0;
         loop {
-            let (index, channel, cluster_id) = self.channel()?;
+            let (endpoint, channel, cluster_id) = self.channel()?;
             let client = PlacementClient::new(channel)
                 .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
@@ -160,11 +250,27 @@ impl PdClient {
                 Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
                     return Err(ClientError::InvalidArgument(status.message().to_string()))
                 }
-                Ok(Err(status)) => format!("{}: {}", status.code(), status.message()),
+                Ok(Err(status)) => {
+                    let leader = status
+                        .metadata()
+                        .get(LEADER_METADATA_KEY)
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|l| *l != endpoint)
+                        .map(str::to_string);
+                    if let Some(leader) = leader {
+                        if redirects < LEADER_REDIRECTS_MAX {
+                            redirects += 1;
+                            tracing::debug!(operation, from = %endpoint, to = %leader, "following the placement leader");
+                            self.follow_leader(&endpoint, &leader)?;
+                            continue;
+                        }
+                    }
+                    format!("{}: {}", status.code(), status.message())
+                }
                 Err(_) => format!("no answer within {PD_ATTEMPT_TIMEOUT:?}"),
             };
-            tracing::debug!(operation, endpoint = %self.inner.endpoints[index], %error, "placement call failed");
-            self.drop_channel(index);
+            tracing::debug!(operation, %endpoint, %error, "placement call failed");
+            self.drop_channel(&endpoint);
             if !backoff.wait().await {
                 return Err(ClientError::PlacementUnreachable {
                     endpoints: self.inner.endpoints.clone(),

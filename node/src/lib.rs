@@ -30,7 +30,6 @@ pub mod config;
 mod error;
 pub mod gc_worker;
 pub mod latch;
-mod logger;
 pub mod memory_lock;
 pub mod merge;
 pub mod peer;

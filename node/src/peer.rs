@@ -4,7 +4,6 @@
 
 use crate::apply::{self, AdminResult, CmdResult, RegionView};
 use crate::apply_pool::{ApplyDelegate, Proposal};
-use crate::logger::raft_logger;
 use crate::region_error;
 use crate::safe_ts::SafeTs;
 use prost::Message as _;
@@ -18,6 +17,7 @@ use ringkv_proto::raftpb::{
     admin_request, AdminRequest, CommitMergeRequest, MergeState, PeerState, RaftCmdRequest,
     RaftMessage, RegionLocalState,
 };
+use ringkv_storage::raft_logger::raft_logger;
 use ringkv_storage::{KvEngine, PeerStorage, RaftLogBatch, StorageError};
 use std::collections::{HashMap, VecDeque};
 use tokio::sync::oneshot;

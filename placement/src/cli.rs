@@ -26,6 +26,10 @@ pub struct PlacementArgs {
     /// Address to tell clients and nodes, if not the listen address.
     #[arg(long)]
     pub advertise_addr: Option<String>,
+    /// The placement group, comma-separated `name=host:port` of every member (this one
+    /// included, found by --name) [default: this member alone].
+    #[arg(long, value_delimiter = ',')]
+    pub initial_members: Option<Vec<String>>,
     /// Replicas per region; the cluster bootstraps once this many nodes registered [default: 3].
     #[arg(long)]
     pub replicas: Option<u32>,
@@ -52,6 +56,9 @@ impl PlacementArgs {
         }
         if let Some(v) = &self.advertise_addr {
             c.advertise_addr = Some(v.clone());
+        }
+        if let Some(v) = &self.initial_members {
+            c.initial_members = v.clone();
         }
         if let Some(v) = self.replicas {
             c.replicas = v;

@@ -118,6 +118,10 @@ pub struct PlacementCore {
     /// Settings an admin changed at runtime, applied over the file's by
     /// [`PlacementCore::apply_persisted_schedule`].
     persisted_schedule: Option<ScheduleConfig>,
+    /// When this core was loaded (a start, or a placement leader taking over): a store not
+    /// heard from since counts as heard from then, so a new leader does not declare every
+    /// store down before their first heartbeats reach it.
+    loaded_at_ms: i64,
 }
 
 /// What the balance schedulers see now (see [`balance`]): regions borrowed, not copied.
@@ -233,6 +237,7 @@ impl PlacementCore {
             operators: BTreeMap::new(),
             balance_cfg: BalanceConfig::default(),
             persisted_schedule: state.schedule_config,
+            loaded_at_ms: 0,
             gc: GcSafePoints::new(state.gc_safe_point, DEFAULT_GC_LIFE_TIME_MS),
         };
         core.keyspaces.insert(
@@ -267,6 +272,16 @@ impl PlacementCore {
 
     pub fn cluster_id(&self) -> u64 {
         self.cluster_id
+    }
+
+    /// Records when this core was loaded (see `loaded_at_ms`).
+    pub fn set_loaded_at(&mut self, now_ms: i64) {
+        self.loaded_at_ms = now_ms;
+    }
+
+    /// When the placement driver last heard from `store`, or loaded, whichever is later.
+    fn heard_ms(&self, store: &StoreInfo) -> i64 {
+        store.last_heartbeat_ms.max(self.loaded_at_ms)
     }
 
     pub fn replicas(&self) -> u32 {
@@ -661,7 +676,7 @@ impl PlacementCore {
             || region.peers.iter().any(|p| {
                 self.stores.get(&p.store_id).is_none_or(|s| {
                     s.store.state != StoreState::Up as i32
-                        || now_ms - s.last_heartbeat_ms >= cfg.max_store_down_time_ms
+                        || now_ms - self.heard_ms(s) >= cfg.max_store_down_time_ms
                 })
             });
         if !needs_look {
@@ -681,7 +696,7 @@ impl PlacementCore {
                     s.store.id,
                     StoreView {
                         id: s.store.id,
-                        last_heartbeat_ms: s.last_heartbeat_ms,
+                        last_heartbeat_ms: self.heard_ms(s),
                         region_count: counts.get(&s.store.id).copied().unwrap_or(0),
                         tombstone: s.store.state == StoreState::Tombstone as i32,
                         offline: s.store.state == StoreState::Offline as i32,

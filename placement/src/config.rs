@@ -15,8 +15,15 @@ pub struct PlacementConfig {
     pub data_dir: PathBuf,
     /// Address the gRPC server binds. Port 0 picks a free port. Default `127.0.0.1:2379`.
     pub listen_addr: SocketAddr,
-    /// Address clients and nodes are told to use; defaults to `listen_addr`.
+    /// Address clients and nodes are told to use; defaults to `listen_addr`. With
+    /// `initial_members`, this member's entry there wins.
     pub advertise_addr: Option<String>,
+    /// The placement group: every member as `name=host:port` (the address clients, nodes and
+    /// the other members use), the same list on every member; this member is the entry named
+    /// `name`. Empty (the default): a group of this member alone. 1..=7 members; 3 or 5
+    /// survive the loss of 1 or 2. Fixed at the first start: a data directory refuses a
+    /// different list.
+    pub initial_members: Vec<String>,
     /// Replicas per region. The cluster bootstraps once this many stores registered.
     /// Default 3; 1..=7.
     pub replicas: u32,
@@ -74,6 +81,7 @@ impl Default for PlacementConfig {
             data_dir: PathBuf::from("./ringkv-data/placement"),
             listen_addr: "127.0.0.1:2379".parse().expect("valid address"),
             advertise_addr: None,
+            initial_members: Vec::new(),
             replicas: 3,
             tso_save_window_ms: 3000,
             log_level: "info".into(),
@@ -193,6 +201,20 @@ impl PlacementConfig {
         }
         if self.name.is_empty() {
             return Err(PlacementError::Config("name must not be empty".into()));
+        }
+        if !self.initial_members.is_empty() {
+            let members = crate::member::member_specs(&self.initial_members)?;
+            if !members.iter().any(|m| m.name == self.name) {
+                return Err(PlacementError::Config(format!(
+                    "initial_members does not name this member ({:?}); list every member, this one included",
+                    self.name
+                )));
+            }
+            if members.len() > 1 && self.listen_addr.port() == 0 {
+                return Err(PlacementError::Config(
+                    "listen_addr port 0 cannot be used with several initial_members: the others must know this member's port".into(),
+                ));
+            }
         }
         Ok(())
     }

@@ -31,6 +31,23 @@ pub enum PlacementError {
     Config(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("placement log storage: {0}")]
+    Log(#[from] ringkv_storage::StorageError),
+    #[error("placement Raft group: {0}")]
+    Raft(#[from] raft::Error),
+    /// This member does not serve now; `leader` names the member that does, if known.
+    #[error("{}", not_leader_message(.leader, .reason))]
+    NotLeader {
+        leader: Option<String>,
+        reason: &'static str,
+    },
+}
+
+fn not_leader_message(leader: &Option<String>, reason: &str) -> String {
+    match leader {
+        Some(l) => format!("this placement member does not serve ({reason}); the leader is at {l}"),
+        None => format!("this placement member does not serve ({reason}); no leader is known yet, retry shortly"),
+    }
 }
 
 impl PlacementError {

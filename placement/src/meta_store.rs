@@ -8,7 +8,17 @@
 //! "gc_safe_point"         u64 BE    the GC safe point (never goes back)
 //! "store/" id: u64 BE     Store
 //! "region/" id: u64 BE    Region
+//! "keyspace/" id: u64 BE  KeyspaceMeta
+//! "schedule_config"       ScheduleConfig
+//! "members"               MetaSnapshot  the placement members (name -> endpoint), fixed at
+//!                                        the first start
+//! "raft/applied"          u64 BE index, u64 BE term: the last placement log entry applied
+//! "raft/truncated"        u64 BE index, u64 BE term: the log is compacted up to here
 //! ```
+//!
+//! Every key but `raft/*` is written only by applying committed entries of the placement Raft
+//! log (or installing a snapshot of them), so all members hold the same metadata at the same
+//! applied index. The `raft/*` keys are each member's own.
 
 use crate::cluster::{MetaWrites, PersistedState};
 use crate::PlacementError;
@@ -28,6 +38,12 @@ pub mod keys {
     pub const STORE_PREFIX: &[u8] = b"store/";
     pub const REGION_PREFIX: &[u8] = b"region/";
     pub const KEYSPACE_PREFIX: &[u8] = b"keyspace/";
+    /// The placement members the group was first started with.
+    pub const MEMBERS: &[u8] = b"members";
+    /// Each member's own Raft bookkeeping (never part of a snapshot).
+    pub const RAFT_PREFIX: &[u8] = b"raft/";
+    pub const RAFT_APPLIED: &[u8] = b"raft/applied";
+    pub const RAFT_TRUNCATED: &[u8] = b"raft/truncated";
 
     pub fn keyspace(id: u32) -> Vec<u8> {
         with_id(KEYSPACE_PREFIX, u64::from(id))
@@ -47,6 +63,9 @@ pub mod keys {
         with_id(REGION_PREFIX, id)
     }
 }
+
+/// Metadata keys and values, as a snapshot carries them.
+pub type MetaKvs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The sled database holding the placement metadata.
 pub struct MetaStore {
@@ -76,15 +95,129 @@ impl MetaStore {
         Ok(MetaStore { db })
     }
 
-    /// The cluster id, choosing and persisting `fresh()` on first start.
-    pub fn cluster_id_or_init(&self, fresh: impl FnOnce() -> u64) -> Result<u64, PlacementError> {
-        if let Some(v) = self.db.get(keys::CLUSTER_ID)? {
-            return Ok(u64::from_be_bytes(fixed8(keys::CLUSTER_ID, &v)?));
+    /// The cluster id, once a leader has chosen it (0 before).
+    pub fn cluster_id(&self) -> Result<u64, PlacementError> {
+        match self.db.get(keys::CLUSTER_ID)? {
+            Some(v) => Ok(u64::from_be_bytes(fixed8(keys::CLUSTER_ID, &v)?)),
+            None => Ok(0),
         }
-        let id = fresh();
-        self.db.insert(keys::CLUSTER_ID, &id.to_be_bytes())?;
+    }
+
+    /// A fixed-size value, if present.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, PlacementError> {
+        Ok(self.db.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn index_term(&self, key: &[u8]) -> Result<(u64, u64), PlacementError> {
+        match self.db.get(key)? {
+            None => Ok((0, 0)),
+            Some(v) if v.len() == 16 => Ok((
+                u64::from_be_bytes(fixed8(key, &v[..8])?),
+                u64::from_be_bytes(fixed8(key, &v[8..])?),
+            )),
+            Some(v) => Err(corruption(
+                key,
+                format!("expected 16 bytes, found {}", v.len()),
+            )),
+        }
+    }
+
+    fn index_term_bytes(index: u64, term: u64) -> Vec<u8> {
+        let mut v = index.to_be_bytes().to_vec();
+        v.extend_from_slice(&term.to_be_bytes());
+        v
+    }
+
+    /// The last placement log entry applied here: (index, term); (0, 0) before any.
+    pub fn applied(&self) -> Result<(u64, u64), PlacementError> {
+        self.index_term(keys::RAFT_APPLIED)
+    }
+
+    /// Where the placement log is compacted: (index, term); (0, 0) before any compaction.
+    pub fn truncated(&self) -> Result<(u64, u64), PlacementError> {
+        self.index_term(keys::RAFT_TRUNCATED)
+    }
+
+    /// Records a compaction of the log up to `index`, durably (the log entries are dropped
+    /// only after this returns).
+    pub fn set_truncated(&self, index: u64, term: u64) -> Result<(), PlacementError> {
+        self.db
+            .insert(keys::RAFT_TRUNCATED, Self::index_term_bytes(index, term))?;
         self.db.flush()?;
-        Ok(id)
+        Ok(())
+    }
+
+    /// Applies one committed log entry's writes together with the new applied index, atomically.
+    /// Not synced: the log holds the entry durably, and a restart applies it again from there.
+    pub fn apply_entry(
+        &self,
+        writes: &MetaWrites,
+        index: u64,
+        term: u64,
+    ) -> Result<(), PlacementError> {
+        let mut batch = sled::Batch::default();
+        for k in &writes.deletes {
+            assert!(
+                !k.starts_with(keys::RAFT_PREFIX),
+                "a log entry writes raft/ keys"
+            );
+            batch.remove(k.as_slice());
+        }
+        for (k, v) in &writes.puts {
+            assert!(
+                !k.starts_with(keys::RAFT_PREFIX),
+                "a log entry writes raft/ keys"
+            );
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        batch.insert(keys::RAFT_APPLIED, Self::index_term_bytes(index, term));
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Every metadata key and value (the `raft/*` keys left out): a snapshot's data.
+    pub fn dump(&self) -> Result<MetaKvs, PlacementError> {
+        let mut kvs = Vec::new();
+        for item in self.db.iter() {
+            let (k, v) = item?;
+            if !k.starts_with(keys::RAFT_PREFIX) {
+                kvs.push((k.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(kvs)
+    }
+
+    /// Replaces every metadata key with a snapshot's, applied and truncated at (index, term);
+    /// durable when it returns.
+    pub fn install_snapshot(
+        &self,
+        kvs: MetaKvs,
+        index: u64,
+        term: u64,
+    ) -> Result<(), PlacementError> {
+        let mut batch = sled::Batch::default();
+        for item in self.db.iter() {
+            let (k, _) = item?;
+            batch.remove(k);
+        }
+        for (k, v) in kvs {
+            if k.starts_with(keys::RAFT_PREFIX) {
+                return Err(corruption(&k, "a snapshot carries a raft/ key"));
+            }
+            batch.insert(k, v);
+        }
+        let at = Self::index_term_bytes(index, term);
+        batch.insert(keys::RAFT_APPLIED, at.clone());
+        batch.insert(keys::RAFT_TRUNCATED, at);
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), PlacementError> {
+        self.db.flush()?;
+        Ok(())
     }
 
     pub fn load(&self) -> Result<PersistedState, PlacementError> {
@@ -127,24 +260,5 @@ impl MetaStore {
                 .push(Region::decode(v.as_ref()).map_err(|e| corruption(&k, e))?);
         }
         Ok(state)
-    }
-
-    /// Persists what the core asked for, durably when it said so.
-    pub fn apply(&self, writes: MetaWrites) -> Result<(), PlacementError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        for k in writes.deletes {
-            batch.remove(k);
-        }
-        for (k, v) in writes.puts {
-            batch.insert(k, v);
-        }
-        self.db.apply_batch(batch)?;
-        if writes.sync {
-            self.db.flush()?;
-        }
-        Ok(())
     }
 }

@@ -1,47 +1,413 @@
-//! Running a placement member: open the metadata store, restore the core, serve gRPC on its own
-//! runtime until stopped.
+//! Running a placement member: open the metadata store and the placement log, drive the
+//! placement Raft group, and serve gRPC on its own runtime until stopped. Only the leader
+//! serves the placement API (with its core loaded from the replicated metadata); the other
+//! members answer with the leader's address.
 
-use crate::cluster::PlacementCore;
-use crate::meta_store::MetaStore;
-use crate::service::PlacementService;
+use crate::cluster::{MetaWrites, PlacementCore};
+use crate::member::{self, MemberRaft, MemberSpec, TICK_MS};
+use crate::meta_store::{keys, MetaStore};
+use crate::service::{MemberService, PlacementService};
 use crate::{PlacementConfig, PlacementError};
 use parking_lot::Mutex;
+use prost::Message as _;
+use raft::eraftpb::{Message, MessageType};
 use ringkv_proto::limits::GRPC_MESSAGE_BYTES_MAX;
+use ringkv_proto::pdpb::placement_member_client::PlacementMemberClient;
+use ringkv_proto::pdpb::placement_member_server::PlacementMemberServer;
 use ringkv_proto::pdpb::placement_server::PlacementServer as PlacementGrpc;
+use ringkv_proto::pdpb::{Member, MemberRaftRequest, MetaKeyValue, MetaSnapshot};
+use ringkv_storage::{RaftEngineLog, RaftLogEngine};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::oneshot;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
 
-/// A running placement member. Dropping it without `stop` leaves it running until the process
-/// ends.
+/// Raft message batches queued for one member at most; more are dropped (raft resends).
+const OUTBOX_BATCHES_MAX: usize = 256;
+/// One send to another member gives up after this long.
+const MEMBER_SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// A reply that waits for its change to commit gives up after this long.
+const COMMIT_WAIT: Duration = Duration::from_secs(5);
+
+/// A running placement member. Dropping it without `stop` stops it too.
 pub struct PlacementServer {
     addr: SocketAddr,
-    cluster_id: u64,
+    shared: Arc<Shared>,
     runtime: Option<tokio::runtime::Runtime>,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: Option<watch::Sender<bool>>,
 }
 
-/// Runs the balance schedulers every `interval`, persisting what they consumed (peer ids).
-async fn run_schedulers(
-    core: Arc<Mutex<PlacementCore>>,
-    meta: Arc<MetaStore>,
-    interval: std::time::Duration,
+/// What the driver publishes after every round, for replies waiting on a commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Progress {
+    pub applied: u64,
+    pub term: u64,
+    pub leader: bool,
+}
+
+/// The member's mutable state, under one lock: the Raft group and, on the leader, the core.
+pub(crate) struct MemberState {
+    pub raft: MemberRaft,
+    /// The placement core, loaded while this member leads and has applied its whole log.
+    pub core: Option<PlacementCore>,
+    /// The last log index of a change whose reply had to wait for its commit (ids, timestamp
+    /// limits, …): every later reply waits for it too, so no reply relies on a change that a
+    /// failover could lose.
+    pub sync_index: u64,
+    /// The term in which this member proposed the cluster's identity (0: not yet).
+    init_proposed_term: u64,
+    /// A storage failure stopped the member: it serves nothing until restarted.
+    failed: bool,
+}
+
+/// What the member's tasks and handlers share.
+pub(crate) struct Shared {
+    pub state: Mutex<MemberState>,
+    /// Wakes the driver for a round (a proposal, a message, a transfer).
+    pub wake: tokio::sync::Notify,
+    pub progress: watch::Sender<Progress>,
+    pub config: PlacementConfig,
+    pub members: Vec<MemberSpec>,
+    pub self_id: u64,
+    pub meta: Arc<MetaStore>,
+    started: Instant,
+}
+
+/// Wall-clock milliseconds since the Unix epoch: the core's time (TSO, heartbeats).
+pub(crate) fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Shared {
+    /// Monotonic milliseconds since start: the lease's clock.
+    pub fn mono_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn member(&self, id: u64) -> Option<&MemberSpec> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    pub fn wire_member(&self, spec: &MemberSpec) -> Member {
+        Member {
+            name: spec.name.clone(),
+            endpoint: spec.endpoint.clone(),
+            member_id: spec.id,
+        }
+    }
+
+    /// The core, if this member serves now; else why not, with the leader's address if known.
+    pub fn serving<'a>(
+        &self,
+        st: &'a mut MemberState,
+    ) -> Result<&'a mut PlacementCore, PlacementError> {
+        st.raft.observe_clock(self.mono_ms());
+        let leader_id = st.raft.leader_id();
+        let elsewhere = |reason| PlacementError::NotLeader {
+            leader: (leader_id != 0 && leader_id != self.self_id)
+                .then(|| self.member(leader_id).map(|m| m.endpoint.clone()))
+                .flatten(),
+            reason,
+        };
+        if st.failed {
+            return Err(elsewhere("this member stopped after a storage failure"));
+        }
+        if !st.raft.is_leader() {
+            return Err(elsewhere("not the leader"));
+        }
+        if !st.raft.lease_valid() {
+            return Err(elsewhere("the leader holds no lease now"));
+        }
+        st.core
+            .as_mut()
+            .ok_or_else(|| elsewhere("the new leader is still loading its state"))
+    }
+
+    /// Proposes the core's writes; a proposal that fails drops the core (its memory is now
+    /// ahead of the log), to be loaded again once the log is applied.
+    pub fn propose(&self, st: &mut MemberState, writes: &MetaWrites) -> Result<(), PlacementError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        match st.raft.propose(member::encode_command(writes)) {
+            Ok(index) => {
+                if writes.sync {
+                    st.sync_index = st.sync_index.max(index);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "placement proposal failed; reloading the core");
+                st.core = None;
+                Err(PlacementError::NotLeader {
+                    leader: None,
+                    reason: "the leader could not propose (leadership moving)",
+                })
+            }
+        }
+    }
+
+    /// Waits until the log is applied up to `index` while this member still leads in `term`.
+    pub async fn wait_applied(&self, index: u64, term: u64) -> Result<(), PlacementError> {
+        let mut rx = self.progress.subscribe();
+        let deadline = tokio::time::Instant::now() + COMMIT_WAIT;
+        loop {
+            {
+                let p = *rx.borrow_and_update();
+                if p.term != term || !p.leader {
+                    return Err(PlacementError::NotLeader {
+                        leader: None,
+                        reason: "leadership changed before the change committed",
+                    });
+                }
+                if p.applied >= index {
+                    return Ok(());
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(PlacementError::NotLeader {
+                        leader: None,
+                        reason: "a change did not commit in time (no quorum?)",
+                    })
+                }
+            }
+        }
+    }
+
+    /// After a round: a member that no longer leads drops its core; a leader that has applied
+    /// its whole log loads it (choosing the cluster's identity first if nobody has).
+    fn after_round(&self, st: &mut MemberState) -> Result<(), PlacementError> {
+        if !st.raft.is_leader() {
+            if st.core.take().is_some() {
+                tracing::info!(term = st.raft.term(), "placement member no longer leads");
+            }
+            return Ok(());
+        }
+        if st.core.is_some() || !st.raft.caught_up_as_leader() {
+            return Ok(());
+        }
+        let cluster_id = self.meta.cluster_id()?;
+        if cluster_id == 0 {
+            let term = st.raft.term();
+            if st.init_proposed_term != term {
+                st.init_proposed_term = term;
+                let mut writes = MetaWrites::default();
+                writes.put(
+                    keys::CLUSTER_ID.to_vec(),
+                    fresh_cluster_id().to_be_bytes().to_vec(),
+                );
+                writes.put(keys::MEMBERS.to_vec(), encode_members(&self.members));
+                st.raft.propose(member::encode_command(&writes))?;
+                tracing::info!(term, "placement leader initialises the cluster");
+            }
+            return Ok(());
+        }
+        let cfg = &self.config;
+        let now_ms = wall_ms();
+        let mut core = PlacementCore::new(
+            cluster_id,
+            cfg.replicas,
+            cfg.tso_save_window_ms,
+            self.meta.load()?,
+        );
+        core.set_loaded_at(now_ms);
+        core.set_merge_config(cfg.merge_config());
+        core.set_gc_life_time_ms(cfg.gc_life_time_ms);
+        core.set_replica_timing(cfg.max_store_down_time_ms, cfg.operator_timeout_ms);
+        core.set_balance_config(cfg.balance_config());
+        core.apply_persisted_schedule();
+        tracing::info!(
+            term = st.raft.term(),
+            applied = st.raft.applied().0,
+            cluster_id,
+            stores = core.store_count(),
+            regions = core.region_count(),
+            "placement leader serving"
+        );
+        st.core = Some(core);
+        Ok(())
+    }
+
+    fn publish(&self, st: &MemberState) {
+        let p = Progress {
+            applied: st.raft.applied().0,
+            term: st.raft.term(),
+            leader: st.raft.is_leader() && !st.failed,
+        };
+        self.progress.send_if_modified(|old| {
+            let changed = *old != p;
+            *old = p;
+            changed
+        });
+    }
+}
+
+/// The member list as stored under `members` (name -> endpoint).
+fn encode_members(members: &[MemberSpec]) -> Vec<u8> {
+    MetaSnapshot {
+        kvs: members
+            .iter()
+            .map(|m| MetaKeyValue {
+                key: m.name.clone().into_bytes(),
+                value: m.endpoint.clone().into_bytes(),
+            })
+            .collect(),
+    }
+    .encode_to_vec()
+}
+
+/// Refuses a data directory made for another member list.
+fn check_stored_members(meta: &MetaStore, members: &[MemberSpec]) -> Result<(), PlacementError> {
+    let Some(stored) = meta.get(keys::MEMBERS)? else {
+        return Ok(());
+    };
+    if stored != encode_members(members) {
+        let list = MetaSnapshot::decode(stored.as_slice())
+            .map(|s| {
+                s.kvs
+                    .iter()
+                    .map(|kv| {
+                        format!(
+                            "{}={}",
+                            String::from_utf8_lossy(&kv.key),
+                            String::from_utf8_lossy(&kv.value)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_else(|_| "(undecodable)".into());
+        return Err(PlacementError::Config(format!(
+            "this data directory belongs to the placement group {list}; initial_members names another. Use the original list, or a fresh data directory for a new cluster"
+        )));
+    }
+    Ok(())
+}
+
+/// Ticks the group, runs its rounds, sends what they produce, publishes progress.
+async fn drive(
+    shared: Arc<Shared>,
+    outboxes: HashMap<u64, mpsc::Sender<Vec<Message>>>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(TICK_MS));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let tick = tokio::select! {
+            _ = ticker.tick() => true,
+            _ = shared.wake.notified() => false,
+            _ = shutdown.changed() => return,
+        };
+        let messages = {
+            let mut st = shared.state.lock();
+            if st.failed {
+                continue;
+            }
+            let now = shared.mono_ms();
+            if tick {
+                st.raft.tick(now);
+            }
+            let round = st
+                .raft
+                .handle_ready()
+                .and_then(|ready| shared.after_round(&mut st).map(|()| ready));
+            let messages = match round {
+                Ok(ready) => ready.messages,
+                Err(e) => {
+                    // A storage failure: stop rather than let this member's metadata diverge.
+                    tracing::error!(error = %e, "placement member stops serving after a storage failure; restart it once the cause is fixed");
+                    st.failed = true;
+                    st.core = None;
+                    Vec::new()
+                }
+            };
+            if st.raft.has_ready() {
+                shared.wake.notify_one();
+            }
+            shared.publish(&st);
+            messages
+        };
+        let mut by_member: HashMap<u64, Vec<Message>> = HashMap::new();
+        for m in messages {
+            by_member.entry(m.to).or_default().push(m);
+        }
+        for (to, batch) in by_member {
+            if let Some(tx) = outboxes.get(&to) {
+                if tx.try_send(batch).is_err() {
+                    tracing::debug!(to, "placement outbox full; raft will resend");
+                }
+            }
+        }
+    }
+}
+
+/// Sends batches to one member in order; failures are reported to raft.
+async fn send_to(shared: Arc<Shared>, to: MemberSpec, mut rx: mpsc::Receiver<Vec<Message>>) {
+    let uri = format!("http://{}", to.endpoint);
+    let channel = match tonic::transport::Endpoint::from_shared(uri) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy(),
+        Err(e) => {
+            tracing::error!(member = %to.name, endpoint = %to.endpoint, error = %e, "bad member endpoint; nothing will be sent to it");
+            return;
+        }
+    };
+    let mut client = PlacementMemberClient::new(channel)
+        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    while let Some(mut batch) = rx.recv().await {
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        let has_snapshot = batch
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+        let request = MemberRaftRequest {
+            from_member_id: shared.self_id,
+            to_member_id: to.id,
+            messages: member::encode_messages(&batch),
+        };
+        let sent = tokio::time::timeout(MEMBER_SEND_TIMEOUT, client.raft(request)).await;
+        if !matches!(sent, Ok(Ok(_))) {
+            tracing::debug!(member = %to.name, "placement raft message not delivered");
+            shared
+                .state
+                .lock()
+                .raft
+                .report_unreachable(to.id, has_snapshot);
+        }
+    }
+}
+
+/// Runs the balance schedulers every `interval` on the serving leader; what they allocate
+/// (peer ids) is proposed like any change, and replies wait for it as for any id.
+async fn run_schedulers(shared: Arc<Shared>, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
-        let mut writes = crate::cluster::MetaWrites::default();
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let mut core = core.lock();
-        let started = core.schedule(now_ms, &mut writes);
-        // Under the lock, as every handler persists: ids handed out are durable before use.
-        if let Err(e) = meta.apply(writes) {
-            tracing::error!(error = %e, "cannot persist what the schedulers allocated; their operators are dropped");
-            core.cancel_operators(&started);
+        let mut st = shared.state.lock();
+        let mut writes = MetaWrites::default();
+        let started = match shared.serving(&mut st) {
+            Ok(core) => core.schedule(wall_ms(), &mut writes),
+            Err(_) => continue,
+        };
+        if shared.propose(&mut st, &writes).is_err() {
+            if let Some(core) = st.core.as_mut() {
+                core.cancel_operators(&started);
+            }
         }
+        drop(st);
+        shared.wake.notify_one();
     }
 }
 
@@ -50,7 +416,7 @@ fn fresh_cluster_id() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(1);
-    (secs << 32) | u64::from(rand_u32())
+    (secs << 32) | u64::from(rand_u32()) | 1
 }
 
 fn rand_u32() -> u32 {
@@ -62,24 +428,28 @@ fn rand_u32() -> u32 {
     h.finish() as u32
 }
 
+/// The metadata store's and the placement log's directories under `data_dir`; refuses the
+/// layout of versions before the placement group (metadata directly in `data_dir`).
+fn open_stores(
+    config: &PlacementConfig,
+) -> Result<(Arc<MetaStore>, Arc<dyn RaftLogEngine>), PlacementError> {
+    let dir = &config.data_dir;
+    if dir.join("db").exists() && !dir.join("meta").exists() {
+        return Err(PlacementError::Config(format!(
+            "{} holds placement metadata of an older ringkv without a placement log; start with a fresh data directory",
+            dir.display()
+        )));
+    }
+    let meta = Arc::new(MetaStore::open(&dir.join("meta"))?);
+    let log: Arc<dyn RaftLogEngine> = Arc::new(RaftEngineLog::open(&dir.join("raft-log"))?);
+    Ok((meta, log))
+}
+
 impl PlacementServer {
-    /// Starts a member with `config`; returns once it is listening.
+    /// Starts a member with `config`; returns once it is listening. It serves once its group
+    /// has a leader (at once for a group of one).
     pub fn start(config: PlacementConfig) -> Result<Self, PlacementError> {
         config.validate()?;
-        let meta = Arc::new(MetaStore::open(&config.data_dir)?);
-        let cluster_id = meta.cluster_id_or_init(fresh_cluster_id)?;
-        let state = meta.load()?;
-        let mut core = PlacementCore::new(
-            cluster_id,
-            config.replicas,
-            config.tso_save_window_ms,
-            state,
-        );
-        core.set_merge_config(config.merge_config());
-        core.set_gc_life_time_ms(config.gc_life_time_ms);
-        core.set_replica_timing(config.max_store_down_time_ms, config.operator_timeout_ms);
-        core.set_balance_config(config.balance_config());
-        core.apply_persisted_schedule();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("placement")
@@ -91,24 +461,82 @@ impl PlacementServer {
                 PlacementError::Config(format!("cannot listen on {}: {e}", config.listen_addr))
             })?;
         let addr = listener.local_addr()?;
-        let endpoint = config
-            .advertise_addr
-            .clone()
-            .unwrap_or_else(|| addr.to_string());
-        let core = Arc::new(Mutex::new(core));
+        let members = if config.initial_members.is_empty() {
+            vec![MemberSpec {
+                id: 1,
+                name: config.name.clone(),
+                endpoint: config
+                    .advertise_addr
+                    .clone()
+                    .unwrap_or_else(|| addr.to_string()),
+            }]
+        } else {
+            member::member_specs(&config.initial_members)?
+        };
+        let me = members
+            .iter()
+            .find(|m| m.name == config.name)
+            .cloned()
+            .ok_or_else(|| PlacementError::Config("initial_members lacks this member".into()))?;
+        let (meta, log) = open_stores(&config)?;
+        // A group of one that was started with an ephemeral port keeps working on another.
+        if config.initial_members.is_empty() {
+            let mut stored = members.clone();
+            if let Some(bytes) = meta.get(keys::MEMBERS)? {
+                if let Ok(s) = MetaSnapshot::decode(bytes.as_slice()) {
+                    if s.kvs.len() == 1 && s.kvs[0].key == me.name.as_bytes() {
+                        stored[0].endpoint = String::from_utf8_lossy(&s.kvs[0].value).into();
+                    }
+                }
+            }
+            check_stored_members(&meta, &stored)?;
+        } else {
+            check_stored_members(&meta, &members)?;
+        }
+        let voters: Vec<u64> = members.iter().map(|m| m.id).collect();
+        let started = Instant::now();
+        let mut raft = MemberRaft::open(me.id, voters, log, meta.clone(), 0)?;
+        if members.len() == 1 {
+            raft.campaign()?;
+        }
+        let (progress, _) = watch::channel(Progress::default());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(MemberState {
+                raft,
+                core: None,
+                sync_index: 0,
+                init_proposed_term: 0,
+                failed: false,
+            }),
+            wake: tokio::sync::Notify::new(),
+            progress,
+            config: config.clone(),
+            members: members.clone(),
+            self_id: me.id,
+            meta,
+            started,
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut outboxes = HashMap::new();
+        for m in members.iter().filter(|m| m.id != me.id) {
+            let (tx, rx) = mpsc::channel(OUTBOX_BATCHES_MAX);
+            outboxes.insert(m.id, tx);
+            runtime.spawn(send_to(shared.clone(), m.clone(), rx));
+        }
+        runtime.spawn(drive(shared.clone(), outboxes, shutdown_rx.clone()));
+        shared.wake.notify_one();
         runtime.spawn(run_schedulers(
-            core.clone(),
-            meta.clone(),
-            std::time::Duration::from_millis(config.schedule_interval_ms),
+            shared.clone(),
+            Duration::from_millis(config.schedule_interval_ms),
         ));
         let service = PlacementService {
-            core,
-            meta,
-            name: config.name.clone(),
-            endpoint,
+            shared: shared.clone(),
         };
-        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let member_service = MemberService {
+            shared: shared.clone(),
+        };
         let incoming = incoming_nodelay(listener);
+        let mut stop_rx = shutdown_rx;
         runtime.spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(
@@ -116,18 +544,23 @@ impl PlacementServer {
                         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
                         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
                 )
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = shutdown_rx.await;
+                .add_service(
+                    PlacementMemberServer::new(member_service)
+                        .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+                        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+                )
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop_rx.changed().await;
                 })
                 .await;
             if let Err(e) = result {
                 tracing::error!(error = %e, "placement gRPC server failed");
             }
         });
-        tracing::info!(%addr, cluster_id, name = %config.name, "placement member serving");
+        tracing::info!(%addr, name = %config.name, member_id = me.id, members = members.len(), "placement member started");
         Ok(PlacementServer {
             addr,
-            cluster_id,
+            shared,
             runtime: Some(runtime),
             shutdown: Some(shutdown),
         })
@@ -137,18 +570,30 @@ impl PlacementServer {
         self.addr
     }
 
+    /// The cluster id, once a leader has chosen it (0 before).
     pub fn cluster_id(&self) -> u64 {
-        self.cluster_id
+        self.shared.meta.cluster_id().unwrap_or(0)
     }
 
-    /// Stops serving and closes the metadata store.
+    /// Whether this member serves the placement API now (it leads and holds a lease).
+    pub fn is_serving(&self) -> bool {
+        let mut st = self.shared.state.lock();
+        self.shared.serving(&mut st).is_ok()
+    }
+
+    /// This member's view of its group.
+    pub fn group_status(&self) -> member::GroupStatus {
+        self.shared.state.lock().raft.status()
+    }
+
+    /// Stops serving and closes the stores.
     pub fn stop(mut self) {
         self.shutdown_now();
     }
 
     fn shutdown_now(&mut self) {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(std::time::Duration::from_secs(2));

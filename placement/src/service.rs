@@ -1,30 +1,34 @@
-//! The gRPC face of the placement core. Every handler: check the cluster id, run the core under
-//! its lock, persist what it asked for, reply. Errors travel in the response header, typed.
+//! The gRPC face of the placement core. Every handler: check that this member serves and the
+//! cluster id, run the core under the member's lock, propose what it changed to the placement
+//! group, wait for the commit when a reply depends on it, reply. Errors travel in the response
+//! header, typed; a member that does not serve answers `UNAVAILABLE` naming the leader.
 
 use crate::cluster::{MetaWrites, PlacementCore};
+use crate::member;
 use crate::merge_checker::RegionStats;
-use crate::meta_store::MetaStore;
 use crate::replica_checker::Step;
+use crate::server::{wall_ms, Shared};
 use crate::PlacementError;
-use parking_lot::Mutex;
+use ringkv_proto::pdpb::placement_member_server::PlacementMember;
 use ringkv_proto::pdpb::placement_server::Placement;
 use ringkv_proto::pdpb::*;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 
+/// gRPC metadata key naming the leader's endpoint on an `UNAVAILABLE` answer.
+pub const LEADER_METADATA_KEY: &str = "ringkv-placement-leader";
+
+/// How long a leadership transfer may take before its request gives up.
+const COMMIT_TIMEOUT_TRANSFER: Duration = Duration::from_secs(5);
+
 pub(crate) struct PlacementService {
-    pub core: Arc<Mutex<PlacementCore>>,
-    pub meta: Arc<MetaStore>,
-    pub name: String,
-    pub endpoint: String,
+    pub shared: Arc<Shared>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// The placement members' Raft traffic.
+pub(crate) struct MemberService {
+    pub shared: Arc<Shared>,
 }
 
 fn header_of(cluster_id: u64, result: &Result<(), PlacementError>) -> Option<ResponseHeader> {
@@ -37,69 +41,205 @@ fn header_of(cluster_id: u64, result: &Result<(), PlacementError>) -> Option<Res
     })
 }
 
+/// `UNAVAILABLE`, with the leader's endpoint attached when known: the client retries there.
+fn unavailable(e: PlacementError) -> Status {
+    let mut status = Status::unavailable(e.to_string());
+    if let PlacementError::NotLeader {
+        leader: Some(leader),
+        ..
+    } = &e
+    {
+        if let Ok(v) = leader.parse() {
+            status.metadata_mut().insert(LEADER_METADATA_KEY, v);
+        }
+    }
+    status
+}
+
 impl PlacementService {
-    /// Runs `f` on the core with this request's cluster check and persistence, and returns the
-    /// response header plus `f`'s value (default on error).
-    fn run<T: Default>(
+    /// Runs `f` on the serving core with this request's cluster check, proposes what it
+    /// changed, and returns the response header plus `f`'s value (default on error) once every
+    /// change a reply may rely on has committed.
+    async fn run<T: Default>(
         &self,
         header: Option<RequestHeader>,
         f: impl FnOnce(&mut PlacementCore, &mut MetaWrites, i64) -> Result<T, PlacementError>,
-    ) -> (Option<ResponseHeader>, T) {
-        let mut core = self.core.lock();
-        let cluster_id = core.cluster_id();
-        let mut writes = MetaWrites::default();
-        let result = core
-            .check_cluster(header.map(|h| h.cluster_id).unwrap_or(0))
-            .and_then(|()| f(&mut core, &mut writes, now_ms()));
-        // Persist before replying: a reply may only promise what survives a restart.
-        let result = match result {
-            Ok(value) => self.meta.apply(writes).map(|()| value),
-            Err(e) => {
-                // Writes of a failed call are still facts (e.g. an id range consumed).
-                let _ = self.meta.apply(writes);
-                Err(e)
-            }
+    ) -> Result<(Option<ResponseHeader>, T), Status> {
+        let shared = &self.shared;
+        let (cluster_id, result, wait_for) = {
+            let mut st = shared.state.lock();
+            let mut writes = MetaWrites::default();
+            let core = shared.serving(&mut st).map_err(unavailable)?;
+            let cluster_id = core.cluster_id();
+            let result = core
+                .check_cluster(header.map(|h| h.cluster_id).unwrap_or(0))
+                .and_then(|()| f(core, &mut writes, wall_ms()));
+            // Writes of a failed call are still facts (e.g. an id range consumed).
+            shared.propose(&mut st, &writes).map_err(unavailable)?;
+            (cluster_id, result, (st.sync_index, st.raft.term()))
         };
-        match result {
+        shared.wake.notify_one();
+        shared
+            .wait_applied(wait_for.0, wait_for.1)
+            .await
+            .map_err(unavailable)?;
+        Ok(match result {
             Ok(value) => (header_of(cluster_id, &Ok(())), value),
             Err(e) => {
                 tracing::debug!(error = %e, "placement request failed");
                 (header_of(cluster_id, &Err(e)), T::default())
             }
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl PlacementMember for MemberService {
+    async fn raft(
+        &self,
+        request: Request<MemberRaftRequest>,
+    ) -> Result<Response<MemberRaftResponse>, Status> {
+        let req = request.into_inner();
+        let shared = &self.shared;
+        if req.to_member_id != shared.self_id {
+            return Err(Status::invalid_argument(format!(
+                "placement raft message for member {} reached member {}; the members' initial_members lists differ",
+                req.to_member_id, shared.self_id
+            )));
         }
+        let messages = member::decode_messages(&req.messages);
+        {
+            let mut st = shared.state.lock();
+            let now = shared.mono_ms();
+            for m in messages {
+                if let Err(e) = st.raft.step(m, now) {
+                    tracing::debug!(error = %e, from = req.from_member_id, "placement raft message refused");
+                }
+            }
+        }
+        shared.wake.notify_one();
+        Ok(Response::new(MemberRaftResponse {}))
     }
 }
 
 #[tonic::async_trait]
 impl Placement for PlacementService {
+    /// Answered by every member, leader or not, once the cluster has an id: how clients find
+    /// the leader.
     async fn get_members(
         &self,
         request: Request<GetMembersRequest>,
     ) -> Result<Response<GetMembersResponse>, Status> {
-        let me = Member {
-            name: self.name.clone(),
-            endpoint: self.endpoint.clone(),
+        let shared = &self.shared;
+        let cluster_id = shared
+            .meta
+            .cluster_id()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if cluster_id == 0 {
+            return Err(Status::unavailable(
+                "the placement group has not elected its first leader yet; retry shortly",
+            ));
+        }
+        let asked = request
+            .into_inner()
+            .header
+            .map(|h| h.cluster_id)
+            .unwrap_or(0);
+        let result = if asked != 0 && asked != cluster_id {
+            Err(PlacementError::ClusterMismatch {
+                expected: cluster_id,
+                got: asked,
+            })
+        } else {
+            Ok(())
         };
-        let (header, ()) = self.run(request.into_inner().header, |_, _, _| Ok(()));
+        let status = shared.state.lock().raft.status();
+        let me = shared.member(shared.self_id).expect("self is a member");
         Ok(Response::new(GetMembersResponse {
-            header,
-            members: vec![me.clone()],
-            leader: Some(me),
+            header: header_of(cluster_id, &result),
+            members: shared
+                .members
+                .iter()
+                .map(|m| shared.wire_member(m))
+                .collect(),
+            leader: shared
+                .member(status.leader_id)
+                .map(|m| shared.wire_member(m)),
+            answered_by: Some(shared.wire_member(me)),
+            term: status.term,
+            commit_index: status.commit_index,
+            applied_index: status.applied_index,
         }))
+    }
+
+    async fn transfer_placement_leader(
+        &self,
+        request: Request<TransferPlacementLeaderRequest>,
+    ) -> Result<Response<TransferPlacementLeaderResponse>, Status> {
+        let req = request.into_inner();
+        let shared = &self.shared;
+        let to = shared.members.iter().find(|m| m.name == req.to_name);
+        let (header, target) = self
+            .run(req.header, |_, _, _| match to {
+                None => Err(PlacementError::InvalidArgument(format!(
+                    "no placement member is named {:?}; members: {}",
+                    req.to_name,
+                    shared
+                        .members
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+                Some(m) => Ok(Some(m.id)),
+            })
+            .await?;
+        if let Some(id) = target.filter(|&id| id != shared.self_id) {
+            let term = {
+                let mut st = shared.state.lock();
+                st.raft.transfer_leader(id);
+                st.raft.term()
+            };
+            shared.wake.notify_one();
+            // Answer once this member has stepped down (or the transfer failed).
+            let mut rx = shared.progress.subscribe();
+            let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT_TRANSFER;
+            loop {
+                let p = *rx.borrow_and_update();
+                if !p.leader || p.term != term {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, rx.changed())
+                    .await
+                    .is_err()
+                {
+                    let error = PlacementError::NotLeader {
+                        leader: None,
+                        reason: "the leadership transfer did not finish in time; the target may be behind or down",
+                    };
+                    return Ok(Response::new(TransferPlacementLeaderResponse {
+                        header: header_of(header.map(|h| h.cluster_id).unwrap_or(0), &Err(error)),
+                    }));
+                }
+            }
+        }
+        Ok(Response::new(TransferPlacementLeaderResponse { header }))
     }
 
     async fn get_cluster_info(
         &self,
         request: Request<GetClusterInfoRequest>,
     ) -> Result<Response<GetClusterInfoResponse>, Status> {
-        let (header, info) = self.run(request.into_inner().header, |core, _, _| {
-            Ok((
-                core.is_bootstrapped(),
-                core.replicas(),
-                core.store_count() as u32,
-                core.region_count() as u32,
-            ))
-        });
+        let (header, info) = self
+            .run(request.into_inner().header, |core, _, _| {
+                Ok((
+                    core.is_bootstrapped(),
+                    core.replicas(),
+                    core.store_count() as u32,
+                    core.region_count() as u32,
+                ))
+            })
+            .await?;
         Ok(Response::new(GetClusterInfoResponse {
             header,
             bootstrapped: info.0,
@@ -114,7 +254,9 @@ impl Placement for PlacementService {
         request: Request<AllocIdRequest>,
     ) -> Result<Response<AllocIdResponse>, Status> {
         let req = request.into_inner();
-        let (header, first_id) = self.run(req.header, |core, w, _| core.alloc_ids(req.count, w));
+        let (header, first_id) = self
+            .run(req.header, |core, w, _| core.alloc_ids(req.count, w))
+            .await?;
         Ok(Response::new(AllocIdResponse {
             header,
             first_id,
@@ -124,9 +266,11 @@ impl Placement for PlacementService {
 
     async fn tso(&self, request: Request<TsoRequest>) -> Result<Response<TsoResponse>, Status> {
         let req = request.into_inner();
-        let (header, batch) = self.run(req.header, |core, w, now| {
-            core.tso(req.count, now, w).map(Some)
-        });
+        let (header, batch) = self
+            .run(req.header, |core, w, now| {
+                core.tso(req.count, now, w).map(Some)
+            })
+            .await?;
         Ok(Response::new(TsoResponse {
             header,
             timestamp: batch.map(|b| Timestamp {
@@ -142,12 +286,14 @@ impl Placement for PlacementService {
         request: Request<PutStoreRequest>,
     ) -> Result<Response<PutStoreResponse>, Status> {
         let req = request.into_inner();
-        let (header, bootstrap_regions) = self.run(req.header, |core, w, now| {
-            let store = req.store.ok_or_else(|| {
-                PlacementError::InvalidArgument("put_store without a store".into())
-            })?;
-            core.put_store(store, now, w)
-        });
+        let (header, bootstrap_regions) = self
+            .run(req.header, |core, w, now| {
+                let store = req.store.ok_or_else(|| {
+                    PlacementError::InvalidArgument("put_store without a store".into())
+                })?;
+                core.put_store(store, now, w)
+            })
+            .await?;
         Ok(Response::new(PutStoreResponse {
             header,
             bootstrap_regions,
@@ -159,9 +305,11 @@ impl Placement for PlacementService {
         request: Request<GetStoreRequest>,
     ) -> Result<Response<GetStoreResponse>, Status> {
         let req = request.into_inner();
-        let (header, info) = self.run(req.header, |core, _, _| {
-            core.get_store(req.store_id).map(|s| Some(s.clone()))
-        });
+        let (header, info) = self
+            .run(req.header, |core, _, _| {
+                core.get_store(req.store_id).map(|s| Some(s.clone()))
+            })
+            .await?;
         Ok(Response::new(GetStoreResponse {
             header,
             store: info.as_ref().map(|i| i.store.clone()),
@@ -173,9 +321,11 @@ impl Placement for PlacementService {
         &self,
         request: Request<GetAllStoresRequest>,
     ) -> Result<Response<GetAllStoresResponse>, Status> {
-        let (header, stores) = self.run(request.into_inner().header, |core, _, _| {
-            Ok(core.stores().map(|s| s.store.clone()).collect())
-        });
+        let (header, stores) = self
+            .run(request.into_inner().header, |core, _, _| {
+                Ok(core.stores().map(|s| s.store.clone()).collect())
+            })
+            .await?;
         Ok(Response::new(GetAllStoresResponse { header, stores }))
     }
 
@@ -184,15 +334,17 @@ impl Placement for PlacementService {
         request: Request<StoreHeartbeatRequest>,
     ) -> Result<Response<StoreHeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let (header, bootstrap_regions) = self.run(req.header, |core, w, now| {
-            let stats = req.stats.ok_or_else(|| {
-                PlacementError::InvalidArgument("store heartbeat without stats".into())
-            })?;
-            let store_id = stats.store_id;
-            let regions = core.store_heartbeat(stats, now)?;
-            core.finish_decommission(store_id, w);
-            Ok(regions)
-        });
+        let (header, bootstrap_regions) = self
+            .run(req.header, |core, w, now| {
+                let stats = req.stats.ok_or_else(|| {
+                    PlacementError::InvalidArgument("store heartbeat without stats".into())
+                })?;
+                let store_id = stats.store_id;
+                let regions = core.store_heartbeat(stats, now)?;
+                core.finish_decommission(store_id, w);
+                Ok(regions)
+            })
+            .await?;
         Ok(Response::new(StoreHeartbeatResponse {
             header,
             bootstrap_regions,
@@ -204,8 +356,8 @@ impl Placement for PlacementService {
         request: Request<RegionHeartbeatRequest>,
     ) -> Result<Response<RegionHeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let (header, (merge, change_peer, transfer_leader)) =
-            self.run(req.header, |core, w, now| {
+        let (header, (merge, change_peer, transfer_leader)) = self
+            .run(req.header, |core, w, now| {
                 let region = req.region.ok_or_else(|| {
                     PlacementError::InvalidArgument("region heartbeat without a region".into())
                 })?;
@@ -240,7 +392,8 @@ impl Placement for PlacementService {
                     target: Some(target),
                 });
                 Ok((merge, None, None))
-            });
+            })
+            .await?;
         Ok(Response::new(RegionHeartbeatResponse {
             header,
             merge,
@@ -254,9 +407,11 @@ impl Placement for PlacementService {
         request: Request<CreateKeyspaceRequest>,
     ) -> Result<Response<KeyspaceResponse>, Status> {
         let req = request.into_inner();
-        let (header, keyspace) = self.run(req.header, |core, w, _| {
-            core.create_keyspace(&req.name, req.mode, w).map(Some)
-        });
+        let (header, keyspace) = self
+            .run(req.header, |core, w, _| {
+                core.create_keyspace(&req.name, req.mode, w).map(Some)
+            })
+            .await?;
         Ok(Response::new(KeyspaceResponse { header, keyspace }))
     }
 
@@ -265,9 +420,11 @@ impl Placement for PlacementService {
         request: Request<GetKeyspaceRequest>,
     ) -> Result<Response<KeyspaceResponse>, Status> {
         let req = request.into_inner();
-        let (header, keyspace) = self.run(req.header, |core, _, _| {
-            core.keyspace(&req.name).map(|k| Some(k.clone()))
-        });
+        let (header, keyspace) = self
+            .run(req.header, |core, _, _| {
+                core.keyspace(&req.name).map(|k| Some(k.clone()))
+            })
+            .await?;
         Ok(Response::new(KeyspaceResponse { header, keyspace }))
     }
 
@@ -276,12 +433,14 @@ impl Placement for PlacementService {
         request: Request<AskSplitRequest>,
     ) -> Result<Response<AskSplitResponse>, Status> {
         let req = request.into_inner();
-        let (header, (new_region_id, new_peer_ids)) = self.run(req.header, |core, w, _| {
-            let region = req.region.ok_or_else(|| {
-                PlacementError::InvalidArgument("ask split without a region".into())
-            })?;
-            core.ask_split(&region, w)
-        });
+        let (header, (new_region_id, new_peer_ids)) = self
+            .run(req.header, |core, w, _| {
+                let region = req.region.ok_or_else(|| {
+                    PlacementError::InvalidArgument("ask split without a region".into())
+                })?;
+                core.ask_split(&region, w)
+            })
+            .await?;
         Ok(Response::new(AskSplitResponse {
             header,
             new_region_id,
@@ -294,14 +453,16 @@ impl Placement for PlacementService {
         request: Request<ReportSplitRequest>,
     ) -> Result<Response<ReportSplitResponse>, Status> {
         let req = request.into_inner();
-        let (header, ()) = self.run(req.header, |core, w, _| {
-            let (Some(left), Some(right)) = (req.left, req.right) else {
-                return Err(PlacementError::InvalidArgument(
-                    "split report needs both regions".into(),
-                ));
-            };
-            core.report_split(left, right, None, 0, w)
-        });
+        let (header, ()) = self
+            .run(req.header, |core, w, _| {
+                let (Some(left), Some(right)) = (req.left, req.right) else {
+                    return Err(PlacementError::InvalidArgument(
+                        "split report needs both regions".into(),
+                    ));
+                };
+                core.report_split(left, right, None, 0, w)
+            })
+            .await?;
         Ok(Response::new(ReportSplitResponse { header }))
     }
 
@@ -310,15 +471,17 @@ impl Placement for PlacementService {
         request: Request<GetRegionRequest>,
     ) -> Result<Response<GetRegionResponse>, Status> {
         let req = request.into_inner();
-        let (header, info) = self.run(req.header, |core, _, _| {
-            if !core.is_bootstrapped() {
-                return Err(PlacementError::NotBootstrapped {
-                    registered: core.store_count(),
-                    replicas: core.replicas(),
-                });
-            }
-            Ok(core.region_by_key(&req.region_key).cloned())
-        });
+        let (header, info) = self
+            .run(req.header, |core, _, _| {
+                if !core.is_bootstrapped() {
+                    return Err(PlacementError::NotBootstrapped {
+                        registered: core.store_count(),
+                        replicas: core.replicas(),
+                    });
+                }
+                Ok(core.region_by_key(&req.region_key).cloned())
+            })
+            .await?;
         Ok(Response::new(GetRegionResponse {
             header,
             region: info.as_ref().map(|i| i.region.clone()),
@@ -331,13 +494,15 @@ impl Placement for PlacementService {
         request: Request<GetRegionByIdRequest>,
     ) -> Result<Response<GetRegionResponse>, Status> {
         let req = request.into_inner();
-        let (header, info) = self.run(req.header, |core, _, _| {
-            core.region_by_id(req.region_id).cloned().map(Some).ok_or(
-                PlacementError::RegionNotFound {
-                    region_id: req.region_id,
-                },
-            )
-        });
+        let (header, info) = self
+            .run(req.header, |core, _, _| {
+                core.region_by_id(req.region_id).cloned().map(Some).ok_or(
+                    PlacementError::RegionNotFound {
+                        region_id: req.region_id,
+                    },
+                )
+            })
+            .await?;
         Ok(Response::new(GetRegionResponse {
             header,
             region: info.as_ref().map(|i| i.region.clone()),
@@ -350,21 +515,23 @@ impl Placement for PlacementService {
         request: Request<ScanRegionsRequest>,
     ) -> Result<Response<ScanRegionsResponse>, Status> {
         let req = request.into_inner();
-        let (header, regions) = self.run(req.header, |core, _, _| {
-            let limit = if req.limit == 0 {
-                usize::MAX
-            } else {
-                req.limit as usize
-            };
-            Ok(core
-                .scan_regions(&req.start_key, &req.end_key, limit)
-                .into_iter()
-                .map(|i| RegionWithLeader {
-                    region: Some(i.region.clone()),
-                    leader: i.leader,
-                })
-                .collect())
-        });
+        let (header, regions) = self
+            .run(req.header, |core, _, _| {
+                let limit = if req.limit == 0 {
+                    usize::MAX
+                } else {
+                    req.limit as usize
+                };
+                Ok(core
+                    .scan_regions(&req.start_key, &req.end_key, limit)
+                    .into_iter()
+                    .map(|i| RegionWithLeader {
+                        region: Some(i.region.clone()),
+                        leader: i.leader,
+                    })
+                    .collect())
+            })
+            .await?;
         Ok(Response::new(ScanRegionsResponse { header, regions }))
     }
 
@@ -373,9 +540,11 @@ impl Placement for PlacementService {
         request: Request<DecommissionStoreRequest>,
     ) -> Result<Response<DecommissionStoreResponse>, Status> {
         let req = request.into_inner();
-        let (header, store) = self.run(req.header, |core, w, _| {
-            core.decommission_store(req.store_id, w).map(Some)
-        });
+        let (header, store) = self
+            .run(req.header, |core, w, _| {
+                core.decommission_store(req.store_id, w).map(Some)
+            })
+            .await?;
         Ok(Response::new(DecommissionStoreResponse { header, store }))
     }
 
@@ -383,9 +552,11 @@ impl Placement for PlacementService {
         &self,
         request: Request<GetOperatorsRequest>,
     ) -> Result<Response<GetOperatorsResponse>, Status> {
-        let (header, operators) = self.run(request.into_inner().header, |core, _, _| {
-            Ok(core.operator_infos())
-        });
+        let (header, operators) = self
+            .run(request.into_inner().header, |core, _, _| {
+                Ok(core.operator_infos())
+            })
+            .await?;
         Ok(Response::new(GetOperatorsResponse { header, operators }))
     }
 
@@ -394,7 +565,9 @@ impl Placement for PlacementService {
         request: Request<CancelOperatorRequest>,
     ) -> Result<Response<CancelOperatorResponse>, Status> {
         let req = request.into_inner();
-        let (header, ()) = self.run(req.header, |core, _, _| core.cancel_operator(req.region_id));
+        let (header, ()) = self
+            .run(req.header, |core, _, _| core.cancel_operator(req.region_id))
+            .await?;
         Ok(Response::new(CancelOperatorResponse { header }))
     }
 
@@ -403,17 +576,19 @@ impl Placement for PlacementService {
         request: Request<AddOperatorRequest>,
     ) -> Result<Response<AddOperatorResponse>, Status> {
         let req = request.into_inner();
-        let (header, operator) = self.run(req.header, |core, w, now| {
-            core.add_operator(
-                req.region_id,
-                &req.kind,
-                req.from_store,
-                req.to_store,
-                now,
-                w,
-            )
-            .map(Some)
-        });
+        let (header, operator) = self
+            .run(req.header, |core, w, now| {
+                core.add_operator(
+                    req.region_id,
+                    &req.kind,
+                    req.from_store,
+                    req.to_store,
+                    now,
+                    w,
+                )
+                .map(Some)
+            })
+            .await?;
         Ok(Response::new(AddOperatorResponse { header, operator }))
     }
 
@@ -421,9 +596,11 @@ impl Placement for PlacementService {
         &self,
         request: Request<GetScheduleConfigRequest>,
     ) -> Result<Response<ScheduleConfigResponse>, Status> {
-        let (header, config) = self.run(request.into_inner().header, |core, _, _| {
-            Ok(Some(core.schedule_config()))
-        });
+        let (header, config) = self
+            .run(request.into_inner().header, |core, _, _| {
+                Ok(Some(core.schedule_config()))
+            })
+            .await?;
         Ok(Response::new(ScheduleConfigResponse { header, config }))
     }
 
@@ -432,9 +609,11 @@ impl Placement for PlacementService {
         request: Request<SetScheduleConfigRequest>,
     ) -> Result<Response<ScheduleConfigResponse>, Status> {
         let req = request.into_inner();
-        let (header, config) = self.run(req.header, |core, w, _| {
-            core.set_schedule_config(&req.key, &req.value, w).map(Some)
-        });
+        let (header, config) = self
+            .run(req.header, |core, w, _| {
+                core.set_schedule_config(&req.key, &req.value, w).map(Some)
+            })
+            .await?;
         Ok(Response::new(ScheduleConfigResponse { header, config }))
     }
 
@@ -442,9 +621,11 @@ impl Placement for PlacementService {
         &self,
         request: Request<GetGcSafePointRequest>,
     ) -> Result<Response<GetGcSafePointResponse>, Status> {
-        let (header, safe_point) = self.run(request.into_inner().header, |core, w, now| {
-            Ok(core.gc_safe_point(now, w))
-        });
+        let (header, safe_point) = self
+            .run(request.into_inner().header, |core, w, now| {
+                Ok(core.gc_safe_point(now, w))
+            })
+            .await?;
         Ok(Response::new(GetGcSafePointResponse { header, safe_point }))
     }
 
@@ -453,9 +634,11 @@ impl Placement for PlacementService {
         request: Request<UpdateGcSafePointRequest>,
     ) -> Result<Response<UpdateGcSafePointResponse>, Status> {
         let req = request.into_inner();
-        let (header, new_safe_point) = self.run(req.header, |core, w, now| {
-            core.set_gc_safe_point(req.safe_point, now, w)
-        });
+        let (header, new_safe_point) = self
+            .run(req.header, |core, w, now| {
+                core.set_gc_safe_point(req.safe_point, now, w)
+            })
+            .await?;
         Ok(Response::new(UpdateGcSafePointResponse {
             header,
             new_safe_point,
@@ -467,9 +650,11 @@ impl Placement for PlacementService {
         request: Request<UpdateServiceGcSafePointRequest>,
     ) -> Result<Response<UpdateServiceGcSafePointResponse>, Status> {
         let req = request.into_inner();
-        let (header, gc_safe_point) = self.run(req.header, |core, _, now| {
-            core.update_service_gc_safe_point(&req.service_id, req.safe_point, req.ttl_ms, now)
-        });
+        let (header, gc_safe_point) = self
+            .run(req.header, |core, _, now| {
+                core.update_service_gc_safe_point(&req.service_id, req.safe_point, req.ttl_ms, now)
+            })
+            .await?;
         Ok(Response::new(UpdateServiceGcSafePointResponse {
             header,
             gc_safe_point,

@@ -17,6 +17,7 @@ mod mem_kv;
 mod mem_log;
 mod peer_storage;
 mod raft_engine_log;
+pub mod raft_logger;
 mod sled_kv;
 
 pub use error::{Result, StorageError};

@@ -20,7 +20,8 @@ impl Drain for TracingDrain {
     }
 }
 
-/// A logger for raft-rs that writes to `tracing` under target `raft`, tagged with the region.
+/// A logger for raft-rs that writes to `tracing` under target `raft`, tagged with the Raft group
+/// (a region, or the placement group) and the peer.
 pub fn raft_logger(region_id: u64, peer_id: u64) -> slog::Logger {
     slog::Logger::root(
         TracingDrain.fuse(),
