@@ -1,4 +1,5 @@
-//! An in-process cluster for tests: one placement member and N nodes, each on its own runtime,
+//! An in-process cluster for tests: placement members (one by default) and N nodes, each on
+//! its own runtime,
 //! on ephemeral loopback ports, sharing one [`NetFilter`] so tests can cut links.
 
 use crate::debug;
@@ -28,6 +29,8 @@ pub struct ClusterBuilder {
     /// The placement driver's balance schedulers run (default false here, so tests that do
     /// not test them see leaders and replicas stay where they are).
     pub balance: bool,
+    /// Placement members (default 1).
+    pub placement_members: usize,
 }
 
 impl Default for ClusterBuilder {
@@ -48,6 +51,7 @@ impl Default for ClusterBuilder {
             merge: Default::default(),
             max_store_down_time_ms: ringkv_placement::cluster::DEFAULT_MAX_STORE_DOWN_TIME_MS,
             balance: false,
+            placement_members: 1,
         }
     }
 }
@@ -88,6 +92,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// A placement group of `n` members instead of one.
+    pub fn placement_members(mut self, n: usize) -> Self {
+        self.placement_members = n;
+        self
+    }
+
     pub fn start(self) -> TestCluster {
         TestCluster::start(self)
     }
@@ -103,8 +113,9 @@ struct NodeSlot {
 /// A running in-process cluster. Nodes are numbered from 0 in start order.
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
-    pd: Option<PlacementServer>,
-    pd_addr: SocketAddr,
+    /// Placement members in name order (`pd-1`, `pd-2`, …); None while stopped.
+    pd: Vec<Option<PlacementServer>>,
+    pd_configs: Vec<PlacementConfig>,
     nodes: Vec<NodeSlot>,
     /// The configuration new nodes start from (data directory and port set per node).
     node_template: NodeConfig,
@@ -139,8 +150,7 @@ impl TestCluster {
     fn start(b: ClusterBuilder) -> Self {
         crate::init_test_logging();
         let dir = tempfile::tempdir().expect("temp dir");
-        let pd = PlacementServer::start(PlacementConfig {
-            data_dir: dir.path().join("placement"),
+        let template = PlacementConfig {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
             replicas: b.replicas,
             merge_size_bytes_max: b.merge.merge_size_bytes_max,
@@ -152,13 +162,57 @@ impl TestCluster {
             balance_region: b.balance,
             schedule_interval_ms: 500,
             ..PlacementConfig::default()
-        })
-        .expect("placement starts");
-        let pd_addr = pd.addr();
+        };
+        let pd_configs: Vec<PlacementConfig> = if b.placement_members <= 1 {
+            vec![PlacementConfig {
+                data_dir: dir.path().join("placement"),
+                ..template
+            }]
+        } else {
+            // Members must know each other's ports before they start: take free ones.
+            let addrs: Vec<SocketAddr> = (0..b.placement_members)
+                .map(|_| {
+                    std::net::TcpListener::bind("127.0.0.1:0")
+                        .and_then(|l| l.local_addr())
+                        .expect("a free port")
+                })
+                .collect();
+            let members: Vec<String> = addrs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| format!("pd-{}={a}", i + 1))
+                .collect();
+            addrs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| PlacementConfig {
+                    name: format!("pd-{}", i + 1),
+                    data_dir: dir.path().join(format!("placement{}", i + 1)),
+                    listen_addr: *a,
+                    initial_members: members.clone(),
+                    ..template.clone()
+                })
+                .collect()
+        };
+        let mut pd = Vec::new();
+        for config in &pd_configs {
+            pd.push(Some(
+                PlacementServer::start(config.clone()).expect("placement starts"),
+            ));
+        }
+        let mut pd_configs = pd_configs;
+        for (config, server) in pd_configs.iter_mut().zip(&pd) {
+            // Restarts come back on the same port.
+            config.listen_addr = server.as_ref().expect("started").addr();
+        }
+        let pd_endpoints: Vec<String> = pd_configs
+            .iter()
+            .map(|c| c.listen_addr.to_string())
+            .collect();
         let filter = NetFilter::new();
         let mut node_template = NodeConfig {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
-            placement_endpoints: vec![pd_addr.to_string()],
+            placement_endpoints: pd_endpoints,
             store_heartbeat_ms: 200,
             gc_interval_ms: 200,
             resolved_ts_interval_ms: 100,
@@ -183,8 +237,8 @@ impl TestCluster {
             .expect("test runtime");
         let cluster = TestCluster {
             dir,
-            pd: Some(pd),
-            pd_addr,
+            pd,
+            pd_configs,
             nodes,
             node_template,
             filter,
@@ -202,8 +256,48 @@ impl TestCluster {
         i
     }
 
+    /// The first placement member's address (the only one unless the cluster has several).
     pub fn pd_addr(&self) -> String {
-        self.pd_addr.to_string()
+        self.pd_configs[0].listen_addr.to_string()
+    }
+
+    /// Every placement member's address.
+    pub fn pd_endpoints(&self) -> Vec<String> {
+        self.pd_configs
+            .iter()
+            .map(|c| c.listen_addr.to_string())
+            .collect()
+    }
+
+    /// The index of the placement member that serves now, if one does.
+    pub fn placement_leader(&self) -> Option<usize> {
+        let serving: Vec<usize> = (0..self.pd.len())
+            .filter(|&i| self.pd[i].as_ref().is_some_and(|s| s.is_serving()))
+            .collect();
+        assert!(
+            serving.len() <= 1,
+            "placement members {serving:?} serve at the same time"
+        );
+        serving.first().copied()
+    }
+
+    /// Placement member `i`'s view of its group, if it runs.
+    pub fn placement_status(&self, i: usize) -> Option<ringkv_placement::member::GroupStatus> {
+        self.pd[i].as_ref().map(|s| s.group_status())
+    }
+
+    /// Stops placement member `i` (its data stays).
+    pub fn stop_placement(&mut self, i: usize) {
+        if let Some(server) = self.pd[i].take() {
+            server.stop();
+        }
+    }
+
+    /// Starts placement member `i` again from its data directory, on the same port.
+    pub fn restart_placement(&mut self, i: usize) {
+        assert!(self.pd[i].is_none(), "placement member {i} is running");
+        self.pd[i] =
+            Some(PlacementServer::start(self.pd_configs[i].clone()).expect("placement restarts"));
     }
 
     pub fn node_count(&self) -> usize {
@@ -213,7 +307,7 @@ impl TestCluster {
     /// A placement client, for tests that inspect routing.
     pub fn pd(&self) -> ringkv_client::PdClient {
         self.rt
-            .block_on(ringkv_client::PdClient::connect(&[self.pd_addr()]))
+            .block_on(ringkv_client::PdClient::connect(&self.pd_endpoints()))
             .expect("placement client connects")
     }
 
@@ -241,7 +335,7 @@ impl TestCluster {
             ..RawConfig::default()
         };
         self.rt
-            .block_on(RawClient::connect_with_config(&[self.pd_addr()], config))
+            .block_on(RawClient::connect_with_config(&self.pd_endpoints(), config))
             .expect("client connects")
     }
 
@@ -260,7 +354,7 @@ impl TestCluster {
     ) -> ringkv_client::TransactionClient {
         self.rt
             .block_on(ringkv_client::TransactionClient::connect_with_config(
-                &[self.pd_addr()],
+                &self.pd_endpoints(),
                 config,
             ))
             .expect("client connects")
@@ -387,8 +481,10 @@ impl Drop for TestCluster {
                 s.stop();
             }
         }
-        if let Some(pd) = self.pd.take() {
-            pd.stop();
+        for pd in &mut self.pd {
+            if let Some(pd) = pd.take() {
+                pd.stop();
+            }
         }
     }
 }

@@ -268,14 +268,15 @@ impl ProcessCluster {
             };
             // A node just restarted may not listen yet: wait for it (it refuses only if fault
             // injection is off, which the wait reports).
-            wait_until(
-                &format!("node {i} to take its net filter"),
-                Duration::from_secs(20),
-                || {
-                    rt.block_on(debug::set_net_filter(self.node_addr(i), blocked.clone()))
-                        .then_some(())
-                },
-            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !rt.block_on(debug::set_net_filter(self.node_addr(i), blocked.clone())) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "node {i} did not take its net filter within 20 s; its log ends:\n{}",
+                    self.log_tail(i)
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 

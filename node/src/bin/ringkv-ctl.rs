@@ -30,6 +30,11 @@ enum Cmd {
     Cluster,
     /// A fresh timestamp from the TSO, with its physical time.
     Tso,
+    /// Placement members: list them with their health and Raft state, or move leadership.
+    Member {
+        #[command(subcommand)]
+        action: MemberAction,
+    },
     /// Stores: list them, or decommission one.
     Store {
         #[command(subcommand)]
@@ -62,6 +67,18 @@ enum Cmd {
     Config {
         #[command(subcommand)]
         action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberAction {
+    /// Every member: name, id, endpoint, role, and (asked of each) its term, commit and
+    /// applied index; an unreachable member is shown as down.
+    List,
+    /// Hands placement leadership to the member NAME; returns once the leader stepped down.
+    TransferLeader {
+        /// The member's name, as `member list` shows it.
+        name: String,
     },
 }
 
@@ -453,6 +470,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 println!("{}", ts_line("gc safe point", sp));
             }
         }
+        Cmd::Member { action } => member_command(&pd, action, cli.json).await?,
         Cmd::Region { action } => region_command(&pd, action, cli.json).await?,
         Cmd::Operator { action } => operator_command(&pd, action, cli.json).await?,
         Cmd::Scheduler { action } => {
@@ -517,6 +535,72 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("not changed: {e}"))?,
             cli.json,
         ),
+    }
+    Ok(())
+}
+
+async fn member_command(pd: &PdClient, action: MemberAction, as_json: bool) -> Result<(), String> {
+    match action {
+        MemberAction::List => {
+            let view = pd.get_members().await.map_err(|e| e.to_string())?;
+            let leader_id = view.leader.as_ref().map(|l| l.member_id).unwrap_or(0);
+            let mut rows = Vec::new();
+            for m in &view.members {
+                let own = pd.get_members_from(&m.endpoint).await;
+                let role = match (&own, m.member_id == leader_id) {
+                    (Err(_), _) => "down",
+                    (Ok(_), true) => "leader",
+                    (Ok(_), false) => "follower",
+                };
+                rows.push((m, role, own.ok()));
+            }
+            if as_json {
+                let list: Vec<_> = rows
+                    .iter()
+                    .map(|(m, role, own)| {
+                        json!({
+                            "name": m.name,
+                            "member_id": m.member_id,
+                            "endpoint": m.endpoint,
+                            "role": role,
+                            "term": own.as_ref().map(|o| o.term),
+                            "commit_index": own.as_ref().map(|o| o.commit_index),
+                            "applied_index": own.as_ref().map(|o| o.applied_index),
+                        })
+                    })
+                    .collect();
+                println!("{}", json!({ "members": list, "leader_id": leader_id }));
+            } else {
+                println!(
+                    "{:<16} {:>4} {:<24} {:<9} {:>6} {:>10} {:>10}",
+                    "NAME", "ID", "ENDPOINT", "ROLE", "TERM", "COMMIT", "APPLIED"
+                );
+                for (m, role, own) in &rows {
+                    let (term, commit, applied) = match own {
+                        Some(o) => (
+                            o.term.to_string(),
+                            o.commit_index.to_string(),
+                            o.applied_index.to_string(),
+                        ),
+                        None => ("-".into(), "-".into(), "-".into()),
+                    };
+                    println!(
+                        "{:<16} {:>4} {:<24} {:<9} {:>6} {:>10} {:>10}",
+                        m.name, m.member_id, m.endpoint, role, term, commit, applied
+                    );
+                }
+            }
+        }
+        MemberAction::TransferLeader { name } => {
+            pd.transfer_placement_leader(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            if as_json {
+                println!("{}", json!({ "transferred_to": name }));
+            } else {
+                println!("placement leadership handed to {name}");
+            }
+        }
     }
     Ok(())
 }
