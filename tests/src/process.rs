@@ -71,11 +71,14 @@ impl Proc {
     }
 }
 
-/// Placement + N nodes as child processes. Killed on drop.
+/// Placement members + N nodes as child processes. Killed on drop.
 pub struct ProcessCluster {
     pub dir: tempfile::TempDir,
+    /// The first placement member's address.
     pub pd_addr: String,
-    placement: Proc,
+    /// Every placement member's address, in member order (`pd-1`, `pd-2`, …).
+    pub pd_endpoints: Vec<String>,
+    placements: Vec<Proc>,
     nodes: Vec<(String, Proc)>,
 }
 
@@ -93,28 +96,69 @@ impl ProcessCluster {
     /// Like [`ProcessCluster::start_with_config`], with `placement_toml` as the placement
     /// driver's configuration file too.
     pub fn start_with_configs(n: usize, node_toml: &str, placement_toml: &str) -> Self {
+        Self::start_with_placement_members(1, n, node_toml, placement_toml)
+    }
+
+    /// `members` placement processes in one group (named `pd-1`, `pd-2`, …) and `n` nodes.
+    pub fn start_with_placement_members(
+        members: usize,
+        n: usize,
+        node_toml: &str,
+        placement_toml: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("node.toml");
         std::fs::write(&config_path, node_toml).expect("node config written");
         let placement_config = dir.path().join("placement.toml");
         std::fs::write(&placement_config, placement_toml).expect("placement config written");
-        let pd_addr = format!("127.0.0.1:{}", free_port());
-        let mut placement = Proc {
-            args: vec![
+        let pd_endpoints: Vec<String> = (0..members.max(1))
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let initial_members = pd_endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("pd-{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut placements = Vec::new();
+        for (i, addr) in pd_endpoints.iter().enumerate() {
+            let mut args = vec![
                 "--config".into(),
                 placement_config.display().to_string(),
+                "--name".into(),
+                format!("pd-{}", i + 1),
                 "--data-dir".into(),
-                dir.path().join("placement").display().to_string(),
+                dir.path()
+                    .join(if members <= 1 {
+                        "placement".to_string()
+                    } else {
+                        format!("placement{}", i + 1)
+                    })
+                    .display()
+                    .to_string(),
                 "--listen-addr".into(),
-                pd_addr.clone(),
+                addr.clone(),
                 "--replicas".into(),
                 n.min(3).to_string(),
-            ],
-            binary: binary("ringkv-placement"),
-            log: dir.path().join("placement.log"),
-            child: None,
-        };
-        placement.spawn();
+            ];
+            if members > 1 {
+                args.extend(["--initial-members".into(), initial_members.clone()]);
+            }
+            let mut p = Proc {
+                args,
+                binary: binary("ringkv-placement"),
+                log: dir.path().join(if members <= 1 {
+                    "placement.log".to_string()
+                } else {
+                    format!("placement{}.log", i + 1)
+                }),
+                child: None,
+            };
+            p.spawn();
+            placements.push(p);
+        }
+        let pd_addr = pd_endpoints[0].clone();
+        let placement_list = pd_endpoints.join(",");
         let mut nodes = Vec::new();
         for i in 0..n {
             let addr = format!("127.0.0.1:{}", free_port());
@@ -127,7 +171,7 @@ impl ProcessCluster {
                     "--listen-addr".into(),
                     addr.clone(),
                     "--placement".into(),
-                    pd_addr.clone(),
+                    placement_list.clone(),
                     "--log-level".into(),
                     "info".into(),
                 ],
@@ -141,7 +185,8 @@ impl ProcessCluster {
         let cluster = ProcessCluster {
             dir,
             pd_addr,
-            placement,
+            pd_endpoints,
+            placements,
             nodes,
         };
         cluster.wait_for_leader(Duration::from_secs(60));
@@ -228,19 +273,61 @@ impl ProcessCluster {
         self.nodes[i].1.child.is_some()
     }
 
-    /// `kill -9` the placement driver.
+    /// `kill -9` the (first) placement member.
     pub fn kill_placement(&mut self) {
-        self.placement.kill9();
+        self.kill_placement_member(0);
     }
 
-    /// Starts the placement driver again with the same data directory and port.
+    /// Starts the (first) placement member again with the same data directory and port.
     pub fn restart_placement(&mut self) {
-        assert!(self.placement.child.is_none(), "placement is running");
-        self.placement.spawn();
+        self.restart_placement_member(0);
     }
 
     pub fn placement_running(&self) -> bool {
-        self.placement.child.is_some()
+        self.placement_member_running(0)
+    }
+
+    /// `kill -9` placement member `i`.
+    pub fn kill_placement_member(&mut self, i: usize) {
+        self.placements[i].kill9();
+    }
+
+    /// Starts placement member `i` again with the same data directory and port.
+    pub fn restart_placement_member(&mut self, i: usize) {
+        assert!(
+            self.placements[i].child.is_none(),
+            "placement member {i} is running"
+        );
+        self.placements[i].spawn();
+    }
+
+    pub fn placement_member_running(&self, i: usize) -> bool {
+        self.placements[i].child.is_some()
+    }
+
+    /// The index of the placement member that leads, as the running members report it (the
+    /// leader must confirm it).
+    pub fn placement_leader(&self) -> Option<usize> {
+        let rt = Self::rt();
+        let pd = rt
+            .block_on(ringkv_client::PdClient::connect(&self.pd_endpoints))
+            .ok()?;
+        (0..self.placements.len()).find(|&i| {
+            self.placement_member_running(i)
+                && rt
+                    .block_on(pd.get_members_from(&self.pd_endpoints[i]))
+                    .is_ok_and(|m| {
+                        m.leader.as_ref().map(|l| &l.name)
+                            == m.answered_by.as_ref().map(|a| &a.name)
+                    })
+        })
+    }
+
+    /// The tail of placement member `i`'s log, for failure messages.
+    pub fn placement_log_tail(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(&self.placements[i].log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     /// A runtime for the test's clients and a raw client of this cluster with a 30 s deadline.
@@ -293,7 +380,7 @@ impl ProcessCluster {
         };
         let client = rt
             .block_on(ringkv_client::RawClient::connect_with_config(
-                std::slice::from_ref(&self.pd_addr),
+                &self.pd_endpoints,
                 config,
             ))
             .expect("client connects");
@@ -314,7 +401,9 @@ impl Drop for ProcessCluster {
             p.signal(libc::SIGCONT);
             p.kill9();
         }
-        self.placement.kill9();
+        for p in &mut self.placements {
+            p.kill9();
+        }
     }
 }
 

@@ -1,6 +1,6 @@
-//! Real-process chaos: three `ringkv-node` processes and the placement driver, clients reading
-//! and writing registers and unique keys, and a nemesis that, one fault at a time, `kill -9`s
-//! and restarts a node or the placement driver, SIGSTOPs and SIGCONTs a node, or partitions a
+//! Real-process chaos: three `ringkv-node` processes and three placement members, clients
+//! reading and writing registers and unique keys, and a nemesis that, one fault at a time,
+//! `kill -9`s and restarts a node or the placement leader, SIGSTOPs and SIGCONTs a node, or partitions a
 //! node from the others (through the nodes' fault-injection hook, `Debug/SetNetFilter`). The
 //! run is bounded in time. Afterwards every acknowledged unique key must be readable and the
 //! register history linearizable; a summary of operations, faults and anomalies is printed.
@@ -65,13 +65,13 @@ fn chaos_keeps_histories_linearizable_and_acknowledged_writes_durable() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(7);
     println!("chaos seed {seed} (RINGKV_CHAOS_SEED replays the fault schedule)");
-    let mut cluster = ProcessCluster::start_with_config(3, NODE_TOML);
+    let mut cluster = ProcessCluster::start_with_placement_members(3, 3, NODE_TOML, "");
     let (rt, checking_client) = cluster.client();
     // The workload's client gives up on a write that may have been applied rather than retry
     // it, so a put takes effect at most once and the history stays checkable.
     let client = rt
         .block_on(RawClient::connect_with_config(
-            std::slice::from_ref(&cluster.pd_addr),
+            &cluster.pd_endpoints,
             RawConfig {
                 timeout: Duration::from_secs(5),
                 attempt_timeout: Duration::from_secs(1),
@@ -253,10 +253,11 @@ fn run_nemesis(
                 cluster.partition(rt, store_ids, None);
             }
             _ => {
-                cluster.kill_placement();
+                let member = cluster.placement_leader().unwrap_or(0);
+                cluster.kill_placement_member(member);
                 faults.placement_kills += 1;
                 std::thread::sleep(length);
-                cluster.restart_placement();
+                cluster.restart_placement_member(member);
             }
         }
     }

@@ -412,3 +412,54 @@ fn schedulers_pause_and_resume_and_config_is_shown_set_and_validated() {
         assert!(out.stderr.contains(needle), "{key}: {}", out.stderr);
     }
 }
+
+#[test]
+fn members_are_listed_with_roles_and_leadership_moves_on_request() {
+    let mut cluster = ClusterBuilder::default().placement_members(3).start();
+    let pd = cluster.pd_endpoints().join(",");
+    let leader = ringkv_tests::wait_until(
+        "a placement leader",
+        std::time::Duration::from_secs(30),
+        || cluster.placement_leader(),
+    );
+    let leader_name = format!("pd-{}", leader + 1);
+    let j = json(&ctl(&pd, &["member", "list", "--json"]));
+    let members = j["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3);
+    for m in members {
+        let expected = if m["name"] == leader_name.as_str() {
+            "leader"
+        } else {
+            "follower"
+        };
+        assert_eq!(m["role"], expected, "{m}");
+    }
+    let table = ctl(&pd, &["member", "list"]);
+    assert!(table.ok, "{}", table.stderr);
+    assert!(table.stdout.contains("ROLE") && table.stdout.contains(&leader_name));
+
+    // Hand leadership to another member by name.
+    let target = (leader + 1) % 3;
+    let target_name = format!("pd-{}", target + 1);
+    let out = ctl(&pd, &["member", "transfer-leader", &target_name]);
+    assert!(out.ok, "{}", out.stderr);
+    ringkv_tests::wait_until(
+        "the target to lead",
+        std::time::Duration::from_secs(30),
+        || (cluster.placement_leader() == Some(target)).then_some(()),
+    );
+    // Errors: an unknown member; a stopped member is shown as down.
+    let out = ctl(&pd, &["member", "transfer-leader", "pd-9"]);
+    assert!(!out.ok && out.stderr.contains("pd-9") && out.stderr.contains("pd-1"));
+    let stopped = (target + 1) % 3;
+    cluster.stop_placement(stopped);
+    let j = json(&ctl(&pd, &["member", "list", "--json"]));
+    let down: Vec<_> = j["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter(|m| m["role"] == "down")
+        .map(|m| m["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(down, vec![format!("pd-{}", stopped + 1)]);
+}

@@ -1,8 +1,8 @@
-//! The bank workload against real processes: three `ringkv-node`s and the placement driver,
-//! 16 transactional clients, and a nemesis that `kill -9`s and restarts nodes and the
-//! placement driver and partitions the leader. Every snapshot and the final state must sum to
-//! the starting total, and the timestamps the clients got must be strictly increasing across
-//! the placement driver's restarts.
+//! The bank workload against real processes: three `ringkv-node`s and three placement
+//! members, 16 transactional clients, and a nemesis that `kill -9`s and restarts nodes and the
+//! placement leader and partitions the region leader. Every snapshot and the final state must
+//! sum to the starting total, and the timestamps the clients got must be strictly increasing
+//! across placement failovers.
 
 use ringkv_client::{TransactionClient, TxnConfig};
 use ringkv_tests::bank;
@@ -25,7 +25,7 @@ const NEMESIS: Duration = Duration::from_secs(30);
 
 #[test]
 fn bank_survives_kill_dash_nine_of_nodes_and_placement_and_leader_partitions() {
-    let mut cluster = ProcessCluster::start_with_config(3, NODE_TOML);
+    let mut cluster = ProcessCluster::start_with_placement_members(3, 3, NODE_TOML, "");
     let (rt, _raw) = cluster.client();
     let config = TxnConfig {
         timeout: Duration::from_secs(15),
@@ -35,7 +35,7 @@ fn bank_survives_kill_dash_nine_of_nodes_and_placement_and_leader_partitions() {
     };
     let client = rt
         .block_on(TransactionClient::connect_with_config(
-            std::slice::from_ref(&cluster.pd_addr),
+            &cluster.pd_endpoints,
             config,
         ))
         .expect("client connects");
@@ -95,10 +95,11 @@ fn bank_survives_kill_dash_nine_of_nodes_and_placement_and_leader_partitions() {
                 }
             }
             _ => {
-                cluster.kill_placement();
+                let member = cluster.placement_leader().unwrap_or(0);
+                cluster.kill_placement_member(member);
                 std::thread::sleep(Duration::from_millis(500));
-                cluster.restart_placement();
-                faults.push("kill -9 placement".into());
+                cluster.restart_placement_member(member);
+                faults.push(format!("kill -9 placement leader pd-{}", member + 1));
             }
         }
         round += 1;
