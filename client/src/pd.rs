@@ -519,6 +519,25 @@ impl PdClient {
             .ok_or_else(|| ClientError::Server("answered without the configuration".into()))
     }
 
+    /// Adds (`evict`) or removes the evict-leader scheduler of a store: while it runs, the
+    /// store's leaders are moved away and it gets none.
+    pub async fn evict_leader(&self, store_id: u64, evict: bool) -> Result<ScheduleConfig> {
+        let r = self
+            .call("evict_leader", |mut c, h| async move {
+                Ok(c.evict_leader(EvictLeaderRequest {
+                    header: Some(h),
+                    store_id,
+                    evict,
+                })
+                .await?
+                .into_inner())
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        r.config
+            .ok_or_else(|| ClientError::Server("answered without the configuration".into()))
+    }
+
     /// The GC safe point (advanced first when its life time allows).
     pub async fn gc_safe_point(&self) -> Result<u64> {
         let r = self

@@ -61,6 +61,8 @@ pub struct RegionLoad<'a> {
 pub struct ClusterView<'a> {
     /// Stores that can take leaders and replicas: up, heartbeating, not being decommissioned.
     pub schedulable: BTreeSet<u64>,
+    /// Schedulable stores that take no leaders (an evict-leader scheduler runs for them).
+    pub leader_refused: BTreeSet<u64>,
     /// Leaders and region score per store, over every region (movable or not).
     pub leaders: BTreeMap<u64, u64>,
     pub region_scores: BTreeMap<u64, u64>,
@@ -138,6 +140,9 @@ pub fn balance_leaders(
                 if !worth_moving(most, fewest, 1, mean, cfg) {
                     break;
                 }
+                if view.leader_refused.contains(&target) {
+                    continue;
+                }
                 let Some(candidates) = between.get_mut(&(source, target)) else {
                     continue;
                 };
@@ -171,6 +176,50 @@ pub fn balance_leaders(
             created_ms: now_ms,
             reason: format!(
                 "balance-leader: store {source} leads {most}, store {target} leads {fewest}"
+            ),
+        });
+    }
+    out
+}
+
+/// evict-leader: a leader transfer for every region led from a store in `view.leader_refused`,
+/// at most `budget`, each to the voter whose store leads the fewest. `led_from_evicting` are
+/// those regions (healthy or not: a region with a replica catching up is skipped, as a
+/// transfer to it would stall) with their leader, in id order.
+pub fn evict_leaders(
+    view: &ClusterView<'_>,
+    led_from_evicting: &[RegionLoad<'_>],
+    budget: usize,
+    now_ms: i64,
+) -> Vec<Operator> {
+    let mut leaders = view.leaders.clone();
+    let mut out = Vec::new();
+    for r in led_from_evicting {
+        if out.len() >= budget {
+            break;
+        }
+        let target = r
+            .region
+            .peers
+            .iter()
+            .filter(|p| {
+                p.role == PeerRole::Voter as i32
+                    && p.store_id != r.leader.store_id
+                    && view.schedulable.contains(&p.store_id)
+                    && !view.leader_refused.contains(&p.store_id)
+            })
+            .min_by_key(|p| (leaders.get(&p.store_id).copied().unwrap_or(0), p.store_id));
+        let Some(to) = target.copied() else {
+            continue;
+        };
+        *leaders.entry(to.store_id).or_default() += 1;
+        out.push(Operator {
+            region_id: r.region.id,
+            steps: vec![Step::TransferLeader { to }],
+            created_ms: now_ms,
+            reason: format!(
+                "evict-leader: store {} gives up its leaders",
+                r.leader.store_id
             ),
         });
     }
@@ -422,5 +471,55 @@ mod tests {
         v.leaders.insert(4, 0);
         assert!(balance_regions(&v, &BalanceConfig::default(), 4, 0, &mut || 1).is_empty());
         assert!(balance_leaders(&v, &BalanceConfig::default(), 4, 0).is_empty());
+    }
+
+    #[test]
+    fn evicting_moves_every_leader_off_the_store_spread_over_the_others_and_balance_gives_none_back(
+    ) {
+        let stores = [1, 2, 3, 4];
+        let mut w = world(&stores, &stores, 12);
+        // Every region led from store 1 where it has a replica.
+        for (region, leader, _) in &mut w.regions {
+            if let Some(p) = region.peers.iter().find(|p| p.store_id == 1) {
+                *leader = *p;
+            }
+        }
+        let mut v = view(&w);
+        v.leader_refused.insert(1);
+        let led: Vec<RegionLoad<'_>> = v
+            .movable
+            .iter()
+            .filter(|r| r.leader.store_id == 1)
+            .cloned()
+            .collect();
+        assert!(led.len() >= 6);
+        // The budget bounds a round.
+        assert_eq!(evict_leaders(&v, &led, 2, 0).len(), 2);
+        let ops = evict_leaders(&v, &led, 64, 0);
+        assert_eq!(ops.len(), led.len(), "every leader on store 1 moves");
+        drop(v);
+        apply(&mut w, &ops);
+        let mut v = view(&w);
+        v.leader_refused.insert(1);
+        assert_eq!(v.leaders.get(&1).copied().unwrap_or(0), 0);
+        let (least, most) = spread(&v.leaders, &[2, 3, 4]);
+        assert!(
+            most - least <= 2,
+            "leaders spread over the others: {:?}",
+            v.leaders
+        );
+        // balance-leader sees store 1 idle but hands it nothing.
+        let cfg = BalanceConfig::default();
+        let back = balance_leaders(&v, &cfg, 16, 0);
+        assert!(
+            back.iter()
+                .all(|op| !matches!(op.steps[0], Step::TransferLeader { to } if to.store_id == 1)),
+            "{back:?}"
+        );
+        v.leader_refused.clear();
+        assert!(
+            !balance_leaders(&v, &cfg, 16, 0).is_empty(),
+            "without the scheduler it would"
+        );
     }
 }

@@ -25,6 +25,9 @@ pub const DEFAULT_MAX_STORE_DOWN_TIME_MS: i64 = 1_800_000;
 pub const DEFAULT_OPERATOR_TIMEOUT_MS: i64 = 600_000;
 /// A leader transfer not done within this long is dropped (it holds a scheduling slot).
 pub const LEADER_OPERATOR_TIMEOUT_MS: i64 = 30_000;
+/// Leader transfers in flight at most while evict-leader schedulers run (evicting is urgent:
+/// an admin waits on it to restart a store).
+pub const EVICT_LEADER_LIMIT: usize = 64;
 /// A store silent this long takes no new leaders or replicas from the balancers.
 pub const STORE_DISCONNECTED_MS: i64 = 20_000;
 
@@ -115,6 +118,8 @@ pub struct PlacementCore {
     /// Operators in flight, by region.
     operators: BTreeMap<u64, Operator>,
     balance_cfg: BalanceConfig,
+    /// Stores with an evict-leader scheduler.
+    evict_leader_stores: std::collections::BTreeSet<u64>,
     /// Settings an admin changed at runtime, applied over the file's by
     /// [`PlacementCore::apply_persisted_schedule`].
     persisted_schedule: Option<ScheduleConfig>,
@@ -236,6 +241,7 @@ impl PlacementCore {
             },
             operators: BTreeMap::new(),
             balance_cfg: BalanceConfig::default(),
+            evict_leader_stores: Default::default(),
             persisted_schedule: state.schedule_config,
             loaded_at_ms: 0,
             gc: GcSafePoints::new(state.gc_safe_point, DEFAULT_GC_LIFE_TIME_MS),
@@ -723,10 +729,10 @@ impl PlacementCore {
     /// returns the regions it started operators for.
     pub fn schedule(&mut self, now_ms: i64, writes: &mut MetaWrites) -> Vec<u64> {
         let cfg = self.balance_cfg;
-        if !cfg.balance_leader && !cfg.balance_region {
+        if !cfg.balance_leader && !cfg.balance_region && self.evict_leader_stores.is_empty() {
             return Vec::new();
         }
-        let view = cluster_view(
+        let mut view = cluster_view(
             &self.stores,
             &self.regions,
             &self.operators,
@@ -734,6 +740,7 @@ impl PlacementCore {
             self.replicas,
             now_ms,
         );
+        view.leader_refused = self.evict_leader_stores.clone();
         let leader_ops = self
             .operators
             .values()
@@ -741,6 +748,39 @@ impl PlacementCore {
             .count();
         let region_ops = self.operators.len() - leader_ops;
         let mut planned = Vec::new();
+        if !self.evict_leader_stores.is_empty() {
+            let mut ids: Vec<u64> = self
+                .regions
+                .iter()
+                .filter(|(id, info)| {
+                    info.leader
+                        .is_some_and(|l| self.evict_leader_stores.contains(&l.store_id))
+                        && !self.operators.contains_key(id)
+                        && !self.merges.involves(**id)
+                        && info.stats.as_ref().is_none_or(|s| s.pending_peers == 0)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            ids.sort_unstable();
+            let led: Vec<RegionLoad<'_>> = ids
+                .iter()
+                .filter_map(|id| {
+                    let info = &self.regions[id];
+                    Some(RegionLoad {
+                        region: &info.region,
+                        leader: info.leader?,
+                        score: 1,
+                    })
+                })
+                .collect();
+            let budget = EVICT_LEADER_LIMIT.saturating_sub(leader_ops);
+            planned.extend(balance::evict_leaders(&view, &led, budget, now_ms));
+            // The balancers leave the regions just given an operator alone.
+            let evicting: std::collections::BTreeSet<u64> =
+                planned.iter().map(|o| o.region_id).collect();
+            view.movable.retain(|r| !evicting.contains(&r.region.id));
+        }
+        let leader_ops = leader_ops + planned.len();
         if cfg.balance_region {
             let budget = cfg.region_schedule_limit.saturating_sub(region_ops);
             let ids = &mut self.ids;
@@ -769,6 +809,10 @@ impl PlacementCore {
                     .filter(|o| !moving.contains(&o.region_id)),
             );
         }
+        self.start_operators(planned)
+    }
+
+    fn start_operators(&mut self, planned: Vec<Operator>) -> Vec<u64> {
         let mut started = Vec::with_capacity(planned.len());
         for op in planned {
             tracing::info!(region = op.region_id, reason = %op.reason, steps = op.steps.len(), "operator created");
@@ -776,6 +820,32 @@ impl PlacementCore {
             self.operators.insert(op.region_id, op);
         }
         started
+    }
+
+    /// Adds (`evict`) or removes the evict-leader scheduler of `store_id`; persisted with the
+    /// scheduling settings.
+    pub fn set_evict_leader(
+        &mut self,
+        store_id: u64,
+        evict: bool,
+        writes: &mut MetaWrites,
+    ) -> Result<ScheduleConfig, PlacementError> {
+        if evict {
+            let store = self.get_store(store_id)?;
+            if store.store.state == StoreState::Tombstone as i32 {
+                return Err(PlacementError::StoreTombstone { store_id });
+            }
+            self.evict_leader_stores.insert(store_id);
+        } else if !self.evict_leader_stores.remove(&store_id) {
+            return Err(PlacementError::InvalidArgument(format!(
+                "store {store_id} has no evict-leader scheduler (see `ringkv-ctl scheduler list`)"
+            )));
+        }
+        let c = self.schedule_config();
+        writes.put(keys::SCHEDULE_CONFIG.to_vec(), c.encode_to_vec());
+        writes.sync = true;
+        tracing::info!(store = store_id, evict, "evict-leader scheduler changed");
+        Ok(c)
     }
 
     /// The runtime-changeable scheduling settings now in force.
@@ -789,6 +859,7 @@ impl PlacementCore {
             balance_tolerance_ratio: b.tolerance_ratio,
             max_store_down_time_ms: self.replica_cfg.max_store_down_time_ms,
             operator_timeout_ms: self.replica_cfg.operator_timeout_ms,
+            evict_leader_stores: self.evict_leader_stores.iter().copied().collect(),
         }
     }
 
@@ -809,6 +880,7 @@ impl PlacementCore {
         };
         self.replica_cfg.max_store_down_time_ms = c.max_store_down_time_ms;
         self.replica_cfg.operator_timeout_ms = c.operator_timeout_ms;
+        self.evict_leader_stores = c.evict_leader_stores.iter().copied().collect();
     }
 
     /// Sets one scheduling setting by name (a field of [`ScheduleConfig`]) from text, checked

@@ -617,6 +617,19 @@ impl Placement for PlacementService {
         Ok(Response::new(ScheduleConfigResponse { header, config }))
     }
 
+    async fn evict_leader(
+        &self,
+        request: Request<EvictLeaderRequest>,
+    ) -> Result<Response<ScheduleConfigResponse>, Status> {
+        let req = request.into_inner();
+        let (header, config) = self
+            .run(req.header, |core, w, _| {
+                core.set_evict_leader(req.store_id, req.evict, w).map(Some)
+            })
+            .await?;
+        Ok(Response::new(ScheduleConfigResponse { header, config }))
+    }
+
     async fn get_gc_safe_point(
         &self,
         request: Request<GetGcSafePointRequest>,

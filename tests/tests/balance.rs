@@ -123,3 +123,60 @@ fn a_fourth_and_a_fifth_node_get_their_share_of_replicas_and_leaders() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(counts(&cluster), before, "balanced stores stay put");
 }
+
+#[test]
+fn an_evicted_store_gives_up_every_leader_and_leads_again_once_the_scheduler_is_removed() {
+    let cluster = ClusterBuilder {
+        balance: true,
+        ..ClusterBuilder::default()
+    }
+    .start();
+    let client = cluster.client();
+    cluster.rt.block_on(async {
+        for i in 1..REGIONS {
+            client
+                .split_region(encoded(format!("split{i:02}").as_bytes()))
+                .await
+                .expect("split");
+        }
+        for i in 0..200 {
+            client
+                .put(format!("key{i:03}"), format!("value{i}"))
+                .await
+                .unwrap();
+        }
+    });
+    wait_balanced(&cluster, "leaders spread over the three nodes");
+    let pd = cluster.pd();
+    let store = cluster.store_id(0);
+    let config = cluster
+        .rt
+        .block_on(pd.evict_leader(store, true))
+        .expect("evict-leader added");
+    assert_eq!(config.evict_leader_stores, vec![store]);
+    ringkv_tests::wait_until(
+        "the evicted store to lead nothing",
+        Duration::from_secs(120),
+        || (counts(&cluster).1[&store] == 0).then_some(()),
+    );
+    // balance-leader does not hand leaders back while the scheduler runs, and data is served.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        counts(&cluster).1[&store],
+        0,
+        "the evicted store got a leader back"
+    );
+    check_every_key(&cluster);
+    // Errors: an unknown store; removing a scheduler that does not run.
+    assert!(cluster.rt.block_on(pd.evict_leader(999, true)).is_err());
+    assert!(cluster
+        .rt
+        .block_on(pd.evict_leader(cluster.store_id(1), false))
+        .is_err());
+    cluster
+        .rt
+        .block_on(pd.evict_leader(store, false))
+        .expect("evict-leader removed");
+    wait_balanced(&cluster, "the store to lead its share again");
+    assert!(counts(&cluster).1[&store] >= 2, "{:?}", counts(&cluster).1);
+}

@@ -388,6 +388,33 @@ fn schedulers_pause_and_resume_and_config_is_shown_set_and_validated() {
     let unknown = ctl(&pd, &["scheduler", "pause", "balance-mood"]);
     assert!(!unknown.ok);
 
+    // A per-store scheduler: added, listed, removed; errors name the store.
+    let store = cluster.store_id(1).to_string();
+    let added = json(&ctl(
+        &pd,
+        &["--json", "scheduler", "add", "evict-leader", &store],
+    ));
+    assert!(state(&added, &format!("evict-leader-{store}")));
+    let table = ctl(&pd, &["scheduler", "list"]);
+    assert!(table.ok && table.stdout.contains(&format!("evict-leader-{store}")));
+    let removed = json(&ctl(
+        &pd,
+        &["--json", "scheduler", "remove", "evict-leader", &store],
+    ));
+    assert!(!removed["schedulers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == format!("evict-leader-{store}").as_str()));
+    let again = ctl(&pd, &["scheduler", "remove", "evict-leader", &store]);
+    assert!(
+        !again.ok && again.stderr.contains(&store),
+        "{}",
+        again.stderr
+    );
+    let unknown_store = ctl(&pd, &["scheduler", "add", "evict-leader", "999"]);
+    assert!(!unknown_store.ok && unknown_store.stderr.contains("999"));
+
     let shown = json(&ctl(&pd, &["--json", "config", "show"]));
     assert_eq!(shown["region_schedule_limit"], 4);
     let set = json(&ctl(

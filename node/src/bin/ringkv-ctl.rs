@@ -144,6 +144,19 @@ enum SchedulerAction {
         #[arg(value_parser = ["balance-leader", "balance-region"])]
         name: String,
     },
+    /// Add a per-store scheduler: `evict-leader STORE_ID` moves every leader off the store
+    /// and keeps new ones away (before restarting it); watch `store list` until it leads 0.
+    Add {
+        #[arg(value_parser = ["evict-leader"])]
+        name: String,
+        store_id: u64,
+    },
+    /// Remove a per-store scheduler: `evict-leader STORE_ID` lets the store lead again.
+    Remove {
+        #[arg(value_parser = ["evict-leader"])]
+        name: String,
+        store_id: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -481,9 +494,16 @@ async fn run(cli: Cli) -> Result<(), String> {
                     pd.set_schedule_config(&name.replace('-', "_"), &value)
                         .await
                 }
+                SchedulerAction::Add { store_id, .. } => pd.evict_leader(*store_id, true).await,
+                SchedulerAction::Remove { store_id, .. } => pd.evict_leader(*store_id, false).await,
             }
             .map_err(|e| e.to_string())?;
-            let rows = [
+            let evicting: Vec<String> = config
+                .evict_leader_stores
+                .iter()
+                .map(|s| format!("evict-leader-{s}"))
+                .collect();
+            let fixed = [
                 (
                     "replica-repair",
                     true,
@@ -505,6 +525,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                     "merges small neighbours (merge_size_bytes_max, file setting)",
                 ),
             ];
+            let rows: Vec<(&str, bool, &str)> = fixed
+                .into_iter()
+                .chain(
+                    evicting
+                        .iter()
+                        .map(|n| (n.as_str(), true, "moves leaders off the store, none to it")),
+                )
+                .collect();
             if cli.json {
                 let list: Vec<_> = rows
                     .iter()
@@ -512,10 +540,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                     .collect();
                 println!("{}", json!({ "schedulers": list }));
             } else {
-                println!("{:<16} {:<8} does", "scheduler", "state");
+                println!("{:<20} {:<8} does", "scheduler", "state");
                 for (n, on, what) in rows {
                     println!(
-                        "{n:<16} {:<8} {what}",
+                        "{n:<20} {:<8} {what}",
                         if on { "running" } else { "paused" }
                     );
                 }
