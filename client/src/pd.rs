@@ -374,8 +374,9 @@ impl PdClient {
         Ok(r.stores)
     }
 
-    /// Reports store stats; returns the regions it must create at bootstrap state.
-    pub async fn store_heartbeat(&self, stats: StoreStats) -> Result<Vec<Region>> {
+    /// Reports a store's figures; the answer names regions to create at their bootstrap state
+    /// and regions to wake (an operator waits for their report).
+    pub async fn store_heartbeat(&self, stats: StoreStats) -> Result<StoreHeartbeatResponse> {
         let r = self
             .call("store_heartbeat", |mut c, h| async move {
                 Ok(c.store_heartbeat(StoreHeartbeatRequest {
@@ -387,7 +388,7 @@ impl PdClient {
             })
             .await?;
         check_header(r.header.as_ref())?;
-        Ok(r.bootstrap_regions)
+        Ok(r)
     }
 
     /// Reports a region's leader and figures; the answer may order the region merged into an

@@ -485,7 +485,14 @@ async fn report_to_placement(
                 let (capacity_bytes, available_bytes) = disk_stats(&data_dir);
                 let stats = StoreStats { store_id, capacity_bytes, available_bytes, region_count: regions, leader_count: leaders, start_time_s };
                 match pd.store_heartbeat(stats).await {
-                    Ok(bootstrap) => create_bootstrap_peers(&router, bootstrap),
+                    Ok(answer) => {
+                        create_bootstrap_peers(&router, answer.bootstrap_regions);
+                        for region in answer.wake_regions {
+                            // A quiet leader reports rarely; awake, it reports within a few
+                            // ticks and picks up its operator's step.
+                            let _ = router.send(region, crate::router::PeerMsg::Wake);
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "store heartbeat failed"),
                 }
             }

@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_STORE_DOWN_TIME_MS: i64 = 1_800_000;
 pub const DEFAULT_OPERATOR_TIMEOUT_MS: i64 = 600_000;
 /// A leader transfer not done within this long is dropped (it holds a scheduling slot).
 pub const LEADER_OPERATOR_TIMEOUT_MS: i64 = 30_000;
+/// Regions one store heartbeat answer asks the store to wake, at most.
+pub const WAKE_REGIONS_MAX: usize = 1024;
 /// Leader transfers in flight at most while evict-leader schedulers run (evicting is urgent:
 /// an admin waits on it to restart a store).
 pub const EVICT_LEADER_LIMIT: usize = 64;
@@ -483,6 +485,22 @@ impl PlacementCore {
         info.stats = Some(stats);
         info.last_heartbeat_ms = now_ms;
         Ok(self.bootstrap_regions_for(store_id))
+    }
+
+    /// Regions led from `store_id` whose operator waits for their next report (at most
+    /// [`WAKE_REGIONS_MAX`]).
+    pub fn regions_to_wake(&self, store_id: u64) -> Vec<u64> {
+        self.operators
+            .keys()
+            .filter(|id| {
+                self.regions
+                    .get(id)
+                    .and_then(|i| i.leader)
+                    .is_some_and(|l| l.store_id == store_id)
+            })
+            .take(WAKE_REGIONS_MAX)
+            .copied()
+            .collect()
     }
 
     /// Takes a leader's report of its region. A report with an older epoch than what is known
@@ -1400,6 +1418,29 @@ mod tests {
             .region
             .end_key
             .is_empty());
+    }
+
+    #[test]
+    fn a_store_is_asked_to_wake_the_regions_it_leads_whose_operator_waits() {
+        let mut pd = core(3);
+        let mut w = MetaWrites::default();
+        pd.put_store(store(1), 0, &mut w).unwrap();
+        pd.put_store(store(2), 0, &mut w).unwrap();
+        let region = pd.put_store(store(3), 0, &mut w).unwrap().remove(0);
+        let leader = region.peers[0];
+        pd.region_heartbeat(region.clone(), Some(leader), 7, &mut w)
+            .unwrap();
+        assert!(pd.regions_to_wake(leader.store_id).is_empty());
+        let other = region.peers[1].store_id;
+        pd.add_operator(region.id, "transfer-leader", 0, other, 0, &mut w)
+            .unwrap();
+        assert_eq!(pd.regions_to_wake(leader.store_id), vec![region.id]);
+        assert!(
+            pd.regions_to_wake(other).is_empty(),
+            "only the leader's store"
+        );
+        pd.cancel_operator(region.id).unwrap();
+        assert!(pd.regions_to_wake(leader.store_id).is_empty());
     }
 
     /// What a restart would load from `writes` applied in order.

@@ -334,7 +334,7 @@ impl Placement for PlacementService {
         request: Request<StoreHeartbeatRequest>,
     ) -> Result<Response<StoreHeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let (header, bootstrap_regions) = self
+        let (header, (bootstrap_regions, wake_regions)) = self
             .run(req.header, |core, w, now| {
                 let stats = req.stats.ok_or_else(|| {
                     PlacementError::InvalidArgument("store heartbeat without stats".into())
@@ -342,12 +342,13 @@ impl Placement for PlacementService {
                 let store_id = stats.store_id;
                 let regions = core.store_heartbeat(stats, now)?;
                 core.finish_decommission(store_id, w);
-                Ok(regions)
+                Ok((regions, core.regions_to_wake(store_id)))
             })
             .await?;
         Ok(Response::new(StoreHeartbeatResponse {
             header,
             bootstrap_regions,
+            wake_regions,
         }))
     }
 
