@@ -63,6 +63,9 @@ pub struct ClusterView<'a> {
     pub schedulable: BTreeSet<u64>,
     /// Schedulable stores that take no leaders (an evict-leader scheduler runs for them).
     pub leader_refused: BTreeSet<u64>,
+    /// Store locations (see [`crate::location`]) when location labels are in use; a move
+    /// never leaves the moved replica less isolated than it was.
+    pub locations: BTreeMap<u64, Vec<String>>,
     /// Leaders and region score per store, over every region (movable or not).
     pub leaders: BTreeMap<u64, u64>,
     pub region_scores: BTreeMap<u64, u64>,
@@ -226,6 +229,26 @@ pub fn evict_leaders(
     out
 }
 
+/// Whether moving `region`'s replica from `source` to `target` leaves it at least as isolated
+/// from the region's other replicas as it was (always true without locations).
+fn keeps_isolation(view: &ClusterView<'_>, region: &Region, source: u64, target: u64) -> bool {
+    if view.locations.is_empty() {
+        return true;
+    }
+    let at = |store: u64| view.locations.get(&store).map(Vec::as_slice);
+    let others: Vec<&[String]> = region
+        .peers
+        .iter()
+        .filter(|p| p.store_id != source)
+        .filter_map(|p| at(p.store_id))
+        .collect();
+    let (Some(from), Some(to)) = (at(source), at(target)) else {
+        return false;
+    };
+    crate::location::isolation(to, others.iter().copied())
+        >= crate::location::isolation(from, others.iter().copied())
+}
+
 /// Replica moves to start, at most `budget`; `new_peer_id` hands out peer ids.
 pub fn balance_regions(
     view: &ClusterView<'_>,
@@ -262,6 +285,7 @@ pub fn balance_regions(
                     if used.contains(&r.region.id)
                         || r.region.peers.iter().any(|p| p.store_id == target)
                         || !worth_moving(highest, lowest, r.score, mean, cfg)
+                        || !keeps_isolation(view, r.region, source, target)
                     {
                         continue;
                     }
@@ -521,5 +545,32 @@ mod tests {
             !balance_leaders(&v, &cfg, 16, 0).is_empty(),
             "without the scheduler it would"
         );
+    }
+
+    #[test]
+    fn balance_region_never_puts_a_second_replica_in_a_zone() {
+        // Stores 1-3 in zones a, b, c hold every region; store 4, empty, is in zone a.
+        let stores = [1, 2, 3, 4];
+        let w = world(&stores, &[1, 2, 3], 9);
+        let mut v = view(&w);
+        v.locations = [(1, "a"), (2, "b"), (3, "c"), (4, "a")]
+            .into_iter()
+            .map(|(s, z)| (s, vec![z.to_string()]))
+            .collect();
+        let mut next = 1000;
+        let ops = balance_regions(&v, &BalanceConfig::default(), 16, 0, &mut || {
+            next += 1;
+            next
+        });
+        assert!(!ops.is_empty(), "store 4 gets replicas");
+        for op in &ops {
+            let Step::ChangePeer { peer: removed, .. } = op.steps[2] else {
+                panic!("a move ends with a removal: {op:?}");
+            };
+            assert_eq!(
+                removed.store_id, 1,
+                "only zone a's replica may move to store 4: {op:?}"
+            );
+        }
     }
 }

@@ -122,6 +122,8 @@ pub struct PlacementCore {
     balance_cfg: BalanceConfig,
     /// Stores with an evict-leader scheduler.
     evict_leader_stores: std::collections::BTreeSet<u64>,
+    /// The store labels placement spreads replicas over, most significant first.
+    location_labels: Vec<String>,
     /// Settings an admin changed at runtime, applied over the file's by
     /// [`PlacementCore::apply_persisted_schedule`].
     persisted_schedule: Option<ScheduleConfig>,
@@ -244,6 +246,7 @@ impl PlacementCore {
             operators: BTreeMap::new(),
             balance_cfg: BalanceConfig::default(),
             evict_leader_stores: Default::default(),
+            location_labels: Vec::new(),
             persisted_schedule: state.schedule_config,
             loaded_at_ms: 0,
             gc: GcSafePoints::new(state.gc_safe_point, DEFAULT_GC_LIFE_TIME_MS),
@@ -636,6 +639,58 @@ impl PlacementCore {
     }
 
     /// Sets how replicas are repaired (down time, operator timeout).
+    /// The store labels replicas are spread over, most significant first (e.g. zone, rack,
+    /// host); empty: labels are ignored.
+    pub fn set_location_labels(&mut self, keys: Vec<String>) {
+        self.location_labels = keys;
+    }
+
+    fn store_location(&self, store: &StoreInfo) -> Vec<String> {
+        crate::location::location(&store.store.labels, &self.location_labels)
+    }
+
+    /// Whether any store carries a location label (else placement ignores locations).
+    fn locations_in_use(&self) -> bool {
+        !self.location_labels.is_empty()
+            && self.stores.values().any(|s| {
+                self.location_labels
+                    .iter()
+                    .any(|k| s.store.labels.get(k).is_some_and(|v| !v.is_empty()))
+            })
+    }
+
+    /// The replica checker's view of the stores (`counts`: replicas per store, when the
+    /// choice between equally placed stores matters).
+    fn store_views(
+        &self,
+        counts: Option<&BTreeMap<u64, usize>>,
+        with_locations: bool,
+    ) -> BTreeMap<u64, StoreView> {
+        self.stores
+            .values()
+            .map(|s| {
+                (
+                    s.store.id,
+                    StoreView {
+                        id: s.store.id,
+                        last_heartbeat_ms: self.heard_ms(s),
+                        region_count: counts
+                            .and_then(|c| c.get(&s.store.id))
+                            .copied()
+                            .unwrap_or(0),
+                        tombstone: s.store.state == StoreState::Tombstone as i32,
+                        offline: s.store.state == StoreState::Offline as i32,
+                        location: if with_locations {
+                            self.store_location(s)
+                        } else {
+                            Vec::new()
+                        },
+                    },
+                )
+            })
+            .collect()
+    }
+
     pub fn set_replica_timing(&mut self, max_store_down_time_ms: i64, operator_timeout_ms: i64) {
         self.replica_cfg.max_store_down_time_ms = max_store_down_time_ms;
         self.replica_cfg.operator_timeout_ms = operator_timeout_ms;
@@ -703,7 +758,25 @@ impl PlacementCore {
                         || now_ms - self.heard_ms(s) >= cfg.max_store_down_time_ms
                 })
             });
-        if !needs_look {
+        let with_locations = self.locations_in_use();
+        // A healthy region is looked at again only if a store would spread it better
+        // (decided without counting replicas per store, which costs a pass over the regions).
+        let spread = !needs_look
+            && with_locations
+            && !pending
+            && region
+                .peers
+                .iter()
+                .all(|p| p.role == PeerRole::Voter as i32)
+            && replica_checker::improve_isolation(
+                &region,
+                &self.store_views(None, true),
+                &cfg,
+                now_ms,
+                &mut || 0,
+            )
+            .is_some();
+        if !needs_look && !spread {
             return None;
         }
         let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
@@ -712,31 +785,21 @@ impl PlacementCore {
                 *counts.entry(p.store_id).or_default() += 1;
             }
         }
-        let stores: BTreeMap<u64, StoreView> = self
-            .stores
-            .values()
-            .map(|s| {
-                (
-                    s.store.id,
-                    StoreView {
-                        id: s.store.id,
-                        last_heartbeat_ms: self.heard_ms(s),
-                        region_count: counts.get(&s.store.id).copied().unwrap_or(0),
-                        tombstone: s.store.state == StoreState::Tombstone as i32,
-                        offline: s.store.state == StoreState::Offline as i32,
-                    },
-                )
-            })
-            .collect();
+        let stores = self.store_views(Some(&counts), with_locations);
         let ids = &mut self.ids;
-        let op = replica_checker::check_region(&region, &stores, &cfg, now_ms, &mut || {
+        let mut new_peer_id = || {
             let (id, new_limit) = ids.alloc(1);
             if let Some(limit) = new_limit {
                 writes.put(keys::ID_LIMIT.to_vec(), limit.to_be_bytes().to_vec());
                 writes.sync = true;
             }
             id
-        })?;
+        };
+        let op = if needs_look {
+            replica_checker::check_region(&region, &stores, &cfg, now_ms, &mut new_peer_id)?
+        } else {
+            replica_checker::improve_isolation(&region, &stores, &cfg, now_ms, &mut new_peer_id)?
+        };
         tracing::info!(region = region_id, reason = %op.reason, steps = op.steps.len(), "operator created");
         let step = op.next_step(&region, leader.as_ref());
         self.operators.insert(region_id, op);
@@ -759,6 +822,13 @@ impl PlacementCore {
             now_ms,
         );
         view.leader_refused = self.evict_leader_stores.clone();
+        if self.locations_in_use() {
+            view.locations = self
+                .stores
+                .values()
+                .map(|s| (s.store.id, self.store_location(s)))
+                .collect();
+        }
         let leader_ops = self
             .operators
             .values()

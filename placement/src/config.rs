@@ -72,6 +72,11 @@ pub struct PlacementConfig {
     /// Stores whose scores differ by at most this fraction of the mean (and at least one
     /// region) count as balanced. Default 0.05; 0.0..=1.0.
     pub balance_tolerance_ratio: f64,
+    /// The store labels a region's replicas are spread over, most significant first: replicas
+    /// go to distinct zones first, then racks, then hosts, as far as the stores allow. Stores
+    /// without these labels are placed by load alone. Default `["zone", "rack", "host"]`;
+    /// at most 8 distinct names.
+    pub location_labels: Vec<String>,
 }
 
 impl Default for PlacementConfig {
@@ -98,6 +103,7 @@ impl Default for PlacementConfig {
             leader_schedule_limit: 4,
             region_schedule_limit: 4,
             balance_tolerance_ratio: 0.05,
+            location_labels: vec!["zone".into(), "rack".into(), "host".into()],
         }
     }
 }
@@ -201,6 +207,18 @@ impl PlacementConfig {
         }
         if self.name.is_empty() {
             return Err(PlacementError::Config("name must not be empty".into()));
+        }
+        let mut labels = self.location_labels.clone();
+        labels.sort();
+        labels.dedup();
+        if labels.len() != self.location_labels.len()
+            || labels.len() > 8
+            || labels.iter().any(|l| l.is_empty())
+        {
+            return Err(PlacementError::Config(format!(
+                "location_labels = {:?}: give at most 8 distinct, non-empty label names, most significant first (e.g. [\"zone\", \"rack\", \"host\"])",
+                self.location_labels
+            )));
         }
         if !self.initial_members.is_empty() {
             let members = crate::member::member_specs(&self.initial_members)?;

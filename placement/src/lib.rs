@@ -12,6 +12,7 @@ pub mod config;
 mod error;
 pub mod gc_safe_point;
 pub mod id;
+pub mod location;
 pub mod member;
 pub mod merge_checker;
 pub mod meta_store;

@@ -5,11 +5,12 @@
 //! placement driver hands each step back on the leader's heartbeats. A region short of
 //! replicas gets the first two steps. Pure: time, stores and ids come in as arguments.
 
+use crate::location;
 use ringkv_proto::metapb::{ConfChangeKind, Peer, PeerRole, Region};
 use std::collections::BTreeMap;
 
 /// What the checker needs to know of a store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreView {
     pub id: u64,
     pub last_heartbeat_ms: i64,
@@ -19,6 +20,8 @@ pub struct StoreView {
     pub tombstone: bool,
     /// Being decommissioned: its replicas move away, it takes no new one.
     pub offline: bool,
+    /// Its location (see [`crate::location`]); empty when no location labels are used.
+    pub location: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,12 +146,26 @@ pub fn check_region(
     if down.is_empty() && region.peers.len() >= cfg.replicas as usize {
         return None;
     }
-    // Never take away a replica without one to replace it: first add, then remove.
+    // Never take away a replica without one to replace it: first add, then remove. The new
+    // replica goes where it is most isolated from the replicas that stay, then to the least
+    // loaded store.
+    let staying: Vec<&[String]> = region
+        .peers
+        .iter()
+        .filter(|p| !down.iter().any(|d| d.id == p.id))
+        .filter_map(|p| stores.get(&p.store_id).map(|s| s.location.as_slice()))
+        .collect();
     let target = stores
         .values()
         .filter(|s| is_up(s, now_ms, cfg) && !s.offline)
         .filter(|s| !region.peers.iter().any(|p| p.store_id == s.id))
-        .min_by_key(|s| (s.region_count, s.id))?;
+        .min_by_key(|s| {
+            (
+                std::cmp::Reverse(location::isolation(&s.location, staying.iter().copied())),
+                s.region_count,
+                s.id,
+            )
+        })?;
     let mut steps = add_replica_steps(new_peer_id(), target.id);
     let reason = match down.first() {
         Some(d) if healthy + 1 >= cfg.replicas as usize || region.peers.len() > cfg.replicas as usize => {
@@ -173,6 +190,56 @@ pub fn check_region(
         steps,
         created_ms: now_ms,
         reason,
+    })
+}
+
+/// A move of the region's worst-isolated replica to a store that isolates it strictly better
+/// (label-aware placement), if there is one; None when the region is as spread as the up
+/// stores allow. Only for regions with every replica up and none missing.
+pub fn improve_isolation(
+    region: &Region,
+    stores: &BTreeMap<u64, StoreView>,
+    cfg: &ReplicaConfig,
+    now_ms: i64,
+    new_peer_id: &mut dyn FnMut() -> u64,
+) -> Option<Operator> {
+    let at = |p: &Peer| stores.get(&p.store_id).map(|s| s.location.as_slice());
+    let isolation_of = |p: &Peer| -> usize {
+        let Some(here) = at(p) else { return 0 };
+        location::isolation(
+            here,
+            region.peers.iter().filter(|o| o.id != p.id).filter_map(at),
+        )
+    };
+    let worst = region
+        .peers
+        .iter()
+        .filter(|p| p.role == PeerRole::Voter as i32)
+        .min_by_key(|p| (isolation_of(p), p.id))?;
+    let current = isolation_of(worst);
+    let others: Vec<&[String]> = region
+        .peers
+        .iter()
+        .filter(|o| o.id != worst.id)
+        .filter_map(at)
+        .collect();
+    let (target, better) = stores
+        .values()
+        .filter(|s| is_up(s, now_ms, cfg) && !s.offline)
+        .filter(|s| !region.peers.iter().any(|p| p.store_id == s.id))
+        .map(|s| (s, location::isolation(&s.location, others.iter().copied())))
+        .min_by_key(|(s, iso)| (std::cmp::Reverse(*iso), s.region_count, s.id))?;
+    if better <= current {
+        return None;
+    }
+    Some(Operator {
+        region_id: region.id,
+        steps: move_replica_steps(new_peer_id(), target.id, *worst),
+        created_ms: now_ms,
+        reason: format!(
+            "spread replicas over locations: peer {} on store {} (isolation {current}) moves to store {} (isolation {better})",
+            worst.id, worst.store_id, target.id
+        ),
     })
 }
 
@@ -213,6 +280,7 @@ mod tests {
                     region_count,
                     tombstone: false,
                     offline: false,
+                    location: Vec::new(),
                 },
             );
         }
@@ -225,6 +293,7 @@ mod tests {
                     region_count: 0,
                     tombstone: false,
                     offline: false,
+                    location: Vec::new(),
                 },
             );
         }
@@ -332,6 +401,67 @@ mod tests {
         assert_eq!(
             check_region(&region(&[1, 2, 3]), &s, &cfg(), 100_000, &mut || 1),
             None
+        );
+    }
+
+    /// `stores` with zones: store id -> zone.
+    fn in_zones(
+        mut m: BTreeMap<u64, StoreView>,
+        zones: &[(u64, &str)],
+    ) -> BTreeMap<u64, StoreView> {
+        for &(id, zone) in zones {
+            if let Some(s) = m.get_mut(&id) {
+                s.location = vec![zone.to_string()];
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn a_replacement_goes_to_a_zone_the_region_lacks_before_a_less_loaded_store() {
+        let stores = in_zones(
+            stores(&[(1, 5), (2, 5), (4, 9), (5, 2)], &[3]),
+            &[(1, "z1"), (2, "z2"), (3, "z3"), (4, "z3"), (5, "z1")],
+        );
+        let mut next = 100;
+        let op = check_region(&region(&[1, 2, 3]), &stores, &cfg(), 100_000, &mut || {
+            next += 1;
+            next
+        })
+        .expect("a repair");
+        // Store 5 is the least loaded, but in z1 with store 1; store 4 is the one in z3.
+        assert_eq!(peer_of(op.steps[0]).store_id, 4);
+    }
+
+    #[test]
+    fn two_replicas_in_one_zone_move_apart_once_and_then_stay() {
+        let zoned = in_zones(
+            stores(&[(1, 1), (2, 1), (3, 1), (4, 1), (5, 0)], &[]),
+            &[(1, "z1"), (2, "z1"), (3, "z2"), (4, "z3"), (5, "z3")],
+        );
+        let mut next = 100;
+        let mut ids = || {
+            next += 1;
+            next
+        };
+        let op = improve_isolation(&region(&[1, 2, 3]), &zoned, &cfg(), 100_000, &mut ids)
+            .expect("a move out of z1");
+        let moved = peer_of(op.steps[2]);
+        assert_eq!(kind_of(op.steps[2]), ConfChangeKind::Remove);
+        assert!(
+            [1, 2].contains(&moved.store_id),
+            "a z1 replica leaves: {op:?}"
+        );
+        // To z3; store 5 (empty) over store 4.
+        assert_eq!(peer_of(op.steps[0]).store_id, 5);
+        // Spread over z1, z2, z3: nothing better exists.
+        assert!(
+            improve_isolation(&region(&[1, 3, 4]), &zoned, &cfg(), 100_000, &mut ids).is_none()
+        );
+        // Without locations nothing is ever "better".
+        let plain = stores(&[(1, 1), (2, 1), (3, 1), (4, 1)], &[]);
+        assert!(
+            improve_isolation(&region(&[1, 2, 3]), &plain, &cfg(), 100_000, &mut ids).is_none()
         );
     }
 }

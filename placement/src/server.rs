@@ -221,6 +221,7 @@ impl Shared {
         core.set_gc_life_time_ms(cfg.gc_life_time_ms);
         core.set_replica_timing(cfg.max_store_down_time_ms, cfg.operator_timeout_ms);
         core.set_balance_config(cfg.balance_config());
+        core.set_location_labels(cfg.location_labels.clone());
         core.apply_persisted_schedule();
         tracing::info!(
             term = st.raft.term(),

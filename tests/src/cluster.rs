@@ -31,6 +31,8 @@ pub struct ClusterBuilder {
     pub balance: bool,
     /// Placement members (default 1).
     pub placement_members: usize,
+    /// Store labels by node index (nodes past the end have none).
+    pub labels: Vec<std::collections::BTreeMap<String, String>>,
 }
 
 impl Default for ClusterBuilder {
@@ -52,6 +54,7 @@ impl Default for ClusterBuilder {
             max_store_down_time_ms: ringkv_placement::cluster::DEFAULT_MAX_STORE_DOWN_TIME_MS,
             balance: false,
             placement_members: 1,
+            labels: Vec::new(),
         }
     }
 }
@@ -89,6 +92,23 @@ impl ClusterBuilder {
             split_merge_interval_ms: 500,
             merge_timeout_ms: 5_000,
         };
+        self
+    }
+
+    /// Node `i` gets the labels of `zones[i]` as `zone`, and `host` = its index.
+    pub fn zones(mut self, zones: &[&str]) -> Self {
+        self.labels = zones
+            .iter()
+            .enumerate()
+            .map(|(i, z)| {
+                [
+                    ("zone".to_string(), z.to_string()),
+                    ("host".to_string(), format!("h{i}")),
+                ]
+                .into_iter()
+                .collect()
+            })
+            .collect();
         self
     }
 
@@ -130,9 +150,11 @@ fn start_node_slot(
     dir: &std::path::Path,
     i: usize,
     filter: &Arc<NetFilter>,
+    labels: std::collections::BTreeMap<String, String>,
 ) -> NodeSlot {
     let mut config = NodeConfig {
         data_dir: dir.join(format!("node{i}")),
+        labels,
         ..template.clone()
     };
     let server = NodeServer::start(config.clone(), filter.clone()).expect("node starts");
@@ -228,7 +250,10 @@ impl TestCluster {
             node_template.raft.raft_log_gc_count_limit,
         ) = b.log_gc;
         let nodes = (0..b.nodes)
-            .map(|i| start_node_slot(&node_template, dir.path(), i, &filter))
+            .map(|i| {
+                let labels = b.labels.get(i).cloned().unwrap_or_default();
+                start_node_slot(&node_template, dir.path(), i, &filter, labels)
+            })
             .collect();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -250,8 +275,22 @@ impl TestCluster {
 
     /// Starts one more node (a new store); returns its index.
     pub fn add_node(&mut self) -> usize {
+        self.add_node_with_labels(Default::default())
+    }
+
+    /// Starts one more node with store labels; returns its index.
+    pub fn add_node_with_labels(
+        &mut self,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> usize {
         let i = self.nodes.len();
-        let slot = start_node_slot(&self.node_template, self.dir.path(), i, &self.filter);
+        let slot = start_node_slot(
+            &self.node_template,
+            self.dir.path(),
+            i,
+            &self.filter,
+            labels,
+        );
         self.nodes.push(slot);
         i
     }
