@@ -48,6 +48,8 @@ const LEADER_REDIRECTS_MAX: u32 = 3;
 pub struct RegionRoute {
     pub region: Region,
     pub leader: Option<Peer>,
+    /// Size, pending and down peers as the placement driver knows them (region scans only).
+    pub health: Option<RegionHealth>,
 }
 
 pub fn channel_to(addr: &str) -> Result<Channel> {
@@ -696,6 +698,7 @@ impl PdClient {
         Ok(RegionRoute {
             region,
             leader: r.leader,
+            health: None,
         })
     }
 
@@ -717,6 +720,7 @@ impl PdClient {
         Ok(RegionRoute {
             region,
             leader: r.leader,
+            health: None,
         })
     }
 
@@ -749,6 +753,7 @@ impl PdClient {
                 Some(RegionRoute {
                     region: r.region?,
                     leader: r.leader,
+                    health: r.health,
                 })
             })
             .collect())

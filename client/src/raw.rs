@@ -1124,6 +1124,7 @@ impl RawClient {
                     self.shared.regions.insert(RegionRoute {
                         region: r,
                         leader: None,
+                        health: None,
                     });
                 }
                 true

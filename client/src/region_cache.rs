@@ -105,6 +105,7 @@ mod tests {
                 }],
             },
             leader: None,
+            health: None,
         }
     }
 

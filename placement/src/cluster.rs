@@ -14,7 +14,7 @@ use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
 use ringkv_proto::metapb::{
     ConfChangeKind, Peer, PeerRole, Region, RegionEpoch, Store, StoreState,
 };
-use ringkv_proto::pdpb::{KeyspaceMeta, OperatorInfo, ScheduleConfig, StoreStats};
+use ringkv_proto::pdpb::{KeyspaceMeta, OperatorInfo, RegionHealth, ScheduleConfig, StoreStats};
 use std::collections::{BTreeMap, HashMap};
 
 use crate::replica_checker::{self, Operator, ReplicaConfig, Step, StoreView};
@@ -488,6 +488,29 @@ impl PlacementCore {
         info.stats = Some(stats);
         info.last_heartbeat_ms = now_ms;
         Ok(self.bootstrap_regions_for(store_id))
+    }
+
+    /// What the placement driver knows of a region's health now.
+    pub fn region_health(&self, info: &RegionInfo, now_ms: i64) -> RegionHealth {
+        let down_peer_ids = info
+            .region
+            .peers
+            .iter()
+            .filter(|p| {
+                self.stores
+                    .get(&p.store_id)
+                    .is_none_or(|s| now_ms - self.heard_ms(s) >= STORE_DISCONNECTED_MS)
+            })
+            .map(|p| p.id)
+            .collect();
+        let stats = info.stats.as_ref();
+        RegionHealth {
+            measured: stats.is_some(),
+            approximate_size_bytes: stats.map_or(0, |s| s.size_bytes),
+            approximate_keys: stats.map_or(0, |s| s.keys),
+            pending_peers: stats.map_or(0, |s| s.pending_peers as u32),
+            down_peer_ids,
+        }
     }
 
     /// Regions led from `store_id` whose operator waits for their next report (at most

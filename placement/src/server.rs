@@ -232,6 +232,9 @@ impl Shared {
             "placement leader serving"
         );
         st.core = Some(core);
+        // Everything applied is committed; an index proposed in an older term may never be
+        // reached (its entry truncated), and replies must not wait for it.
+        st.sync_index = st.raft.applied().0;
         Ok(())
     }
 

@@ -517,7 +517,8 @@ impl Placement for PlacementService {
     ) -> Result<Response<ScanRegionsResponse>, Status> {
         let req = request.into_inner();
         let (header, regions) = self
-            .run(req.header, |core, _, _| {
+            .run(req.header, |core, _, now| {
+                let core = &*core;
                 let limit = if req.limit == 0 {
                     usize::MAX
                 } else {
@@ -529,6 +530,7 @@ impl Placement for PlacementService {
                     .map(|i| RegionWithLeader {
                         region: Some(i.region.clone()),
                         leader: i.leader,
+                        health: Some(core.region_health(i, now)),
                     })
                     .collect())
             })

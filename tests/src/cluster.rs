@@ -31,6 +31,9 @@ pub struct ClusterBuilder {
     pub balance: bool,
     /// Placement members (default 1).
     pub placement_members: usize,
+    /// An operator not done within this long is dropped and planned afresh (default: the
+    /// production 10 minutes).
+    pub operator_timeout_ms: i64,
     /// Store labels by node index (nodes past the end have none).
     pub labels: Vec<std::collections::BTreeMap<String, String>>,
 }
@@ -54,6 +57,7 @@ impl Default for ClusterBuilder {
             max_store_down_time_ms: ringkv_placement::cluster::DEFAULT_MAX_STORE_DOWN_TIME_MS,
             balance: false,
             placement_members: 1,
+            operator_timeout_ms: ringkv_placement::cluster::DEFAULT_OPERATOR_TIMEOUT_MS,
             labels: Vec::new(),
         }
     }
@@ -180,6 +184,7 @@ impl TestCluster {
             split_merge_interval_ms: b.merge.split_merge_interval_ms,
             merge_timeout_ms: b.merge.merge_timeout_ms,
             max_store_down_time_ms: b.max_store_down_time_ms,
+            operator_timeout_ms: b.operator_timeout_ms,
             balance_leader: b.balance,
             balance_region: b.balance,
             schedule_interval_ms: 500,

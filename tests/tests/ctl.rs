@@ -490,3 +490,74 @@ fn members_are_listed_with_roles_and_leadership_moves_on_request() {
         .collect();
     assert_eq!(down, vec![format!("pd-{}", stopped + 1)]);
 }
+
+#[test]
+fn region_checks_find_pending_down_oversized_and_undersized_regions() {
+    let mut cluster = start();
+    let pd = cluster.pd_addr();
+    let client = cluster.client();
+    let split_at = ringkv_proto::keys::encode(&ringkv_proto::keys::default_keyspace(), b"m");
+    cluster.rt.block_on(client.split_region(split_at)).unwrap();
+    cluster.rt.block_on(async {
+        for i in 0..100 {
+            client
+                .put(format!("key{i:03}"), vec![b'v'; 1024])
+                .await
+                .unwrap();
+        }
+    });
+    let count = |args: &[&str]| -> usize {
+        let mut all = vec!["--json", "region", "check"];
+        all.extend_from_slice(args);
+        json(&ctl(&pd, &all))["regions"].as_array().unwrap().len()
+    };
+    // Every region measured by its leader (sizes are reported with the heartbeats).
+    ringkv_tests::wait_until(
+        "every region measured",
+        std::time::Duration::from_secs(60),
+        || {
+            let j = json(&ctl(&pd, &["--json", "region", "list"]));
+            j["regions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["health"]["measured"] == true)
+                .then_some(())
+        },
+    );
+    assert_eq!(count(&["undersized"]), 2, "both regions are below 20 MiB");
+    assert_eq!(count(&["oversized"]), 0);
+    assert!(
+        count(&["oversized", "--size-max-mib", "0"]) >= 1,
+        "the data is somewhere"
+    );
+    assert_eq!(count(&["undersized", "--size-min-mib", "0"]), 0);
+    assert_eq!(count(&["pending-peer"]), 0);
+    assert_eq!(count(&["down-peer"]), 0);
+    let bad = ctl(
+        &pd,
+        &["region", "check", "oversized", "--size-max-mib", "lots"],
+    );
+    assert!(!bad.ok && bad.stderr.contains("lots"), "{}", bad.stderr);
+
+    // A stopped node's replicas show as down peers once its store is silent for 20 s.
+    let stopped_store = cluster.store_id(2);
+    cluster.stop_node(2);
+    ringkv_tests::wait_until(
+        "both regions to show a down peer",
+        std::time::Duration::from_secs(90),
+        || (count(&["down-peer"]) == 2).then_some(()),
+    );
+    let j = json(&ctl(&pd, &["--json", "region", "check", "down-peer"]));
+    for r in j["regions"].as_array().unwrap() {
+        let down = r["health"]["down_peer_ids"].as_array().unwrap();
+        let on_stopped: Vec<_> = r["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["store_id"] == stopped_store)
+            .map(|p| p["id"].clone())
+            .collect();
+        assert_eq!(down, &on_stopped, "{r}");
+    }
+}

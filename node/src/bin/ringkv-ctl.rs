@@ -95,10 +95,22 @@ enum RegionAction {
     /// The region holding a key of the default keyspace.
     ByKey { key: String },
     /// Regions with a problem: `miss-peer` (fewer replicas than configured), `extra-peer`
-    /// (more), `learner` (a replica not yet a voter), `no-leader` (no leader reported).
+    /// (more), `learner` (a replica not yet a voter), `no-leader` (no leader reported),
+    /// `pending-peer` (a replica catching up), `down-peer` (a replica on a store silent for
+    /// 20 s), `oversized` / `undersized` (approximate size above --size-max-mib / below
+    /// --size-min-mib, as last measured by the leader).
     Check {
-        #[arg(value_parser = ["miss-peer", "extra-peer", "learner", "no-leader"])]
+        #[arg(value_parser = [
+            "miss-peer", "extra-peer", "learner", "no-leader", "pending-peer", "down-peer",
+            "oversized", "undersized",
+        ])]
         problem: String,
+        /// `oversized`: regions above this many MiB (default: 1.5 × the 96 MiB split size).
+        #[arg(long, default_value_t = 144)]
+        size_max_mib: u64,
+        /// `undersized`: regions below this many MiB (default: the 20 MiB merge limit).
+        #[arg(long, default_value_t = 20)]
+        size_min_mib: u64,
     },
 }
 
@@ -241,6 +253,13 @@ fn region_json(r: &ringkv_client::RegionRoute) -> serde_json::Value {
         "version": e.version,
         "leader": r.leader.map(|l| json!({ "id": l.id, "store_id": l.store_id })),
         "peers": peers,
+        "health": r.health.as_ref().map(|h| json!({
+            "measured": h.measured,
+            "approximate_size_bytes": h.approximate_size_bytes,
+            "approximate_keys": h.approximate_keys,
+            "pending_peers": h.pending_peers,
+            "down_peer_ids": h.down_peer_ids,
+        })),
     })
 }
 
@@ -653,7 +672,11 @@ async fn region_command(pd: &PdClient, action: RegionAction, as_json: bool) -> R
             all.truncate(*limit);
             all
         }
-        RegionAction::Check { problem } => {
+        RegionAction::Check {
+            problem,
+            size_max_mib,
+            size_min_mib,
+        } => {
             let replicas = pd
                 .get_cluster_info()
                 .await
@@ -672,6 +695,19 @@ async fn region_command(pd: &PdClient, action: RegionAction, as_json: bool) -> R
                         .peers
                         .iter()
                         .any(|p| p.role != ringkv_proto::metapb::PeerRole::Voter as i32),
+                    "pending-peer" => r.health.as_ref().is_some_and(|h| h.pending_peers > 0),
+                    "down-peer" => r
+                        .health
+                        .as_ref()
+                        .is_some_and(|h| !h.down_peer_ids.is_empty()),
+                    "oversized" => r.health.as_ref().is_some_and(|h| {
+                        h.measured
+                            && h.approximate_size_bytes > size_max_mib.saturating_mul(1 << 20)
+                    }),
+                    "undersized" => r.health.as_ref().is_some_and(|h| {
+                        h.measured
+                            && h.approximate_size_bytes < size_min_mib.saturating_mul(1 << 20)
+                    }),
                     _ => r.leader.is_none(),
                 })
                 .collect()
