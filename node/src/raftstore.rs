@@ -26,7 +26,7 @@ use ringkv_proto::metapb::{Peer as PeerMeta, Region};
 use ringkv_proto::pdpb::RegionHeartbeatRequest;
 use ringkv_proto::raftpb::{
     admin_request, AdminRequest, CompactLogRequest, PeerState, RaftCmdRequest, RaftMessage,
-    RegionInfoResponse,
+    RegionInfoResponse, RegionLocalState,
 };
 use ringkv_storage::{layout, KvEngine, KvWriteBatch, PeerStorage, RaftLogBatch, RaftLogEngine};
 use std::collections::HashMap;
@@ -620,6 +620,21 @@ fn on_raft_message(ctx: &StoreContext, fsm: &mut PeerFsm, msg: RaftMessage) {
         fsm.wake();
     }
     fsm.peer.step(msg.from_peer, inner);
+}
+
+/// Whether a message for peer `to` may create a replica of a region whose tombstone this store
+/// holds: the replica here was removed by a membership change (not merged away), and the
+/// region has since added `to` — a new peer, at a newer membership (`conf_ver`) than the
+/// tombstone's. A message to the removed peer itself (late, or from an old leader) carries the
+/// old peer id or an epoch no newer, and is refused, so a removed replica never comes back.
+fn readded_over_tombstone(state: &RegionLocalState, msg: &RaftMessage, to: PeerMeta) -> bool {
+    state.state == PeerState::Tombstone as i32
+        && state.merge_state.is_none()
+        && state.region.as_ref().is_some_and(|old| {
+            let old_conf = old.region_epoch.unwrap_or_default().conf_ver;
+            let new_conf = msg.region_epoch.unwrap_or_default().conf_ver;
+            new_conf > old_conf && !old.peers.iter().any(|p| p.id == to.id)
+        })
 }
 
 /// A snapshot may be installed only if its range overlaps no other local region (one that is
@@ -1358,6 +1373,13 @@ impl StoreFsm {
         }
         match layout::read_region_state(ctx.kv.as_ref(), msg.region_id) {
             Ok(None) => {}
+            Ok(Some(state)) if readded_over_tombstone(&state, msg, to) => {
+                tracing::info!(
+                    region = msg.region_id,
+                    peer = to.id,
+                    "replica added again to a store that held one before; replacing its tombstone"
+                );
+            }
             Ok(Some(_)) => return false,
             Err(e) => panic!("cannot read region state of region {}: {e}", msg.region_id),
         }

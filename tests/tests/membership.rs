@@ -207,3 +207,81 @@ fn a_region_refuses_changes_it_cannot_make() {
         "nothing changed"
     );
 }
+
+/// The keys the move-away-and-back test writes.
+fn moved_and_back_keys() -> Vec<String> {
+    (0..50).map(|i| format!("back{i:02}")).collect()
+}
+
+#[test]
+fn a_replica_moved_away_and_back_returns_over_its_tombstone() {
+    let cluster = ClusterBuilder {
+        nodes: 4,
+        ..ClusterBuilder::default()
+    }
+    .start();
+    let client = cluster.client();
+    cluster.rt.block_on(async {
+        for k in moved_and_back_keys() {
+            client.put(k.clone(), format!("v-{k}")).await.unwrap();
+        }
+    });
+    let pd = cluster.pd();
+    let route = cluster
+        .rt
+        .block_on(pd.get_region(&encoded(b"k")))
+        .expect("routed");
+    let leader = route.leader.expect("a leader").store_id;
+    let follower = route
+        .region
+        .peers
+        .iter()
+        .find(|p| p.store_id != leader)
+        .expect("a follower")
+        .store_id;
+    let outsider = cluster
+        .store_ids()
+        .into_iter()
+        .find(|s| !route.region.peers.iter().any(|p| p.store_id == *s))
+        .expect("a store without a replica");
+    let moved = |from: u64, to: u64| {
+        cluster
+            .rt
+            .block_on(pd.add_operator(route.region.id, "move-peer", from, to))
+            .expect("operator added");
+        wait_until(
+            &format!("the replica to move from store {from} to store {to}"),
+            Duration::from_secs(60),
+            || {
+                let r = region(&cluster);
+                let ops = cluster.rt.block_on(pd.get_operators()).ok()?;
+                (ops.is_empty()
+                    && r.peers.iter().any(|p| p.store_id == to)
+                    && !r.peers.iter().any(|p| p.store_id == from))
+                .then_some(())
+            },
+        );
+    };
+    moved(follower, outsider);
+    // Back to the store that holds the region's tombstone now: a new peer replaces it.
+    moved(outsider, follower);
+    let i = cluster
+        .store_ids()
+        .iter()
+        .position(|s| *s == follower)
+        .expect("a node");
+    for k in moved_and_back_keys() {
+        let key = encoded(k.as_bytes());
+        let value = wait_until(
+            "the returned replica to hold the data",
+            Duration::from_secs(30),
+            || {
+                cluster
+                    .rt
+                    .block_on(debug::local_get(&cluster.node_addr(i), &key))
+                    .flatten()
+            },
+        );
+        assert_eq!(value, format!("v-{k}").into_bytes());
+    }
+}
