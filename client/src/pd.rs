@@ -87,6 +87,12 @@ impl PdClient {
     /// Connects to the placement driver at any of `endpoints` (host:port) and learns the
     /// cluster id.
     pub async fn connect(endpoints: &[impl AsRef<str>]) -> Result<Self> {
+        Self::connect_within(endpoints, PD_TIMEOUT).await
+    }
+
+    /// Like [`PdClient::connect`], retrying for up to `timeout` (a server starting with its
+    /// placement group waits for the group's first leader).
+    pub async fn connect_within(endpoints: &[impl AsRef<str>], timeout: Duration) -> Result<Self> {
         let endpoints: Vec<String> = endpoints.iter().map(|e| e.as_ref().to_string()).collect();
         if endpoints.is_empty() {
             return Err(ClientError::InvalidArgument(
@@ -107,7 +113,7 @@ impl PdClient {
             }),
         };
         let members = client
-            .call("get_members", |mut c, h| async move {
+            .call_within("get_members", timeout, |mut c, h| async move {
                 let r = c
                     .get_members(GetMembersRequest { header: Some(h) })
                     .await?
@@ -237,7 +243,21 @@ impl PdClient {
         F: Fn(PlacementClient<Channel>, RequestHeader) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
-        let mut backoff = Backoff::new(Instant::now() + PD_TIMEOUT);
+        self.call_within(operation, PD_TIMEOUT, f).await
+    }
+
+    /// [`PdClient::call`] with its own deadline.
+    async fn call_within<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T>
+    where
+        F: Fn(PlacementClient<Channel>, RequestHeader) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let mut backoff = Backoff::new(Instant::now() + timeout);
         let mut redirects = 0;
         loop {
             let (endpoint, channel, cluster_id) = self.channel()?;

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
+/// How long a starting node keeps trying to reach its placement group.
+const PLACEMENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Messages one peer's mailbox holds; past it the peer answers `ServerIsBusy`.
 const PEER_MAILBOX_CAPACITY: usize = 4096;
 
@@ -98,7 +100,12 @@ impl NodeServer {
         let log: Arc<dyn RaftLogEngine> =
             Arc::new(RaftEngineLog::open(&config.data_dir.join("raft"))?);
         let kv = Arc::new(SledKv::open(&config.data_dir.join("kv"))?);
-        let pd = runtime.block_on(PdClient::connect(&config.placement_endpoints))?;
+        // A node started together with its placement group waits for the group's first
+        // leader (an election, then the cluster's identity) rather than giving up at once.
+        let pd = runtime.block_on(PdClient::connect_within(
+            &config.placement_endpoints,
+            PLACEMENT_CONNECT_TIMEOUT,
+        ))?;
         let ident = runtime.block_on(store_ident(&kv, log.as_ref(), &pd, &data_dir))?;
         let store_id = ident.store_id;
 

@@ -1,7 +1,7 @@
 //! A cluster of real processes: the `ringkv-placement` and `ringkv-node` binaries, started as
 //! children on loopback ports, for tests that `kill -9` and restart them.
 
-use crate::{debug, wait_until};
+use crate::debug;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -220,9 +220,26 @@ impl ProcessCluster {
     }
 
     pub fn wait_for_leader(&self, limit: Duration) -> usize {
-        wait_until("a region leader among the node processes", limit, || {
-            self.leader()
-        })
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(i) = self.leader() {
+                return i;
+            }
+            if std::time::Instant::now() >= deadline {
+                let mut logs = String::new();
+                for i in 0..self.placements.len() {
+                    logs += &format!(
+                        "\n--- placement member {i} ---\n{}",
+                        self.placement_log_tail(i)
+                    );
+                }
+                for i in 0..self.nodes.len() {
+                    logs += &format!("\n--- node {i} ---\n{}", self.log_tail(i));
+                }
+                panic!("no region leader among the node processes within {limit:?}; logs:{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// `kill -9` node `i`.
