@@ -128,6 +128,24 @@ pub fn move_replica_steps(peer_id: u64, store_id: u64, from: Peer) -> Vec<Step> 
     steps
 }
 
+/// Where a new replica of `region` goes: an up store that takes replicas and has none of the
+/// region, most isolated from the replicas at `others` (see [`location`]), then the least
+/// loaded. Returns it with that isolation.
+fn best_new_home<'a>(
+    region: &Region,
+    stores: &'a BTreeMap<u64, StoreView>,
+    cfg: &ReplicaConfig,
+    now_ms: i64,
+    others: &[&[String]],
+) -> Option<(&'a StoreView, usize)> {
+    stores
+        .values()
+        .filter(|s| is_up(s, now_ms, cfg) && !s.offline)
+        .filter(|s| !region.peers.iter().any(|p| p.store_id == s.id))
+        .map(|s| (s, location::isolation(&s.location, others.iter().copied())))
+        .min_by_key(|(s, iso)| (std::cmp::Reverse(*iso), s.region_count, s.id))
+}
+
 /// Plans the repair `region` needs, if any. `new_peer_id` hands out a fresh peer id.
 pub fn check_region(
     region: &Region,
@@ -155,17 +173,7 @@ pub fn check_region(
         .filter(|p| !down.iter().any(|d| d.id == p.id))
         .filter_map(|p| stores.get(&p.store_id).map(|s| s.location.as_slice()))
         .collect();
-    let target = stores
-        .values()
-        .filter(|s| is_up(s, now_ms, cfg) && !s.offline)
-        .filter(|s| !region.peers.iter().any(|p| p.store_id == s.id))
-        .min_by_key(|s| {
-            (
-                std::cmp::Reverse(location::isolation(&s.location, staying.iter().copied())),
-                s.region_count,
-                s.id,
-            )
-        })?;
+    let (target, _) = best_new_home(region, stores, cfg, now_ms, &staying)?;
     let mut steps = add_replica_steps(new_peer_id(), target.id);
     let reason = match down.first() {
         Some(d) if healthy + 1 >= cfg.replicas as usize || region.peers.len() > cfg.replicas as usize => {
@@ -223,12 +231,7 @@ pub fn improve_isolation(
         .filter(|o| o.id != worst.id)
         .filter_map(at)
         .collect();
-    let (target, better) = stores
-        .values()
-        .filter(|s| is_up(s, now_ms, cfg) && !s.offline)
-        .filter(|s| !region.peers.iter().any(|p| p.store_id == s.id))
-        .map(|s| (s, location::isolation(&s.location, others.iter().copied())))
-        .min_by_key(|(s, iso)| (std::cmp::Reverse(*iso), s.region_count, s.id))?;
+    let (target, better) = best_new_home(region, stores, cfg, now_ms, &others)?;
     if better <= current {
         return None;
     }

@@ -278,6 +278,41 @@ impl TestCluster {
         cluster
     }
 
+    /// Splits the default keyspace into `regions` regions (at `split01`, `split02`, …) and
+    /// writes 200 keys (`key000` = `value0` …) over them.
+    pub fn split_and_fill(&self, regions: usize) {
+        let client = self.client();
+        self.rt.block_on(async {
+            for i in 1..regions {
+                let at = format!("split{i:02}");
+                client
+                    .split_region(ringkv_proto::keys::encode(
+                        &ringkv_proto::keys::default_keyspace(),
+                        at.as_bytes(),
+                    ))
+                    .await
+                    .expect("split");
+            }
+            for i in 0..200 {
+                client
+                    .put(format!("key{i:03}"), format!("value{i}"))
+                    .await
+                    .expect("put");
+            }
+        });
+    }
+
+    /// Asserts that every key [`TestCluster::split_and_fill`] wrote reads back.
+    pub fn check_filled(&self) {
+        let client = self.client();
+        self.rt.block_on(async {
+            for i in 0..200 {
+                let v = client.get(format!("key{i:03}")).await.expect("read");
+                assert_eq!(v, Some(format!("value{i}").into_bytes()), "key{i:03}");
+            }
+        });
+    }
+
     /// Starts one more node (a new store); returns its index.
     pub fn add_node(&mut self) -> usize {
         self.add_node_with_labels(Default::default())

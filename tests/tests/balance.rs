@@ -14,10 +14,6 @@ use std::time::Duration;
 const REGIONS: usize = 12;
 const TOLERANCE: u64 = 2;
 
-fn encoded(user: &[u8]) -> Vec<u8> {
-    ringkv_proto::keys::encode(&ringkv_proto::keys::default_keyspace(), user)
-}
-
 /// Replicas and leaders per store as the placement driver routes them, over every store.
 fn counts(cluster: &TestCluster) -> (BTreeMap<u64, u64>, BTreeMap<u64, u64>) {
     let routes = cluster
@@ -71,16 +67,6 @@ fn wait_balanced(cluster: &TestCluster, what: &str) {
     }
 }
 
-fn check_every_key(cluster: &TestCluster) {
-    let client = cluster.client();
-    cluster.rt.block_on(async {
-        for i in 0..200 {
-            let v = client.get(format!("key{i:03}")).await.expect("read");
-            assert_eq!(v, Some(format!("value{i}").into_bytes()), "key{i:03}");
-        }
-    });
-}
-
 #[test]
 fn a_fourth_and_a_fifth_node_get_their_share_of_replicas_and_leaders() {
     let mut cluster = ClusterBuilder {
@@ -88,35 +74,21 @@ fn a_fourth_and_a_fifth_node_get_their_share_of_replicas_and_leaders() {
         ..ClusterBuilder::default()
     }
     .start();
-    let client = cluster.client();
-    cluster.rt.block_on(async {
-        for i in 1..REGIONS {
-            client
-                .split_region(encoded(format!("split{i:02}").as_bytes()))
-                .await
-                .expect("split");
-        }
-        for i in 0..200 {
-            client
-                .put(format!("key{i:03}"), format!("value{i}"))
-                .await
-                .unwrap();
-        }
-    });
+    cluster.split_and_fill(REGIONS);
     wait_balanced(&cluster, "leaders spread over the first three nodes");
 
     let fourth = cluster.add_node();
     wait_balanced(&cluster, "the fourth node to get its share");
     let (replicas, _) = counts(&cluster);
     assert!(replicas[&cluster.store_id(fourth)] >= 7, "{replicas:?}");
-    check_every_key(&cluster);
+    cluster.check_filled();
 
     let fifth = cluster.add_node();
     wait_balanced(&cluster, "the fifth node to get its share");
     let (replicas, leaders) = counts(&cluster);
     assert!(replicas[&cluster.store_id(fifth)] >= 5, "{replicas:?}");
     assert!(leaders[&cluster.store_id(fifth)] >= 1, "{leaders:?}");
-    check_every_key(&cluster);
+    cluster.check_filled();
 
     // Balanced means settled: nothing moves any more.
     let before = counts(&cluster);
@@ -131,21 +103,7 @@ fn an_evicted_store_gives_up_every_leader_and_leads_again_once_the_scheduler_is_
         ..ClusterBuilder::default()
     }
     .start();
-    let client = cluster.client();
-    cluster.rt.block_on(async {
-        for i in 1..REGIONS {
-            client
-                .split_region(encoded(format!("split{i:02}").as_bytes()))
-                .await
-                .expect("split");
-        }
-        for i in 0..200 {
-            client
-                .put(format!("key{i:03}"), format!("value{i}"))
-                .await
-                .unwrap();
-        }
-    });
+    cluster.split_and_fill(REGIONS);
     wait_balanced(&cluster, "leaders spread over the three nodes");
     let pd = cluster.pd();
     let store = cluster.store_id(0);
@@ -166,7 +124,7 @@ fn an_evicted_store_gives_up_every_leader_and_leads_again_once_the_scheduler_is_
         0,
         "the evicted store got a leader back"
     );
-    check_every_key(&cluster);
+    cluster.check_filled();
     // Errors: an unknown store; removing a scheduler that does not run.
     assert!(cluster.rt.block_on(pd.evict_leader(999, true)).is_err());
     assert!(cluster

@@ -10,10 +10,6 @@ use std::time::Duration;
 const ZONES: [&str; 6] = ["z1", "z1", "z2", "z2", "z3", "z3"];
 const REGIONS: usize = 8;
 
-fn encoded(user: &[u8]) -> Vec<u8> {
-    ringkv_proto::keys::encode(&ringkv_proto::keys::default_keyspace(), user)
-}
-
 /// Zones of each region's replicas, and the operators in flight.
 fn placement(
     cluster: &TestCluster,
@@ -75,21 +71,7 @@ fn replicas_spread_over_distinct_zones_and_stay_spread_as_regions_split_and_node
     let mut zone_of: BTreeMap<u64, String> = (0..ZONES.len())
         .map(|i| (cluster.store_id(i), ZONES[i].to_string()))
         .collect();
-    let client = cluster.client();
-    cluster.rt.block_on(async {
-        for i in 1..REGIONS {
-            client
-                .split_region(encoded(format!("split{i:02}").as_bytes()))
-                .await
-                .expect("split");
-        }
-        for i in 0..200 {
-            client
-                .put(format!("key{i:03}"), format!("value{i}"))
-                .await
-                .unwrap();
-        }
-    });
+    cluster.split_and_fill(REGIONS);
     wait_spread(&cluster, &zone_of, "one replica per zone in every region");
 
     // A seventh node in z1: the balancers give it replicas, never two in one zone.
@@ -126,10 +108,5 @@ fn replicas_spread_over_distinct_zones_and_stay_spread_as_regions_split_and_node
         &zone_of,
         "every region still spread over the zones",
     );
-    cluster.rt.block_on(async {
-        for i in 0..200 {
-            let v = client.get(format!("key{i:03}")).await.expect("read");
-            assert_eq!(v, Some(format!("value{i}").into_bytes()));
-        }
-    });
+    cluster.check_filled();
 }
