@@ -384,6 +384,51 @@ impl PdClient {
             .ok_or_else(|| ClientError::Server(format!("placement returned no store {store_id}")))
     }
 
+    /// A store with the figures of its last heartbeat (None before the first).
+    pub async fn get_store_with_stats(&self, store_id: u64) -> Result<(Store, Option<StoreStats>)> {
+        let r = self
+            .call("get_store", |mut c, h| async move {
+                Ok(c.get_store(GetStoreRequest {
+                    header: Some(h),
+                    store_id,
+                })
+                .await?
+                .into_inner())
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        let store = r.store.ok_or_else(|| {
+            ClientError::Server(format!("placement returned no store {store_id}"))
+        })?;
+        Ok((store, r.stats))
+    }
+
+    /// Sets labels of a store (an empty value removes one); returns the store as it now is.
+    pub async fn set_store_labels(
+        &self,
+        store_id: u64,
+        labels: std::collections::HashMap<String, String>,
+    ) -> Result<Store> {
+        let r = self
+            .call("set_store_labels", |mut c, h| {
+                let labels = labels.clone();
+                async move {
+                    Ok(c.set_store_labels(SetStoreLabelsRequest {
+                        header: Some(h),
+                        store_id,
+                        labels,
+                    })
+                    .await?
+                    .into_inner())
+                }
+            })
+            .await?;
+        check_header(r.header.as_ref())?;
+        r.store.ok_or_else(|| {
+            ClientError::Server("set_store_labels answered without the store".into())
+        })
+    }
+
     pub async fn get_all_stores(&self) -> Result<Vec<Store>> {
         let r = self
             .call("get_all_stores", |mut c, h| async move {
@@ -475,29 +520,16 @@ impl PdClient {
         check_header(r.header.as_ref())
     }
 
-    /// Starts an admin operator: `kind` is `transfer-leader` (to `to_store`) or `move-peer`
-    /// (from `from_store` to `to_store`).
-    pub async fn add_operator(
-        &self,
-        region_id: u64,
-        kind: &str,
-        from_store: u64,
-        to_store: u64,
-    ) -> Result<OperatorInfo> {
+    /// Starts an admin operator (see [`AddOperatorRequest`] for the kinds and their fields;
+    /// the header is filled in here).
+    pub async fn add_operator(&self, request: AddOperatorRequest) -> Result<OperatorInfo> {
         let r = self
             .call("add_operator", |mut c, h| {
-                let kind = kind.to_string();
-                async move {
-                    Ok(c.add_operator(AddOperatorRequest {
-                        header: Some(h),
-                        region_id,
-                        kind,
-                        from_store,
-                        to_store,
-                    })
-                    .await?
-                    .into_inner())
-                }
+                let request = AddOperatorRequest {
+                    header: Some(h),
+                    ..request.clone()
+                };
+                async move { Ok(c.add_operator(request).await?.into_inner()) }
             })
             .await?;
         check_header(r.header.as_ref())?;

@@ -329,6 +329,14 @@ pub fn written_bytes(cmd: &RaftCmdRequest) -> u64 {
         .sum()
 }
 
+/// Keys `cmd` puts or deletes (a range delete counts as none: its size is not known here).
+pub fn written_keys(cmd: &RaftCmdRequest) -> u64 {
+    cmd.requests
+        .iter()
+        .filter(|r| matches!(r.cmd, Some(Cmd::Put(_)) | Some(Cmd::Delete(_))))
+        .count() as u64
+}
+
 /// Whether applying `cmd` needs to see earlier writes of the same batch (it scans storage).
 pub fn needs_flushed_state(cmd: &RaftCmdRequest) -> bool {
     cmd.requests

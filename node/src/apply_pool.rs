@@ -41,6 +41,8 @@ pub struct ApplyOutcome {
     pub admin: Vec<AdminResult>,
     /// Bytes written by successful commands (for split checks).
     pub written_bytes: u64,
+    /// Keys written (puts and deletes) by successful commands.
+    pub written_keys: u64,
     /// A command may have emptied the region (a range delete): measure it again.
     pub check_wanted: bool,
     /// Apply stopped before this CommitMerge: the local source replica has not applied the
@@ -260,6 +262,7 @@ impl ApplyDelegate {
         let applied = apply::exec_command(self.view(), index, cmd, kv, batch)?;
         if applied.result.is_ok() {
             self.outcome.written_bytes += apply::written_bytes(cmd);
+            self.outcome.written_keys += apply::written_keys(cmd);
             self.outcome.check_wanted |= flushed_state;
         }
         match applied.admin {

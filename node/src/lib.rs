@@ -17,6 +17,7 @@
 //! - [`transport`]: Raft messages to other nodes over one gRPC stream per destination.
 //! - [`service`]: the KV (raw and transactional), Raft and Debug gRPC services.
 //! - [`gc_worker`]: drops MVCC versions below the GC safe point, region by region.
+//! - [`flow`]: bytes and keys read and written per region and per store, for heartbeats.
 //! - [`latch`]: per-key latches that serialize transactional commands on the same keys.
 //! - [`memory_lock`]: keys of one-phase commits in flight, which readers wait for.
 //! - [`server`]: joining the cluster through the placement driver and running all of the above.
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 mod error;
+pub mod flow;
 pub mod gc_worker;
 pub mod latch;
 pub mod memory_lock;

@@ -142,6 +142,8 @@ pub struct Peer {
     /// acknowledged a leader's lease round it no longer remembers.
     votes_withheld_ticks: u32,
     pub size: SizeStats,
+    /// (bytes, keys) the last apply round wrote, for the store's flow counters.
+    pub applied_writes: (u64, u64),
     /// Peers of this region learnt from incoming messages: an uninitialized peer does not know
     /// its region's peers, yet must answer the leader.
     peer_cache: HashMap<u64, PeerMeta>,
@@ -258,6 +260,7 @@ impl Peer {
                 check_wanted: true,
                 ..Default::default()
             },
+            applied_writes: (0, 0),
             peer_cache: HashMap::new(),
             snapshot_installed: None,
             merge_state: None,
@@ -1219,6 +1222,7 @@ impl Peer {
             self.region_id()
         );
         let outcome = applier.take_outcome();
+        self.applied_writes = (outcome.written_bytes, outcome.written_keys);
         self.merge_wait = outcome.merge_wait;
         for admin in &outcome.admin {
             match admin {

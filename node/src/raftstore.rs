@@ -518,6 +518,23 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
             fsm.wake();
             fsm.peer.retry_merge_apply();
         }
+        PeerMsg::HalveSplit => {
+            // A check already running measures at the same version; the order comes again
+            // with the next heartbeat until the split shows.
+            let asked_lately = fsm
+                .split_asked_at
+                .is_some_and(|t| fsm.ticks < t + SPLIT_ASK_RETRY_TICKS);
+            if fsm.peer.is_leader()
+                && !fsm.split_check_running
+                && !asked_lately
+                && ctx.split_checker.schedule(SplitCheckTask {
+                    region: fsm.peer.region().clone(),
+                    halve: true,
+                })
+            {
+                fsm.split_check_running = true;
+            }
+        }
         PeerMsg::CatchUpMerge {
             commit,
             commit_term,
@@ -574,6 +591,7 @@ fn destroy_peer(ctx: &StoreContext, fsm: &mut PeerFsm, tombstone: bool) {
         }
         meta.leaders.remove(&region.id);
     }
+    ctx.router.flow().forget_region(region.id);
     fsm.destroyed = true;
     ctx.router.close(region.id);
     if !ctx.router.send_control_wait(StoreMsg::CleanLog {
@@ -740,7 +758,7 @@ fn on_tick(ctx: &StoreContext, fsm: &mut PeerFsm) {
     {
         let _ = ctx
             .events
-            .send(StoreEvent::RegionHeartbeat(heartbeat_of(&fsm.peer)));
+            .send(StoreEvent::RegionHeartbeat(heartbeat_of(ctx, &fsm.peer)));
     }
     if fsm
         .ticks
@@ -824,7 +842,7 @@ fn on_split_check_result(
         region = peer.region_id(),
         size_bytes = outcome.size_bytes,
         keys = outcome.keys,
-        "region over the split threshold; asking for a split"
+        "split key found; asking for a split"
     );
     fsm.split_asked_at = Some(fsm.ticks);
     let _ = ctx.events.send(StoreEvent::AskSplit {
@@ -858,6 +876,7 @@ fn maybe_schedule_split_check(ctx: &StoreContext, fsm: &mut PeerFsm) {
     }
     if ctx.split_checker.schedule(SplitCheckTask {
         region: fsm.peer.region().clone(),
+        halve: false,
     }) {
         fsm.peer.size.check_wanted = false;
         fsm.peer.size.written_since_check_bytes = 0;
@@ -1022,7 +1041,7 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
             if view.is_leader {
                 let _ = ctx
                     .events
-                    .send(StoreEvent::RegionHeartbeat(heartbeat_of(&fsm.peer)));
+                    .send(StoreEvent::RegionHeartbeat(heartbeat_of(ctx, &fsm.peer)));
             }
         }
     }
@@ -1031,7 +1050,12 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
 /// The apply delegate is back: the peer takes over what it applied, and the raftstore acts on
 /// region changes and compactions, and on merges waiting on either side.
 fn on_applied(ctx: &StoreContext, fsm: &mut PeerFsm, delegate: Box<ApplyDelegate>) {
-    for admin in fsm.peer.on_applied(delegate) {
+    let admins = fsm.peer.on_applied(delegate);
+    let (bytes, keys) = std::mem::take(&mut fsm.peer.applied_writes);
+    if fsm.peer.is_leader() {
+        ctx.router.flow().record_write(fsm.region_id(), bytes, keys);
+    }
+    for admin in admins {
         match admin {
             AdminResult::Split { left, right } => on_split_applied(ctx, fsm, left, right),
             AdminResult::PrepareMerge { .. } => {
@@ -1163,12 +1187,24 @@ fn report_region(ctx: &StoreContext, peer: &Peer) {
     if peer.is_leader() {
         let _ = ctx
             .events
-            .send(StoreEvent::RegionHeartbeat(heartbeat_of(peer)));
+            .send(StoreEvent::RegionHeartbeat(heartbeat_of(ctx, peer)));
     }
 }
 
-fn heartbeat_of(peer: &Peer) -> RegionHeartbeatRequest {
+/// A leader's report of its region, with the flow counted since its previous report.
+fn heartbeat_of(ctx: &StoreContext, peer: &Peer) -> RegionHeartbeatRequest {
+    let (flow, interval_ms) = ctx
+        .router
+        .flow()
+        .drain_region(peer.region_id(), ctx.clock.now_ms());
     RegionHeartbeatRequest {
+        flow: Some(ringkv_proto::pdpb::RegionFlow {
+            read_bytes: flow.read_bytes,
+            read_keys: flow.read_keys,
+            written_bytes: flow.written_bytes,
+            written_keys: flow.written_keys,
+            interval_ms,
+        }),
         header: None,
         region: Some(peer.region().clone()),
         leader: Some(peer.meta()),

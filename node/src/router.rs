@@ -66,6 +66,9 @@ pub enum PeerMsg {
     TransferLeader { to_peer_id: u64 },
     /// Leave quiet mode (a peer store may have failed).
     Wake,
+    /// Split the region where its data halves (the placement driver's split order without a
+    /// key); ignored by a non-leader.
+    HalveSplit,
     /// The local target replica of this region's merge is waiting for this replica to apply
     /// the prepare at `commit` (see [`crate::peer::Peer::catch_up_merge`]).
     CatchUpMerge { commit: u64, commit_term: u64 },
@@ -204,6 +207,7 @@ struct RouterInner {
     ready: Sender<Box<PeerFsm>>,
     apply: Sender<ApplyBatch>,
     meta: Mutex<StoreMeta>,
+    flow: crate::flow::FlowRecorder,
     mailbox_capacity: usize,
 }
 
@@ -231,6 +235,7 @@ impl StoreRouter {
                     ready: ready_tx,
                     apply: apply_tx,
                     meta: Mutex::new(StoreMeta::default()),
+                    flow: Default::default(),
                     mailbox_capacity,
                 }),
             },
@@ -245,6 +250,11 @@ impl StoreRouter {
     /// The store-wide region table.
     pub fn meta(&self) -> parking_lot::MutexGuard<'_, StoreMeta> {
         self.inner.meta.lock()
+    }
+
+    /// The store's read and write flow counters.
+    pub fn flow(&self) -> &crate::flow::FlowRecorder {
+        &self.inner.flow
     }
 
     /// A fresh mailbox channel for a peer about to be registered.

@@ -349,6 +349,28 @@ async fn on_store_event(task: &PlacementTask, event: StoreEvent) {
                             crate::router::PeerMsg::TransferLeader { to_peer_id: to.id },
                         );
                     }
+                    Ok(answer) if answer.split.is_some() => {
+                        let key = answer.split.expect("checked").split_key;
+                        tracing::info!(
+                            region = source.id,
+                            halve = key.is_empty(),
+                            "placement driver orders a split"
+                        );
+                        if key.is_empty() {
+                            let _ = router.send(source.id, crate::router::PeerMsg::HalveSplit);
+                            return;
+                        }
+                        // One split attempt at a time: the order repeats with every heartbeat
+                        // until the split shows.
+                        let pd = pd.clone();
+                        spawn_merge_step(&merges, source.id, async move {
+                            if let Err(e) =
+                                crate::split::split_region(&pd, &router, &source, key).await
+                            {
+                                tracing::info!(region = source.id, reason = %e, "ordered split did not happen");
+                            }
+                        });
+                    }
                     Ok(answer) if answer.change_peer.is_some() => {
                         let order = answer.change_peer.expect("checked");
                         let Some(peer) = order.peer else { return };
@@ -482,6 +504,7 @@ async fn report_to_placement(
     };
     let mut timer = tokio::time::interval(interval);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_flow = (router.flow().store_totals(), tokio::time::Instant::now());
     loop {
         tokio::select! {
             _ = timer.tick() => {
@@ -490,7 +513,22 @@ async fn report_to_placement(
                     (meta.regions.len() as u32, meta.leaders.len() as u32)
                 };
                 let (capacity_bytes, available_bytes) = disk_stats(&data_dir);
-                let stats = StoreStats { store_id, capacity_bytes, available_bytes, region_count: regions, leader_count: leaders, start_time_s };
+                let (totals, now) = (router.flow().store_totals(), tokio::time::Instant::now());
+                let elapsed_ms = now.duration_since(last_flow.1).as_millis() as u64;
+                let flow = crate::flow::rates(last_flow.0, totals, elapsed_ms);
+                last_flow = (totals, now);
+                let stats = StoreStats {
+                    store_id,
+                    capacity_bytes,
+                    available_bytes,
+                    region_count: regions,
+                    leader_count: leaders,
+                    start_time_s,
+                    read_bytes_per_sec: flow.read_bytes,
+                    read_keys_per_sec: flow.read_keys,
+                    written_bytes_per_sec: flow.written_bytes,
+                    written_keys_per_sec: flow.written_keys,
+                };
                 match pd.store_heartbeat(stats).await {
                     Ok(answer) => {
                         create_bootstrap_peers(&router, answer.bootstrap_regions);

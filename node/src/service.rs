@@ -251,9 +251,23 @@ impl KvService {
         error
     }
 
+    /// Counts a read served from `region_id` in the store's flow (for the hot-region
+    /// scheduler): `bytes` of keys and values returned, `keys` keys looked up or returned.
+    fn record_read(&self, region_id: u64, bytes: usize, keys: usize) {
+        self.ctx
+            .router
+            .flow()
+            .record_read(region_id, bytes as u64, keys as u64);
+    }
+
     fn get_local(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
         self.ctx.kv.get(&data_key(key)).map_err(storage_failed)
     }
+}
+
+/// Bytes of keys and values in `pairs`.
+fn pairs_bytes(pairs: &[KvPair]) -> usize {
+    pairs.iter().map(|p| p.key.len() + p.value.len()).sum()
 }
 
 #[tonic::async_trait]
@@ -265,16 +279,20 @@ impl Kv for KvService {
         let req = request.into_inner();
         let context = check_context(req.context)?;
         check_key(&req.key)?;
+        let region_id = context.region_id;
         let resp = match self.clear_read(context, vec![req.key.clone()]).await? {
             Err(region_error) => RawGetResponse {
                 region_error: Some(region_error),
                 ..Default::default()
             },
             Ok(_) => match self.get_local(&req.key)? {
-                Some(value) => RawGetResponse {
-                    value,
-                    ..Default::default()
-                },
+                Some(value) => {
+                    self.record_read(region_id, req.key.len() + value.len(), 1);
+                    RawGetResponse {
+                        value,
+                        ..Default::default()
+                    }
+                }
                 None => RawGetResponse {
                     not_found: true,
                     ..Default::default()
@@ -297,6 +315,7 @@ impl Kv for KvService {
         for k in &req.keys {
             check_key(k)?;
         }
+        let region_id = context.region_id;
         let resp = match self.clear_read(context, req.keys.clone()).await? {
             Err(region_error) => RawBatchGetResponse {
                 region_error: Some(region_error),
@@ -309,6 +328,7 @@ impl Kv for KvService {
                         pairs.push(KvPair { key, value });
                     }
                 }
+                self.record_read(region_id, pairs_bytes(&pairs), pairs.len());
                 RawBatchGetResponse {
                     region_error: None,
                     pairs,
@@ -413,6 +433,7 @@ impl Kv for KvService {
         let keyspace = check_keyspace(req.keyspace)?;
         rule(check_user_range(&req.start_key, &req.end_key))?;
         rule(check_scan_limit(req.limit))?;
+        let region_id = context.region_id;
         let region = match self.clear_read(context, Vec::new()).await? {
             Err(region_error) => {
                 return Ok(Response::new(RawScanResponse {
@@ -432,6 +453,7 @@ impl Kv for KvService {
             req.key_only,
         )
         .map_err(storage_failed)?;
+        self.record_read(region_id, pairs_bytes(&pairs), pairs.len());
         Ok(Response::new(RawScanResponse {
             region_error: None,
             pairs,
@@ -585,18 +607,32 @@ impl Kv for KvService {
     }
 
     async fn kv_get(&self, r: Request<KvGetRequest>) -> Result<Response<KvGetResponse>, Status> {
-        self.txn_get(r.into_inner()).await.map(Response::new)
+        let req = r.into_inner();
+        let (region_id, key_len) = (req.context.map_or(0, |c| c.region_id), req.key.len());
+        let resp = self.txn_get(req).await?;
+        if resp.region_error.is_none() && resp.error.is_none() {
+            self.record_read(region_id, key_len + resp.value.len(), 1);
+        }
+        Ok(Response::new(resp))
     }
 
     async fn kv_batch_get(
         &self,
         r: Request<KvBatchGetRequest>,
     ) -> Result<Response<KvBatchGetResponse>, Status> {
-        self.txn_batch_get(r.into_inner()).await.map(Response::new)
+        let req = r.into_inner();
+        let region_id = req.context.map_or(0, |c| c.region_id);
+        let resp = self.txn_batch_get(req).await?;
+        self.record_read(region_id, pairs_bytes(&resp.pairs), resp.pairs.len());
+        Ok(Response::new(resp))
     }
 
     async fn kv_scan(&self, r: Request<KvScanRequest>) -> Result<Response<KvScanResponse>, Status> {
-        self.txn_scan(r.into_inner()).await.map(Response::new)
+        let req = r.into_inner();
+        let region_id = req.context.map_or(0, |c| c.region_id);
+        let resp = self.txn_scan(req).await?;
+        self.record_read(region_id, pairs_bytes(&resp.pairs), resp.pairs.len());
+        Ok(Response::new(resp))
     }
 
     async fn kv_prewrite(

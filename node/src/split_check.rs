@@ -151,9 +151,50 @@ pub fn check_region(
     })
 }
 
+/// Measures `region` and finds the key that halves its data, whatever its size (an admin's
+/// split order): a second scan samples at a fraction of the size the first one measured.
+/// `split_key` is None when the region holds fewer than two keys.
+pub fn halve_region(kv: &dyn KvEngine, region: &Region) -> StorageResult<SplitCheckOutcome> {
+    let measured = check_region(
+        kv,
+        region,
+        &SplitConfig {
+            region_split_size_bytes: u64::MAX,
+            region_split_keys: u64::MAX,
+            ..SplitConfig::default()
+        },
+    )?;
+    if measured.size_bytes == 0 {
+        return Ok(measured);
+    }
+    check_region(
+        kv,
+        region,
+        &SplitConfig {
+            region_split_size_bytes: measured.size_bytes - 1,
+            region_split_keys: u64::MAX,
+            ..SplitConfig::default()
+        },
+    )
+}
+
 /// One check to run.
 pub struct SplitCheckTask {
     pub region: Region,
+    /// Find the halving key whatever the region's size (see [`halve_region`]).
+    pub halve: bool,
+}
+
+fn run_check(
+    kv: &dyn KvEngine,
+    task: &SplitCheckTask,
+    cfg: &SplitConfig,
+) -> StorageResult<SplitCheckOutcome> {
+    if task.halve {
+        halve_region(kv, &task.region)
+    } else {
+        check_region(kv, &task.region, cfg)
+    }
 }
 
 /// Runs split checks: on a worker thread in a node, inline in a simulation.
@@ -192,7 +233,7 @@ impl SplitChecker {
             .name("split-check".into())
             .spawn(move || {
                 for task in rx {
-                    let outcome = match check_region(kv.as_ref(), &task.region, &cfg) {
+                    let outcome = match run_check(kv.as_ref(), &task, &cfg) {
                         Ok(o) => o,
                         Err(e) => {
                             // A read failure here is not fatal for the node: apply will hit the
@@ -224,7 +265,7 @@ impl SplitChecker {
     /// Queues a check; returns false if the queue is full (try again later).
     pub fn schedule(&self, task: SplitCheckTask) -> bool {
         if let Some((kv, cfg, router)) = &self.inline {
-            match check_region(kv.as_ref(), &task.region, cfg) {
+            match run_check(kv.as_ref(), &task, cfg) {
                 Ok(outcome) => report(router, &task, outcome),
                 Err(e) => {
                     tracing::error!(region = task.region.id, error = %e, "split check failed")
@@ -307,6 +348,32 @@ mod tests {
         assert!(
             (400..=600).contains(&below),
             "{below} of 1000 keys below the split"
+        );
+    }
+
+    #[test]
+    fn halving_finds_the_middle_of_a_small_region_and_nothing_in_an_empty_one() {
+        let kv = MemKv::new();
+        assert_eq!(
+            halve_region(&kv, &Region::default()).unwrap().split_key,
+            None
+        );
+        load(&kv, 1, 10);
+        assert_eq!(
+            halve_region(&kv, &Region::default()).unwrap().split_key,
+            None,
+            "one key cannot be halved"
+        );
+        let kv = MemKv::new();
+        load(&kv, 100, 10);
+        // Far below any split threshold, yet halved when asked.
+        let out = halve_region(&kv, &Region::default()).unwrap();
+        assert_eq!(out.keys, 100);
+        let split = out.split_key.expect("a halving key");
+        let below = count_below(&kv, &split);
+        assert!(
+            (35..=65).contains(&below),
+            "{below} of 100 keys below the split"
         );
     }
 

@@ -32,6 +32,12 @@ pub struct BalanceConfig {
     pub region_schedule_limit: usize,
     /// Differences up to this fraction of the mean score are left alone.
     pub tolerance_ratio: f64,
+    /// hot-region runs (false: paused); see [`crate::hot_region`].
+    pub balance_hot_region: bool,
+    /// Hot-region operators in flight at most.
+    pub hot_region_schedule_limit: usize,
+    /// A region reading or writing at least this many bytes per second is hot.
+    pub hot_region_min_bytes_per_sec: u64,
 }
 
 impl Default for BalanceConfig {
@@ -42,6 +48,9 @@ impl Default for BalanceConfig {
             leader_schedule_limit: 4,
             region_schedule_limit: 4,
             tolerance_ratio: 0.05,
+            balance_hot_region: true,
+            hot_region_schedule_limit: 4,
+            hot_region_min_bytes_per_sec: 64 * 1024,
         }
     }
 }
@@ -231,7 +240,12 @@ pub fn evict_leaders(
 
 /// Whether moving `region`'s replica from `source` to `target` leaves it at least as isolated
 /// from the region's other replicas as it was (always true without locations).
-fn keeps_isolation(view: &ClusterView<'_>, region: &Region, source: u64, target: u64) -> bool {
+pub(crate) fn keeps_isolation(
+    view: &ClusterView<'_>,
+    region: &Region,
+    source: u64,
+    target: u64,
+) -> bool {
     if view.locations.is_empty() {
         return true;
     }
@@ -407,6 +421,9 @@ mod tests {
                             }
                         }
                     },
+                    Step::Split { .. } | Step::Merge { .. } => {
+                        panic!("the balancers neither split nor merge: {op:?}")
+                    }
                 }
             }
         }

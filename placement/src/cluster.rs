@@ -4,6 +4,7 @@
 
 use crate::balance::{self, BalanceConfig, ClusterView, RegionLoad};
 use crate::gc_safe_point::GcSafePoints;
+use crate::hot_region::{self, FlowRate, HotRegion};
 use crate::id::IdAllocator;
 use crate::merge_checker::{self, Candidate, MergeConfig, MergesInFlight, RegionStats};
 use crate::meta_store::keys;
@@ -14,7 +15,9 @@ use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
 use ringkv_proto::metapb::{
     ConfChangeKind, Peer, PeerRole, Region, RegionEpoch, Store, StoreState,
 };
-use ringkv_proto::pdpb::{KeyspaceMeta, OperatorInfo, RegionHealth, ScheduleConfig, StoreStats};
+use ringkv_proto::pdpb::{
+    KeyspaceMeta, OperatorInfo, RegionFlow, RegionHealth, ScheduleConfig, StoreStats,
+};
 use std::collections::{BTreeMap, HashMap};
 
 use crate::replica_checker::{self, Operator, ReplicaConfig, Step, StoreView};
@@ -32,6 +35,13 @@ pub const WAKE_REGIONS_MAX: usize = 1024;
 pub const EVICT_LEADER_LIMIT: usize = 64;
 /// A store silent this long takes no new leaders or replicas from the balancers.
 pub const STORE_DISCONNECTED_MS: i64 = 20_000;
+
+/// A region's reported flow older than this counts as none (a quiet region reports at least
+/// once a minute, with its flow since the previous report).
+pub const FLOW_STALE_MS: i64 = 120_000;
+/// Flow rates are taken over at least this long, so a report right after the previous one
+/// does not turn a few bytes into a large rate.
+const FLOW_INTERVAL_MIN_MS: u64 = 1000;
 
 /// How far behind now the GC safe point trails by default: 10 minutes.
 pub const DEFAULT_GC_LIFE_TIME_MS: i64 = 600_000;
@@ -79,6 +89,21 @@ pub struct RegionInfo {
     pub stats: Option<RegionStats>,
     /// When the placement driver first heard of the region's current range.
     pub range_since_ms: Option<i64>,
+    /// Read and write flow per second from the leader's last report, and when it came.
+    pub flow: Option<(FlowRate, i64)>,
+}
+
+impl RegionInfo {
+    /// The region's flow if reported lately.
+    pub fn flow_now(&self, now_ms: i64) -> Option<FlowRate> {
+        self.flow
+            .filter(|(_, at)| now_ms - at < FLOW_STALE_MS)
+            .map(|(f, _)| f)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What the placement driver restores from its metadata store on start.
@@ -99,6 +124,32 @@ pub struct PersistedState {
 pub const DEFAULT_KEYSPACE_NAME: &str = "default";
 /// Keyspace names: 1..=64 bytes of letters, digits, `-` and `_`.
 const KEYSPACE_NAME_BYTES_MAX: usize = 64;
+
+/// An operator an admin asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminOperator {
+    /// Leadership to the region's voter on `to_store`.
+    TransferLeader { to_store: u64 },
+    /// The replica on `from_store` to `to_store`: add a learner there, promote it, remove the
+    /// old replica.
+    MovePeer { from_store: u64, to_store: u64 },
+    /// Split at encoded `key`, or where the data halves when `key` is empty.
+    Split { key: Vec<u8> },
+    /// Merge into the adjacent region `target` (both with replicas on the same stores).
+    Merge { target: u64 },
+}
+
+impl AdminOperator {
+    /// The kind as the admin CLI names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AdminOperator::TransferLeader { .. } => "transfer-leader",
+            AdminOperator::MovePeer { .. } => "move-peer",
+            AdminOperator::Split { .. } => "split",
+            AdminOperator::Merge { .. } => "merge",
+        }
+    }
+}
 
 /// The placement driver's state machine.
 pub struct PlacementCore {
@@ -200,6 +251,9 @@ fn describe_step(step: &Step) -> String {
         Step::TransferLeader { to } => {
             format!("transfer leader to peer {} on store {}", to.id, to.store_id)
         }
+        Step::Split { ref key, .. } if key.is_empty() => "split where the data halves".into(),
+        Step::Split { ref key, .. } => format!("split at key {}", hex(key)),
+        Step::Merge { target } => format!("merge into region {target}"),
     }
 }
 
@@ -385,6 +439,10 @@ impl PlacementCore {
             }
             // A restart does not undo a decommission.
             store.state = existing.store.state;
+            // Labels an admin set stay unless the node configures the same key.
+            for (k, v) in &existing.store.labels {
+                store.labels.entry(k.clone()).or_insert_with(|| v.clone());
+            }
         }
         if let Some(other) = self.stores.values().find(|s| {
             s.store.address == store.address
@@ -504,12 +562,17 @@ impl PlacementCore {
             .map(|p| p.id)
             .collect();
         let stats = info.stats.as_ref();
+        let flow = info.flow_now(now_ms).unwrap_or_default();
         RegionHealth {
             measured: stats.is_some(),
             approximate_size_bytes: stats.map_or(0, |s| s.size_bytes),
             approximate_keys: stats.map_or(0, |s| s.keys),
             pending_peers: stats.map_or(0, |s| s.pending_peers as u32),
             down_peer_ids,
+            read_bytes_per_sec: flow.read_bytes,
+            read_keys_per_sec: flow.read_keys,
+            written_bytes_per_sec: flow.written_bytes,
+            written_keys_per_sec: flow.written_keys,
         }
     }
 
@@ -591,6 +654,32 @@ impl PlacementCore {
 
     pub fn set_merge_config(&mut self, cfg: MergeConfig) {
         self.merge_config = cfg;
+    }
+
+    /// Takes a leader's flow since its previous report: per-second rates, averaged with the
+    /// previous report's when that is recent, so one burst does not make a region hot.
+    pub fn region_flow(&mut self, region_id: u64, flow: &RegionFlow, now_ms: i64) {
+        let Some(info) = self.regions.get_mut(&region_id) else {
+            return;
+        };
+        let interval = flow.interval_ms.max(FLOW_INTERVAL_MIN_MS);
+        let rate = |count: u64| (u128::from(count) * 1000 / u128::from(interval)) as u64;
+        let measured = FlowRate {
+            read_bytes: rate(flow.read_bytes),
+            read_keys: rate(flow.read_keys),
+            written_bytes: rate(flow.written_bytes),
+            written_keys: rate(flow.written_keys),
+        };
+        let averaged = match info.flow {
+            Some((old, at)) if now_ms - at < FLOW_STALE_MS => FlowRate {
+                read_bytes: old.read_bytes / 2 + measured.read_bytes / 2,
+                read_keys: old.read_keys / 2 + measured.read_keys / 2,
+                written_bytes: old.written_bytes / 2 + measured.written_bytes / 2,
+                written_keys: old.written_keys / 2 + measured.written_keys / 2,
+            },
+            _ => measured,
+        };
+        info.flow = Some((averaged, now_ms));
     }
 
     /// Takes a leader's measurement of its region (at the epoch it reported just before).
@@ -833,7 +922,11 @@ impl PlacementCore {
     /// returns the regions it started operators for.
     pub fn schedule(&mut self, now_ms: i64, writes: &mut MetaWrites) -> Vec<u64> {
         let cfg = self.balance_cfg;
-        if !cfg.balance_leader && !cfg.balance_region && self.evict_leader_stores.is_empty() {
+        if !cfg.balance_leader
+            && !cfg.balance_region
+            && !cfg.balance_hot_region
+            && self.evict_leader_stores.is_empty()
+        {
             return Vec::new();
         }
         let mut view = cluster_view(
@@ -891,6 +984,54 @@ impl PlacementCore {
                 planned.iter().map(|o| o.region_id).collect();
             view.movable.retain(|r| !evicting.contains(&r.region.id));
         }
+        if cfg.balance_hot_region {
+            let in_flight = self
+                .operators
+                .values()
+                .filter(|o| o.reason.starts_with("hot-region"))
+                .count();
+            let budget = cfg.hot_region_schedule_limit.saturating_sub(in_flight);
+            if budget > 0 {
+                let movable: std::collections::BTreeSet<u64> =
+                    view.movable.iter().map(|r| r.region.id).collect();
+                let mut hot: Vec<HotRegion<'_>> = self
+                    .regions
+                    .values()
+                    .filter_map(|info| {
+                        let flow = info.flow_now(now_ms)?;
+                        let min = cfg.hot_region_min_bytes_per_sec;
+                        (flow.read_bytes >= min || flow.written_bytes >= min).then_some(HotRegion {
+                            region: &info.region,
+                            leader: info.leader?,
+                            flow,
+                            movable: movable.contains(&info.region.id),
+                        })
+                    })
+                    .collect();
+                hot.sort_by_key(|h| h.region.id);
+                let ids = &mut self.ids;
+                let hot_ops = hot_region::balance_hot_regions(
+                    &view,
+                    &hot,
+                    cfg.hot_region_min_bytes_per_sec,
+                    cfg.tolerance_ratio,
+                    budget,
+                    now_ms,
+                    &mut || {
+                        let (id, new_limit) = ids.alloc(1);
+                        if let Some(limit) = new_limit {
+                            writes.put(keys::ID_LIMIT.to_vec(), limit.to_be_bytes().to_vec());
+                            writes.sync = true;
+                        }
+                        id
+                    },
+                );
+                let moving: std::collections::BTreeSet<u64> =
+                    hot_ops.iter().map(|o| o.region_id).collect();
+                view.movable.retain(|r| !moving.contains(&r.region.id));
+                planned.extend(hot_ops);
+            }
+        }
         let leader_ops = leader_ops + planned.len();
         if cfg.balance_region {
             let budget = cfg.region_schedule_limit.saturating_sub(region_ops);
@@ -933,6 +1074,51 @@ impl PlacementCore {
         started
     }
 
+    /// Sets labels of `store_id` (an empty value removes the label); persisted. Label names
+    /// and values are 1..=64 bytes of letters, digits, `-`, `_` and `.`.
+    pub fn set_store_labels(
+        &mut self,
+        store_id: u64,
+        labels: &std::collections::HashMap<String, String>,
+        writes: &mut MetaWrites,
+    ) -> Result<Store, PlacementError> {
+        let valid = |t: &str| {
+            (1..=64).contains(&t.len())
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if labels.is_empty() {
+            return Err(PlacementError::InvalidArgument(
+                "no label given: pass KEY=VALUE (or KEY= to remove one)".into(),
+            ));
+        }
+        for (k, v) in labels {
+            if !valid(k) || (!v.is_empty() && !valid(v)) {
+                return Err(PlacementError::InvalidArgument(format!(
+                    "label {k:?}={v:?}: names and values are 1 to 64 letters, digits, '-', '_' or '.'"
+                )));
+            }
+        }
+        let info = self
+            .stores
+            .get_mut(&store_id)
+            .ok_or(PlacementError::StoreNotFound { store_id })?;
+        if info.store.state == StoreState::Tombstone as i32 {
+            return Err(PlacementError::StoreTombstone { store_id });
+        }
+        for (k, v) in labels {
+            if v.is_empty() {
+                info.store.labels.remove(k);
+            } else {
+                info.store.labels.insert(k.clone(), v.clone());
+            }
+        }
+        writes.put(keys::store(store_id), info.store.encode_to_vec());
+        writes.sync = true;
+        tracing::info!(store = store_id, labels = ?info.store.labels, "store labels changed");
+        Ok(info.store.clone())
+    }
+
     /// Adds (`evict`) or removes the evict-leader scheduler of `store_id`; persisted with the
     /// scheduling settings.
     pub fn set_evict_leader(
@@ -971,6 +1157,9 @@ impl PlacementCore {
             max_store_down_time_ms: self.replica_cfg.max_store_down_time_ms,
             operator_timeout_ms: self.replica_cfg.operator_timeout_ms,
             evict_leader_stores: self.evict_leader_stores.iter().copied().collect(),
+            balance_hot_region: b.balance_hot_region,
+            hot_region_schedule_limit: b.hot_region_schedule_limit as u64,
+            hot_region_min_bytes_per_sec: b.hot_region_min_bytes_per_sec,
         }
     }
 
@@ -988,6 +1177,9 @@ impl PlacementCore {
             leader_schedule_limit: c.leader_schedule_limit as usize,
             region_schedule_limit: c.region_schedule_limit as usize,
             tolerance_ratio: c.balance_tolerance_ratio,
+            balance_hot_region: c.balance_hot_region,
+            hot_region_schedule_limit: c.hot_region_schedule_limit as usize,
+            hot_region_min_bytes_per_sec: c.hot_region_min_bytes_per_sec,
         };
         self.replica_cfg.max_store_down_time_ms = c.max_store_down_time_ms;
         self.replica_cfg.operator_timeout_ms = c.operator_timeout_ms;
@@ -1029,11 +1221,16 @@ impl PlacementCore {
                     .filter(|v| (0.0..=1.0).contains(v))
                     .ok_or_else(|| bad("give a fraction in 0.0..=1.0".into()))?
             }
+            "balance_hot_region" => c.balance_hot_region = boolean()?,
+            "hot_region_schedule_limit" => c.hot_region_schedule_limit = ranged(0, 1024)? as u64,
+            "hot_region_min_bytes_per_sec" => {
+                c.hot_region_min_bytes_per_sec = ranged(1, 1 << 40)? as u64
+            }
             "max_store_down_time_ms" => c.max_store_down_time_ms = ranged(1000, 604_800_000)?,
             "operator_timeout_ms" => c.operator_timeout_ms = ranged(1000, 86_400_000)?,
             _ => {
                 return Err(PlacementError::InvalidArgument(format!(
-                    "unknown setting {key:?}; settable: balance_leader, balance_region, leader_schedule_limit, region_schedule_limit, balance_tolerance_ratio, max_store_down_time_ms, operator_timeout_ms"
+                    "unknown setting {key:?}; settable: balance_leader, balance_region, balance_hot_region, leader_schedule_limit, region_schedule_limit, hot_region_schedule_limit, hot_region_min_bytes_per_sec, balance_tolerance_ratio, max_store_down_time_ms, operator_timeout_ms"
                 )))
             }
         }
@@ -1075,24 +1272,23 @@ impl PlacementCore {
         Ok(())
     }
 
-    /// An admin's operator: `transfer-leader` to the voter on `to_store`, or `move-peer` from
-    /// `from_store` to `to_store` (add a learner there, promote it, remove the old peer).
+    /// An admin's operator (see [`AdminOperator`]), checked against what the placement
+    /// driver knows of the region now.
     pub fn add_operator(
         &mut self,
         region_id: u64,
-        kind: &str,
-        from_store: u64,
-        to_store: u64,
+        wanted: AdminOperator,
         now_ms: i64,
         writes: &mut MetaWrites,
     ) -> Result<OperatorInfo, PlacementError> {
+        let bad = PlacementError::InvalidArgument;
         let info = self.regions.get(&region_id).ok_or_else(|| {
-            PlacementError::InvalidArgument(format!(
+            bad(format!(
                 "no region {region_id} (see `ringkv-ctl region list`)"
             ))
         })?;
         if self.operators.contains_key(&region_id) {
-            return Err(PlacementError::InvalidArgument(format!(
+            return Err(bad(format!(
                 "region {region_id} already has an operator in flight; cancel it first"
             )));
         }
@@ -1101,42 +1297,46 @@ impl PlacementCore {
         let target_up = |core: &Self, store: u64| -> Result<(), PlacementError> {
             match core.stores.get(&store) {
                 Some(s) if s.store.state == StoreState::Up as i32 => Ok(()),
-                Some(_) => Err(PlacementError::InvalidArgument(format!(
+                Some(_) => Err(bad(format!(
                     "store {store} is decommissioning or a tombstone; it takes nothing"
                 ))),
                 None => Err(PlacementError::StoreNotFound { store_id: store }),
             }
         };
-        let steps = match kind {
-            "transfer-leader" => {
+        let kind = wanted.kind();
+        let steps = match wanted {
+            AdminOperator::TransferLeader { to_store } => {
                 let to = *region
                     .peers
                     .iter()
                     .find(|p| p.store_id == to_store && p.role == PeerRole::Voter as i32)
                     .ok_or_else(|| {
-                        PlacementError::InvalidArgument(format!(
+                        bad(format!(
                             "region {region_id} has no voter on store {to_store}"
                         ))
                     })?;
                 if leader.is_some_and(|l| l.id == to.id) {
-                    return Err(PlacementError::InvalidArgument(format!(
+                    return Err(bad(format!(
                         "store {to_store} already leads region {region_id}"
                     )));
                 }
                 vec![Step::TransferLeader { to }]
             }
-            "move-peer" => {
+            AdminOperator::MovePeer {
+                from_store,
+                to_store,
+            } => {
                 let from = *region
                     .peers
                     .iter()
                     .find(|p| p.store_id == from_store)
                     .ok_or_else(|| {
-                        PlacementError::InvalidArgument(format!(
+                        bad(format!(
                             "region {region_id} has no replica on store {from_store}"
                         ))
                     })?;
                 if region.peers.iter().any(|p| p.store_id == to_store) {
-                    return Err(PlacementError::InvalidArgument(format!(
+                    return Err(bad(format!(
                         "region {region_id} already has a replica on store {to_store}"
                     )));
                 }
@@ -1148,10 +1348,58 @@ impl PlacementCore {
                 }
                 replica_checker::move_replica_steps(id, to_store, from)
             }
-            _ => {
-                return Err(PlacementError::InvalidArgument(format!(
-                    "unknown operator kind {kind:?}: transfer-leader or move-peer"
-                )))
+            AdminOperator::Split { key } => {
+                let inside = key.as_slice() > region.start_key.as_slice()
+                    && (region.end_key.is_empty() || key.as_slice() < region.end_key.as_slice());
+                if !key.is_empty() && !inside {
+                    return Err(bad(format!(
+                        "key {} is not inside region {region_id} (its start key or outside [{}, {})); a split key must fall strictly inside the region",
+                        hex(&key),
+                        hex(&region.start_key),
+                        hex(&region.end_key)
+                    )));
+                }
+                let version = region.region_epoch.unwrap_or_default().version;
+                vec![Step::Split { version, key }]
+            }
+            AdminOperator::Merge { target } => {
+                let into = self.regions.get(&target).ok_or_else(|| {
+                    bad(format!("no region {target} (see `ringkv-ctl region list`)"))
+                })?;
+                let adjacent = (!into.region.end_key.is_empty()
+                    && into.region.end_key == region.start_key)
+                    || (!region.end_key.is_empty() && region.end_key == into.region.start_key);
+                if target == region_id || !adjacent {
+                    return Err(bad(format!(
+                        "regions {region_id} and {target} are not adjacent; a region merges into the one just before or after it"
+                    )));
+                }
+                if !ringkv_proto::region::same_stores(&region, &into.region) {
+                    let stores = |r: &Region| {
+                        let mut v: Vec<u64> = r.peers.iter().map(|p| p.store_id).collect();
+                        v.sort_unstable();
+                        v
+                    };
+                    return Err(bad(format!(
+                        "region {region_id} has replicas on stores {:?} but region {target} on {:?}; move replicas first (`operator add move-peer`) so both are on the same stores",
+                        stores(&region),
+                        stores(&into.region)
+                    )));
+                }
+                if self.operators.contains_key(&target)
+                    || self.merges.involves(target)
+                    || self.merges.involves(region_id)
+                {
+                    return Err(bad(format!(
+                        "region {target} is being moved or merged; wait for its operator or cancel it"
+                    )));
+                }
+                self.merges.record(
+                    region_id,
+                    target,
+                    now_ms + self.replica_cfg.operator_timeout_ms,
+                );
+                vec![Step::Merge { target }]
             }
         };
         let op = Operator {
@@ -1171,6 +1419,9 @@ impl PlacementCore {
     pub fn cancel_operators(&mut self, regions: &[u64]) {
         for id in regions {
             if let Some(op) = self.operators.remove(id) {
+                if op.steps.iter().any(|s| matches!(s, Step::Merge { .. })) {
+                    self.merges.forget(*id);
+                }
                 tracing::info!(region = id, reason = %op.reason, "operator cancelled");
             }
         }
@@ -1378,16 +1629,22 @@ impl PlacementCore {
                 self.region_tree.remove(&old.region.start_key);
                 writes.delete(keys::region(id));
                 self.merges.forget(id);
+                // Its operator is done (a merge) or moot (the region is gone).
+                if let Some(op) = self.operators.remove(&id) {
+                    tracing::info!(region = id, reason = %op.reason, "operator finished: the region was merged away");
+                }
             }
         }
         let mut range_since_ms = None;
         let mut stats = None;
+        let mut flow = None;
         if let Some(old) = self.regions.get(&region.id) {
             if self.region_tree.get(&old.region.start_key) == Some(&region.id) {
                 self.region_tree.remove(&old.region.start_key);
             }
             if old.region.start_key == region.start_key && old.region.end_key == region.end_key {
                 range_since_ms = old.range_since_ms;
+                flow = old.flow;
                 if epoch_of(&old.region) == new_epoch {
                     stats = old.stats;
                 }
@@ -1403,6 +1660,7 @@ impl PlacementCore {
                 term,
                 stats,
                 range_since_ms,
+                flow,
             },
         );
         true
@@ -1525,8 +1783,13 @@ mod tests {
             .unwrap();
         assert!(pd.regions_to_wake(leader.store_id).is_empty());
         let other = region.peers[1].store_id;
-        pd.add_operator(region.id, "transfer-leader", 0, other, 0, &mut w)
-            .unwrap();
+        pd.add_operator(
+            region.id,
+            AdminOperator::TransferLeader { to_store: other },
+            0,
+            &mut w,
+        )
+        .unwrap();
         assert_eq!(pd.regions_to_wake(leader.store_id), vec![region.id]);
         assert!(
             pd.regions_to_wake(other).is_empty(),
@@ -1534,6 +1797,273 @@ mod tests {
         );
         pd.cancel_operator(region.id).unwrap();
         assert!(pd.regions_to_wake(leader.store_id).is_empty());
+    }
+
+    /// A bootstrapped three-store core whose first region is split in two at `m` (ids 100+),
+    /// with leaders on store 1: (core, left, right).
+    fn split_core() -> (PlacementCore, Region, Region) {
+        let mut pd = core(3);
+        let mut w = MetaWrites::default();
+        pd.put_store(store(1), 0, &mut w).unwrap();
+        pd.put_store(store(2), 0, &mut w).unwrap();
+        let region = pd.put_store(store(3), 0, &mut w).unwrap().remove(0);
+        let mut left = region.clone();
+        left.end_key = b"m".to_vec();
+        left.region_epoch = Some(RegionEpoch {
+            conf_ver: 1,
+            version: 2,
+        });
+        let mut right = left.clone();
+        right.id = 100;
+        right.start_key = b"m".to_vec();
+        right.end_key = Vec::new();
+        for (i, p) in right.peers.iter_mut().enumerate() {
+            p.id = 101 + i as u64;
+        }
+        let lead = |r: &Region| r.peers.iter().find(|p| p.store_id == 1).copied();
+        pd.region_heartbeat(left.clone(), lead(&left), 1, &mut w)
+            .unwrap();
+        pd.region_heartbeat(right.clone(), lead(&right), 1, &mut w)
+            .unwrap();
+        (pd, left, right)
+    }
+
+    #[test]
+    fn admin_split_and_merge_operators_are_checked_run_and_finish() {
+        let (mut pd, left, right) = split_core();
+        let mut w = MetaWrites::default();
+        let outside = pd.add_operator(
+            left.id,
+            AdminOperator::Split { key: b"x".to_vec() },
+            0,
+            &mut w,
+        );
+        assert!(
+            matches!(&outside, Err(PlacementError::InvalidArgument(m)) if m.contains("not inside")),
+            "{outside:?}"
+        );
+        let at_start = pd.add_operator(
+            right.id,
+            AdminOperator::Split { key: b"m".to_vec() },
+            0,
+            &mut w,
+        );
+        assert!(
+            at_start.is_err(),
+            "a split at the region's start splits nothing"
+        );
+        let info = pd
+            .add_operator(
+                left.id,
+                AdminOperator::Split { key: b"g".to_vec() },
+                0,
+                &mut w,
+            )
+            .unwrap();
+        assert_eq!(info.steps, vec!["split at key 67".to_string()]);
+        assert!(matches!(
+            pd.operator_step(left.id, 1, &mut w),
+            Some(Step::Split { ref key, version: 2 }) if key == b"g"
+        ));
+        // The split shows as a newer version: the operator is done.
+        let mut after = left.clone();
+        after.end_key = b"g".to_vec();
+        after.region_epoch = Some(RegionEpoch {
+            conf_ver: 1,
+            version: 3,
+        });
+        pd.region_heartbeat(after.clone(), Some(after.peers[0]), 1, &mut w)
+            .unwrap();
+        assert_eq!(pd.operator_step(left.id, 2, &mut w), None);
+        assert_eq!(pd.operators().count(), 0);
+
+        // Merges: adjacent regions on the same stores only.
+        let itself = pd.add_operator(
+            right.id,
+            AdminOperator::Merge { target: right.id },
+            0,
+            &mut w,
+        );
+        assert!(itself.is_err());
+        let far = pd.add_operator(
+            after.id,
+            AdminOperator::Merge { target: right.id },
+            0,
+            &mut w,
+        );
+        assert!(
+            matches!(&far, Err(PlacementError::InvalidArgument(m)) if m.contains("not adjacent")),
+            "{far:?} ([{:?}, {:?}) and [m, ))",
+            after.start_key,
+            after.end_key
+        );
+        let mut middle = after.clone();
+        middle.id = 200;
+        middle.start_key = b"g".to_vec();
+        middle.end_key = b"m".to_vec();
+        for (i, p) in middle.peers.iter_mut().enumerate() {
+            p.id = 201 + i as u64;
+            if i == 2 {
+                p.store_id = 4;
+            }
+        }
+        pd.region_heartbeat(middle.clone(), Some(middle.peers[0]), 1, &mut w)
+            .unwrap();
+        let elsewhere = pd.add_operator(
+            middle.id,
+            AdminOperator::Merge { target: right.id },
+            0,
+            &mut w,
+        );
+        assert!(
+            matches!(&elsewhere, Err(PlacementError::InvalidArgument(m)) if m.contains("same stores")),
+            "{elsewhere:?}"
+        );
+        pd.add_operator(
+            after.id,
+            AdminOperator::Merge { target: middle.id },
+            0,
+            &mut w,
+        )
+        .expect_err("different stores");
+        // Bring the middle onto stores 1-3, then merge the right region into it.
+        let mut moved = middle.clone();
+        moved.peers[2].store_id = 3;
+        moved.region_epoch = Some(RegionEpoch {
+            conf_ver: 2,
+            version: 3,
+        });
+        pd.region_heartbeat(moved.clone(), Some(moved.peers[0]), 1, &mut w)
+            .unwrap();
+        pd.add_operator(
+            right.id,
+            AdminOperator::Merge { target: moved.id },
+            5,
+            &mut w,
+        )
+        .unwrap();
+        assert_eq!(
+            pd.operator_step(right.id, 6, &mut w),
+            Some(Step::Merge { target: moved.id })
+        );
+        let busy = pd.add_operator(
+            after.id,
+            AdminOperator::Merge { target: moved.id },
+            6,
+            &mut w,
+        );
+        assert!(busy.is_err(), "the target is being merged into already");
+        // The target grows over the source's range: the source left routing, its operator
+        // with it.
+        let mut grown = moved.clone();
+        grown.end_key = Vec::new();
+        grown.region_epoch = Some(RegionEpoch {
+            conf_ver: 2,
+            version: 5,
+        });
+        pd.region_heartbeat(grown.clone(), Some(grown.peers[0]), 1, &mut w)
+            .unwrap();
+        assert!(pd.region_by_id(right.id).is_none());
+        assert_eq!(pd.operators().count(), 0);
+    }
+
+    #[test]
+    fn flow_reports_become_averaged_rates_and_hot_regions_get_operators() {
+        let (mut pd, left, right) = split_core();
+        let mut w = MetaWrites::default();
+        pd.set_balance_config(BalanceConfig {
+            balance_leader: false,
+            balance_region: false,
+            hot_region_min_bytes_per_sec: 1000,
+            ..BalanceConfig::default()
+        });
+        for s in 1..=3 {
+            pd.store_heartbeat(
+                StoreStats {
+                    store_id: s,
+                    ..Default::default()
+                },
+                1000,
+            )
+            .unwrap();
+        }
+        let flow = |read_bytes: u64| RegionFlow {
+            read_bytes,
+            read_keys: read_bytes / 100,
+            interval_ms: 2000,
+            ..Default::default()
+        };
+        pd.region_flow(left.id, &flow(40_000), 1000);
+        let rate = pd.region_by_id(left.id).unwrap().flow_now(1000).unwrap();
+        assert_eq!((rate.read_bytes, rate.read_keys), (20_000, 200));
+        // A second report is averaged with the first.
+        pd.region_flow(left.id, &flow(0), 2000);
+        assert_eq!(
+            pd.region_by_id(left.id)
+                .unwrap()
+                .flow_now(2000)
+                .unwrap()
+                .read_bytes,
+            10_000
+        );
+        // A report older than FLOW_STALE_MS counts as none, and a fresh one replaces it.
+        assert!(pd
+            .region_by_id(left.id)
+            .unwrap()
+            .flow_now(2000 + FLOW_STALE_MS)
+            .is_none());
+        let health = pd.region_health(pd.region_by_id(left.id).unwrap(), 2000);
+        assert_eq!(health.read_bytes_per_sec, 10_000);
+        pd.region_flow(right.id, &flow(40_000), 2000);
+        // Both read-hot regions are led from store 1: one leader moves.
+        let started = pd.schedule(2000, &mut w);
+        assert_eq!(started.len(), 1, "{:?}", pd.operator_infos());
+        let op = pd.operators().next().unwrap();
+        assert!(op.reason.starts_with("hot-region"), "{}", op.reason);
+        assert!(matches!(op.steps[..], [Step::TransferLeader { to }] if to.store_id != 1));
+        // Paused: nothing more is planned.
+        pd.set_schedule_config("balance_hot_region", "false", &mut w)
+            .unwrap();
+        pd.cancel_operators(&started);
+        assert!(pd.schedule(2000, &mut w).is_empty());
+    }
+
+    #[test]
+    fn store_labels_are_set_removed_checked_and_kept_across_a_node_restart() {
+        let mut pd = core(3);
+        let mut w = MetaWrites::default();
+        pd.put_store(store(1), 0, &mut w).unwrap();
+        let set = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let s = pd
+            .set_store_labels(1, &set(&[("zone", "z1"), ("rack", "r1")]), &mut w)
+            .unwrap();
+        assert_eq!(s.labels.len(), 2);
+        assert!(w.sync);
+        let s = pd
+            .set_store_labels(1, &set(&[("rack", "")]), &mut w)
+            .unwrap();
+        assert_eq!(s.labels, set(&[("zone", "z1")]));
+        for bad in [set(&[]), set(&[("", "x")]), set(&[("zone", "a b")])] {
+            assert!(pd.set_store_labels(1, &bad, &mut w).is_err(), "{bad:?}");
+        }
+        assert!(matches!(
+            pd.set_store_labels(9, &set(&[("zone", "z")]), &mut w),
+            Err(PlacementError::StoreNotFound { store_id: 9 })
+        ));
+        // The node restarts with its own configured labels: those win for their keys, the
+        // admin's others stay.
+        let mut again = store(1);
+        again.labels = set(&[("host", "h1")]);
+        pd.put_store(again, 10, &mut w).unwrap();
+        assert_eq!(
+            pd.get_store(1).unwrap().store.labels,
+            set(&[("zone", "z1"), ("host", "h1")])
+        );
     }
 
     /// What a restart would load from `writes` applied in order.

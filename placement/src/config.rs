@@ -72,6 +72,14 @@ pub struct PlacementConfig {
     /// Stores whose scores differ by at most this fraction of the mean (and at least one
     /// region) count as balanced. Default 0.05; 0.0..=1.0.
     pub balance_tolerance_ratio: f64,
+    /// hot-region: move leaders of the regions read most, and replicas of those written most,
+    /// off the stores where that flow piles up. Default true.
+    pub balance_hot_region: bool,
+    /// Operators hot-region keeps in flight at most. Default 4; 0..=1024.
+    pub hot_region_schedule_limit: usize,
+    /// A region is hot once its leader reports at least this many bytes read or written per
+    /// second. Default 65536 (64 KiB/s); 1..=1099511627776.
+    pub hot_region_min_bytes_per_sec: u64,
     /// The store labels a region's replicas are spread over, most significant first: replicas
     /// go to distinct zones first, then racks, then hosts, as far as the stores allow. Stores
     /// without these labels are placed by load alone. Default `["zone", "rack", "host"]`;
@@ -103,6 +111,9 @@ impl Default for PlacementConfig {
             leader_schedule_limit: 4,
             region_schedule_limit: 4,
             balance_tolerance_ratio: 0.05,
+            balance_hot_region: true,
+            hot_region_schedule_limit: 4,
+            hot_region_min_bytes_per_sec: 64 * 1024,
             location_labels: vec!["zone".into(), "rack".into(), "host".into()],
         }
     }
@@ -117,6 +128,9 @@ impl PlacementConfig {
             leader_schedule_limit: self.leader_schedule_limit,
             region_schedule_limit: self.region_schedule_limit,
             tolerance_ratio: self.balance_tolerance_ratio,
+            balance_hot_region: self.balance_hot_region,
+            hot_region_schedule_limit: self.hot_region_schedule_limit,
+            hot_region_min_bytes_per_sec: self.hot_region_min_bytes_per_sec,
         }
     }
 
@@ -192,6 +206,7 @@ impl PlacementConfig {
         for (name, limit) in [
             ("leader_schedule_limit", self.leader_schedule_limit),
             ("region_schedule_limit", self.region_schedule_limit),
+            ("hot_region_schedule_limit", self.hot_region_schedule_limit),
         ] {
             if limit > 1024 {
                 return Err(PlacementError::Config(format!(
@@ -203,6 +218,12 @@ impl PlacementConfig {
             return Err(PlacementError::Config(format!(
                 "balance_tolerance_ratio = {} is outside 0.0..=1.0",
                 self.balance_tolerance_ratio
+            )));
+        }
+        if !(1..=1 << 40).contains(&self.hot_region_min_bytes_per_sec) {
+            return Err(PlacementError::Config(format!(
+                "hot_region_min_bytes_per_sec = {} is outside 1..=1099511627776",
+                self.hot_region_min_bytes_per_sec
             )));
         }
         if self.name.is_empty() {

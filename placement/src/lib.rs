@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 mod error;
 pub mod gc_safe_point;
+pub mod hot_region;
 pub mod id;
 pub mod location;
 pub mod member;

@@ -33,12 +33,18 @@ pub struct ReplicaConfig {
 }
 
 /// One step of an operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// A membership change of the region.
     ChangePeer { kind: ConfChangeKind, peer: Peer },
     /// Leadership handed to this voter.
     TransferLeader { to: Peer },
+    /// The region split: at `key` (encoded), or where its data halves when `key` is empty.
+    /// Done once the region's version passes `version`, the one it had when asked.
+    Split { version: u64, key: Vec<u8> },
+    /// The region merged into the adjacent region `target`. Never shown done by the region
+    /// itself: it is gone once merged, and its operator with it.
+    Merge { target: u64 },
 }
 
 impl Step {
@@ -56,6 +62,10 @@ impl Step {
                 }
             }
             Step::TransferLeader { to } => leader.is_some_and(|l| l.id == to.id),
+            Step::Split { version, .. } => {
+                region.region_epoch.unwrap_or_default().version > version
+            }
+            Step::Merge { .. } => false,
         }
     }
 }
@@ -77,7 +87,7 @@ impl Operator {
         self.steps
             .iter()
             .find(|s| !s.done_in(region, leader))
-            .copied()
+            .cloned()
     }
 
     /// Whether the operator only moves leadership.
@@ -250,17 +260,18 @@ pub fn improve_isolation(
 mod tests {
     use super::*;
 
-    fn kind_of(step: Step) -> ConfChangeKind {
+    fn kind_of(step: &Step) -> ConfChangeKind {
         match step {
-            Step::ChangePeer { kind, .. } => kind,
-            Step::TransferLeader { .. } => panic!("a repair moves no leader"),
+            Step::ChangePeer { kind, .. } => *kind,
+            other => panic!("a repair only changes peers: {other:?}"),
         }
     }
 
-    fn peer_of(step: Step) -> Peer {
+    fn peer_of(step: &Step) -> Peer {
         match step {
-            Step::ChangePeer { peer, .. } => peer,
-            Step::TransferLeader { to } => to,
+            Step::ChangePeer { peer, .. } => *peer,
+            Step::TransferLeader { to } => *to,
+            other => panic!("no peer in {other:?}"),
         }
     }
 
@@ -337,7 +348,7 @@ mod tests {
             .iter()
             .map(|s| match *s {
                 Step::ChangePeer { kind, peer } => (kind, peer.id, peer.store_id),
-                Step::TransferLeader { .. } => panic!("a repair moves no leader"),
+                ref other => panic!("a repair only changes peers: {other:?}"),
             })
             .collect();
         assert_eq!(
@@ -351,7 +362,7 @@ mod tests {
         // Progress is read off the region.
         let mut r = region(&[1, 2, 3]);
         assert_eq!(
-            kind_of(op.next_step(&r, None).unwrap()),
+            kind_of(&op.next_step(&r, None).unwrap()),
             ConfChangeKind::AddLearner
         );
         r.peers.push(Peer {
@@ -360,12 +371,12 @@ mod tests {
             role: PeerRole::Learner as i32,
         });
         assert_eq!(
-            kind_of(op.next_step(&r, None).unwrap()),
+            kind_of(&op.next_step(&r, None).unwrap()),
             ConfChangeKind::AddVoter
         );
         r.peers[3].role = PeerRole::Voter as i32;
         assert_eq!(
-            kind_of(op.next_step(&r, None).unwrap()),
+            kind_of(&op.next_step(&r, None).unwrap()),
             ConfChangeKind::Remove
         );
         r.peers.remove(2);
@@ -381,7 +392,7 @@ mod tests {
         );
         let op = check_region(&region(&[1, 2]), &s, &cfg(), 100_000, &mut || 9).unwrap();
         assert_eq!(op.steps.len(), 2, "add and promote, nothing to remove");
-        assert_eq!(peer_of(op.steps[0]).store_id, 3);
+        assert_eq!(peer_of(&op.steps[0]).store_id, 3);
     }
 
     #[test]
@@ -391,11 +402,11 @@ mod tests {
         s.get_mut(&4).unwrap().offline = true;
         let op = check_region(&region(&[1, 2, 3]), &s, &cfg(), 100_000, &mut || 9).unwrap();
         assert_eq!(
-            peer_of(op.steps[0]).store_id,
+            peer_of(&op.steps[0]).store_id,
             5,
             "not onto another offline store"
         );
-        assert_eq!(peer_of(op.steps[2]).store_id, 3);
+        assert_eq!(peer_of(&op.steps[2]).store_id, 3);
     }
 
     #[test]
@@ -433,7 +444,7 @@ mod tests {
         })
         .expect("a repair");
         // Store 5 is the least loaded, but in z1 with store 1; store 4 is the one in z3.
-        assert_eq!(peer_of(op.steps[0]).store_id, 4);
+        assert_eq!(peer_of(&op.steps[0]).store_id, 4);
     }
 
     #[test]
@@ -449,14 +460,14 @@ mod tests {
         };
         let op = improve_isolation(&region(&[1, 2, 3]), &zoned, &cfg(), 100_000, &mut ids)
             .expect("a move out of z1");
-        let moved = peer_of(op.steps[2]);
-        assert_eq!(kind_of(op.steps[2]), ConfChangeKind::Remove);
+        let moved = peer_of(&op.steps[2]);
+        assert_eq!(kind_of(&op.steps[2]), ConfChangeKind::Remove);
         assert!(
             [1, 2].contains(&moved.store_id),
             "a z1 replica leaves: {op:?}"
         );
         // To z3; store 5 (empty) over store 4.
-        assert_eq!(peer_of(op.steps[0]).store_id, 5);
+        assert_eq!(peer_of(&op.steps[0]).store_id, 5);
         // Spread over z1, z2, z3: nothing better exists.
         assert!(
             improve_isolation(&region(&[1, 3, 4]), &zoned, &cfg(), 100_000, &mut ids).is_none()

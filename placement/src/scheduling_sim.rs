@@ -228,6 +228,9 @@ fn carry_out(core: &mut PlacementCore, r: &mut SimRegion, now: i64, w: &mut Meta
                 let epoch = r.region.region_epoch.get_or_insert_with(Default::default);
                 epoch.conf_ver += 1;
             }
+            Step::Split { .. } | Step::Merge { .. } => {
+                unreachable!("the schedulers simulated here neither split nor merge")
+            }
         }
         core.region_heartbeat(r.region.clone(), Some(r.leader), r.term, w)
             .expect("region reported");

@@ -3,7 +3,7 @@
 //! group, wait for the commit when a reply depends on it, reply. Errors travel in the response
 //! header, typed; a member that does not serve answers `UNAVAILABLE` naming the leader.
 
-use crate::cluster::{MetaWrites, PlacementCore};
+use crate::cluster::{AdminOperator, MetaWrites, PlacementCore};
 use crate::member;
 use crate::merge_checker::RegionStats;
 use crate::replica_checker::Step;
@@ -329,6 +329,20 @@ impl Placement for PlacementService {
         Ok(Response::new(GetAllStoresResponse { header, stores }))
     }
 
+    async fn set_store_labels(
+        &self,
+        request: Request<SetStoreLabelsRequest>,
+    ) -> Result<Response<SetStoreLabelsResponse>, Status> {
+        let req = request.into_inner();
+        let (header, store) = self
+            .run(req.header, |core, w, _| {
+                core.set_store_labels(req.store_id, &req.labels, w)
+                    .map(Some)
+            })
+            .await?;
+        Ok(Response::new(SetStoreLabelsResponse { header, store }))
+    }
+
     async fn store_heartbeat(
         &self,
         request: Request<StoreHeartbeatRequest>,
@@ -357,7 +371,7 @@ impl Placement for PlacementService {
         request: Request<RegionHeartbeatRequest>,
     ) -> Result<Response<RegionHeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let (header, (merge, change_peer, transfer_leader)) = self
+        let (header, (merge, change_peer, transfer_leader, split)) = self
             .run(req.header, |core, w, now| {
                 let region = req.region.ok_or_else(|| {
                     PlacementError::InvalidArgument("region heartbeat without a region".into())
@@ -366,7 +380,10 @@ impl Placement for PlacementService {
                 core.region_heartbeat(region, req.leader, req.term, w)?;
                 if core.region_by_id(region_id).map(|i| i.region.region_epoch) != Some(epoch) {
                     // A stale report: its figures describe another range.
-                    return Ok((None, None, None));
+                    return Ok((None, None, None, None));
+                }
+                if let Some(flow) = &req.flow {
+                    core.region_flow(region_id, flow, now);
                 }
                 let stats = req.stats_known.then_some(RegionStats {
                     size_bytes: req.approximate_size_bytes,
@@ -381,18 +398,34 @@ impl Placement for PlacementService {
                             kind: kind as i32,
                             peer: Some(peer),
                         };
-                        return Ok((None, Some(order), None));
+                        return Ok((None, Some(order), None, None));
                     }
                     Some(Step::TransferLeader { to }) => {
                         let order = TransferLeaderOrder { to: Some(to) };
-                        return Ok((None, None, Some(order)));
+                        return Ok((None, None, Some(order), None));
+                    }
+                    Some(Step::Split { key, .. }) => {
+                        return Ok((None, None, None, Some(SplitOrder { split_key: key })));
+                    }
+                    Some(Step::Merge { target }) => {
+                        let Some(target) = core.region_by_id(target).map(|i| i.region.clone())
+                        else {
+                            // The target left routing (split or merged itself): the order
+                            // cannot be carried out as asked.
+                            core.cancel_operators(&[region_id]);
+                            return Ok((None, None, None, None));
+                        };
+                        let order = MergeOrder {
+                            target: Some(target),
+                        };
+                        return Ok((Some(order), None, None, None));
                     }
                     None => {}
                 }
                 let merge = core.merge_order(region_id, now).map(|target| MergeOrder {
                     target: Some(target),
                 });
-                Ok((merge, None, None))
+                Ok((merge, None, None, None))
             })
             .await?;
         Ok(Response::new(RegionHeartbeatResponse {
@@ -400,6 +433,7 @@ impl Placement for PlacementService {
             merge,
             change_peer,
             transfer_leader,
+            split,
         }))
     }
 
@@ -581,15 +615,25 @@ impl Placement for PlacementService {
         let req = request.into_inner();
         let (header, operator) = self
             .run(req.header, |core, w, now| {
-                core.add_operator(
-                    req.region_id,
-                    &req.kind,
-                    req.from_store,
-                    req.to_store,
-                    now,
-                    w,
-                )
-                .map(Some)
+                let wanted = match req.kind.as_str() {
+                    "transfer-leader" => AdminOperator::TransferLeader {
+                        to_store: req.to_store,
+                    },
+                    "move-peer" => AdminOperator::MovePeer {
+                        from_store: req.from_store,
+                        to_store: req.to_store,
+                    },
+                    "split" => AdminOperator::Split { key: req.split_key },
+                    "merge" => AdminOperator::Merge {
+                        target: req.target_region_id,
+                    },
+                    other => {
+                        return Err(PlacementError::InvalidArgument(format!(
+                            "unknown operator kind {other:?}: transfer-leader, move-peer, split or merge"
+                        )))
+                    }
+                };
+                core.add_operator(req.region_id, wanted, now, w).map(Some)
             })
             .await?;
         Ok(Response::new(AddOperatorResponse { header, operator }))

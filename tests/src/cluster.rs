@@ -187,6 +187,7 @@ impl TestCluster {
             operator_timeout_ms: b.operator_timeout_ms,
             balance_leader: b.balance,
             balance_region: b.balance,
+            balance_hot_region: b.balance,
             schedule_interval_ms: 500,
             ..PlacementConfig::default()
         };

@@ -561,3 +561,314 @@ fn region_checks_find_pending_down_oversized_and_undersized_regions() {
         assert_eq!(down, &on_stopped, "{r}");
     }
 }
+
+#[test]
+fn store_show_and_label_with_their_errors() {
+    let cluster = start();
+    let pd = cluster.pd_addr();
+    let id = cluster.store_id(0).to_string();
+    let shown = json(&ctl(&pd, &["--json", "store", "show", &id]));
+    assert_eq!(shown["id"].as_u64(), Some(cluster.store_id(0)));
+    assert_eq!(shown["state"], "up");
+    assert_eq!(shown["address"], cluster.node_addr(0).as_str());
+    // Figures come with the store heartbeats (one a second in tests).
+    ringkv_tests::wait_until(
+        "the store's first heartbeat",
+        std::time::Duration::from_secs(30),
+        || {
+            let j = json(&ctl(&pd, &["--json", "store", "show", &id]));
+            (j["capacity_bytes"].as_u64()? > 0 && j["region_count"] == 1).then_some(())
+        },
+    );
+    let table = ctl(&pd, &["store", "show", &id]);
+    assert!(
+        table.ok && table.stdout.contains("capacity") && table.stdout.contains("written"),
+        "{}",
+        table.stdout
+    );
+
+    let labelled = json(&ctl(
+        &pd,
+        &["--json", "store", "label", &id, "zone=z1", "rack=r-7"],
+    ));
+    assert_eq!(labelled["labels"]["zone"], "z1");
+    assert_eq!(labelled["labels"]["rack"], "r-7");
+    let listed = ctl(&pd, &["store", "list"]);
+    assert!(
+        listed.ok && listed.stdout.contains("rack=r-7,zone=z1"),
+        "{}",
+        listed.stdout
+    );
+    let removed = json(&ctl(&pd, &["--json", "store", "label", &id, "rack="]));
+    assert_eq!(removed["labels"]["zone"], "z1");
+    assert!(removed["labels"].get("rack").is_none(), "{removed}");
+    let table = ctl(&pd, &["store", "label", &id, "host=h1"]);
+    assert!(
+        table.ok && table.stdout.contains("host=h1,zone=z1"),
+        "{}",
+        table.stdout
+    );
+
+    for (args, needle) in [
+        (vec!["store", "show", "999999"], "999999"),
+        (vec!["store", "label", "999999", "zone=z1"], "999999"),
+        (vec!["store", "label", &id, "zone"], "KEY=VALUE"),
+        (vec!["store", "label", &id, "zo ne=x"], "letters, digits"),
+        (vec!["store", "label", &id, "=x"], "letters, digits"),
+    ] {
+        let out = ctl(&pd, &args);
+        assert!(!out.ok, "{args:?} was accepted");
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+    }
+    let no_labels = ctl(&pd, &["store", "label", &id]);
+    assert!(!no_labels.ok, "a label is required");
+}
+
+/// Asserts `key000`.. read back as `value0`..
+fn read_back(cluster: &TestCluster, n: usize) {
+    let client = cluster.client();
+    cluster.rt.block_on(async {
+        for i in 0..n {
+            let v = client.get(format!("key{i:03}")).await.expect("read");
+            assert_eq!(v, Some(format!("value{i}").into_bytes()), "key{i:03}");
+        }
+    });
+}
+
+/// Regions in key order, as `region list --json` shows them.
+fn region_ids(pd: &str) -> Vec<u64> {
+    json(&ctl(pd, &["--json", "region", "list"]))["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn split_and_merge_operators_run_to_their_end_and_bad_ones_are_refused() {
+    let cluster = start();
+    let pd = cluster.pd_addr();
+    let client = cluster.client();
+    cluster.rt.block_on(async {
+        for i in 0..100 {
+            client
+                .put(format!("key{i:03}"), format!("value{i}"))
+                .await
+                .unwrap();
+        }
+    });
+    let wait_regions = |n: usize| {
+        ringkv_tests::wait_until(
+            &format!("{n} regions"),
+            std::time::Duration::from_secs(60),
+            || {
+                let ids = region_ids(&pd);
+                let ops = cluster.rt.block_on(cluster.pd().get_operators()).ok()?;
+                (ids.len() == n && ops.is_empty()).then_some(ids)
+            },
+        )
+    };
+    let first = region_ids(&pd)[0].to_string();
+
+    // Halving: the data is split where it halves.
+    let halve = json(&ctl(&pd, &["--json", "operator", "add", "split", &first]));
+    assert_eq!(
+        halve["operators"][0]["steps"][0], "split where the data halves",
+        "{halve}"
+    );
+    let two = wait_regions(2);
+    // At a key: the split lands inside the region holding it.
+    let at = ctl(&pd, &["operator", "add", "split", &first, "--key", "zzz"]);
+    let holder = json(&ctl(&pd, &["--json", "region", "by-key", "zzz"]))["id"]
+        .as_u64()
+        .unwrap();
+    let three = if holder.to_string() == first {
+        assert!(at.ok, "{}", at.stderr);
+        wait_regions(3)
+    } else {
+        assert!(
+            !at.ok && at.stderr.contains("not inside region"),
+            "{}",
+            at.stderr
+        );
+        let at = ctl(
+            &pd,
+            &[
+                "operator",
+                "add",
+                "split",
+                &holder.to_string(),
+                "--key",
+                "zzz",
+            ],
+        );
+        assert!(at.ok, "{}", at.stderr);
+        wait_regions(3)
+    };
+    assert!(two.iter().all(|id| three.contains(id)));
+    read_back(&cluster, 100);
+
+    // Merges: only into an adjacent region.
+    let (a, c) = (three[0].to_string(), three[2].to_string());
+    let far = ctl(&pd, &["operator", "add", "merge", &a, &c]);
+    assert!(
+        !far.ok && far.stderr.contains("not adjacent"),
+        "{}",
+        far.stderr
+    );
+    let itself = ctl(&pd, &["operator", "add", "merge", &a, &a]);
+    assert!(!itself.ok && itself.stderr.contains("not adjacent"));
+    let unknown = ctl(&pd, &["operator", "add", "merge", &a, "999999"]);
+    assert!(!unknown.ok && unknown.stderr.contains("no region 999999"));
+    let merged = json(&ctl(
+        &pd,
+        &[
+            "--json",
+            "operator",
+            "add",
+            "merge",
+            &a,
+            &three[1].to_string(),
+        ],
+    ));
+    assert_eq!(
+        merged["operators"][0]["steps"][0],
+        format!("merge into region {}", three[1]).as_str()
+    );
+    let left = wait_regions(2);
+    assert!(!left.contains(&three[0]), "the source is gone: {left:?}");
+    read_back(&cluster, 100);
+
+    let bad_key_region = ctl(&pd, &["operator", "add", "split", "999999"]);
+    assert!(!bad_key_region.ok && bad_key_region.stderr.contains("no region 999999"));
+    let not_a_number = ctl(&pd, &["operator", "add", "merge", "x", "1"]);
+    assert!(!not_a_number.ok);
+}
+
+#[test]
+fn hot_regions_are_listed_and_the_hot_region_scheduler_is_added_and_removed() {
+    let cluster = start();
+    let pd = cluster.pd_addr();
+    let state = |j: &serde_json::Value, name: &str| {
+        j["schedulers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["running"]
+            .as_bool()
+            .unwrap()
+    };
+    let added = json(&ctl(&pd, &["--json", "scheduler", "add", "hot-region"]));
+    assert!(state(&added, "hot-region"));
+    let removed = json(&ctl(&pd, &["--json", "scheduler", "remove", "hot-region"]));
+    assert!(!state(&removed, "hot-region"));
+    let resumed = json(&ctl(&pd, &["--json", "scheduler", "resume", "hot-region"]));
+    assert!(state(&resumed, "hot-region"));
+    let table = ctl(&pd, &["scheduler", "list"]);
+    assert!(
+        table.ok && table.stdout.contains("hot-region"),
+        "{}",
+        table.stdout
+    );
+    let paused = json(&ctl(
+        &pd,
+        &["--json", "scheduler", "pause", "balance-leader"],
+    ));
+    assert!(!state(&paused, "balance-leader"));
+    let readded = json(&ctl(&pd, &["--json", "scheduler", "add", "balance-leader"]));
+    assert!(state(&readded, "balance-leader"));
+    for (args, needle) in [
+        (
+            vec!["scheduler", "add", "hot-region", "3"],
+            "takes no store id",
+        ),
+        (vec!["scheduler", "add", "evict-leader"], "needs a store"),
+        (
+            vec!["config", "set", "hot_region_min_bytes_per_sec", "0"],
+            "1..=",
+        ),
+        (
+            vec!["config", "set", "balance_hot_region", "often"],
+            "true or false",
+        ),
+        (vec!["region", "hot", "sideways"], "read"),
+    ] {
+        let out = ctl(&pd, &args);
+        assert!(!out.ok, "{args:?} was accepted");
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+    }
+    let set = json(&ctl(
+        &pd,
+        &["--json", "config", "set", "hot_region_schedule_limit", "8"],
+    ));
+    assert_eq!(set["hot_region_schedule_limit"], 8);
+
+    // Flow shows up with the leaders' heartbeats: writes, then reads.
+    let client = cluster.client();
+    let hot = |by: &str| -> Option<u64> {
+        let j = json(&ctl(&pd, &["--json", "region", "hot", by]));
+        let first = j["regions"].as_array()?.first()?.clone();
+        let field = if by == "read" {
+            "read_bytes_per_sec"
+        } else {
+            "written_bytes_per_sec"
+        };
+        first["health"][field].as_u64()
+    };
+    ringkv_tests::wait_until(
+        "written flow to be reported",
+        std::time::Duration::from_secs(60),
+        || {
+            cluster.rt.block_on(async {
+                for i in 0..20 {
+                    client
+                        .put(format!("key{i:03}"), vec![b'w'; 512])
+                        .await
+                        .unwrap();
+                }
+            });
+            hot("write").filter(|b| *b > 0)
+        },
+    );
+    ringkv_tests::wait_until(
+        "read flow to be reported",
+        std::time::Duration::from_secs(60),
+        || {
+            cluster.rt.block_on(async {
+                for i in 0..20 {
+                    client.get(format!("key{i:03}")).await.unwrap();
+                }
+            });
+            hot("read").filter(|b| *b > 0)
+        },
+    );
+    let table = ctl(&pd, &["region", "hot", "read"]);
+    assert!(
+        table.ok && table.stdout.contains("read flow") && table.stdout.contains("B/s"),
+        "{}",
+        table.stdout
+    );
+    ringkv_tests::wait_until(
+        "the store heartbeat to carry flow",
+        std::time::Duration::from_secs(60),
+        || {
+            cluster.rt.block_on(async {
+                for i in 0..20 {
+                    client.get(format!("key{i:03}")).await.unwrap();
+                }
+            });
+            // Every store holds a replica; the leader's store serves the reads.
+            let stores = (0..3).map(|i| cluster.store_id(i).to_string());
+            stores
+                .into_iter()
+                .any(|s| {
+                    json(&ctl(&pd, &["--json", "store", "show", &s]))["read_bytes_per_sec"]
+                        .as_u64()
+                        .is_some_and(|b| b > 0)
+                })
+                .then_some(())
+        },
+    );
+}

@@ -6,6 +6,7 @@
 use ringkv_proto::errorpb::region_error::Kind;
 use ringkv_proto::kvrpcpb::{ChangePeerRegionRequest, Context};
 use ringkv_proto::metapb::{ConfChangeKind, Peer, PeerRole, Region};
+use ringkv_proto::pdpb::AddOperatorRequest;
 use ringkv_tests::cluster::{ClusterBuilder, TestCluster};
 use ringkv_tests::{debug, wait_until};
 use std::time::Duration;
@@ -247,7 +248,13 @@ fn a_replica_moved_away_and_back_returns_over_its_tombstone() {
     let moved = |from: u64, to: u64| {
         cluster
             .rt
-            .block_on(pd.add_operator(route.region.id, "move-peer", from, to))
+            .block_on(pd.add_operator(AddOperatorRequest {
+                region_id: route.region.id,
+                kind: "move-peer".into(),
+                from_store: from,
+                to_store: to,
+                ..Default::default()
+            }))
             .expect("operator added");
         wait_until(
             &format!("the replica to move from store {from} to store {to}"),

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use ringkv_client::PdClient;
+use ringkv_proto::pdpb::AddOperatorRequest;
 use serde_json::json;
 
 /// Administers a ringkv cluster through its placement driver.
@@ -35,7 +36,7 @@ enum Cmd {
         #[command(subcommand)]
         action: MemberAction,
     },
-    /// Stores: list them, or decommission one.
+    /// Stores: list them, show one with its heartbeat figures, label one, or decommission one.
     Store {
         #[command(subcommand)]
         action: StoreAction,
@@ -57,7 +58,7 @@ enum Cmd {
         #[command(subcommand)]
         action: OperatorAction,
     },
-    /// The schedulers: list them with their state, pause or resume a balancer.
+    /// The schedulers: list them with their state; pause, resume, add or remove one.
     Scheduler {
         #[command(subcommand)]
         action: SchedulerAction,
@@ -94,6 +95,15 @@ enum RegionAction {
     Show { region_id: u64 },
     /// The region holding a key of the default keyspace.
     ByKey { key: String },
+    /// The regions with the most read or written bytes per second, as their leaders last
+    /// reported (what the hot-region scheduler spreads).
+    Hot {
+        #[arg(value_parser = ["read", "write"])]
+        by: String,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
     /// Regions with a problem: `miss-peer` (fewer replicas than configured), `extra-peer`
     /// (more), `learner` (a replica not yet a voter), `no-leader` (no leader reported),
     /// `pending-peer` (a replica catching up), `down-peer` (a replica on a store silent for
@@ -140,34 +150,65 @@ enum AddOperator {
         from_store: u64,
         to_store: u64,
     },
+    /// Split the region at a key, or (without --key) where its data halves.
+    Split {
+        region_id: u64,
+        /// A key of the default keyspace; the split lands at its position in the region's
+        /// order. Must fall inside the region.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Merge the region into an adjacent one; both need replicas on the same stores (see
+    /// `operator add move-peer`).
+    Merge {
+        region_id: u64,
+        target_region_id: u64,
+    },
+}
+
+/// The schedulers that can be paused; each maps to a setting of `config show`.
+const BALANCERS: [&str; 3] = ["balance-leader", "balance-region", "hot-region"];
+
+/// The `config` setting that turns a balancer on or off.
+fn balancer_setting(name: &str) -> &'static str {
+    match name {
+        "balance-leader" => "balance_leader",
+        "balance-region" => "balance_region",
+        _ => "balance_hot_region",
+    }
 }
 
 #[derive(Subcommand)]
 enum SchedulerAction {
     /// The schedulers and whether they run.
     List,
-    /// Stop a balancer: `balance-leader` or `balance-region`.
+    /// Stop a balancer: `balance-leader`, `balance-region` or `hot-region` (persisted, like
+    /// `scheduler remove`; `resume` starts it again).
     Pause {
-        #[arg(value_parser = ["balance-leader", "balance-region"])]
+        #[arg(value_parser = BALANCERS)]
         name: String,
     },
     /// Start a paused balancer again.
     Resume {
-        #[arg(value_parser = ["balance-leader", "balance-region"])]
+        #[arg(value_parser = BALANCERS)]
         name: String,
     },
-    /// Add a per-store scheduler: `evict-leader STORE_ID` moves every leader off the store
-    /// and keeps new ones away (before restarting it); watch `store list` until it leads 0.
+    /// Add a scheduler: a balancer by name (`balance-leader`, `balance-region`,
+    /// `hot-region`), or `evict-leader STORE_ID`, which moves every leader off the store and
+    /// keeps new ones away (before restarting it); watch `store list` until it leads 0.
     Add {
-        #[arg(value_parser = ["evict-leader"])]
+        #[arg(value_parser = ["evict-leader", "balance-leader", "balance-region", "hot-region"])]
         name: String,
-        store_id: u64,
+        /// The store, for `evict-leader`.
+        store_id: Option<u64>,
     },
-    /// Remove a per-store scheduler: `evict-leader STORE_ID` lets the store lead again.
+    /// Remove a scheduler: a balancer by name, or `evict-leader STORE_ID` (the store may lead
+    /// again).
     Remove {
-        #[arg(value_parser = ["evict-leader"])]
+        #[arg(value_parser = ["evict-leader", "balance-leader", "balance-region", "hot-region"])]
         name: String,
-        store_id: u64,
+        /// The store, for `evict-leader`.
+        store_id: Option<u64>,
     },
 }
 
@@ -175,9 +216,10 @@ enum SchedulerAction {
 enum ConfigAction {
     /// Every runtime-changeable scheduling setting.
     Show,
-    /// Change one: balance_leader, balance_region, leader_schedule_limit,
-    /// region_schedule_limit, balance_tolerance_ratio, max_store_down_time_ms,
-    /// operator_timeout_ms (see docs/configuration.md).
+    /// Change one: balance_leader, balance_region, balance_hot_region, leader_schedule_limit,
+    /// region_schedule_limit, hot_region_schedule_limit, hot_region_min_bytes_per_sec,
+    /// balance_tolerance_ratio, max_store_down_time_ms, operator_timeout_ms (see
+    /// docs/configuration.md).
     Set { key: String, value: String },
 }
 
@@ -185,6 +227,17 @@ enum ConfigAction {
 enum StoreAction {
     /// Every store: id, address, state, replicas and leaders it holds, labels.
     List,
+    /// One store: its state, labels, capacity, and the figures of its last heartbeat
+    /// (replicas, leaders, read and write flow).
+    Show { store_id: u64 },
+    /// Set labels of a store, `KEY=VALUE` each (`KEY=` removes one). Placement spreads
+    /// replicas over the configured location labels (zone, rack, host). A node's own
+    /// configured labels are put again when it restarts.
+    Label {
+        store_id: u64,
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
     /// Move every replica off the store, then mark it a tombstone (it may never rejoin).
     Decommission {
         /// The store's id (see `ringkv-ctl store list`).
@@ -259,6 +312,10 @@ fn region_json(r: &ringkv_client::RegionRoute) -> serde_json::Value {
             "approximate_keys": h.approximate_keys,
             "pending_peers": h.pending_peers,
             "down_peer_ids": h.down_peer_ids,
+            "read_bytes_per_sec": h.read_bytes_per_sec,
+            "read_keys_per_sec": h.read_keys_per_sec,
+            "written_bytes_per_sec": h.written_bytes_per_sec,
+            "written_keys_per_sec": h.written_keys_per_sec,
         })),
     })
 }
@@ -331,6 +388,9 @@ fn config_json(c: &ringkv_proto::pdpb::ScheduleConfig) -> serde_json::Value {
         "balance_tolerance_ratio": c.balance_tolerance_ratio,
         "max_store_down_time_ms": c.max_store_down_time_ms,
         "operator_timeout_ms": c.operator_timeout_ms,
+        "balance_hot_region": c.balance_hot_region,
+        "hot_region_schedule_limit": c.hot_region_schedule_limit,
+        "hot_region_min_bytes_per_sec": c.hot_region_min_bytes_per_sec,
     })
 }
 
@@ -395,85 +455,6 @@ async fn run(cli: Cli) -> Result<(), String> {
                 println!("{}", ts_line("timestamp", ts));
             }
         }
-        Cmd::Store {
-            action: StoreAction::List,
-        } => {
-            let stores = pd.get_all_stores().await.map_err(|e| e.to_string())?;
-            let regions = pd
-                .scan_regions(b"", b"", 0)
-                .await
-                .map_err(|e| e.to_string())?;
-            let count = |id: u64| {
-                let replicas = regions
-                    .iter()
-                    .filter(|r| r.region.peers.iter().any(|p| p.store_id == id))
-                    .count();
-                let leaders = regions
-                    .iter()
-                    .filter(|r| r.leader.is_some_and(|l| l.store_id == id))
-                    .count();
-                (replicas, leaders)
-            };
-            let state = |s: i32| match ringkv_proto::metapb::StoreState::try_from(s) {
-                Ok(ringkv_proto::metapb::StoreState::Up) => "up",
-                Ok(ringkv_proto::metapb::StoreState::Offline) => "decommissioning",
-                Ok(ringkv_proto::metapb::StoreState::Tombstone) => "tombstone",
-                Err(_) => "unknown",
-            };
-            if cli.json {
-                let list: Vec<_> = stores
-                    .iter()
-                    .map(|s| {
-                        let (replicas, leaders) = count(s.id);
-                        json!({
-                            "id": s.id,
-                            "address": s.address,
-                            "state": state(s.state),
-                            "replicas": replicas,
-                            "leaders": leaders,
-                            "labels": s.labels,
-                            "version": s.version,
-                        })
-                    })
-                    .collect();
-                println!("{}", json!({ "stores": list }));
-            } else {
-                println!(
-                    "{:>6}  {:<22} {:<16} {:>8} {:>8}  labels",
-                    "id", "address", "state", "replicas", "leaders"
-                );
-                for s in &stores {
-                    let (replicas, leaders) = count(s.id);
-                    let labels: Vec<String> =
-                        s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!(
-                        "{:>6}  {:<22} {:<16} {:>8} {:>8}  {}",
-                        s.id,
-                        s.address,
-                        state(s.state),
-                        replicas,
-                        leaders,
-                        labels.join(",")
-                    );
-                }
-            }
-        }
-        Cmd::Store {
-            action: StoreAction::Decommission { store_id },
-        } => {
-            let store = pd
-                .decommission_store(store_id)
-                .await
-                .map_err(|e| format!("store {store_id} was not decommissioned: {e}"))?;
-            if cli.json {
-                println!("{}", json!({ "id": store.id, "state": "decommissioning" }));
-            } else {
-                println!(
-                    "store {} is decommissioning: its replicas move to other stores, then it becomes a tombstone",
-                    store.id
-                );
-            }
-        }
         Cmd::GcSafePoint { action: None } => {
             let sp = pd.gc_safe_point().await.map_err(|e| e.to_string())?;
             if cli.json {
@@ -505,69 +486,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Member { action } => member_command(&pd, action, cli.json).await?,
         Cmd::Region { action } => region_command(&pd, action, cli.json).await?,
         Cmd::Operator { action } => operator_command(&pd, action, cli.json).await?,
-        Cmd::Scheduler { action } => {
-            let config = match &action {
-                SchedulerAction::List => pd.get_schedule_config().await,
-                SchedulerAction::Pause { name } | SchedulerAction::Resume { name } => {
-                    let value = matches!(action, SchedulerAction::Resume { .. }).to_string();
-                    pd.set_schedule_config(&name.replace('-', "_"), &value)
-                        .await
-                }
-                SchedulerAction::Add { store_id, .. } => pd.evict_leader(*store_id, true).await,
-                SchedulerAction::Remove { store_id, .. } => pd.evict_leader(*store_id, false).await,
-            }
-            .map_err(|e| e.to_string())?;
-            let evicting: Vec<String> = config
-                .evict_leader_stores
-                .iter()
-                .map(|s| format!("evict-leader-{s}"))
-                .collect();
-            let fixed = [
-                (
-                    "replica-repair",
-                    true,
-                    "always on: replaces down, missing and decommissioned replicas",
-                ),
-                (
-                    "balance-leader",
-                    config.balance_leader,
-                    "spreads leaders evenly",
-                ),
-                (
-                    "balance-region",
-                    config.balance_region,
-                    "spreads replicas evenly by size",
-                ),
-                (
-                    "merge-checker",
-                    true,
-                    "merges small neighbours (merge_size_bytes_max, file setting)",
-                ),
-            ];
-            let rows: Vec<(&str, bool, &str)> = fixed
-                .into_iter()
-                .chain(
-                    evicting
-                        .iter()
-                        .map(|n| (n.as_str(), true, "moves leaders off the store, none to it")),
-                )
-                .collect();
-            if cli.json {
-                let list: Vec<_> = rows
-                    .iter()
-                    .map(|(n, on, what)| json!({ "name": n, "running": on, "does": what }))
-                    .collect();
-                println!("{}", json!({ "schedulers": list }));
-            } else {
-                println!("{:<20} {:<8} does", "scheduler", "state");
-                for (n, on, what) in rows {
-                    println!(
-                        "{n:<20} {:<8} {what}",
-                        if on { "running" } else { "paused" }
-                    );
-                }
-            }
-        }
+        Cmd::Scheduler { action } => scheduler_command(&pd, action, cli.json).await?,
+        Cmd::Store { action } => store_command(&pd, action, cli.json).await?,
         Cmd::Config {
             action: ConfigAction::Show,
         } => print_config(
@@ -582,6 +502,270 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("not changed: {e}"))?,
             cli.json,
         ),
+    }
+    Ok(())
+}
+
+/// Bytes per second, readable: `812 B/s`, `1.5 KiB/s`, `3.2 MiB/s`.
+fn rate(bytes_per_sec: u64) -> String {
+    let b = bytes_per_sec as f64;
+    if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB/s", b / (1024.0 * 1024.0))
+    } else if b >= 1024.0 {
+        format!("{:.1} KiB/s", b / 1024.0)
+    } else {
+        format!("{bytes_per_sec} B/s")
+    }
+}
+
+fn store_state(s: i32) -> &'static str {
+    match ringkv_proto::metapb::StoreState::try_from(s) {
+        Ok(ringkv_proto::metapb::StoreState::Up) => "up",
+        Ok(ringkv_proto::metapb::StoreState::Offline) => "decommissioning",
+        Ok(ringkv_proto::metapb::StoreState::Tombstone) => "tombstone",
+        Err(_) => "unknown",
+    }
+}
+
+fn labels_text(labels: &std::collections::HashMap<String, String>) -> String {
+    let mut v: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    v.sort();
+    v.join(",")
+}
+
+async fn store_command(pd: &PdClient, action: StoreAction, as_json: bool) -> Result<(), String> {
+    match action {
+        StoreAction::List => {
+            let stores = pd.get_all_stores().await.map_err(|e| e.to_string())?;
+            let regions = pd
+                .scan_regions(b"", b"", 0)
+                .await
+                .map_err(|e| e.to_string())?;
+            let count = |id: u64| {
+                let replicas = regions
+                    .iter()
+                    .filter(|r| r.region.peers.iter().any(|p| p.store_id == id))
+                    .count();
+                let leaders = regions
+                    .iter()
+                    .filter(|r| r.leader.is_some_and(|l| l.store_id == id))
+                    .count();
+                (replicas, leaders)
+            };
+            let state = store_state;
+            if as_json {
+                let list: Vec<_> = stores
+                    .iter()
+                    .map(|s| {
+                        let (replicas, leaders) = count(s.id);
+                        json!({
+                            "id": s.id,
+                            "address": s.address,
+                            "state": state(s.state),
+                            "replicas": replicas,
+                            "leaders": leaders,
+                            "labels": s.labels,
+                            "version": s.version,
+                        })
+                    })
+                    .collect();
+                println!("{}", json!({ "stores": list }));
+            } else {
+                println!(
+                    "{:>6}  {:<22} {:<16} {:>8} {:>8}  labels",
+                    "id", "address", "state", "replicas", "leaders"
+                );
+                for s in &stores {
+                    let (replicas, leaders) = count(s.id);
+                    println!(
+                        "{:>6}  {:<22} {:<16} {:>8} {:>8}  {}",
+                        s.id,
+                        s.address,
+                        state(s.state),
+                        replicas,
+                        leaders,
+                        labels_text(&s.labels)
+                    );
+                }
+            }
+        }
+        StoreAction::Decommission { store_id } => {
+            let store = pd
+                .decommission_store(store_id)
+                .await
+                .map_err(|e| format!("store {store_id} was not decommissioned: {e}"))?;
+            if as_json {
+                println!("{}", json!({ "id": store.id, "state": "decommissioning" }));
+            } else {
+                println!(
+                    "store {} is decommissioning: its replicas move to other stores, then it becomes a tombstone",
+                    store.id
+                );
+            }
+        }
+        StoreAction::Show { store_id } => {
+            let (store, stats) = pd.get_store_with_stats(store_id).await.map_err(|e| {
+                format!("store {store_id}: {e}\nhint: `ringkv-ctl store list` shows the stores")
+            })?;
+            let stats = stats.unwrap_or_default();
+            if as_json {
+                println!(
+                    "{}",
+                    json!({
+                        "id": store.id,
+                        "address": store.address,
+                        "state": store_state(store.state),
+                        "labels": store.labels,
+                        "version": store.version,
+                        "capacity_bytes": stats.capacity_bytes,
+                        "available_bytes": stats.available_bytes,
+                        "region_count": stats.region_count,
+                        "leader_count": stats.leader_count,
+                        "start_time_s": stats.start_time_s,
+                        "read_bytes_per_sec": stats.read_bytes_per_sec,
+                        "read_keys_per_sec": stats.read_keys_per_sec,
+                        "written_bytes_per_sec": stats.written_bytes_per_sec,
+                        "written_keys_per_sec": stats.written_keys_per_sec,
+                    })
+                );
+            } else {
+                let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+                println!("{:<16} {}", "store", store.id);
+                println!("{:<16} {}", "address", store.address);
+                println!("{:<16} {}", "state", store_state(store.state));
+                println!("{:<16} {}", "labels", labels_text(&store.labels));
+                println!("{:<16} {}", "version", store.version);
+                println!("{:<16} {}", "capacity", gib(stats.capacity_bytes));
+                println!("{:<16} {}", "available", gib(stats.available_bytes));
+                println!("{:<16} {}", "replicas", stats.region_count);
+                println!("{:<16} {}", "leaders", stats.leader_count);
+                println!(
+                    "{:<16} {}, {} keys/s",
+                    "read",
+                    rate(stats.read_bytes_per_sec),
+                    stats.read_keys_per_sec
+                );
+                println!(
+                    "{:<16} {}, {} keys/s",
+                    "written",
+                    rate(stats.written_bytes_per_sec),
+                    stats.written_keys_per_sec
+                );
+                if stats.start_time_s > 0 {
+                    println!("{:<16} {}", "started", utc(stats.start_time_s * 1000));
+                }
+            }
+        }
+        StoreAction::Label { store_id, labels } => {
+            let mut parsed = std::collections::HashMap::new();
+            for l in &labels {
+                let Some((k, v)) = l.split_once('=') else {
+                    return Err(format!(
+                        "{l:?} is not a label: give KEY=VALUE, or KEY= to remove the label"
+                    ));
+                };
+                parsed.insert(k.to_string(), v.to_string());
+            }
+            let store = pd
+                .set_store_labels(store_id, parsed)
+                .await
+                .map_err(|e| format!("labels not changed: {e}"))?;
+            if as_json {
+                println!("{}", json!({ "id": store.id, "labels": store.labels }));
+            } else {
+                println!("store {} labels: {}", store.id, labels_text(&store.labels));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn scheduler_command(
+    pd: &PdClient,
+    action: SchedulerAction,
+    as_json: bool,
+) -> Result<(), String> {
+    let store_for = |name: &str, store: Option<u64>| {
+        store.ok_or_else(|| {
+            format!("{name} needs a store: `ringkv-ctl scheduler add {name} STORE_ID`")
+        })
+    };
+    let config = match &action {
+        SchedulerAction::List => pd.get_schedule_config().await,
+        SchedulerAction::Pause { name } | SchedulerAction::Resume { name } => {
+            let on = matches!(action, SchedulerAction::Resume { .. });
+            pd.set_schedule_config(balancer_setting(name), &on.to_string())
+                .await
+        }
+        SchedulerAction::Add { name, store_id } | SchedulerAction::Remove { name, store_id } => {
+            let add = matches!(action, SchedulerAction::Add { .. });
+            if name == "evict-leader" {
+                pd.evict_leader(store_for(name, *store_id)?, add).await
+            } else if store_id.is_some() {
+                return Err(format!(
+                    "{name} runs over every store and takes no store id"
+                ));
+            } else {
+                pd.set_schedule_config(balancer_setting(name), &add.to_string())
+                    .await
+            }
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    let evicting: Vec<String> = config
+        .evict_leader_stores
+        .iter()
+        .map(|s| format!("evict-leader-{s}"))
+        .collect();
+    let fixed = [
+        (
+            "replica-repair",
+            true,
+            "always on: replaces down, missing and decommissioned replicas",
+        ),
+        (
+            "balance-leader",
+            config.balance_leader,
+            "spreads leaders evenly",
+        ),
+        (
+            "balance-region",
+            config.balance_region,
+            "spreads replicas evenly by size",
+        ),
+        (
+            "hot-region",
+            config.balance_hot_region,
+            "spreads the regions read and written most",
+        ),
+        (
+            "merge-checker",
+            true,
+            "merges small neighbours (merge_size_bytes_max, file setting)",
+        ),
+    ];
+    let rows: Vec<(&str, bool, &str)> = fixed
+        .into_iter()
+        .chain(
+            evicting
+                .iter()
+                .map(|n| (n.as_str(), true, "moves leaders off the store, none to it")),
+        )
+        .collect();
+    if as_json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(n, on, what)| json!({ "name": n, "running": on, "does": what }))
+            .collect();
+        println!("{}", json!({ "schedulers": list }));
+    } else {
+        println!("{:<20} {:<8} does", "scheduler", "state");
+        for (n, on, what) in rows {
+            println!(
+                "{n:<20} {:<8} {what}",
+                if on { "running" } else { "paused" }
+            );
+        }
     }
     Ok(())
 }
@@ -672,6 +856,25 @@ async fn region_command(pd: &PdClient, action: RegionAction, as_json: bool) -> R
             all.truncate(*limit);
             all
         }
+        RegionAction::Hot { by, limit } => {
+            let mut all = pd
+                .scan_regions(b"", b"", 0)
+                .await
+                .map_err(|e| e.to_string())?;
+            let flow = |r: &ringkv_client::RegionRoute| {
+                r.health.as_ref().map_or(0, |h| {
+                    if by == "read" {
+                        h.read_bytes_per_sec
+                    } else {
+                        h.written_bytes_per_sec
+                    }
+                })
+            };
+            all.retain(|r| flow(r) > 0);
+            all.sort_by_key(|r| std::cmp::Reverse(flow(r)));
+            all.truncate(*limit);
+            all
+        }
         RegionAction::Check {
             problem,
             size_max_mib,
@@ -720,6 +923,20 @@ async fn region_command(pd: &PdClient, action: RegionAction, as_json: bool) -> R
                 println!("{}", list.into_iter().next().expect("one region"))
             }
             _ => println!("{}", json!({ "regions": list })),
+        }
+    } else if let RegionAction::Hot { by, .. } = &action {
+        println!("{:>14}  {}", format!("{by} flow"), region_header());
+        for r in &routes {
+            let h = r.health.clone().unwrap_or_default();
+            let flow = if by == "read" {
+                h.read_bytes_per_sec
+            } else {
+                h.written_bytes_per_sec
+            };
+            println!("{:>14}  {}", rate(flow), region_row(r));
+        }
+        if routes.is_empty() {
+            println!("no region reported {by} flow lately");
         }
     } else {
         println!("{}", region_header());
@@ -783,25 +1000,58 @@ async fn operator_command(
             }
         }
         OperatorAction::Add { kind } => {
-            let (region_id, kind, from, to) = match kind {
+            let request = match kind {
                 AddOperator::TransferLeader {
                     region_id,
                     to_store,
-                } => (region_id, "transfer-leader", 0, to_store),
+                } => AddOperatorRequest {
+                    region_id,
+                    kind: "transfer-leader".into(),
+                    to_store,
+                    ..Default::default()
+                },
                 AddOperator::MovePeer {
                     region_id,
                     from_store,
                     to_store,
-                } => (region_id, "move-peer", from_store, to_store),
+                } => AddOperatorRequest {
+                    region_id,
+                    kind: "move-peer".into(),
+                    from_store,
+                    to_store,
+                    ..Default::default()
+                },
+                AddOperator::Split { region_id, key } => AddOperatorRequest {
+                    region_id,
+                    kind: "split".into(),
+                    split_key: key.map_or_else(Vec::new, |k| split_key_of(k.as_bytes())),
+                    ..Default::default()
+                },
+                AddOperator::Merge {
+                    region_id,
+                    target_region_id,
+                } => AddOperatorRequest {
+                    region_id,
+                    kind: "merge".into(),
+                    target_region_id,
+                    ..Default::default()
+                },
             };
             let op = pd
-                .add_operator(region_id, kind, from, to)
+                .add_operator(request)
                 .await
                 .map_err(|e| format!("no operator started: {e}"))?;
             print(&[op]);
         }
     }
     Ok(())
+}
+
+/// Where a split at user key `key` of the default keyspace lands: the boundary in front of
+/// its encoded form (every version of one key stays in one region).
+fn split_key_of(key: &[u8]) -> Vec<u8> {
+    let encoded = ringkv_proto::keys::encode(&ringkv_proto::keys::default_keyspace(), key);
+    ringkv_proto::keys::split_boundary(&encoded).to_vec()
 }
 
 fn main() {
