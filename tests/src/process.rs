@@ -158,39 +158,49 @@ impl ProcessCluster {
             placements.push(p);
         }
         let pd_addr = pd_endpoints[0].clone();
-        let placement_list = pd_endpoints.join(",");
-        let mut nodes = Vec::new();
-        for i in 0..n {
-            let addr = format!("127.0.0.1:{}", free_port());
-            let mut p = Proc {
-                args: vec![
-                    "--config".into(),
-                    config_path.display().to_string(),
-                    "--data-dir".into(),
-                    dir.path().join(format!("node{i}")).display().to_string(),
-                    "--listen-addr".into(),
-                    addr.clone(),
-                    "--placement".into(),
-                    placement_list.clone(),
-                    "--log-level".into(),
-                    "info".into(),
-                ],
-                binary: binary("ringkv-node"),
-                log: dir.path().join(format!("node{i}.log")),
-                child: None,
-            };
-            p.spawn();
-            nodes.push((addr, p));
-        }
-        let cluster = ProcessCluster {
+        let mut cluster = ProcessCluster {
             dir,
             pd_addr,
             pd_endpoints,
             placements,
-            nodes,
+            nodes: Vec::new(),
         };
+        for _ in 0..n {
+            cluster.spawn_node();
+        }
         cluster.wait_for_leader(Duration::from_secs(60));
         cluster
+    }
+
+    /// Starts one more node on a fresh data directory (a new store); returns its index.
+    pub fn add_node(&mut self) -> usize {
+        self.spawn_node()
+    }
+
+    fn spawn_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let dir = self.dir.path();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut p = Proc {
+            args: vec![
+                "--config".into(),
+                dir.join("node.toml").display().to_string(),
+                "--data-dir".into(),
+                dir.join(format!("node{i}")).display().to_string(),
+                "--listen-addr".into(),
+                addr.clone(),
+                "--placement".into(),
+                self.pd_endpoints.join(","),
+                "--log-level".into(),
+                "info".into(),
+            ],
+            binary: binary("ringkv-node"),
+            log: dir.join(format!("node{i}.log")),
+            child: None,
+        };
+        p.spawn();
+        self.nodes.push((addr, p));
+        i
     }
 
     pub fn node_addr(&self, i: usize) -> &str {
