@@ -137,6 +137,10 @@ pub struct RaftSection {
     /// Ticks between the reports of a quiet leader to the placement driver (which may answer
     /// with a merge order), made without waking the region. Default 600 (a minute); at least 1.
     pub region_heartbeat_quiet_ticks: u32,
+    /// Ticks a follower may know no leader before it asks the placement driver whether it is
+    /// still a member of its region (a replica removed while it was cut off is then
+    /// destroyed). Default 3000 (5 minutes at 100 ms ticks); at least `election_ticks`.
+    pub stale_peer_check_ticks: u32,
 }
 
 impl Default for RaftSection {
@@ -161,6 +165,7 @@ impl Default for RaftSection {
             quiet_regions: store.quiet_regions,
             quiet_leader_ticks: store.quiet_leader_ticks,
             region_heartbeat_quiet_ticks: store.region_heartbeat_quiet_ticks,
+            stale_peer_check_ticks: store.stale_peer_check_ticks,
         }
     }
 }
@@ -235,6 +240,12 @@ impl NodeConfig {
             return bad(format!(
                 "mailbox_capacity = {} is below 1024",
                 self.mailbox_capacity
+            ));
+        }
+        if (self.raft.stale_peer_check_ticks as usize) < self.raft.election_ticks {
+            return bad(format!(
+                "raft.stale_peer_check_ticks = {} is below raft.election_ticks = {}: a follower would ask before it could have missed an election",
+                self.raft.stale_peer_check_ticks, self.raft.election_ticks
             ));
         }
         if self.raft.region_heartbeat_quiet_ticks == 0 {
@@ -332,6 +343,7 @@ impl NodeConfig {
             quiet_regions: self.raft.quiet_regions,
             quiet_leader_ticks: self.raft.quiet_leader_ticks,
             region_heartbeat_quiet_ticks: self.raft.region_heartbeat_quiet_ticks,
+            stale_peer_check_ticks: self.raft.stale_peer_check_ticks,
             apply_pool_size: self.raft.apply_pool_size,
             pollers: self
                 .raft

@@ -46,6 +46,14 @@ pub enum StoreEvent {
         region: Region,
         split_key: Vec<u8>,
     },
+    /// A follower has known no leader for `stale_peer_check_ticks`: it may have been removed
+    /// from its region while cut off (the removal never reached it, and no member talks to it
+    /// any more). The placement task asks the placement driver and destroys the replica if the
+    /// region's membership moved on without it.
+    CheckStalePeer {
+        region: Region,
+        peer: PeerMeta,
+    },
     /// A leader applied a split.
     ReportSplit {
         left: Region,
@@ -103,6 +111,9 @@ pub struct RaftStoreConfig {
     pub quiet_leader_ticks: u32,
     /// Ticks between reports of quiet leaders to the placement driver (without waking them).
     pub region_heartbeat_quiet_ticks: u32,
+    /// Ticks a follower may go without knowing a leader before it asks the placement driver
+    /// whether it is still a member of its region (see [`StoreEvent::CheckStalePeer`]).
+    pub stale_peer_check_ticks: u32,
 }
 
 impl Default for RaftStoreConfig {
@@ -126,6 +137,7 @@ impl Default for RaftStoreConfig {
             quiet_regions: true,
             quiet_leader_ticks: 20,
             region_heartbeat_quiet_ticks: 600,
+            stale_peer_check_ticks: 3000,
         }
     }
 }
@@ -169,6 +181,8 @@ pub struct PeerFsm {
     merge_asked_at: Option<u64>,
     /// A destroy that came while apply was in flight (with its `tombstone` flag).
     destroy_pending: Option<bool>,
+    /// Ticks in a row this peer knew no leader.
+    leader_missing_ticks: u32,
 }
 
 impl PeerFsm {
@@ -185,6 +199,7 @@ impl PeerFsm {
             destroyed: false,
             merge_asked_at: None,
             destroy_pending: None,
+            leader_missing_ticks: 0,
         })
     }
 
@@ -739,6 +754,7 @@ fn on_tick(ctx: &StoreContext, fsm: &mut PeerFsm) {
         return;
     }
     fsm.peer.tick();
+    check_leader_missing(ctx, fsm);
     if leader
         && fsm.peer.merge_state().is_some()
         && fsm
@@ -775,6 +791,30 @@ fn on_tick(ctx: &StoreContext, fsm: &mut PeerFsm) {
     if cfg.quiet_regions && leader && fsm.idle_ticks >= cfg.quiet_leader_ticks {
         fsm.go_quiet();
         ctx.transport.send_all(fsm.peer.quiesce_messages());
+    }
+}
+
+/// Counts ticks without a known leader; past `stale_peer_check_ticks` (and every as many
+/// ticks after) an initialized replica not in a merge asks whether it is still a member.
+fn check_leader_missing(ctx: &StoreContext, fsm: &mut PeerFsm) {
+    if fsm.peer.leader_id() != raft::INVALID_ID {
+        fsm.leader_missing_ticks = 0;
+        return;
+    }
+    fsm.leader_missing_ticks += 1;
+    if fsm.leader_missing_ticks < ctx.cfg.stale_peer_check_ticks.max(1) {
+        return;
+    }
+    fsm.leader_missing_ticks = 0;
+    if fsm.peer.is_initialized() && fsm.peer.merge_state().is_none() {
+        tracing::info!(
+            region = fsm.region_id(),
+            "no leader for a long time; asking the placement driver whether this replica is still a member"
+        );
+        let _ = ctx.events.send(StoreEvent::CheckStalePeer {
+            region: fsm.peer.region().clone(),
+            peer: fsm.peer.meta(),
+        });
     }
 }
 
@@ -1227,7 +1267,12 @@ pub struct StoreFsm {
     early_message_count: usize,
     /// Log compactions applied but not yet carried out on the log engine: region -> index.
     compactions_pending: HashMap<u64, u64>,
+    /// The last region the sweep of quiet followers checked (the next sweep goes on after it).
+    stale_sweep_after: u64,
 }
+
+/// Quiet followers one sweep checks at most (see [`StoreFsm::sweep_quiet_followers`]).
+const STALE_SWEEP_REGIONS_MAX: usize = 256;
 
 impl StoreFsm {
     pub fn new(ctx: Arc<StoreContext>) -> Self {
@@ -1237,6 +1282,7 @@ impl StoreFsm {
             early_messages: HashMap::new(),
             early_message_count: 0,
             compactions_pending: HashMap::new(),
+            stale_sweep_after: 0,
         }
     }
 
@@ -1294,6 +1340,56 @@ impl StoreFsm {
             for id in self.ctx.router.quiet(&leaders) {
                 let _ = self.ctx.router.send(id, PeerMsg::ReportQuiet);
             }
+        }
+        if self
+            .ticks
+            .is_multiple_of(u64::from(self.ctx.cfg.stale_peer_check_ticks.max(1)))
+        {
+            self.sweep_quiet_followers();
+        }
+    }
+
+    /// A quiet follower does not tick, so it never notices that it has no leader: a replica
+    /// removed from its region while its store was cut off, and quiet since, would stay for
+    /// ever. Every `stale_peer_check_ticks` the next few quiet followers (in region id order,
+    /// wrapping) are checked with the placement driver like a follower missing its leader.
+    fn sweep_quiet_followers(&mut self) {
+        let store_id = self.ctx.store_id;
+        let mut followers: Vec<(u64, Region)> = {
+            let meta = self.ctx.router.meta();
+            meta.regions
+                .iter()
+                .filter(|(id, _)| !meta.leaders.contains(id) && !meta.merged_away.contains(id))
+                .map(|(id, r)| (*id, r.clone()))
+                .collect()
+        };
+        followers.sort_unstable_by_key(|(id, _)| *id);
+        let ids: Vec<u64> = followers.iter().map(|(id, _)| *id).collect();
+        let quiet: std::collections::HashSet<u64> =
+            self.ctx.router.quiet(&ids).into_iter().collect();
+        let after = self.stale_sweep_after;
+        let (later, earlier): (Vec<_>, Vec<_>) = followers
+            .into_iter()
+            .filter(|(id, _)| quiet.contains(id))
+            .partition(|(id, _)| *id > after);
+        for (id, region) in later
+            .into_iter()
+            .chain(earlier)
+            .take(STALE_SWEEP_REGIONS_MAX)
+        {
+            self.stale_sweep_after = id;
+            let Some(peer) = region
+                .peers
+                .iter()
+                .find(|p| p.store_id == store_id)
+                .copied()
+            else {
+                continue;
+            };
+            let _ = self
+                .ctx
+                .events
+                .send(StoreEvent::CheckStalePeer { region, peer });
         }
     }
 

@@ -471,6 +471,32 @@ async fn on_store_event(task: &PlacementTask, event: StoreEvent) {
                 }
             });
         }
+        StoreEvent::CheckStalePeer { region, peer } => {
+            let (pd, router) = (pd.clone(), router.clone());
+            let Ok(permit) = task.in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let _permit = permit;
+                match pd.get_region_by_id(region.id).await {
+                    Ok(route) if removed_from(&region, &peer, &route.region) => {
+                        tracing::warn!(
+                            region = region.id,
+                            peer = peer.id,
+                            "this replica was removed from its region while cut off; destroying it"
+                        );
+                        let _ = router.send(
+                            region.id,
+                            crate::router::PeerMsg::Destroy { tombstone: true },
+                        );
+                    }
+                    Ok(_) => tracing::debug!(region = region.id, "still a member of its region"),
+                    Err(e) => {
+                        tracing::info!(region = region.id, error = %e, "stale replica check failed")
+                    }
+                }
+            });
+        }
         StoreEvent::ReportSplit { left, right } => {
             let pd = pd.clone();
             tokio::spawn(async move {
@@ -480,6 +506,16 @@ async fn on_store_event(task: &PlacementTask, event: StoreEvent) {
             });
         }
     }
+}
+
+/// Whether the placement driver's view of a region (`current`) shows that `peer`, a replica
+/// of `local`, was removed from it: the same region at a newer membership without that peer.
+/// Anything else (an older or equal view, or the peer still listed) keeps the replica.
+pub fn removed_from(local: &Region, peer: &ringkv_proto::metapb::Peer, current: &Region) -> bool {
+    let conf_ver = |r: &Region| r.region_epoch.unwrap_or_default().conf_ver;
+    current.id == local.id
+        && conf_ver(current) > conf_ver(local)
+        && !current.peers.iter().any(|p| p.id == peer.id)
 }
 
 /// Sends store heartbeats on a timer and region heartbeats as the raftstore reports them.
@@ -546,5 +582,49 @@ async fn report_to_placement(
                 on_store_event(&task, event).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_proto::metapb::{Peer, RegionEpoch};
+
+    fn region(conf_ver: u64, peer_ids: &[u64]) -> Region {
+        Region {
+            id: 7,
+            region_epoch: Some(RegionEpoch {
+                conf_ver,
+                version: 1,
+            }),
+            peers: peer_ids
+                .iter()
+                .map(|&id| Peer {
+                    id,
+                    store_id: id,
+                    role: 0,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_replica_is_stale_only_if_a_newer_membership_leaves_it_out() {
+        let local = region(3, &[1, 2, 3]);
+        let me = local.peers[2];
+        assert!(removed_from(&local, &me, &region(5, &[1, 2, 4])));
+        assert!(
+            !removed_from(&local, &me, &region(5, &[1, 2, 3])),
+            "still listed"
+        );
+        assert!(
+            !removed_from(&local, &me, &region(3, &[1, 2, 4])),
+            "not newer"
+        );
+        assert!(!removed_from(&local, &me, &region(2, &[1, 2])), "older");
+        let mut other = region(9, &[1, 2]);
+        other.id = 8;
+        assert!(!removed_from(&local, &me, &other), "another region");
     }
 }

@@ -250,6 +250,9 @@ impl TestCluster {
         node_template.split = b.split.clone();
         // Quiet leaders report every second, so merge orders reach them within a test.
         node_template.raft.region_heartbeat_quiet_ticks = (1000 / b.tick_interval_ms.max(1)) as u32;
+        // Followers without a leader (and quiet ones, in sweeps) ask whether they are still
+        // members every 3 s, so a replica removed while cut off goes within a test.
+        node_template.raft.stale_peer_check_ticks = (3000 / b.tick_interval_ms.max(1)) as u32;
         (
             node_template.raft.raft_log_gc_ticks,
             node_template.raft.raft_log_gc_threshold,

@@ -18,7 +18,7 @@ use ringkv_node::peer::PeerConfig;
 use ringkv_node::raftstore::{
     RaftStoreConfig, RaftTransport, SteppedStore, StoreContext, StoreEvent,
 };
-use ringkv_node::router::{StoreMsg, StoreRouter};
+use ringkv_node::router::{PeerMsg, StoreMsg, StoreRouter};
 use ringkv_node::split_check::{SplitChecker, SplitConfig};
 use ringkv_node::transport::SnapshotReport;
 use ringkv_placement::cluster::{MetaWrites, PersistedState, PlacementCore};
@@ -439,6 +439,9 @@ impl Sim {
             raft_log_gc_ticks: 5,
             raft_log_gc_threshold: 10,
             raft_log_gc_count_limit: 200,
+            // Leaderless and quiet followers ask often: a live replica must never be taken
+            // for a removed one.
+            stale_peer_check_ticks: 50,
             ..RaftStoreConfig::default()
         }
     }
@@ -792,6 +795,17 @@ impl Sim {
                 }
                 StoreEvent::ProposeCommitMerge { source, cmd } => {
                     self.propose_commit_merge(i, source, cmd);
+                }
+                StoreEvent::CheckStalePeer { region, peer } => {
+                    let removed = self.pd.region_by_id(region.id).is_some_and(|info| {
+                        ringkv_node::server::removed_from(&region, &peer, &info.region)
+                    });
+                    if removed {
+                        self.note(("stale_peer", region.id, peer.id));
+                        let _ = self
+                            .router(i)
+                            .send(region.id, PeerMsg::Destroy { tombstone: true });
+                    }
                 }
             }
         }

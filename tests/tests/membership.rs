@@ -292,3 +292,126 @@ fn a_replica_moved_away_and_back_returns_over_its_tombstone() {
         assert_eq!(value, format!("v-{k}").into_bytes());
     }
 }
+
+/// Whether node `i` holds a replica of `region_id`, and whether it is quiet there.
+fn local_replica(cluster: &TestCluster, i: usize, region_id: u64) -> Option<bool> {
+    cluster
+        .rt
+        .block_on(debug::regions(&cluster.node_addr(i)))
+        .expect("the node answers")
+        .into_iter()
+        .find(|r| r.found && r.region.as_ref().is_some_and(|g| g.id == region_id))
+        .map(|r| r.quiet)
+}
+
+/// A follower's replica is cut off (quiet or not, as `quiet` asks), moved to the fourth store
+/// meanwhile, and must be destroyed by the node on its own, data and all.
+fn removed_while_cut_off(quiet: bool) {
+    let cluster = ClusterBuilder {
+        nodes: 4,
+        ..ClusterBuilder::default()
+    }
+    .start();
+    let client = cluster.client();
+    let keys: Vec<String> = (0..20).map(|i| format!("cut{i:02}")).collect();
+    cluster.rt.block_on(async {
+        for k in &keys {
+            client.put(k.clone(), b"v".to_vec()).await.unwrap();
+        }
+    });
+    let pd = cluster.pd();
+    let route = cluster
+        .rt
+        .block_on(pd.get_region(&encoded(b"k")))
+        .expect("routed");
+    let leader = route.leader.expect("a leader").store_id;
+    let follower = route
+        .region
+        .peers
+        .iter()
+        .find(|p| p.store_id != leader)
+        .expect("a follower")
+        .store_id;
+    let outsider = cluster
+        .store_ids()
+        .into_iter()
+        .find(|s| !route.region.peers.iter().any(|p| p.store_id == *s))
+        .expect("a store without a replica");
+    let i = cluster
+        .store_ids()
+        .iter()
+        .position(|s| *s == follower)
+        .expect("a node");
+    if quiet {
+        wait_until(
+            "the follower's replica to go quiet",
+            Duration::from_secs(30),
+            || (local_replica(&cluster, i, route.region.id) == Some(true)).then_some(()),
+        );
+    } else {
+        // A write wakes the region; the follower is cut off before it can go quiet again
+        // (its leader cannot go quiet without the follower's acknowledgement).
+        cluster
+            .rt
+            .block_on(client.put("cut00", b"v".to_vec()))
+            .unwrap();
+    }
+    cluster.isolate(i);
+    cluster
+        .rt
+        .block_on(pd.add_operator(AddOperatorRequest {
+            region_id: route.region.id,
+            kind: "move-peer".into(),
+            from_store: follower,
+            to_store: outsider,
+            ..Default::default()
+        }))
+        .expect("operator added");
+    wait_until(
+        "the replica to move to the fourth store without the cut-off one",
+        Duration::from_secs(60),
+        || {
+            let r = region(&cluster);
+            (r.peers.iter().any(|p| p.store_id == outsider)
+                && !r.peers.iter().any(|p| p.store_id == follower))
+            .then_some(())
+        },
+    );
+    // Still cut off from its peers, the node learns from the placement driver that its
+    // replica was removed, and destroys it with its data.
+    wait_until(
+        "the cut-off node to destroy its removed replica",
+        Duration::from_secs(60),
+        || {
+            local_replica(&cluster, i, route.region.id)
+                .is_none()
+                .then_some(())
+        },
+    );
+    for k in &keys {
+        let local = cluster
+            .rt
+            .block_on(debug::local_get(
+                &cluster.node_addr(i),
+                &encoded(k.as_bytes()),
+            ))
+            .expect("the node answers");
+        assert_eq!(local, None, "{k} is gone from the destroyed replica");
+    }
+    cluster.heal();
+    cluster.rt.block_on(async {
+        for k in &keys {
+            assert_eq!(client.get(k.clone()).await.unwrap(), Some(b"v".to_vec()));
+        }
+    });
+}
+
+#[test]
+fn a_quiet_replica_removed_while_cut_off_is_destroyed_by_its_node() {
+    removed_while_cut_off(true);
+}
+
+#[test]
+fn a_leaderless_replica_removed_while_cut_off_is_destroyed_by_its_node() {
+    removed_while_cut_off(false);
+}
