@@ -619,16 +619,56 @@ fn destroy_peer(ctx: &StoreContext, fsm: &mut PeerFsm, tombstone: bool) {
     }
 }
 
+/// Drops an uninitialized peer: it holds no data and wrote no region state (the hard state it
+/// may have written is not read by the next peer of the region, which starts afresh), so its
+/// mailbox just closes and the next message for the region creates the peer it names. Any
+/// tombstone the store holds stays as it was.
+fn drop_uninitialized(ctx: &StoreContext, fsm: &mut PeerFsm) {
+    assert!(
+        !fsm.peer.is_initialized(),
+        "region {}: only an uninitialized peer is dropped without a tombstone",
+        fsm.region_id()
+    );
+    let region_id = fsm.region_id();
+    tracing::info!(
+        region = region_id,
+        peer = fsm.peer.peer_id(),
+        "uninitialized peer dropped"
+    );
+    fsm.peer
+        .fail_all(crate::region_error::region_not_found(region_id));
+    fsm.destroyed = true;
+    ctx.router.close(region_id);
+}
+
 fn on_raft_message(ctx: &StoreContext, fsm: &mut PeerFsm, msg: RaftMessage) {
     let Some(to) = msg.to_peer.filter(|p| p.store_id == ctx.store_id) else {
         return;
     };
     if to.id != fsm.peer.peer_id() {
+        if to.id > fsm.peer.peer_id() {
+            // Peer ids only grow and a region has one peer per store: a newer peer here
+            // means the local one was removed (its removal never reached it, or it never
+            // got its first snapshot). It goes, leaving a tombstone; the leader's next
+            // message creates the new peer over it.
+            tracing::info!(
+                region = msg.region_id,
+                local = fsm.peer.peer_id(),
+                newer = to.id,
+                "a newer peer of the region is on this store; destroying the removed local one"
+            );
+            if fsm.peer.is_initialized() {
+                handle_peer_msg(ctx, fsm, PeerMsg::Destroy { tombstone: true });
+            } else {
+                drop_uninitialized(ctx, fsm);
+            }
+            return;
+        }
         tracing::debug!(
             region = msg.region_id,
             to = to.id,
             local = fsm.peer.peer_id(),
-            "raft message for another peer of the region dropped"
+            "raft message for an older peer of the region dropped"
         );
         return;
     }

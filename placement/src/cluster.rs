@@ -863,7 +863,7 @@ impl PlacementCore {
             }
         }
         let cfg = self.replica_cfg;
-        let needs_look = region.peers.len() < cfg.replicas as usize
+        let needs_look = region.peers.len() != cfg.replicas as usize
             || region.peers.iter().any(|p| {
                 self.stores.get(&p.store_id).is_none_or(|s| {
                     s.store.state != StoreState::Up as i32

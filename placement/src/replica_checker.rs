@@ -156,6 +156,53 @@ fn best_new_home<'a>(
         .min_by_key(|(s, iso)| (std::cmp::Reverse(*iso), s.region_count, s.id))
 }
 
+/// An operator removing one replica of a region with more than the configured count (a move
+/// that timed out between adding and removing, or an admin's doing): a learner first, else
+/// the least isolated voter, then the one on the most loaded store.
+fn remove_extra_replica(
+    region: &Region,
+    stores: &BTreeMap<u64, StoreView>,
+    cfg: &ReplicaConfig,
+    now_ms: i64,
+) -> Operator {
+    let at = |p: &Peer| stores.get(&p.store_id).map(|s| s.location.as_slice());
+    let isolation_of = |p: &Peer| -> usize {
+        at(p).map_or(0, |here| {
+            location::isolation(
+                here,
+                region.peers.iter().filter(|o| o.id != p.id).filter_map(at),
+            )
+        })
+    };
+    let victim = *region
+        .peers
+        .iter()
+        .min_by_key(|p| {
+            (
+                p.role == PeerRole::Voter as i32,
+                isolation_of(p),
+                std::cmp::Reverse(stores.get(&p.store_id).map_or(0, |s| s.region_count)),
+                std::cmp::Reverse(p.id),
+            )
+        })
+        .expect("a region with more replicas than configured has one");
+    Operator {
+        region_id: region.id,
+        steps: vec![Step::ChangePeer {
+            kind: ConfChangeKind::Remove,
+            peer: victim,
+        }],
+        created_ms: now_ms,
+        reason: format!(
+            "remove an extra replica ({} of {}): peer {} on store {}",
+            region.peers.len(),
+            cfg.replicas,
+            victim.id,
+            victim.store_id
+        ),
+    }
+}
+
 /// Plans the repair `region` needs, if any. `new_peer_id` hands out a fresh peer id.
 pub fn check_region(
     region: &Region,
@@ -171,6 +218,9 @@ pub fn check_region(
         .copied()
         .collect();
     let healthy = region.peers.len() - down.len();
+    if down.is_empty() && region.peers.len() > cfg.replicas as usize {
+        return Some(remove_extra_replica(region, stores, cfg, now_ms));
+    }
     if down.is_empty() && region.peers.len() >= cfg.replicas as usize {
         return None;
     }
@@ -393,6 +443,19 @@ mod tests {
         let op = check_region(&region(&[1, 2]), &s, &cfg(), 100_000, &mut || 9).unwrap();
         assert_eq!(op.steps.len(), 2, "add and promote, nothing to remove");
         assert_eq!(peer_of(&op.steps[0]).store_id, 3);
+    }
+
+    #[test]
+    fn an_extra_replica_is_removed_a_learner_first_else_a_voter_on_the_busiest_store() {
+        let s = stores(&[(1, 3), (2, 9), (3, 5), (4, 1)], &[]);
+        let mut extra = region(&[1, 2, 3, 4]);
+        let op = check_region(&extra, &s, &cfg(), 100_000, &mut || 1).expect("a removal");
+        assert_eq!(op.steps.len(), 1);
+        assert_eq!(kind_of(&op.steps[0]), ConfChangeKind::Remove);
+        assert_eq!(peer_of(&op.steps[0]).store_id, 2, "the busiest store");
+        extra.peers[3].role = PeerRole::Learner as i32;
+        let op = check_region(&extra, &s, &cfg(), 100_000, &mut || 1).expect("a removal");
+        assert_eq!(peer_of(&op.steps[0]).store_id, 4, "the learner");
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! stores, and clients writing unique keys. Everything random comes from one seed, so a
 //! failure replays exactly from the seed it prints.
 //!
+//! With `placement`, the placement core also schedules: stores heartbeat, the balancers and
+//! replica repair plan operators, and leaders carry out their steps (membership changes, leader
+//! transfers) as nodes do, so replicas move to stores that start empty and away from stores
+//! that stay down, under the same faults.
+//!
 //! What it checks: every acknowledged write is on every replica of its region once the cluster
 //! settles; replicas of a region hold the same data; no store ever holds two overlapping
 //! regions, no two regions of one version overlap anywhere, and the placement driver's
@@ -91,6 +96,12 @@ pub struct SimConfig {
     /// A deliberately broken resolver for the stale-read checker's own test: leaders claim a
     /// safe timestamp past live locks.
     pub unsafe_safe_ts_ignores_locks: bool,
+    /// The placement core schedules (balancers, replica repair) and leaders carry out its
+    /// operators; a store silent for `max_store_down_time_ms` of placement time (20 ms a step)
+    /// has its replicas rebuilt elsewhere. Settling also waits for every operator to finish
+    /// and every region to have three voters.
+    pub placement: bool,
+    pub max_store_down_time_ms: i64,
 }
 
 impl Default for SimConfig {
@@ -117,6 +128,8 @@ impl Default for SimConfig {
             bank_clients: 0,
             unsafe_txn_reads_ignore_locks: false,
             unsafe_safe_ts_ignores_locks: false,
+            placement: false,
+            max_store_down_time_ms: 4000,
         }
     }
 }
@@ -145,6 +158,14 @@ pub struct SimOutcome {
     pub register_ops_completed: usize,
     /// What the bank workload did and saw (None without it).
     pub bank: Option<crate::sim_bank::BankOutcome>,
+    /// Placement: operators started by the balancers and by replica repair, membership
+    /// changes and leader transfers proposed for their steps, and replicas on the stores
+    /// beyond the first three at the end.
+    pub balance_operators: u32,
+    pub repair_operators: u32,
+    pub membership_changes_proposed: u32,
+    pub operator_transfers: u32,
+    pub replicas_on_added_stores: usize,
     /// A hash over everything observable that happened, in order.
     pub trace: u64,
 }
@@ -269,7 +290,12 @@ pub struct Sim {
     bank: Option<crate::sim_bank::Bank>,
     /// The bank's final snapshot, once started: None while it runs, then whether it summed up.
     bank_final: Option<std::rc::Rc<std::cell::Cell<Option<bool>>>>,
+    /// Operators already counted in the outcome: (region, created_ms).
+    operators_seen: BTreeSet<(u64, i64)>,
 }
+
+/// Placement time per simulation step: a tick is 100 ms and about five steps.
+const PLACEMENT_MS_PER_STEP: u64 = 20;
 
 /// Search states the linearizability check may visit per key before it gives up.
 const HISTORY_CHECK_BUDGET: u64 = 2_000_000;
@@ -352,6 +378,11 @@ impl Sim {
                 register_ops: 0,
                 register_ops_completed: 0,
                 bank: None,
+                balance_operators: 0,
+                repair_operators: 0,
+                membership_changes_proposed: 0,
+                operator_transfers: 0,
+                replicas_on_added_stores: 0,
                 trace: 0,
             },
             bank: (cfg.bank_clients > 0).then(|| {
@@ -366,8 +397,18 @@ impl Sim {
                 )
             }),
             bank_final: None,
+            operators_seen: BTreeSet::new(),
             cfg,
         };
+        if sim.cfg.placement {
+            sim.pd
+                .set_replica_timing(sim.cfg.max_store_down_time_ms, 30_000);
+            sim.pd
+                .set_balance_config(ringkv_placement::balance::BalanceConfig {
+                    balance_hot_region: false,
+                    ..Default::default()
+                });
+        }
         // Each store's clock runs at its own rate: ticks every steps_per_tick - 1 ..= + 1 steps.
         let base = sim.cfg.steps_per_tick.max(3);
         sim.tick_periods = (0..sim.stores.len())
@@ -559,6 +600,9 @@ impl Sim {
                 .cloned()
                 .collect();
             bank.step(self.now, routes);
+        }
+        if self.cfg.placement {
+            self.run_placement(paused);
         }
         self.check_merges();
         self.check_writes();
@@ -764,8 +808,13 @@ impl Sim {
         for event in events {
             match event {
                 StoreEvent::RegionHeartbeat(hb) => {
-                    if let Some(region) = hb.region {
-                        let _ = self.pd.region_heartbeat(region, hb.leader, hb.term, &mut w);
+                    if let Some(region) = hb.region.clone() {
+                        let _ =
+                            self.pd
+                                .region_heartbeat(region.clone(), hb.leader, hb.term, &mut w);
+                        if self.cfg.placement {
+                            self.carry_out_operator(i, &region, &hb, &mut w);
+                        }
                     }
                 }
                 StoreEvent::AskSplit { region, split_key } => {
@@ -808,6 +857,146 @@ impl Sim {
                     }
                 }
             }
+        }
+    }
+
+    fn placement_now_ms(&self) -> i64 {
+        (self.now * PLACEMENT_MS_PER_STEP) as i64
+    }
+
+    /// Store heartbeats from the running stores (a paused one is silent), and a round of the
+    /// balancers, as the placement driver's timers would.
+    fn run_placement(&mut self, paused: Option<usize>) {
+        let now_ms = self.placement_now_ms();
+        let mut w = MetaWrites::default();
+        if self.now.is_multiple_of(25) {
+            for i in 0..self.stores.len() {
+                let Some((store, _)) = self.stores[i].running.as_ref() else {
+                    continue;
+                };
+                if paused == Some(i) {
+                    continue;
+                }
+                let (regions, leaders) = {
+                    let meta = store.router().meta();
+                    (meta.regions.len() as u32, meta.leaders.len() as u32)
+                };
+                let stats = StoreStats {
+                    store_id: self.stores[i].id,
+                    region_count: regions,
+                    leader_count: leaders,
+                    ..Default::default()
+                };
+                let _ = self.pd.store_heartbeat(stats, now_ms);
+                // As the node does with its heartbeat's answer: quiet leaders whose region
+                // has an operator waiting wake and report.
+                for region in self.pd.regions_to_wake(self.stores[i].id) {
+                    let _ = store.router().send(region, PeerMsg::Wake);
+                }
+            }
+        }
+        if self.now.is_multiple_of(50) {
+            let started = self.pd.schedule(now_ms, &mut w);
+            self.note(("schedule", started));
+        }
+        self.tally_operators();
+    }
+
+    /// Counts operators new since the last look, by what planned them.
+    fn tally_operators(&mut self) {
+        let new: Vec<(u64, i64, String)> = self
+            .pd
+            .operators()
+            .filter(|o| !self.operators_seen.contains(&(o.region_id, o.created_ms)))
+            .map(|o| (o.region_id, o.created_ms, o.reason.clone()))
+            .collect();
+        for (region, created, reason) in new {
+            self.operators_seen.insert((region, created));
+            self.note(("operator", region, created, &reason));
+            if reason.starts_with("balance-") {
+                self.outcome.balance_operators += 1;
+            } else {
+                self.outcome.repair_operators += 1;
+            }
+        }
+    }
+
+    /// The placement driver's answer to a leader's report, carried out as a node's placement
+    /// task does: the next step of the region's operator (a leader asked to remove itself
+    /// hands leadership over first).
+    fn carry_out_operator(
+        &mut self,
+        i: usize,
+        region: &Region,
+        hb: &ringkv_proto::pdpb::RegionHeartbeatRequest,
+        w: &mut MetaWrites,
+    ) {
+        use ringkv_placement::replica_checker::Step;
+        use ringkv_proto::metapb::{ConfChangeKind, PeerRole};
+        let now_ms = self.placement_now_ms();
+        if self
+            .pd
+            .region_by_id(region.id)
+            .map(|r| r.region.region_epoch)
+            != Some(region.region_epoch)
+        {
+            return;
+        }
+        let stats = hb
+            .stats_known
+            .then_some(ringkv_placement::merge_checker::RegionStats {
+                size_bytes: hb.approximate_size_bytes,
+                keys: hb.approximate_keys,
+                pending_peers: hb.pending_peers.len(),
+            });
+        self.pd.region_stats(region.id, stats, now_ms);
+        let step = self.pd.operator_step(region.id, now_ms, w);
+        self.tally_operators();
+        let store_id = self.stores[i].id;
+        match step {
+            Some(Step::TransferLeader { to }) => {
+                self.note(("operator_transfer", region.id, to.id));
+                self.outcome.operator_transfers += 1;
+                let _ = self
+                    .router(i)
+                    .send(region.id, PeerMsg::TransferLeader { to_peer_id: to.id });
+            }
+            Some(Step::ChangePeer {
+                kind: ConfChangeKind::Remove,
+                peer,
+            }) if peer.store_id == store_id => {
+                let to = region
+                    .peers
+                    .iter()
+                    .find(|p| p.id != peer.id && p.role == PeerRole::Voter as i32);
+                if let Some(to) = to {
+                    self.note(("hand_over_before_removal", region.id, to.id));
+                    let _ = self
+                        .router(i)
+                        .send(region.id, PeerMsg::TransferLeader { to_peer_id: to.id });
+                }
+            }
+            Some(Step::ChangePeer { kind, peer }) => {
+                self.note(("change_peer", region.id, kind as i32, peer.id));
+                self.outcome.membership_changes_proposed += 1;
+                let cmd = RaftCmdRequest {
+                    region_id: region.id,
+                    region_epoch: region.region_epoch,
+                    requests: vec![],
+                    admin: Some(AdminRequest {
+                        cmd: Some(admin_request::Cmd::ChangePeer(
+                            ringkv_proto::raftpb::ChangePeerRequest {
+                                kind: kind as i32,
+                                peer: Some(peer),
+                            },
+                        )),
+                    }),
+                };
+                let (tx, _rx) = oneshot::channel();
+                self.router(i).send_command(cmd, tx);
+            }
+            // Admin-only steps; the simulated schedulers plan none.
+            Some(Step::Split { .. } | Step::Merge { .. }) | None => {}
         }
     }
 
@@ -1245,13 +1434,36 @@ impl Sim {
             if self.now.is_multiple_of(500)
                 && self.unacked.is_empty()
                 && self.bank_settled()
+                && self.placement_settled()
                 && self.settled()
                 && self.data_difference().is_none()
             {
                 break;
             }
             if self.now >= limit {
-                let reason = if self.unacked.is_empty() {
+                let reason = if !self.placement_settled() {
+                    let regions: Vec<String> = self
+                        .routed()
+                        .iter()
+                        .map(|r| {
+                            let leader = self.pd.region_by_id(r.id).and_then(|i| i.leader);
+                            format!(
+                                "{} {:?} leader {:?} peers {:?}",
+                                r.id,
+                                r.region_epoch,
+                                leader.map(|l| l.store_id),
+                                r.peers
+                                    .iter()
+                                    .map(|p| (p.id, p.store_id, p.role))
+                                    .collect::<Vec<_>>()
+                            )
+                        })
+                        .collect();
+                    format!(
+                        "placement did not settle: operators {:?}; regions {regions:?}",
+                        self.pd.operator_infos()
+                    )
+                } else if self.unacked.is_empty() {
                     let difference = self
                         .data_difference()
                         .unwrap_or_else(|| "region metadata differs".into());
@@ -1281,6 +1493,23 @@ impl Sim {
         self.check_bank();
         self.outcome.acked_writes = self.acked.len();
         self.outcome.regions = self.pd.region_count();
+        let added: BTreeSet<u64> = self.stores.iter().skip(3).map(|s| s.id).collect();
+        self.outcome.replicas_on_added_stores = self
+            .routed()
+            .iter()
+            .flat_map(|r| r.peers.iter())
+            .filter(|p| added.contains(&p.store_id))
+            .count();
+    }
+
+    /// With placement: no operator in flight and every region with three voters.
+    fn placement_settled(&self) -> bool {
+        use ringkv_proto::metapb::PeerRole;
+        !self.cfg.placement
+            || (self.pd.operators().next().is_none()
+                && self.routed().iter().all(|r| {
+                    r.peers.len() == 3 && r.peers.iter().all(|p| p.role == PeerRole::Voter as i32)
+                }))
     }
 
     /// Whether the bank (if any) is done: its workers stopped and its final snapshot read.
@@ -1356,8 +1585,20 @@ impl Sim {
     /// Each running store's replica of `region_id` as its peer reports it.
     fn describe_region(&mut self, region_id: u64) -> String {
         let mut out = String::new();
+        if let Some(r) = self.pd.region_by_id(region_id) {
+            out += &format!(
+                "routed {:?} peers {:?}; ",
+                r.region.region_epoch,
+                r.region
+                    .peers
+                    .iter()
+                    .map(|p| (p.id, p.store_id, p.role))
+                    .collect::<Vec<_>>()
+            );
+        }
         for s in &mut self.stores {
             let Some((store, _)) = s.running.as_mut() else {
+                out += &format!("store {} down; ", s.id);
                 continue;
             };
             let (tx, mut rx) = oneshot::channel();
@@ -1365,7 +1606,41 @@ impl Sim {
                 .router()
                 .send(region_id, ringkv_node::router::PeerMsg::Status(tx));
             store.step();
-            if let Ok(Some(info)) = rx.try_recv() {
+            let routed = self.pd.region_by_id(region_id).map(|i| i.region.clone());
+            let initialized = store.router().meta().regions.contains_key(&region_id);
+            if let Some(r) = routed.as_ref().filter(|_| !initialized) {
+                let meta = store.router().meta();
+                let overlapping: Vec<String> = meta
+                    .regions
+                    .values()
+                    .filter(|l| ranges_overlap(&l.start_key, &l.end_key, &r.start_key, &r.end_key))
+                    .map(|l| {
+                        format!(
+                            "{} {:?} peers {:?} (placement knows it: {:?})",
+                            l.id,
+                            l.region_epoch,
+                            l.peers
+                                .iter()
+                                .map(|p| (p.id, p.store_id))
+                                .collect::<Vec<_>>(),
+                            self.pd.region_by_id(l.id).map(|i| i.region.region_epoch)
+                        )
+                    })
+                    .collect();
+                out += &format!(
+                    "store {}: no initialized replica; overlapping local regions {overlapping:?}; ",
+                    s.id
+                );
+            }
+            let status = rx.try_recv();
+            if !matches!(status, Ok(Some(_))) && store.router().has_region(region_id) {
+                let local = store.router().meta().regions.get(&region_id).cloned();
+                out += &format!(
+                    "store {}: a mailbox but no status (local region {:?}); ",
+                    s.id, local
+                );
+            }
+            if let Ok(Some(info)) = status {
                 out += &format!(
                     "store {}: term {} commit {} applied {} last {} truncated {} leader {} is_leader {} quiet {}; ",
                     s.id,
