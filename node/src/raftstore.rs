@@ -432,6 +432,11 @@ fn run_poller(ctx: &StoreContext, ready: &Receiver<Box<PeerFsm>>, stopping: &Ato
 pub fn poll(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
     let now_ms = ctx.clock.now_ms();
     for fsm in batch.iter_mut() {
+        if !fsm.destroyed && !ctx.router.is_registered(fsm) {
+            // Superseded (a split created the region's peer in its place) while it waited to
+            // be polled: it must not act on the region any more.
+            fsm.destroyed = true;
+        }
         fsm.peer.set_now(now_ms);
         for _ in 0..ctx.cfg.messages_per_fsm_max {
             if fsm.destroyed {
@@ -679,6 +684,15 @@ fn on_raft_message(ctx: &StoreContext, fsm: &mut PeerFsm, msg: RaftMessage) {
     }
     use raft::eraftpb::MessageType;
     let kind = inner.get_msg_type();
+    if kind == MessageType::MsgSnapshot
+        && !fsm.peer.is_initialized()
+        && ctx.router.meta().regions.contains_key(&msg.region_id)
+    {
+        // A split applied here is creating this region's peer from the parent's data: this
+        // uninitialized peer is about to be superseded, and a snapshot installed now would
+        // race with it. The leader sends the snapshot again, to the peer the split created.
+        return;
+    }
     if kind == MessageType::MsgSnapshot && !snapshot_fits(ctx, msg.region_id, inner.get_snapshot())
     {
         return;
@@ -1220,7 +1234,16 @@ fn on_split_applied(ctx: &StoreContext, fsm: &mut PeerFsm, left: Region, right: 
     {
         let mut meta = ctx.router.meta();
         meta.regions.insert(left.id, left.clone());
-        meta.regions.insert(right.id, right.clone());
+        // A peer of the new region initialized from a snapshot (newer than this split) keeps
+        // its own view.
+        let version = |r: &Region| r.region_epoch.unwrap_or_default().version;
+        if meta
+            .regions
+            .get(&right.id)
+            .is_none_or(|known| version(known) < version(&right))
+        {
+            meta.regions.insert(right.id, right.clone());
+        }
     }
     fsm.published = Some(left);
     let msg = StoreMsg::SplitApplied {
@@ -1622,6 +1645,20 @@ impl StoreFsm {
     fn create_split_peer(&mut self, right: Region, campaign: bool) {
         let ctx = self.ctx.clone();
         let right_id = right.id;
+        // A peer initialized from a snapshot of the new region (installed while the parent
+        // here was behind) is newer than the split: it stays, and the split's initial state
+        // was never written over it (see `apply.rs`).
+        let applied = layout::read_apply_state(ctx.kv.as_ref(), right_id)
+            .unwrap_or_else(|e| panic!("cannot read apply state of region {right_id}: {e}"))
+            .map_or(0, |a| a.applied_index);
+        if applied > ringkv_storage::RAFT_INIT_LOG_INDEX {
+            tracing::info!(
+                region = right_id,
+                applied,
+                "new region of a split already here from a snapshot; keeping that peer"
+            );
+            return;
+        }
         // Load rather than start from the initial state: after a crash that lost the parent's
         // unflushed apply of this split, the split is applied again, but the new region's
         // Raft state (its vote, its log) may already be durable in the log engine and must

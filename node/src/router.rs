@@ -344,6 +344,17 @@ impl StoreRouter {
         self.inner.mailboxes.read().get(&region_id).cloned()
     }
 
+    /// Whether `fsm` is the peer its region's mailbox belongs to (false once replaced or
+    /// closed).
+    pub(crate) fn is_registered(&self, fsm: &PeerFsm) -> bool {
+        match (&fsm.mailbox, self.mailbox(fsm.region_id())) {
+            (Some(own), Some(current)) => Arc::ptr_eq(own, &current),
+            (Some(_), None) => false,
+            // Not registered through the router at all (unit tests drive such FSMs).
+            (None, _) => true,
+        }
+    }
+
     /// Sends to a peer without blocking. Fails if the region has no mailbox here or it is full.
     pub fn send(&self, region_id: u64, msg: PeerMsg) -> Result<(), PeerMsg> {
         let Some(mailbox) = self.mailbox(region_id) else {

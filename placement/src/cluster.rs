@@ -33,6 +33,9 @@ pub const WAKE_REGIONS_MAX: usize = 1024;
 /// Leader transfers in flight at most while evict-leader schedulers run (evicting is urgent:
 /// an admin waits on it to restart a store).
 pub const EVICT_LEADER_LIMIT: usize = 64;
+/// A region with more replicas than configured keeps them this long before one is removed: an
+/// operator that timed out half way leaves one, and so may an admin's change in progress.
+pub const EXTRA_REPLICA_GRACE_MS: i64 = 60_000;
 /// A store silent this long takes no new leaders or replicas from the balancers.
 pub const STORE_DISCONNECTED_MS: i64 = 20_000;
 
@@ -91,6 +94,8 @@ pub struct RegionInfo {
     pub range_since_ms: Option<i64>,
     /// Read and write flow per second from the leader's last report, and when it came.
     pub flow: Option<(FlowRate, i64)>,
+    /// Since when the region (at this membership) has had more replicas than configured.
+    pub extra_replicas_since_ms: Option<i64>,
 }
 
 impl RegionInfo {
@@ -863,7 +868,19 @@ impl PlacementCore {
             }
         }
         let cfg = self.replica_cfg;
-        let needs_look = region.peers.len() != cfg.replicas as usize
+        let extra_since = match self.regions.get_mut(&region_id) {
+            Some(info) if region.peers.len() > cfg.replicas as usize => {
+                *info.extra_replicas_since_ms.get_or_insert(now_ms)
+            }
+            Some(info) => {
+                info.extra_replicas_since_ms = None;
+                now_ms
+            }
+            None => now_ms,
+        };
+        let needs_look = region.peers.len() < cfg.replicas as usize
+            || (region.peers.len() > cfg.replicas as usize
+                && now_ms - extra_since >= EXTRA_REPLICA_GRACE_MS)
             || region.peers.iter().any(|p| {
                 self.stores.get(&p.store_id).is_none_or(|s| {
                     s.store.state != StoreState::Up as i32
@@ -876,6 +893,7 @@ impl PlacementCore {
         let spread = !needs_look
             && with_locations
             && !pending
+            && region.peers.len() == cfg.replicas as usize
             && region
                 .peers
                 .iter()
@@ -1661,6 +1679,7 @@ impl PlacementCore {
                 stats,
                 range_since_ms,
                 flow,
+                extra_replicas_since_ms: None,
             },
         );
         true
@@ -2026,6 +2045,55 @@ mod tests {
             .unwrap();
         pd.cancel_operators(&started);
         assert!(pd.schedule(2000, &mut w).is_empty());
+    }
+
+    #[test]
+    fn an_extra_replica_is_removed_only_after_a_grace_period() {
+        let (mut pd, left, _) = split_core();
+        let mut w = MetaWrites::default();
+        pd.put_store(store(4), 0, &mut w).unwrap();
+        let mut four = left.clone();
+        four.peers.push(Peer {
+            id: 500,
+            store_id: 4,
+            role: PeerRole::Voter as i32,
+        });
+        four.region_epoch = Some(RegionEpoch {
+            conf_ver: 2,
+            version: 2,
+        });
+        pd.region_heartbeat(four.clone(), Some(four.peers[0]), 1, &mut w)
+            .unwrap();
+        for s in 1..=4 {
+            pd.store_heartbeat(
+                StoreStats {
+                    store_id: s,
+                    ..Default::default()
+                },
+                EXTRA_REPLICA_GRACE_MS,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            pd.operator_step(four.id, 1000, &mut w),
+            None,
+            "in its grace"
+        );
+        assert_eq!(
+            pd.operator_step(four.id, 1000 + EXTRA_REPLICA_GRACE_MS - 1, &mut w),
+            None
+        );
+        let step = pd.operator_step(four.id, 1000 + EXTRA_REPLICA_GRACE_MS, &mut w);
+        assert!(
+            matches!(
+                step,
+                Some(Step::ChangePeer {
+                    kind: ConfChangeKind::Remove,
+                    ..
+                })
+            ),
+            "{step:?}"
+        );
     }
 
     #[test]

@@ -488,6 +488,7 @@ impl Sim {
     }
 
     fn start_store(&mut self, i: usize) {
+        tracing::info!(store = self.stores[i].id, step = self.now, "sim: store starts");
         let cfg = self.store_config();
         let s = &mut self.stores[i];
         let (router, receivers) = StoreRouter::new(1 << 16, 1 << 12);
@@ -562,7 +563,9 @@ impl Sim {
             if paused == Some(i) || !self.now.is_multiple_of(self.tick_periods[i]) {
                 continue;
             }
+            let id = self.stores[i].id;
             if let Some((store, _)) = self.stores[i].running.as_mut() {
+                let _span = tracing::info_span!("store", id).entered();
                 store.tick();
             }
         }
@@ -615,6 +618,7 @@ impl Sim {
     /// Steps store `i`. A node that stops on a storage error (an injected disk fault) panics,
     /// as a real one does: that is a crash here.
     fn step_store(&mut self, i: usize) {
+        let _span = tracing::info_span!("store", id = self.stores[i].id).entered();
         let Some((store, _)) = self.stores[i].running.as_mut() else {
             return;
         };
@@ -636,6 +640,7 @@ impl Sim {
 
     /// The process of store `i` dies: what its engines had not made durable is gone.
     fn crash_store(&mut self, i: usize) {
+        tracing::info!(store = self.stores[i].id, step = self.now, "sim: store crashes");
         if let Some((store, _)) = self.stores[i].running.take() {
             store.crash();
         }
