@@ -1231,21 +1231,18 @@ fn on_split_applied(ctx: &StoreContext, fsm: &mut PeerFsm, left: Region, right: 
             right: right.clone(),
         });
     }
+    let wanted = split_peer_wanted(ctx, right.id);
     {
         let mut meta = ctx.router.meta();
         meta.regions.insert(left.id, left.clone());
-        // A peer of the new region initialized from a snapshot (newer than this split) keeps
-        // its own view.
-        let version = |r: &Region| r.region_epoch.unwrap_or_default().version;
-        if meta
-            .regions
-            .get(&right.id)
-            .is_none_or(|known| version(known) < version(&right))
-        {
+        if wanted {
             meta.regions.insert(right.id, right.clone());
         }
     }
     fsm.published = Some(left);
+    if !wanted {
+        return;
+    }
     let msg = StoreMsg::SplitApplied {
         right,
         campaign: parent_leader,
@@ -1255,6 +1252,38 @@ fn on_split_applied(ctx: &StoreContext, fsm: &mut PeerFsm, left: Region, right: 
     if !ctx.router.send_control_wait(msg) {
         tracing::warn!("control thread gone; the new region's peer is created at restart");
     }
+}
+
+/// Whether a split applied here should create the new region's peer from the parent's data.
+/// Not if the store already went past that state: a peer initialized from a snapshot of the
+/// new region (installed while the parent here was behind) is newer and stays, and a
+/// tombstone means the store's replica of the new region was already removed. In both cases
+/// the split's apply left the new region's state alone (see `apply.rs`).
+fn split_peer_wanted(ctx: &StoreContext, right_id: u64) -> bool {
+    let state = layout::read_region_state(ctx.kv.as_ref(), right_id)
+        .unwrap_or_else(|e| panic!("cannot read region state of region {right_id}: {e}"));
+    if state
+        .as_ref()
+        .is_some_and(|s| s.state == PeerState::Tombstone as i32)
+    {
+        tracing::info!(
+            region = right_id,
+            "new region of a split was removed from this store before; not creating it"
+        );
+        return false;
+    }
+    let applied = layout::read_apply_state(ctx.kv.as_ref(), right_id)
+        .unwrap_or_else(|e| panic!("cannot read apply state of region {right_id}: {e}"))
+        .map_or(0, |a| a.applied_index);
+    if applied > ringkv_storage::RAFT_INIT_LOG_INDEX {
+        tracing::info!(
+            region = right_id,
+            applied,
+            "new region of a split already here from a snapshot; keeping that peer"
+        );
+        return false;
+    }
+    true
 }
 
 /// The target's side of an applied merge: the store meta takes the widened region and drops
@@ -1645,18 +1674,7 @@ impl StoreFsm {
     fn create_split_peer(&mut self, right: Region, campaign: bool) {
         let ctx = self.ctx.clone();
         let right_id = right.id;
-        // A peer initialized from a snapshot of the new region (installed while the parent
-        // here was behind) is newer than the split: it stays, and the split's initial state
-        // was never written over it (see `apply.rs`).
-        let applied = layout::read_apply_state(ctx.kv.as_ref(), right_id)
-            .unwrap_or_else(|e| panic!("cannot read apply state of region {right_id}: {e}"))
-            .map_or(0, |a| a.applied_index);
-        if applied > ringkv_storage::RAFT_INIT_LOG_INDEX {
-            tracing::info!(
-                region = right_id,
-                applied,
-                "new region of a split already here from a snapshot; keeping that peer"
-            );
+        if !split_peer_wanted(&ctx, right_id) {
             return;
         }
         // Load rather than start from the initial state: after a crash that lost the parent's
