@@ -762,6 +762,28 @@ fn snapshot_fits(ctx: &StoreContext, region_id: u64, snap: &raft::eraftpb::Snaps
             );
         }
     }
+    // A source the snapshot's region absorbed whose range has since moved to other regions
+    // (the target split after the merge) overlaps nothing here, yet would wait for ever for
+    // a CommitMerge the target's replica here will never apply (it skips past it with this
+    // snapshot), blocking the regions that now hold its range. It goes too.
+    for source in &data.merged_sources {
+        if overlapping.iter().any(|l| l.id == *source) {
+            continue;
+        }
+        let Some(local) = ctx.router.meta().regions.get(source).cloned() else {
+            continue;
+        };
+        if merged_into(ctx, &local, region_id, version, &data.merged_sources) {
+            tracing::info!(
+                region = *source,
+                target = region_id,
+                "local replica was merged away and its range moved on; destroying it"
+            );
+            let _ = ctx
+                .router
+                .send(*source, PeerMsg::Destroy { tombstone: true });
+        }
+    }
     overlapping.is_empty()
 }
 
