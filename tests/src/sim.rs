@@ -488,7 +488,11 @@ impl Sim {
     }
 
     fn start_store(&mut self, i: usize) {
-        tracing::info!(store = self.stores[i].id, step = self.now, "sim: store starts");
+        tracing::info!(
+            store = self.stores[i].id,
+            step = self.now,
+            "sim: store starts"
+        );
         let cfg = self.store_config();
         let s = &mut self.stores[i];
         let (router, receivers) = StoreRouter::new(1 << 16, 1 << 12);
@@ -640,7 +644,11 @@ impl Sim {
 
     /// The process of store `i` dies: what its engines had not made durable is gone.
     fn crash_store(&mut self, i: usize) {
-        tracing::info!(store = self.stores[i].id, step = self.now, "sim: store crashes");
+        tracing::info!(
+            store = self.stores[i].id,
+            step = self.now,
+            "sim: store crashes"
+        );
         if let Some((store, _)) = self.stores[i].running.take() {
             store.crash();
         }
