@@ -79,6 +79,7 @@ impl NodeArgs {
             }
         };
         ringkv_placement::server::init_logging(&config.log_level);
+        stop_on_panic(config.data_dir.clone());
         let server = match NodeServer::start(config, NetFilter::new()) {
             Ok(s) => s,
             Err(e) => {
@@ -95,5 +96,51 @@ impl NodeArgs {
         tracing::info!("shutting down");
         server.stop();
         0
+    }
+}
+
+/// A panic on any thread stops the whole process (exit code 70): a node whose storage failed
+/// must stop rather than go on answering with some of its threads gone. A full disk is named
+/// as such, with what to do.
+fn stop_on_panic(data_dir: PathBuf) {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if is_disk_full(message) {
+            let what = format!(
+                "the disk holding {} is full: free space or grow the volume, then restart this node (everything it acknowledged is on disk)",
+                data_dir.display()
+            );
+            tracing::error!("{what}");
+            eprintln!("ringkv-node: {what}");
+        } else {
+            tracing::error!(panic = message, "stopping the node");
+        }
+        std::process::exit(70);
+    }));
+}
+
+/// Whether an error message is the operating system's "no space left on device".
+fn is_disk_full(message: &str) -> bool {
+    message.contains("No space left on device") || message.contains("os error 28")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_recognised_in_storage_errors() {
+        assert!(is_disk_full(
+            "raft log write failed; stopping the node: IO error: No space left on device (os error 28)"
+        ));
+        assert!(is_disk_full("apply write failed: os error 28"));
+        assert!(!is_disk_full("apply write failed: injected fault"));
     }
 }

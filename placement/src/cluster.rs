@@ -178,6 +178,10 @@ pub struct PlacementCore {
     balance_cfg: BalanceConfig,
     /// Stores with an evict-leader scheduler.
     evict_leader_stores: std::collections::BTreeSet<u64>,
+    /// Replica repair plans nothing new (an admin paused it).
+    replica_repair_paused: bool,
+    /// The merge checker orders nothing (an admin paused it).
+    merge_checker_paused: bool,
     /// The store labels placement spreads replicas over, most significant first.
     location_labels: Vec<String>,
     /// Settings an admin changed at runtime, applied over the file's by
@@ -305,6 +309,8 @@ impl PlacementCore {
             operators: BTreeMap::new(),
             balance_cfg: BalanceConfig::default(),
             evict_leader_stores: Default::default(),
+            replica_repair_paused: false,
+            merge_checker_paused: false,
             location_labels: Vec::new(),
             persisted_schedule: state.schedule_config,
             loaded_at_ms: 0,
@@ -867,6 +873,9 @@ impl PlacementCore {
                 }
             }
         }
+        if self.replica_repair_paused {
+            return None;
+        }
         let cfg = self.replica_cfg;
         let extra_since = match self.regions.get_mut(&region_id) {
             Some(info) if region.peers.len() > cfg.replicas as usize => {
@@ -1178,6 +1187,9 @@ impl PlacementCore {
             balance_hot_region: b.balance_hot_region,
             hot_region_schedule_limit: b.hot_region_schedule_limit as u64,
             hot_region_min_bytes_per_sec: b.hot_region_min_bytes_per_sec,
+            replica_repair_paused: self.replica_repair_paused,
+            merge_checker_paused: self.merge_checker_paused,
+            replicas: self.replicas,
         }
     }
 
@@ -1202,6 +1214,12 @@ impl PlacementCore {
         self.replica_cfg.max_store_down_time_ms = c.max_store_down_time_ms;
         self.replica_cfg.operator_timeout_ms = c.operator_timeout_ms;
         self.evict_leader_stores = c.evict_leader_stores.iter().copied().collect();
+        self.replica_repair_paused = c.replica_repair_paused;
+        self.merge_checker_paused = c.merge_checker_paused;
+        if c.replicas != 0 {
+            self.replicas = c.replicas;
+            self.replica_cfg.replicas = c.replicas;
+        }
     }
 
     /// Sets one scheduling setting by name (a field of [`ScheduleConfig`]) from text, checked
@@ -1240,6 +1258,22 @@ impl PlacementCore {
                     .ok_or_else(|| bad("give a fraction in 0.0..=1.0".into()))?
             }
             "balance_hot_region" => c.balance_hot_region = boolean()?,
+            "replica_repair" => c.replica_repair_paused = !boolean()?,
+            "merge_checker" => c.merge_checker_paused = !boolean()?,
+            "replicas" => {
+                let n = ranged(1, 7)? as u32;
+                let up = self
+                    .stores
+                    .values()
+                    .filter(|s| s.store.state == StoreState::Up as i32)
+                    .count();
+                if n as usize > up {
+                    return Err(bad(format!(
+                        "only {up} stores are up; add stores before asking for {n} replicas"
+                    )));
+                }
+                c.replicas = n
+            }
             "hot_region_schedule_limit" => c.hot_region_schedule_limit = ranged(0, 1024)? as u64,
             "hot_region_min_bytes_per_sec" => {
                 c.hot_region_min_bytes_per_sec = ranged(1, 1 << 40)? as u64
@@ -1248,7 +1282,7 @@ impl PlacementCore {
             "operator_timeout_ms" => c.operator_timeout_ms = ranged(1000, 86_400_000)?,
             _ => {
                 return Err(PlacementError::InvalidArgument(format!(
-                    "unknown setting {key:?}; settable: balance_leader, balance_region, balance_hot_region, leader_schedule_limit, region_schedule_limit, hot_region_schedule_limit, hot_region_min_bytes_per_sec, balance_tolerance_ratio, max_store_down_time_ms, operator_timeout_ms"
+                    "unknown setting {key:?}; settable: replicas, replica_repair, merge_checker, balance_leader, balance_region, balance_hot_region, leader_schedule_limit, region_schedule_limit, hot_region_schedule_limit, hot_region_min_bytes_per_sec, balance_tolerance_ratio, max_store_down_time_ms, operator_timeout_ms"
                 )))
             }
         }
@@ -1447,6 +1481,9 @@ impl PlacementCore {
 
     pub fn merge_order(&mut self, region_id: u64, now_ms: i64) -> Option<Region> {
         self.merges.expire(now_ms);
+        if self.merge_checker_paused {
+            return None;
+        }
         let info = self.regions.get(&region_id)?;
         if self.merges.involves(region_id) {
             return None;
@@ -2094,6 +2131,35 @@ mod tests {
             ),
             "{step:?}"
         );
+    }
+
+    #[test]
+    fn replica_repair_pauses_and_the_replica_count_changes_at_runtime() {
+        let (mut pd, left, _) = split_core();
+        let mut w = MetaWrites::default();
+        let too_many = pd.set_schedule_config("replicas", "4", &mut w);
+        assert!(
+            matches!(&too_many, Err(PlacementError::InvalidArgument(m)) if m.contains("only 3 stores are up")),
+            "{too_many:?}"
+        );
+        pd.put_store(store(4), 0, &mut w).unwrap();
+        pd.set_schedule_config("replica_repair", "false", &mut w)
+            .unwrap();
+        let c = pd.set_schedule_config("replicas", "4", &mut w).unwrap();
+        assert_eq!((c.replicas, c.replica_repair_paused), (4, true));
+        assert_eq!(pd.replicas(), 4);
+        assert_eq!(pd.operator_step(left.id, 1000, &mut w), None, "paused");
+        pd.set_schedule_config("replica_repair", "true", &mut w)
+            .unwrap();
+        let step = pd.operator_step(left.id, 1000, &mut w);
+        assert!(
+            matches!(step, Some(Step::ChangePeer { kind: ConfChangeKind::AddLearner, peer }) if peer.store_id == 4),
+            "{step:?}"
+        );
+        // The merge checker pauses too.
+        pd.set_schedule_config("merge_checker", "false", &mut w)
+            .unwrap();
+        assert!(pd.schedule_config().merge_checker_paused);
     }
 
     #[test]

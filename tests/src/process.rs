@@ -106,7 +106,30 @@ impl ProcessCluster {
         node_toml: &str,
         placement_toml: &str,
     ) -> Self {
+        Self::start_prepared(members, n, node_toml, placement_toml, |_| ()).0
+    }
+
+    /// Like [`ProcessCluster::start_with_configs`], running `prepare` on the cluster's
+    /// directory before any process starts (node `i` keeps its data in `node{i}` under it),
+    /// e.g. to mount a small file system there; returns what `prepare` returned.
+    pub fn start_with_prepared_dir<T>(
+        n: usize,
+        node_toml: &str,
+        placement_toml: &str,
+        prepare: impl FnOnce(&std::path::Path) -> T,
+    ) -> (Self, T) {
+        Self::start_prepared(1, n, node_toml, placement_toml, prepare)
+    }
+
+    fn start_prepared<T>(
+        members: usize,
+        n: usize,
+        node_toml: &str,
+        placement_toml: &str,
+        prepare: impl FnOnce(&std::path::Path) -> T,
+    ) -> (Self, T) {
         let dir = tempfile::tempdir().expect("temp dir");
+        let prepared = prepare(dir.path());
         let config_path = dir.path().join("node.toml");
         std::fs::write(&config_path, node_toml).expect("node config written");
         let placement_config = dir.path().join("placement.toml");
@@ -169,7 +192,7 @@ impl ProcessCluster {
             cluster.spawn_node();
         }
         cluster.wait_for_leader(Duration::from_secs(60));
-        cluster
+        (cluster, prepared)
     }
 
     /// Starts one more node on a fresh data directory (a new store); returns its index.

@@ -41,10 +41,26 @@ fn cluster_and_tso_report_in_tables_and_json() {
     let table = ctl(&pd, &["cluster"]);
     assert!(table.ok, "{}", table.stderr);
     assert!(table.stdout.contains("bootstrapped") && table.stdout.contains("true"));
-    let j = json(&ctl(&pd, &["--json", "cluster"]));
+    let j = ringkv_tests::wait_until(
+        "the cluster to report healthy",
+        std::time::Duration::from_secs(30),
+        || {
+            let j = json(&ctl(&pd, &["--json", "cluster"]));
+            (j["healthy"] == true).then_some(j)
+        },
+    );
     assert_eq!(j["bootstrapped"], true);
     assert_eq!(j["stores"], 3);
+    assert_eq!(j["stores_up"], 3);
+    assert_eq!(j["stores_down"], serde_json::json!([]));
+    assert_eq!(j["regions_without_leader"], 0);
     assert!(j["regions"].as_u64().unwrap() >= 1);
+    let table = ctl(&pd, &["cluster"]);
+    assert!(
+        table.ok && table.stdout.contains("healthy") && table.stdout.contains("3 up"),
+        "{}",
+        table.stdout
+    );
 
     let first = json(&ctl(&pd, &["tso", "--json"]))["timestamp"]
         .as_u64()
@@ -432,7 +448,8 @@ fn schedulers_pause_and_resume_and_config_is_shown_set_and_validated() {
         ("region_schedule_limit", "5000", "0..=1024"),
         ("balance_tolerance_ratio", "2", "0.0..=1.0"),
         ("balance_leader", "maybe", "true or false"),
-        ("replicas", "5", "unknown setting"),
+        ("replicas", "5", "only 3 stores are up"),
+        ("replica_count", "3", "unknown setting"),
     ] {
         let out = ctl(&pd, &["config", "set", key, value]);
         assert!(!out.ok, "{key} = {value} was accepted");
@@ -547,6 +564,16 @@ fn region_checks_find_pending_down_oversized_and_undersized_regions() {
         "both regions to show a down peer",
         std::time::Duration::from_secs(90),
         || (count(&["down-peer"]) == 2).then_some(()),
+    );
+    let health = json(&ctl(&pd, &["--json", "cluster"]));
+    assert_eq!(health["healthy"], false, "{health}");
+    assert_eq!(health["stores_down"], serde_json::json!([stopped_store]));
+    assert_eq!(health["regions_with_down_replicas"], 2);
+    let table = ctl(&pd, &["cluster"]);
+    assert!(
+        table.ok && table.stdout.contains("degraded"),
+        "{}",
+        table.stdout
     );
     let j = json(&ctl(&pd, &["--json", "region", "check", "down-peer"]));
     for r in j["regions"].as_array().unwrap() {
@@ -871,4 +898,79 @@ fn hot_regions_are_listed_and_the_hot_region_scheduler_is_added_and_removed() {
                 .then_some(())
         },
     );
+}
+
+#[test]
+fn replicas_are_set_at_runtime_and_repair_and_merging_pause_and_resume() {
+    let cluster = ClusterBuilder {
+        nodes: 4,
+        ..ClusterBuilder::default()
+    }
+    .start();
+    let pd = cluster.pd_addr();
+    let too_many = ctl(&pd, &["config", "set", "replicas", "5"]);
+    assert!(
+        !too_many.ok && too_many.stderr.contains("only 4 stores are up"),
+        "{}",
+        too_many.stderr
+    );
+    for bad in ["0", "8", "three"] {
+        let out = ctl(&pd, &["config", "set", "replicas", bad]);
+        assert!(
+            !out.ok && out.stderr.contains("1..=7"),
+            "{bad}: {}",
+            out.stderr
+        );
+    }
+    // Repair paused: asking for four replicas plans nothing yet.
+    let state = |j: &serde_json::Value, name: &str| {
+        j["schedulers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["running"]
+            .as_bool()
+            .unwrap()
+    };
+    let paused = json(&ctl(
+        &pd,
+        &["--json", "scheduler", "pause", "replica-repair"],
+    ));
+    assert!(!state(&paused, "replica-repair"));
+    let set = json(&ctl(&pd, &["--json", "config", "set", "replicas", "4"]));
+    assert_eq!(set["replicas"], 4);
+    assert_eq!(set["replica_repair"], false);
+    let replicas = || -> usize {
+        json(&ctl(&pd, &["--json", "region", "list"]))["regions"][0]["peers"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(replicas(), 3, "repair is paused");
+    let missing = json(&ctl(&pd, &["--json", "region", "check", "miss-peer"]));
+    assert_eq!(missing["regions"].as_array().unwrap().len(), 1);
+    let resumed = json(&ctl(
+        &pd,
+        &["--json", "scheduler", "resume", "replica-repair"],
+    ));
+    assert!(state(&resumed, "replica-repair"));
+    ringkv_tests::wait_until(
+        "the region to get a fourth replica",
+        std::time::Duration::from_secs(60),
+        || (replicas() == 4).then_some(()),
+    );
+    let info = json(&ctl(&pd, &["--json", "cluster"]));
+    assert_eq!(info["replicas"], 4);
+
+    let off = json(&ctl(
+        &pd,
+        &["--json", "scheduler", "remove", "merge-checker"],
+    ));
+    assert!(!state(&off, "merge-checker"));
+    let shown = json(&ctl(&pd, &["--json", "config", "show"]));
+    assert_eq!(shown["merge_checker"], false);
+    let on = json(&ctl(&pd, &["--json", "scheduler", "add", "merge-checker"]));
+    assert!(state(&on, "merge-checker"));
 }

@@ -1,8 +1,9 @@
 //! Balancing and decommissioning with real processes: three `ringkv-node`s hold twelve
 //! regions; a 4th and then a 5th node join and replicas and leaders move until every store is
 //! within the balancers' tolerance (at most two regions, and two leaders, between the busiest
-//! and the idlest store); then one node is decommissioned, empties and becomes a tombstone.
-//! Every key written reads back after each phase.
+//! and the idlest store); then one node is decommissioned, empties and becomes a tombstone;
+//! then the remaining four are given zones at runtime (z1, z2, z3, z3) and every region's
+//! replicas move into three distinct zones. Every key written reads back after each phase.
 
 use ringkv_client::PdClient;
 use ringkv_proto::metapb::StoreState;
@@ -135,5 +136,39 @@ fn joining_nodes_get_their_share_and_a_decommissioned_node_empties() {
         },
     );
     wait_balanced(&rt, &pd, 4, "the four remaining stores to balance");
+    check_keys(&rt, &client);
+
+    // Zones, set at runtime: a region's three replicas end up in three distinct zones.
+    let mut up: Vec<u64> = rt
+        .block_on(pd.get_all_stores())
+        .expect("stores")
+        .iter()
+        .filter(|s| s.state == StoreState::Up as i32)
+        .map(|s| s.id)
+        .collect();
+    up.sort_unstable();
+    let zones: BTreeMap<u64, &str> = up.iter().copied().zip(["z1", "z2", "z3", "z3"]).collect();
+    for (store, zone) in &zones {
+        let labels = [("zone".to_string(), zone.to_string())]
+            .into_iter()
+            .collect();
+        rt.block_on(pd.set_store_labels(*store, labels))
+            .expect("labels set");
+    }
+    wait_until(
+        "every region's replicas to be in three distinct zones",
+        Duration::from_secs(240),
+        || {
+            let (_, _, ops) = counts(&rt, &pd);
+            let routes = rt.block_on(pd.scan_regions(b"", b"", 0)).ok()?;
+            let spread = routes.iter().all(|r| {
+                let mut z: Vec<&str> = r.region.peers.iter().map(|p| zones[&p.store_id]).collect();
+                z.sort_unstable();
+                z.dedup();
+                z.len() == 3 && r.region.peers.len() == 3
+            });
+            (ops == 0 && spread).then_some(())
+        },
+    );
     check_keys(&rt, &client);
 }

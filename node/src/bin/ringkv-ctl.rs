@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Cluster status: bootstrapped or not, replicas, stores and regions.
+    /// Cluster status and health: stores by state and those down, regions without a leader
+    /// or missing, down or pending replicas, operators in flight.
     Cluster,
     /// A fresh timestamp from the TSO, with its physical time.
     Tso,
@@ -166,14 +167,22 @@ enum AddOperator {
     },
 }
 
-/// The schedulers that can be paused; each maps to a setting of `config show`.
-const BALANCERS: [&str; 3] = ["balance-leader", "balance-region", "hot-region"];
+/// The checkers and schedulers that can be paused; each maps to a setting of `config show`.
+const BALANCERS: [&str; 5] = [
+    "balance-leader",
+    "balance-region",
+    "hot-region",
+    "replica-repair",
+    "merge-checker",
+];
 
-/// The `config` setting that turns a balancer on or off.
+/// The `config` setting that turns a checker or scheduler on or off.
 fn balancer_setting(name: &str) -> &'static str {
     match name {
         "balance-leader" => "balance_leader",
         "balance-region" => "balance_region",
+        "replica-repair" => "replica_repair",
+        "merge-checker" => "merge_checker",
         _ => "balance_hot_region",
     }
 }
@@ -182,8 +191,9 @@ fn balancer_setting(name: &str) -> &'static str {
 enum SchedulerAction {
     /// The schedulers and whether they run.
     List,
-    /// Stop a balancer: `balance-leader`, `balance-region` or `hot-region` (persisted, like
-    /// `scheduler remove`; `resume` starts it again).
+    /// Stop a checker or scheduler: `balance-leader`, `balance-region`, `hot-region`,
+    /// `replica-repair` (plans no new repair; operators in flight go on) or `merge-checker`
+    /// (persisted, like `scheduler remove`; `resume` starts it again).
     Pause {
         #[arg(value_parser = BALANCERS)]
         name: String,
@@ -193,11 +203,11 @@ enum SchedulerAction {
         #[arg(value_parser = BALANCERS)]
         name: String,
     },
-    /// Add a scheduler: a balancer by name (`balance-leader`, `balance-region`,
-    /// `hot-region`), or `evict-leader STORE_ID`, which moves every leader off the store and
+    /// Add a scheduler: a checker or balancer by name (`balance-leader`, `balance-region`,
+    /// `hot-region`, `replica-repair`, `merge-checker`), or `evict-leader STORE_ID`, which moves every leader off the store and
     /// keeps new ones away (before restarting it); watch `store list` until it leads 0.
     Add {
-        #[arg(value_parser = ["evict-leader", "balance-leader", "balance-region", "hot-region"])]
+        #[arg(value_parser = ["evict-leader", "balance-leader", "balance-region", "hot-region", "replica-repair", "merge-checker"])]
         name: String,
         /// The store, for `evict-leader`.
         store_id: Option<u64>,
@@ -205,7 +215,7 @@ enum SchedulerAction {
     /// Remove a scheduler: a balancer by name, or `evict-leader STORE_ID` (the store may lead
     /// again).
     Remove {
-        #[arg(value_parser = ["evict-leader", "balance-leader", "balance-region", "hot-region"])]
+        #[arg(value_parser = ["evict-leader", "balance-leader", "balance-region", "hot-region", "replica-repair", "merge-checker"])]
         name: String,
         /// The store, for `evict-leader`.
         store_id: Option<u64>,
@@ -216,7 +226,8 @@ enum SchedulerAction {
 enum ConfigAction {
     /// Every runtime-changeable scheduling setting.
     Show,
-    /// Change one: balance_leader, balance_region, balance_hot_region, leader_schedule_limit,
+    /// Change one: replicas (per region, 1..=7, at most the stores up), replica_repair,
+    /// merge_checker, balance_leader, balance_region, balance_hot_region, leader_schedule_limit,
     /// region_schedule_limit, hot_region_schedule_limit, hot_region_min_bytes_per_sec,
     /// balance_tolerance_ratio, max_store_down_time_ms, operator_timeout_ms (see
     /// docs/configuration.md).
@@ -381,6 +392,9 @@ fn operator_json(o: &ringkv_proto::pdpb::OperatorInfo) -> serde_json::Value {
 
 fn config_json(c: &ringkv_proto::pdpb::ScheduleConfig) -> serde_json::Value {
     json!({
+        "replicas": c.replicas,
+        "replica_repair": !c.replica_repair_paused,
+        "merge_checker": !c.merge_checker_paused,
         "balance_leader": c.balance_leader,
         "balance_region": c.balance_region,
         "leader_schedule_limit": c.leader_schedule_limit,
@@ -428,23 +442,98 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Cluster => {
             let info = pd.get_cluster_info().await.map_err(|e| e.to_string())?;
+            let stores = pd.get_all_stores().await.map_err(|e| e.to_string())?;
+            let regions = pd
+                .scan_regions(b"", b"", 0)
+                .await
+                .map_err(|e| e.to_string())?;
+            let operators = pd.get_operators().await.map_err(|e| e.to_string())?.len();
+            let count_state = |state: ringkv_proto::metapb::StoreState| {
+                stores.iter().filter(|s| s.state == state as i32).count()
+            };
+            let mut down_stores: Vec<u64> = regions
+                .iter()
+                .flat_map(|r| {
+                    let down = r
+                        .health
+                        .as_ref()
+                        .map(|h| h.down_peer_ids.clone())
+                        .unwrap_or_default();
+                    r.region
+                        .peers
+                        .iter()
+                        .filter(move |p| down.contains(&p.id))
+                        .map(|p| p.store_id)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            down_stores.sort_unstable();
+            down_stores.dedup();
+            let count = |f: &dyn Fn(&ringkv_client::RegionRoute) -> bool| {
+                regions.iter().filter(|r| f(r)).count()
+            };
+            let no_leader = count(&|r| r.leader.is_none());
+            let missing = count(&|r| r.region.peers.len() < info.replicas as usize);
+            let with_down = count(&|r| {
+                r.health
+                    .as_ref()
+                    .is_some_and(|h| !h.down_peer_ids.is_empty())
+            });
+            let pending = count(&|r| r.health.as_ref().is_some_and(|h| h.pending_peers > 0));
+            let healthy = info.bootstrapped
+                && down_stores.is_empty()
+                && no_leader == 0
+                && missing == 0
+                && with_down == 0;
             if cli.json {
                 println!(
                     "{}",
                     json!({
                         "cluster_id": pd.cluster_id(),
                         "bootstrapped": info.bootstrapped,
+                        "healthy": healthy,
                         "replicas": info.replicas,
                         "stores": info.store_count,
+                        "stores_up": count_state(ringkv_proto::metapb::StoreState::Up),
+                        "stores_decommissioning": count_state(ringkv_proto::metapb::StoreState::Offline),
+                        "stores_tombstone": count_state(ringkv_proto::metapb::StoreState::Tombstone),
+                        "stores_down": down_stores,
                         "regions": info.region_count,
+                        "regions_without_leader": no_leader,
+                        "regions_missing_replicas": missing,
+                        "regions_with_down_replicas": with_down,
+                        "regions_with_pending_replicas": pending,
+                        "operators_in_flight": operators,
                     })
                 );
             } else {
-                println!("{:<16} {}", "cluster id", pd.cluster_id());
-                println!("{:<16} {}", "bootstrapped", info.bootstrapped);
-                println!("{:<16} {}", "replicas", info.replicas);
-                println!("{:<16} {}", "stores", info.store_count);
-                println!("{:<16} {}", "regions", info.region_count);
+                println!("{:<24} {}", "cluster id", pd.cluster_id());
+                println!("{:<24} {}", "bootstrapped", info.bootstrapped);
+                println!(
+                    "{:<24} {}",
+                    "health",
+                    if healthy {
+                        "healthy"
+                    } else {
+                        "degraded (see below; `region check <problem>` lists the regions)"
+                    }
+                );
+                println!("{:<24} {}", "replicas", info.replicas);
+                println!(
+                    "{:<24} {} ({} up, {} decommissioning, {} tombstone)",
+                    "stores",
+                    info.store_count,
+                    count_state(ringkv_proto::metapb::StoreState::Up),
+                    count_state(ringkv_proto::metapb::StoreState::Offline),
+                    count_state(ringkv_proto::metapb::StoreState::Tombstone)
+                );
+                println!("{:<24} {:?}", "stores down (silent 20 s)", down_stores);
+                println!("{:<24} {}", "regions", info.region_count);
+                println!("{:<24} {}", "  without a leader", no_leader);
+                println!("{:<24} {}", "  missing replicas", missing);
+                println!("{:<24} {}", "  with down replicas", with_down);
+                println!("{:<24} {}", "  with pending replicas", pending);
+                println!("{:<24} {}", "operators in flight", operators);
             }
         }
         Cmd::Tso => {
@@ -720,8 +809,8 @@ async fn scheduler_command(
     let fixed = [
         (
             "replica-repair",
-            true,
-            "always on: replaces down, missing and decommissioned replicas",
+            !config.replica_repair_paused,
+            "replaces down, missing and decommissioned replicas, drops extra ones",
         ),
         (
             "balance-leader",
@@ -740,7 +829,7 @@ async fn scheduler_command(
         ),
         (
             "merge-checker",
-            true,
+            !config.merge_checker_paused,
             "merges small neighbours (merge_size_bytes_max, file setting)",
         ),
     ];
