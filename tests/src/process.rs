@@ -71,6 +71,16 @@ impl Proc {
     }
 }
 
+/// A node configuration for process tests that wait on the placement driver: store reports
+/// five times a second, 50 ms ticks, a region report every 10 ticks.
+pub const FAST_NODE_TOML: &str = r#"
+store_heartbeat_ms = 200
+
+[raft]
+tick_interval_ms = 50
+region_heartbeat_ticks = 10
+"#;
+
 /// Placement members + N nodes as child processes. Killed on drop.
 pub struct ProcessCluster {
     pub dir: tempfile::TempDir,

@@ -385,16 +385,6 @@ fn schedulers_pause_and_resume_and_config_is_shown_set_and_validated() {
         &pd,
         &["--json", "scheduler", "pause", "balance-region"],
     ));
-    let state = |j: &serde_json::Value, name: &str| {
-        j["schedulers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()["running"]
-            .as_bool()
-            .unwrap()
-    };
     assert!(!state(&paused, "balance-region"));
     let resumed = json(&ctl(
         &pd,
@@ -651,6 +641,18 @@ fn store_show_and_label_with_their_errors() {
     assert!(!no_labels.ok, "a label is required");
 }
 
+/// Whether scheduler `name` runs, in a `scheduler … --json` answer.
+fn state(j: &serde_json::Value, name: &str) -> bool {
+    j["schedulers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()["running"]
+        .as_bool()
+        .unwrap()
+}
+
 /// Asserts `key000`.. read back as `value0`..
 fn read_back(cluster: &TestCluster, n: usize) {
     let client = cluster.client();
@@ -777,16 +779,6 @@ fn split_and_merge_operators_run_to_their_end_and_bad_ones_are_refused() {
 fn hot_regions_are_listed_and_the_hot_region_scheduler_is_added_and_removed() {
     let cluster = start();
     let pd = cluster.pd_addr();
-    let state = |j: &serde_json::Value, name: &str| {
-        j["schedulers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()["running"]
-            .as_bool()
-            .unwrap()
-    };
     let added = json(&ctl(&pd, &["--json", "scheduler", "add", "hot-region"]));
     assert!(state(&added, "hot-region"));
     let removed = json(&ctl(&pd, &["--json", "scheduler", "remove", "hot-region"]));
@@ -923,16 +915,6 @@ fn replicas_are_set_at_runtime_and_repair_and_merging_pause_and_resume() {
         );
     }
     // Repair paused: asking for four replicas plans nothing yet.
-    let state = |j: &serde_json::Value, name: &str| {
-        j["schedulers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()["running"]
-            .as_bool()
-            .unwrap()
-    };
     let paused = json(&ctl(
         &pd,
         &["--json", "scheduler", "pause", "replica-repair"],

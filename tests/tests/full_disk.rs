@@ -4,19 +4,11 @@
 //! its threads dead, the other two keep serving, and no acknowledged write is lost. Once the
 //! file system is grown, the node restarts from what it had on disk and catches up.
 
-use ringkv_tests::process::ProcessCluster;
+use ringkv_tests::process::{ProcessCluster, FAST_NODE_TOML};
 use ringkv_tests::{debug, wait_until};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-const NODE_TOML: &str = r#"
-store_heartbeat_ms = 200
-
-[raft]
-tick_interval_ms = 50
-region_heartbeat_ticks = 10
-"#;
 
 /// The node whose data directory is the small file system.
 const FULL: usize = 2;
@@ -77,7 +69,7 @@ fn value(i: usize) -> Vec<u8> {
 #[test]
 fn a_node_whose_disk_fills_stops_with_a_clear_error_and_recovers_once_there_is_room() {
     let (mut cluster, tmpfs) =
-        ProcessCluster::start_with_prepared_dir(3, NODE_TOML, "", |dir: &Path| {
+        ProcessCluster::start_with_prepared_dir(3, FAST_NODE_TOML, "", |dir: &Path| {
             Tmpfs::mount(&dir.join(format!("node{FULL}")), 48)
         });
     let (rt, client) = cluster.client();

@@ -210,6 +210,31 @@ fn a_region_refuses_changes_it_cannot_make() {
 }
 
 /// The keys the move-away-and-back test writes.
+/// The region holding `k`, with a follower's store and a store that holds no replica of it.
+fn roles(
+    cluster: &TestCluster,
+    pd: &ringkv_client::PdClient,
+) -> (ringkv_client::RegionRoute, u64, u64) {
+    let route = cluster
+        .rt
+        .block_on(pd.get_region(&encoded(b"k")))
+        .expect("routed");
+    let leader = route.leader.expect("a leader").store_id;
+    let follower = route
+        .region
+        .peers
+        .iter()
+        .find(|p| p.store_id != leader)
+        .expect("a follower")
+        .store_id;
+    let outsider = cluster
+        .store_ids()
+        .into_iter()
+        .find(|s| !route.region.peers.iter().any(|p| p.store_id == *s))
+        .expect("a store without a replica");
+    (route, follower, outsider)
+}
+
 fn moved_and_back_keys() -> Vec<String> {
     (0..50).map(|i| format!("back{i:02}")).collect()
 }
@@ -228,23 +253,7 @@ fn a_replica_moved_away_and_back_returns_over_its_tombstone() {
         }
     });
     let pd = cluster.pd();
-    let route = cluster
-        .rt
-        .block_on(pd.get_region(&encoded(b"k")))
-        .expect("routed");
-    let leader = route.leader.expect("a leader").store_id;
-    let follower = route
-        .region
-        .peers
-        .iter()
-        .find(|p| p.store_id != leader)
-        .expect("a follower")
-        .store_id;
-    let outsider = cluster
-        .store_ids()
-        .into_iter()
-        .find(|s| !route.region.peers.iter().any(|p| p.store_id == *s))
-        .expect("a store without a replica");
+    let (route, follower, outsider) = roles(&cluster, &pd);
     let moved = |from: u64, to: u64| {
         cluster
             .rt
@@ -320,23 +329,7 @@ fn removed_while_cut_off(quiet: bool) {
         }
     });
     let pd = cluster.pd();
-    let route = cluster
-        .rt
-        .block_on(pd.get_region(&encoded(b"k")))
-        .expect("routed");
-    let leader = route.leader.expect("a leader").store_id;
-    let follower = route
-        .region
-        .peers
-        .iter()
-        .find(|p| p.store_id != leader)
-        .expect("a follower")
-        .store_id;
-    let outsider = cluster
-        .store_ids()
-        .into_iter()
-        .find(|s| !route.region.peers.iter().any(|p| p.store_id == *s))
-        .expect("a store without a replica");
+    let (route, follower, outsider) = roles(&cluster, &pd);
     let i = cluster
         .store_ids()
         .iter()

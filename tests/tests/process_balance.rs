@@ -7,18 +7,10 @@
 
 use ringkv_client::PdClient;
 use ringkv_proto::metapb::StoreState;
-use ringkv_tests::process::ProcessCluster;
+use ringkv_tests::process::{ProcessCluster, FAST_NODE_TOML};
 use ringkv_tests::{debug, wait_until};
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-const NODE_TOML: &str = r#"
-store_heartbeat_ms = 200
-
-[raft]
-tick_interval_ms = 50
-region_heartbeat_ticks = 10
-"#;
 
 const PLACEMENT_TOML: &str = "schedule_interval_ms = 200\nregion_schedule_limit = 8\n";
 
@@ -80,7 +72,7 @@ fn check_keys(rt: &tokio::runtime::Runtime, client: &ringkv_client::RawClient) {
 
 #[test]
 fn joining_nodes_get_their_share_and_a_decommissioned_node_empties() {
-    let mut cluster = ProcessCluster::start_with_configs(3, NODE_TOML, PLACEMENT_TOML);
+    let mut cluster = ProcessCluster::start_with_configs(3, FAST_NODE_TOML, PLACEMENT_TOML);
     let (rt, client) = cluster.client();
     let pd = client.pd().clone();
     rt.block_on(async {

@@ -4,23 +4,15 @@
 
 use ringkv_proto::metapb::PeerRole;
 use ringkv_tests::debug;
-use ringkv_tests::process::ProcessCluster;
+use ringkv_tests::process::{ProcessCluster, FAST_NODE_TOML};
 use ringkv_tests::wait_until;
 use std::time::Duration;
-
-const NODE_TOML: &str = r#"
-store_heartbeat_ms = 200
-
-[raft]
-tick_interval_ms = 50
-region_heartbeat_ticks = 10
-"#;
 
 const PLACEMENT_TOML: &str = "max_store_down_time_ms = 3000\n";
 
 #[test]
 fn a_killed_node_s_replicas_are_rebuilt_elsewhere_with_nothing_lost() {
-    let mut cluster = ProcessCluster::start_with_configs(4, NODE_TOML, PLACEMENT_TOML);
+    let mut cluster = ProcessCluster::start_with_configs(4, FAST_NODE_TOML, PLACEMENT_TOML);
     let (rt, client) = cluster.client();
     rt.block_on(async {
         for i in 0..200 {
