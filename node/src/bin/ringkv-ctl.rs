@@ -641,7 +641,6 @@ async fn store_command(pd: &PdClient, action: StoreAction, as_json: bool) -> Res
                     .count();
                 (replicas, leaders)
             };
-            let state = store_state;
             if as_json {
                 let list: Vec<_> = stores
                     .iter()
@@ -650,7 +649,7 @@ async fn store_command(pd: &PdClient, action: StoreAction, as_json: bool) -> Res
                         json!({
                             "id": s.id,
                             "address": s.address,
-                            "state": state(s.state),
+                            "state": store_state(s.state),
                             "replicas": replicas,
                             "leaders": leaders,
                             "labels": s.labels,
@@ -670,7 +669,7 @@ async fn store_command(pd: &PdClient, action: StoreAction, as_json: bool) -> Res
                         "{:>6}  {:<22} {:<16} {:>8} {:>8}  {}",
                         s.id,
                         s.address,
-                        state(s.state),
+                        store_state(s.state),
                         replicas,
                         leaders,
                         labels_text(&s.labels)
