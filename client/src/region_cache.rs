@@ -57,13 +57,18 @@ impl RegionCache {
         map.insert(route.region.start_key.clone(), route);
     }
 
-    /// Records a new leader learnt from a `NotLeader` answer.
+    /// Records a new leader learnt from a `NotLeader` answer. A leader the cached membership
+    /// does not list joined after the route was cached: it is added (replacing an older peer
+    /// on its store, one peer per store), otherwise every retry would go back to the old one.
     pub fn update_leader(&self, region_id: u64, leader: Peer) {
         let mut map = self.by_start.write();
         if let Some(route) = map.values_mut().find(|r| r.region.id == region_id) {
-            if route.region.peers.iter().any(|p| p.id == leader.id) {
-                route.leader = Some(leader);
+            let peers = &mut route.region.peers;
+            if !peers.iter().any(|p| p.id == leader.id) {
+                peers.retain(|p| p.store_id != leader.store_id);
+                peers.push(leader.clone());
             }
+            route.leader = Some(leader);
         }
     }
 
@@ -107,6 +112,39 @@ mod tests {
             leader: None,
             health: None,
         }
+    }
+
+    #[test]
+    fn a_leader_the_cached_membership_does_not_list_is_added_and_used() {
+        let cache = RegionCache::default();
+        cache.insert(region(1, b"", b"", 1));
+        let joined = Peer {
+            id: 60,
+            store_id: 52,
+            role: 0,
+        };
+        cache.update_leader(1, joined.clone());
+        let route = cache.locate(b"k").unwrap();
+        assert_eq!(route.leader, Some(joined.clone()));
+        assert!(route.region.peers.contains(&joined));
+        let newer_on_store_1 = Peer {
+            id: 70,
+            store_id: 1,
+            role: 0,
+        };
+        cache.update_leader(1, newer_on_store_1.clone());
+        let route = cache.locate(b"k").unwrap();
+        assert_eq!(route.leader, Some(newer_on_store_1));
+        assert_eq!(
+            route
+                .region
+                .peers
+                .iter()
+                .filter(|p| p.store_id == 1)
+                .count(),
+            1,
+            "the older peer on store 1 is replaced"
+        );
     }
 
     #[test]

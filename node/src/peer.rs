@@ -764,6 +764,14 @@ impl Peer {
         self.safe_ts.get(version, applied)
     }
 
+    /// Whether the safe-timestamp claim in force was made about this replica's whole applied
+    /// state (no write applied since). A leader waits for one before its region goes quiet:
+    /// quiet regions make no claims, so they keep the last.
+    pub fn safe_ts_is_current(&mut self) -> bool {
+        let (version, applied) = (self.version(), self.applied_index());
+        self.safe_ts.made_at_or_after(version, applied)
+    }
+
     /// Takes a safe-timestamp claim (see [`crate::safe_ts`]), from the local resolver or from
     /// the leader that made it.
     pub fn take_safe_ts(&mut self, version: u64, index: u64, ts: u64) {

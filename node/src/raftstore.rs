@@ -811,6 +811,21 @@ fn merged_into(
         .is_some_and(|t| t.id == target_id)
 }
 
+/// Idle leaders wait this many times `quiet_leader_ticks` at most for a safe-timestamp claim
+/// about their final state before going quiet without one (the TSO may be unreachable).
+const QUIET_CLAIM_WAIT: u32 = 5;
+
+/// Whether an idle leader goes quiet now: idle long enough, and its resolver has made a claim
+/// about its final state (quiet regions make no claims, so a region that went quiet before it
+/// would keep an older safe timestamp, one below its last writes, until woken) — or it waited
+/// `QUIET_CLAIM_WAIT` times as long for one.
+fn ready_to_go_quiet(cfg: &RaftStoreConfig, fsm: &mut PeerFsm) -> bool {
+    cfg.quiet_regions
+        && fsm.idle_ticks >= cfg.quiet_leader_ticks
+        && (fsm.peer.safe_ts_is_current()
+            || fsm.idle_ticks >= cfg.quiet_leader_ticks.saturating_mul(QUIET_CLAIM_WAIT))
+}
+
 /// A tick: Raft time, and the periodic duties of a leader (heartbeat to the placement driver,
 /// split checks, log GC). A leader whose region was idle for `quiet_leader_ticks` (every
 /// follower has the whole log, nothing in flight) goes quiet and tells its followers, which go
@@ -823,7 +838,7 @@ fn on_tick(ctx: &StoreContext, fsm: &mut PeerFsm) {
     let idle = fsm.peer.is_leader() && fsm.peer.is_idle();
     fsm.idle_ticks = if idle { fsm.idle_ticks + 1 } else { 0 };
     let leader = fsm.peer.is_leader();
-    if cfg.quiet_regions && leader && fsm.idle_ticks >= cfg.quiet_leader_ticks {
+    if leader && ready_to_go_quiet(cfg, fsm) {
         // Quiet from this tick on: no heartbeat goes out whose answers would wake it again.
         fsm.go_quiet();
         ctx.transport.send_all(fsm.peer.quiesce_messages());
@@ -864,7 +879,7 @@ fn on_tick(ctx: &StoreContext, fsm: &mut PeerFsm) {
     {
         maybe_compact_log(ctx, fsm);
     }
-    if cfg.quiet_regions && leader && fsm.idle_ticks >= cfg.quiet_leader_ticks {
+    if leader && ready_to_go_quiet(cfg, fsm) {
         fsm.go_quiet();
         ctx.transport.send_all(fsm.peer.quiesce_messages());
     }

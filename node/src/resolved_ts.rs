@@ -40,6 +40,9 @@ pub fn resolve(tso_ts: u64, locks: impl IntoIterator<Item = u64>) -> Option<u64>
     (claim > 0).then_some(claim)
 }
 
+/// The least time a round waits for one region's read barrier.
+const MIN_REGION_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Publishes resolved timestamps of the regions this store leads, every `interval`.
 pub struct Resolver {
     ctx: NodeContext,
@@ -80,9 +83,12 @@ impl Resolver {
                 return 0;
             }
         };
+        // A round gives each region at least a second: on a loaded node a read barrier can take
+        // longer than a short interval, and no claim would ever be made.
+        let per_region = self.interval.max(MIN_REGION_TIMEOUT);
         let rounds = regions
             .into_iter()
-            .map(|region| tokio::time::timeout(self.interval, self.advance(region, tso_ts)));
+            .map(|region| tokio::time::timeout(per_region, self.advance(region, tso_ts)));
         futures::future::join_all(rounds)
             .await
             .into_iter()

@@ -20,6 +20,8 @@ pub struct SafeTs {
     version: u64,
     /// In force: its index is applied.
     current: u64,
+    /// The log index of the claim in force.
+    current_index: u64,
     /// (index, ts) not yet applied, in the order received.
     pending: VecDeque<(u64, u64)>,
 }
@@ -68,8 +70,18 @@ impl SafeTs {
                 break;
             }
             self.pending.pop_front();
-            self.current = self.current.max(ts);
+            if ts > self.current {
+                self.current = ts;
+                self.current_index = index;
+            }
         }
+    }
+
+    /// Whether the claim in force was made at `index` or later, at region version
+    /// `current_version`: it then speaks for the replica's whole state up to `index`.
+    pub fn made_at_or_after(&mut self, current_version: u64, index: u64) -> bool {
+        self.follow(current_version, index);
+        self.current != 0 && self.current_index >= index
     }
 }
 
@@ -115,6 +127,18 @@ mod tests {
         assert_eq!(s.get(2, 9), 0, "a claim about the old range");
         s.publish(2, 2, 9, 140, 9);
         assert_eq!(s.get(2, 9), 140);
+    }
+
+    #[test]
+    fn a_claim_speaks_for_the_state_up_to_its_index() {
+        let mut s = SafeTs::default();
+        assert!(!s.made_at_or_after(1, 0), "no claim yet");
+        s.publish(1, 1, 7, 100, 7);
+        assert!(s.made_at_or_after(1, 7));
+        assert!(!s.made_at_or_after(1, 8), "written to after the claim");
+        s.publish(1, 1, 9, 120, 9);
+        assert!(s.made_at_or_after(1, 9));
+        assert!(!s.made_at_or_after(2, 9), "a new version drops the claim");
     }
 
     #[test]
