@@ -66,7 +66,7 @@ impl RegionCache {
             let peers = &mut route.region.peers;
             if !peers.iter().any(|p| p.id == leader.id) {
                 peers.retain(|p| p.store_id != leader.store_id);
-                peers.push(leader.clone());
+                peers.push(leader);
             }
             route.leader = Some(leader);
         }
@@ -123,16 +123,16 @@ mod tests {
             store_id: 52,
             role: 0,
         };
-        cache.update_leader(1, joined.clone());
+        cache.update_leader(1, joined);
         let route = cache.locate(b"k").unwrap();
-        assert_eq!(route.leader, Some(joined.clone()));
+        assert_eq!(route.leader, Some(joined));
         assert!(route.region.peers.contains(&joined));
         let newer_on_store_1 = Peer {
             id: 70,
             store_id: 1,
             role: 0,
         };
-        cache.update_leader(1, newer_on_store_1.clone());
+        cache.update_leader(1, newer_on_store_1);
         let route = cache.locate(b"k").unwrap();
         assert_eq!(route.leader, Some(newer_on_store_1));
         assert_eq!(
