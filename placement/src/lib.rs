@@ -15,6 +15,7 @@ pub mod hot_region;
 pub mod id;
 pub mod location;
 pub mod member;
+pub mod member_state;
 pub mod merge_checker;
 pub mod meta_store;
 pub mod replica_checker;

@@ -372,6 +372,21 @@ impl MemberRaft {
         meta: Arc<MetaStore>,
         now_ms: u64,
     ) -> Result<Self, PlacementError> {
+        Self::open_with_election_seed(id, voters, log, meta, now_ms, None)
+    }
+
+    /// As [`MemberRaft::open`]; with `election_seed`, the member's election timeout is fixed
+    /// to a value in `[ELECTION_TICKS, 2 * ELECTION_TICKS)` drawn from the seed and its id,
+    /// instead of raft-rs's thread-local randomness (a simulation must replay exactly). The
+    /// lease's reasoning holds either way: no follower votes before `ELECTION_TICKS`.
+    pub fn open_with_election_seed(
+        id: u64,
+        voters: Vec<u64>,
+        log: Arc<dyn RaftLogEngine>,
+        meta: Arc<MetaStore>,
+        now_ms: u64,
+        election_seed: Option<u64>,
+    ) -> Result<Self, PlacementError> {
         assert!(voters.contains(&id), "member {id} is not among {voters:?}");
         let storage = MemberStorage::open(log.clone(), meta.clone(), voters)?;
         let applied = meta.applied()?;
@@ -391,6 +406,21 @@ impl MemberRaft {
             check_quorum: true,
             pre_vote: true,
             ..Default::default()
+        };
+        let cfg = match election_seed {
+            Some(seed) => {
+                let mixed = seed
+                    .wrapping_add(id)
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    .rotate_left(29);
+                let timeout = ELECTION_TICKS + (mixed % ELECTION_TICKS as u64) as usize;
+                raft::Config {
+                    min_election_tick: timeout,
+                    max_election_tick: timeout + 1,
+                    ..cfg
+                }
+            }
+            None => cfg,
         };
         cfg.validate()?;
         let logger = ringkv_storage::raft_logger::raft_logger(0, id);

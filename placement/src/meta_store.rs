@@ -95,6 +95,16 @@ impl MetaStore {
         Ok(MetaStore { db })
     }
 
+    /// A store that lives as long as this value (tests and the simulation): kept in memory
+    /// and a temporary file that is removed when it is dropped.
+    pub fn open_temporary() -> Result<Self, PlacementError> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .flush_every_ms(None)
+            .open()?;
+        Ok(MetaStore { db })
+    }
+
     /// The cluster id, once a leader has chosen it (0 before).
     pub fn cluster_id(&self) -> Result<u64, PlacementError> {
         match self.db.get(keys::CLUSTER_ID)? {

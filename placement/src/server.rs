@@ -5,6 +5,7 @@
 
 use crate::cluster::{MetaWrites, PlacementCore};
 use crate::member::{self, MemberRaft, MemberSpec, TICK_MS};
+use crate::member_state::{encode_members, MemberState, Progress};
 use crate::meta_store::{keys, MetaStore};
 use crate::service::{MemberService, PlacementService};
 use crate::{PlacementConfig, PlacementError};
@@ -15,7 +16,7 @@ use ringkv_proto::limits::GRPC_MESSAGE_BYTES_MAX;
 use ringkv_proto::pdpb::placement_member_client::PlacementMemberClient;
 use ringkv_proto::pdpb::placement_member_server::PlacementMemberServer;
 use ringkv_proto::pdpb::placement_server::PlacementServer as PlacementGrpc;
-use ringkv_proto::pdpb::{Member, MemberRaftRequest, MetaKeyValue, MetaSnapshot};
+use ringkv_proto::pdpb::{Member, MemberRaftRequest, MetaSnapshot};
 use ringkv_storage::{RaftEngineLog, RaftLogEngine};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,36 +39,12 @@ pub struct PlacementServer {
     shutdown: Option<watch::Sender<bool>>,
 }
 
-/// What the driver publishes after every round, for replies waiting on a commit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Progress {
-    pub applied: u64,
-    pub term: u64,
-    pub leader: bool,
-}
-
-/// The member's mutable state, under one lock: the Raft group and, on the leader, the core.
-pub(crate) struct MemberState {
-    pub raft: MemberRaft,
-    /// The placement core, loaded while this member leads and has applied its whole log.
-    pub core: Option<PlacementCore>,
-    /// The last log index of a change whose reply had to wait for its commit (ids, timestamp
-    /// limits, …): every later reply waits for it too, so no reply relies on a change that a
-    /// failover could lose.
-    pub sync_index: u64,
-    /// The term in which this member proposed the cluster's identity (0: not yet).
-    init_proposed_term: u64,
-    /// A storage failure stopped the member: it serves nothing until restarted.
-    failed: bool,
-}
-
 /// What the member's tasks and handlers share.
 pub(crate) struct Shared {
     pub state: Mutex<MemberState>,
     /// Wakes the driver for a round (a proposal, a message, a transfer).
     pub wake: tokio::sync::Notify,
     pub progress: watch::Sender<Progress>,
-    pub config: PlacementConfig,
     pub members: Vec<MemberSpec>,
     pub self_id: u64,
     pub meta: Arc<MetaStore>,
@@ -100,55 +77,12 @@ impl Shared {
         }
     }
 
-    /// The core, if this member serves now; else why not, with the leader's address if known.
+    /// The core, if this member serves now (see [`MemberState::serving`]).
     pub fn serving<'a>(
         &self,
         st: &'a mut MemberState,
     ) -> Result<&'a mut PlacementCore, PlacementError> {
-        st.raft.observe_clock(self.mono_ms());
-        let leader_id = st.raft.leader_id();
-        let elsewhere = |reason| PlacementError::NotLeader {
-            leader: (leader_id != 0 && leader_id != self.self_id)
-                .then(|| self.member(leader_id).map(|m| m.endpoint.clone()))
-                .flatten(),
-            reason,
-        };
-        if st.failed {
-            return Err(elsewhere("this member stopped after a storage failure"));
-        }
-        if !st.raft.is_leader() {
-            return Err(elsewhere("not the leader"));
-        }
-        if !st.raft.lease_valid() {
-            return Err(elsewhere("the leader holds no lease now"));
-        }
-        st.core
-            .as_mut()
-            .ok_or_else(|| elsewhere("the new leader is still loading its state"))
-    }
-
-    /// Proposes the core's writes; a proposal that fails drops the core (its memory is now
-    /// ahead of the log), to be loaded again once the log is applied.
-    pub fn propose(&self, st: &mut MemberState, writes: &MetaWrites) -> Result<(), PlacementError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        match st.raft.propose(member::encode_command(writes)) {
-            Ok(index) => {
-                if writes.sync {
-                    st.sync_index = st.sync_index.max(index);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "placement proposal failed; reloading the core");
-                st.core = None;
-                Err(PlacementError::NotLeader {
-                    leader: None,
-                    reason: "the leader could not propose (leadership moving)",
-                })
-            }
-        }
+        st.serving(self.mono_ms())
     }
 
     /// Waits until the log is applied up to `index` while this member still leads in `term`.
@@ -180,90 +114,14 @@ impl Shared {
         }
     }
 
-    /// After a round: a member that no longer leads drops its core; a leader that has applied
-    /// its whole log loads it (choosing the cluster's identity first if nobody has).
-    fn after_round(&self, st: &mut MemberState) -> Result<(), PlacementError> {
-        if !st.raft.is_leader() {
-            if st.core.take().is_some() {
-                tracing::info!(term = st.raft.term(), "placement member no longer leads");
-            }
-            return Ok(());
-        }
-        if st.core.is_some() || !st.raft.caught_up_as_leader() {
-            return Ok(());
-        }
-        let cluster_id = self.meta.cluster_id()?;
-        if cluster_id == 0 {
-            let term = st.raft.term();
-            if st.init_proposed_term != term {
-                st.init_proposed_term = term;
-                let mut writes = MetaWrites::default();
-                writes.put(
-                    keys::CLUSTER_ID.to_vec(),
-                    fresh_cluster_id().to_be_bytes().to_vec(),
-                );
-                writes.put(keys::MEMBERS.to_vec(), encode_members(&self.members));
-                st.raft.propose(member::encode_command(&writes))?;
-                tracing::info!(term, "placement leader initialises the cluster");
-            }
-            return Ok(());
-        }
-        let cfg = &self.config;
-        let now_ms = wall_ms();
-        let mut core = PlacementCore::new(
-            cluster_id,
-            cfg.replicas,
-            cfg.tso_save_window_ms,
-            self.meta.load()?,
-        );
-        core.set_loaded_at(now_ms);
-        core.set_merge_config(cfg.merge_config());
-        core.set_gc_life_time_ms(cfg.gc_life_time_ms);
-        core.set_replica_timing(cfg.max_store_down_time_ms, cfg.operator_timeout_ms);
-        core.set_balance_config(cfg.balance_config());
-        core.set_location_labels(cfg.location_labels.clone());
-        core.apply_persisted_schedule();
-        tracing::info!(
-            term = st.raft.term(),
-            applied = st.raft.applied().0,
-            cluster_id,
-            stores = core.store_count(),
-            regions = core.region_count(),
-            "placement leader serving"
-        );
-        st.core = Some(core);
-        // Everything applied is committed; an index proposed in an older term may never be
-        // reached (its entry truncated), and replies must not wait for it.
-        st.sync_index = st.raft.applied().0;
-        Ok(())
-    }
-
     fn publish(&self, st: &MemberState) {
-        let p = Progress {
-            applied: st.raft.applied().0,
-            term: st.raft.term(),
-            leader: st.raft.is_leader() && !st.failed,
-        };
+        let p = st.progress();
         self.progress.send_if_modified(|old| {
             let changed = *old != p;
             *old = p;
             changed
         });
     }
-}
-
-/// The member list as stored under `members` (name -> endpoint).
-fn encode_members(members: &[MemberSpec]) -> Vec<u8> {
-    MetaSnapshot {
-        kvs: members
-            .iter()
-            .map(|m| MetaKeyValue {
-                key: m.name.clone().into_bytes(),
-                value: m.endpoint.clone().into_bytes(),
-            })
-            .collect(),
-    }
-    .encode_to_vec()
 }
 
 /// Refuses a data directory made for another member list.
@@ -310,27 +168,10 @@ async fn drive(
         };
         let messages = {
             let mut st = shared.state.lock();
-            if st.failed {
+            if st.failed() {
                 continue;
             }
-            let now = shared.mono_ms();
-            if tick {
-                st.raft.tick(now);
-            }
-            let round = st
-                .raft
-                .handle_ready()
-                .and_then(|ready| shared.after_round(&mut st).map(|()| ready));
-            let messages = match round {
-                Ok(ready) => ready.messages,
-                Err(e) => {
-                    // A storage failure: stop rather than let this member's metadata diverge.
-                    tracing::error!(error = %e, "placement member stops serving after a storage failure; restart it once the cause is fixed");
-                    st.failed = true;
-                    st.core = None;
-                    Vec::new()
-                }
-            };
+            let messages = st.round(tick, shared.mono_ms(), wall_ms());
             if st.raft.has_ready() {
                 shared.wake.notify_one();
             }
@@ -405,7 +246,7 @@ async fn run_schedulers(shared: Arc<Shared>, interval: Duration) {
             Ok(core) => core.schedule(wall_ms(), &mut writes),
             Err(_) => continue,
         };
-        if shared.propose(&mut st, &writes).is_err() {
+        if st.propose(&writes).is_err() {
             if let Some(core) = st.core.as_mut() {
                 core.cancel_operators(&started);
             }
@@ -505,16 +346,16 @@ impl PlacementServer {
         }
         let (progress, _) = watch::channel(Progress::default());
         let shared = Arc::new(Shared {
-            state: Mutex::new(MemberState {
+            state: Mutex::new(MemberState::new(
                 raft,
-                core: None,
-                sync_index: 0,
-                init_proposed_term: 0,
-                failed: false,
-            }),
+                config.clone(),
+                members.clone(),
+                me.id,
+                meta.clone(),
+                fresh_cluster_id,
+            )),
             wake: tokio::sync::Notify::new(),
             progress,
-            config: config.clone(),
             members: members.clone(),
             self_id: me.id,
             meta,

@@ -75,7 +75,7 @@ impl PlacementService {
                 .check_cluster(header.map(|h| h.cluster_id).unwrap_or(0))
                 .and_then(|()| f(core, &mut writes, wall_ms()));
             // Writes of a failed call are still facts (e.g. an id range consumed).
-            shared.propose(&mut st, &writes).map_err(unavailable)?;
+            st.propose(&writes).map_err(unavailable)?;
             (cluster_id, result, (st.sync_index, st.raft.term()))
         };
         shared.wake.notify_one();

@@ -19,6 +19,7 @@ pub mod process;
 pub mod regions;
 pub mod sim;
 pub mod sim_bank;
+pub mod sim_placement;
 pub mod txn_rpc;
 
 use std::time::{Duration, Instant};

@@ -15,6 +15,7 @@
 //! regions tile the keyspace.
 
 use crate::linearizability::{History, Invocation};
+use crate::sim_placement::{Release, SimPlacement, Ticket};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -27,6 +28,8 @@ use ringkv_node::router::{PeerMsg, StoreMsg, StoreRouter};
 use ringkv_node::split_check::{SplitChecker, SplitConfig};
 use ringkv_node::transport::SnapshotReport;
 use ringkv_placement::cluster::{MetaWrites, PersistedState, PlacementCore};
+use ringkv_placement::replica_checker::Step;
+use ringkv_placement::PlacementConfig;
 use ringkv_proto::keys::{self, ranges_overlap};
 use ringkv_proto::metapb::{Region, Store};
 use ringkv_proto::pdpb::StoreStats;
@@ -166,8 +169,83 @@ pub struct SimOutcome {
     pub membership_changes_proposed: u32,
     pub operator_transfers: u32,
     pub replicas_on_added_stores: usize,
+    /// The placement group: member crashes and isolations, terms that served, messages.
+    pub placement_group: crate::sim_placement::GroupStats,
+    /// Timestamps the TSO probe got (each strictly above the one before, across failovers).
+    pub tso_probes: u64,
     /// A hash over everything observable that happened, in order.
     pub trace: u64,
+}
+
+/// A placement reply, carried out once the changes it relies on have applied.
+enum PdReply {
+    /// Bootstrap peers to create.
+    Bootstrap { store: usize, regions: Vec<Region> },
+    /// A split with the ids the placement driver allocated.
+    Split { store: usize, cmd: RaftCmdRequest },
+    /// An operator's next step for the region's leader.
+    Step {
+        store: usize,
+        region: Region,
+        step: Step,
+    },
+    /// The replica was removed from its region: destroy it.
+    Destroy {
+        store: usize,
+        region_id: u64,
+        peer_id: u64,
+    },
+    /// Quiet leaders with an operator waiting.
+    Wake { store: usize, regions: Vec<u64> },
+    /// A timestamp for the probe.
+    Tso(u64),
+}
+
+/// Calls `f` on the serving placement member until a reply is released, advancing the group
+/// (without faults) meanwhile: the bootstrap's calls.
+fn call_and_wait<T>(
+    pd: &mut SimPlacement,
+    mut f: impl FnMut(&mut PlacementCore, &mut MetaWrites, i64) -> T,
+) -> T {
+    for _ in 0..20_000 {
+        if let Some((value, ticket)) = pd.call(&mut f) {
+            loop {
+                match pd.release(&ticket) {
+                    Release::Ready => return value,
+                    Release::Lost => break,
+                    Release::Waiting => pd.advance(false),
+                }
+            }
+        }
+        pd.advance(false);
+    }
+    panic!(
+        "the simulated placement group never answered: {}",
+        pd.describe()
+    );
+}
+
+/// What the placement driver answers a leader's region report with: the next step of the
+/// region's operator, if the report is of the epoch it knows.
+fn plan_operator_step(
+    core: &mut PlacementCore,
+    region: &Region,
+    hb: &ringkv_proto::pdpb::RegionHeartbeatRequest,
+    now_ms: i64,
+    w: &mut MetaWrites,
+) -> Option<Step> {
+    if core.region_by_id(region.id).map(|r| r.region.region_epoch) != Some(region.region_epoch) {
+        return None;
+    }
+    let stats = hb
+        .stats_known
+        .then_some(ringkv_placement::merge_checker::RegionStats {
+            size_bytes: hb.approximate_size_bytes,
+            keys: hb.approximate_keys,
+            pending_peers: hb.pending_peers.len(),
+        });
+    core.region_stats(region.id, stats, now_ms);
+    core.operator_step(region.id, now_ms, w)
 }
 
 #[derive(Default)]
@@ -259,7 +337,14 @@ pub struct Sim {
     seed: u64,
     cfg: SimConfig,
     rng: StdRng,
-    pd: PlacementCore,
+    /// The placement group: three members, one serving at a time.
+    pd: SimPlacement,
+    /// What routing sees while no member has ever loaded a core.
+    empty_pd: PlacementCore,
+    /// Placement replies waiting for the changes they rely on to apply.
+    pd_replies: Vec<(Ticket, PdReply)>,
+    /// The last timestamp the TSO probe got.
+    last_tso: u64,
     stores: Vec<SimStore>,
     now: u64,
     net: BTreeMap<(u64, u64), InFlight>,
@@ -294,9 +379,6 @@ pub struct Sim {
     operators_seen: BTreeSet<(u64, i64)>,
 }
 
-/// Placement time per simulation step: a tick is 100 ms and about five steps.
-const PLACEMENT_MS_PER_STEP: u64 = 20;
-
 /// Search states the linearizability check may visit per key before it gives up.
 const HISTORY_CHECK_BUDGET: u64 = 2_000_000;
 
@@ -313,21 +395,39 @@ fn value_of(n: u64, len: usize) -> Vec<u8> {
 impl Sim {
     pub fn new(seed: u64, cfg: SimConfig) -> Sim {
         crate::init_test_logging();
-        let mut pd = PlacementCore::new(1, 3, 3000, PersistedState::default());
+        let mut config = PlacementConfig {
+            replicas: 3,
+            tso_save_window_ms: 3000,
+            ..PlacementConfig::default()
+        };
+        if cfg.placement {
+            config.max_store_down_time_ms = cfg.max_store_down_time_ms;
+            config.operator_timeout_ms = 30_000;
+            config.balance_hot_region = false;
+        }
+        let mut pd = SimPlacement::new(
+            seed,
+            config,
+            cfg.drop_per_mille,
+            cfg.delay_steps_max,
+            cfg.faults,
+        );
         let mut stores = Vec::new();
-        let mut w = MetaWrites::default();
         for _ in 0..cfg.stores {
-            let id = pd.alloc_ids(1, &mut w).expect("ids");
-            pd.put_store(
-                Store {
-                    id,
-                    address: format!("sim-{id}"),
-                    ..Default::default()
-                },
-                0,
-                &mut w,
-            )
-            .expect("store registers");
+            let id = call_and_wait(&mut pd, |core, w, now| {
+                let id = core.alloc_ids(1, w).expect("ids");
+                core.put_store(
+                    Store {
+                        id,
+                        address: format!("sim-{id}"),
+                        ..Default::default()
+                    },
+                    now,
+                    w,
+                )
+                .expect("store registers");
+                id
+            });
             stores.push(SimStore {
                 id,
                 log: Arc::new(MemLogEngine::new()),
@@ -342,6 +442,9 @@ impl Sim {
             seed,
             rng: StdRng::seed_from_u64(seed),
             pd,
+            empty_pd: PlacementCore::new(1, 3, 3000, PersistedState::default()),
+            pd_replies: Vec::new(),
+            last_tso: 0,
             stores,
             now: 0,
             net: BTreeMap::new(),
@@ -383,6 +486,8 @@ impl Sim {
                 membership_changes_proposed: 0,
                 operator_transfers: 0,
                 replicas_on_added_stores: 0,
+                placement_group: Default::default(),
+                tso_probes: 0,
                 trace: 0,
             },
             bank: (cfg.bank_clients > 0).then(|| {
@@ -400,15 +505,6 @@ impl Sim {
             operators_seen: BTreeSet::new(),
             cfg,
         };
-        if sim.cfg.placement {
-            sim.pd
-                .set_replica_timing(sim.cfg.max_store_down_time_ms, 30_000);
-            sim.pd
-                .set_balance_config(ringkv_placement::balance::BalanceConfig {
-                    balance_hot_region: false,
-                    ..Default::default()
-                });
-        }
         // Each store's clock runs at its own rate: ticks every steps_per_tick - 1 ..= + 1 steps.
         let base = sim.cfg.steps_per_tick.max(3);
         sim.tick_periods = (0..sim.stores.len())
@@ -419,19 +515,17 @@ impl Sim {
         }
         for i in 0..sim.stores.len() {
             let id = sim.stores[i].id;
-            let regions = sim
-                .pd
-                .store_heartbeat(
+            let regions = call_and_wait(&mut sim.pd, |core, _, now| {
+                core.store_heartbeat(
                     StoreStats {
                         store_id: id,
                         ..Default::default()
                     },
-                    0,
+                    now,
                 )
-                .expect("heartbeat");
-            for r in regions {
-                let _ = sim.router(i).send_control(StoreMsg::CreateBootstrapPeer(r));
-            }
+                .expect("heartbeat")
+            });
+            sim.carry_out(PdReply::Bootstrap { store: i, regions });
         }
         for i in 0..sim.stores.len() {
             sim.publish_to_bank(i);
@@ -545,6 +639,7 @@ impl Sim {
         }
         self.heal_all();
         self.settle();
+        self.outcome.placement_group = self.pd.stats.clone();
         self.outcome.trace = self.trace.finish();
         self.outcome
     }
@@ -554,6 +649,8 @@ impl Sim {
         if faulty && self.cfg.faults {
             self.inject_faults();
         }
+        self.pd.advance(faulty);
+        self.release_pd_replies();
         self.deliver_due();
         let paused = match self.fault {
             Some((i, _, Fault::Pause)) => Some(i),
@@ -599,17 +696,22 @@ impl Sim {
         {
             self.start_register_op();
         }
-        if let Some(bank) = self.bank.as_mut() {
+        if self.bank.is_some() {
             let routes = self
-                .pd
+                .route()
                 .scan_regions(b"", b"", usize::MAX)
                 .into_iter()
                 .cloned()
                 .collect();
-            bank.step(self.now, routes);
+            if let Some(bank) = self.bank.as_mut() {
+                bank.step(self.now, routes);
+            }
         }
         if self.cfg.placement {
             self.run_placement(paused);
+        }
+        if self.now.is_multiple_of(100) {
+            self.probe_tso();
         }
         self.check_merges();
         self.check_writes();
@@ -729,6 +831,7 @@ impl Sim {
         if let Some((i, _, kind)) = self.fault.take() {
             self.end_fault(i, kind);
         }
+        self.pd.heal();
         self.cut.clear();
         self.cut_outbound = None;
     }
@@ -809,7 +912,8 @@ impl Sim {
         }
     }
 
-    /// The placement driver's side: heartbeats, split requests and reports.
+    /// The placement driver's side: heartbeats, split requests and reports, each a call to
+    /// the serving placement member (lost if none serves, as an RPC would fail).
     fn handle_events(&mut self, i: usize) {
         let mut events = Vec::new();
         if let Some((_, rx)) = self.stores[i].running.as_mut() {
@@ -817,21 +921,36 @@ impl Sim {
                 events.push(e);
             }
         }
-        let mut w = MetaWrites::default();
         for event in events {
             match event {
                 StoreEvent::RegionHeartbeat(hb) => {
-                    if let Some(region) = hb.region.clone() {
-                        let _ =
-                            self.pd
-                                .region_heartbeat(region.clone(), hb.leader, hb.term, &mut w);
-                        if self.cfg.placement {
-                            self.carry_out_operator(i, &region, &hb, &mut w);
-                        }
+                    let Some(region) = hb.region.clone() else {
+                        continue;
+                    };
+                    let placement = self.cfg.placement;
+                    let answer = self.pd.call(|core, w, now| {
+                        let _ = core.region_heartbeat(region.clone(), hb.leader, hb.term, w);
+                        placement
+                            .then(|| plan_operator_step(core, &region, &hb, now, w))
+                            .flatten()
+                    });
+                    if placement {
+                        self.tally_operators();
+                    }
+                    if let Some((Some(step), ticket)) = answer {
+                        self.reply(
+                            ticket,
+                            PdReply::Step {
+                                store: i,
+                                region,
+                                step,
+                            },
+                        );
                     }
                 }
                 StoreEvent::AskSplit { region, split_key } => {
-                    let Ok((new_region_id, new_peer_ids)) = self.pd.ask_split(&region, &mut w)
+                    let Some((Ok((new_region_id, new_peer_ids)), ticket)) =
+                        self.pd.call(|core, w, _| core.ask_split(&region, w))
                     else {
                         continue;
                     };
@@ -848,40 +967,126 @@ impl Sim {
                             })),
                         }),
                     };
-                    let (tx, _rx) = oneshot::channel();
-                    self.router(i).send_command(cmd, tx);
+                    self.reply(ticket, PdReply::Split { store: i, cmd });
                 }
                 StoreEvent::ReportSplit { left, right } => {
                     self.note(("split", left.id, right.id));
-                    let _ = self.pd.report_split(left, right, None, 0, &mut w);
+                    let _ = self
+                        .pd
+                        .call(|core, w, _| core.report_split(left, right, None, 0, w));
                 }
                 StoreEvent::ProposeCommitMerge { source, cmd } => {
                     self.propose_commit_merge(i, source, cmd);
                 }
                 StoreEvent::CheckStalePeer { region, peer } => {
-                    let removed = self.pd.region_by_id(region.id).is_some_and(|info| {
-                        ringkv_node::server::removed_from(&region, &peer, &info.region)
+                    let answer = self.pd.call(|core, _, _| {
+                        core.region_by_id(region.id).is_some_and(|info| {
+                            ringkv_node::server::removed_from(&region, &peer, &info.region)
+                        })
                     });
-                    if removed {
-                        self.note(("stale_peer", region.id, peer.id));
-                        let _ = self
-                            .router(i)
-                            .send(region.id, PeerMsg::Destroy { tombstone: true });
+                    if let Some((true, ticket)) = answer {
+                        let reply = PdReply::Destroy {
+                            store: i,
+                            region_id: region.id,
+                            peer_id: peer.id,
+                        };
+                        self.reply(ticket, reply);
                     }
                 }
             }
         }
     }
 
-    fn placement_now_ms(&self) -> i64 {
-        (self.now * PLACEMENT_MS_PER_STEP) as i64
+    /// Carries a placement reply out now if the changes it relies on have applied, later if
+    /// they may still, never if leadership moved first.
+    fn reply(&mut self, ticket: Ticket, reply: PdReply) {
+        match self.pd.release(&ticket) {
+            Release::Ready => self.carry_out(reply),
+            Release::Waiting => self.pd_replies.push((ticket, reply)),
+            Release::Lost => self.note("placement reply lost"),
+        }
+    }
+
+    /// The replies whose wait is over.
+    fn release_pd_replies(&mut self) {
+        let waiting = std::mem::take(&mut self.pd_replies);
+        for (ticket, reply) in waiting {
+            self.reply(ticket, reply);
+        }
+    }
+
+    /// What a node does with a placement reply (nothing if it is down by now).
+    fn carry_out(&mut self, reply: PdReply) {
+        let store = match &reply {
+            PdReply::Bootstrap { store, .. }
+            | PdReply::Split { store, .. }
+            | PdReply::Step { store, .. }
+            | PdReply::Destroy { store, .. }
+            | PdReply::Wake { store, .. } => Some(*store),
+            PdReply::Tso(_) => None,
+        };
+        if store.is_some_and(|i| self.stores[i].running.is_none()) {
+            return;
+        }
+        match reply {
+            PdReply::Bootstrap { store, regions } => {
+                for r in regions {
+                    let _ = self
+                        .router(store)
+                        .send_control(StoreMsg::CreateBootstrapPeer(r));
+                }
+            }
+            PdReply::Split { store, cmd } => {
+                let (tx, _rx) = oneshot::channel();
+                self.router(store).send_command(cmd, tx);
+            }
+            PdReply::Step {
+                store,
+                region,
+                step,
+            } => self.carry_out_operator(store, &region, step),
+            PdReply::Destroy {
+                store,
+                region_id,
+                peer_id,
+            } => {
+                self.note(("stale_peer", region_id, peer_id));
+                let _ = self
+                    .router(store)
+                    .send(region_id, PeerMsg::Destroy { tombstone: true });
+            }
+            PdReply::Wake { store, regions } => {
+                for region in regions {
+                    let _ = self.router(store).send(region, PeerMsg::Wake);
+                }
+            }
+            PdReply::Tso(ts) => {
+                assert!(
+                    ts > self.last_tso,
+                    "seed {}: the TSO went back from {} to {ts} at step {} (placement: {})",
+                    self.seed,
+                    self.last_tso,
+                    self.now,
+                    self.pd.describe()
+                );
+                self.last_tso = ts;
+                self.outcome.tso_probes += 1;
+            }
+        }
+    }
+
+    /// Takes a timestamp from the serving placement member, as a client's TSO request does.
+    fn probe_tso(&mut self) {
+        let answer = self.pd.call(|core, w, now| core.tso(1, now, w));
+        if let Some((Ok(batch), ticket)) = answer {
+            let ts = ringkv_placement::tso::compose_ts(batch.physical_ms, batch.logical);
+            self.reply(ticket, PdReply::Tso(ts));
+        }
     }
 
     /// Store heartbeats from the running stores (a paused one is silent), and a round of the
     /// balancers, as the placement driver's timers would.
     fn run_placement(&mut self, paused: Option<usize>) {
-        let now_ms = self.placement_now_ms();
-        let mut w = MetaWrites::default();
         if self.now.is_multiple_of(25) {
             for i in 0..self.stores.len() {
                 let Some((store, _)) = self.stores[i].running.as_ref() else {
@@ -900,17 +1105,21 @@ impl Sim {
                     leader_count: leaders,
                     ..Default::default()
                 };
-                let _ = self.pd.store_heartbeat(stats, now_ms);
                 // As the node does with its heartbeat's answer: quiet leaders whose region
                 // has an operator waiting wake and report.
-                for region in self.pd.regions_to_wake(self.stores[i].id) {
-                    let _ = store.router().send(region, PeerMsg::Wake);
+                let answer = self.pd.call(|core, _, now| {
+                    let _ = core.store_heartbeat(stats, now);
+                    core.regions_to_wake(stats.store_id)
+                });
+                if let Some((regions, ticket)) = answer {
+                    self.reply(ticket, PdReply::Wake { store: i, regions });
                 }
             }
         }
         if self.now.is_multiple_of(50) {
-            let started = self.pd.schedule(now_ms, &mut w);
-            self.note(("schedule", started));
+            if let Some((started, _)) = self.pd.call(|core, w, now| core.schedule(now, w)) {
+                self.note(("schedule", started));
+            }
         }
         self.tally_operators();
     }
@@ -918,7 +1127,7 @@ impl Sim {
     /// Counts operators new since the last look, by what planned them.
     fn tally_operators(&mut self) {
         let new: Vec<(u64, i64, String)> = self
-            .pd
+            .route()
             .operators()
             .filter(|o| !self.operators_seen.contains(&(o.region_id, o.created_ms)))
             .map(|o| (o.region_id, o.created_ms, o.reason.clone()))
@@ -937,47 +1146,21 @@ impl Sim {
     /// The placement driver's answer to a leader's report, carried out as a node's placement
     /// task does: the next step of the region's operator (a leader asked to remove itself
     /// hands leadership over first).
-    fn carry_out_operator(
-        &mut self,
-        i: usize,
-        region: &Region,
-        hb: &ringkv_proto::pdpb::RegionHeartbeatRequest,
-        w: &mut MetaWrites,
-    ) {
-        use ringkv_placement::replica_checker::Step;
+    fn carry_out_operator(&mut self, i: usize, region: &Region, step: Step) {
         use ringkv_proto::metapb::{ConfChangeKind, PeerRole};
-        let now_ms = self.placement_now_ms();
-        if self
-            .pd
-            .region_by_id(region.id)
-            .map(|r| r.region.region_epoch)
-            != Some(region.region_epoch)
-        {
-            return;
-        }
-        let stats = hb
-            .stats_known
-            .then_some(ringkv_placement::merge_checker::RegionStats {
-                size_bytes: hb.approximate_size_bytes,
-                keys: hb.approximate_keys,
-                pending_peers: hb.pending_peers.len(),
-            });
-        self.pd.region_stats(region.id, stats, now_ms);
-        let step = self.pd.operator_step(region.id, now_ms, w);
-        self.tally_operators();
         let store_id = self.stores[i].id;
         match step {
-            Some(Step::TransferLeader { to }) => {
+            Step::TransferLeader { to } => {
                 self.note(("operator_transfer", region.id, to.id));
                 self.outcome.operator_transfers += 1;
                 let _ = self
                     .router(i)
                     .send(region.id, PeerMsg::TransferLeader { to_peer_id: to.id });
             }
-            Some(Step::ChangePeer {
+            Step::ChangePeer {
                 kind: ConfChangeKind::Remove,
                 peer,
-            }) if peer.store_id == store_id => {
+            } if peer.store_id == store_id => {
                 let to = region
                     .peers
                     .iter()
@@ -989,7 +1172,7 @@ impl Sim {
                         .send(region.id, PeerMsg::TransferLeader { to_peer_id: to.id });
                 }
             }
-            Some(Step::ChangePeer { kind, peer }) => {
+            Step::ChangePeer { kind, peer } => {
                 self.note(("change_peer", region.id, kind as i32, peer.id));
                 self.outcome.membership_changes_proposed += 1;
                 let cmd = RaftCmdRequest {
@@ -1009,7 +1192,7 @@ impl Sim {
                 self.router(i).send_command(cmd, tx);
             }
             // Admin-only steps; the simulated schedulers plan none.
-            Some(Step::Split { .. } | Step::Merge { .. }) | None => {}
+            Step::Split { .. } | Step::Merge { .. } => {}
         }
     }
 
@@ -1027,7 +1210,7 @@ impl Sim {
         } else {
             routed[k - 1].clone()
         };
-        let Some(leader) = self.pd.region_by_id(source.id).and_then(|i| i.leader) else {
+        let Some(leader) = self.route().region_by_id(source.id).and_then(|i| i.leader) else {
             return;
         };
         let Some(i) = self.index_of(leader.store_id) else {
@@ -1050,7 +1233,7 @@ impl Sim {
         let region = if self.cfg.register_keys > 0 && self.rng.gen_bool(0.5) {
             let n = self.rng.gen_range(0..self.cfg.register_keys);
             let encoded = keys::encode(&keys::default_keyspace(), format!("reg{n:03}").as_bytes());
-            match self.pd.region_by_key(&encoded) {
+            match self.route().region_by_key(&encoded) {
                 Some(info) => info.region.clone(),
                 None => return,
             }
@@ -1061,7 +1244,7 @@ impl Sim {
             }
             routed[self.rng.gen_range(0..routed.len())].clone()
         };
-        let Some(leader) = self.pd.region_by_id(region.id).and_then(|i| i.leader) else {
+        let Some(leader) = self.route().region_by_id(region.id).and_then(|i| i.leader) else {
             return;
         };
         let Some(i) = self.index_of(leader.store_id) else {
@@ -1173,7 +1356,7 @@ impl Sim {
         let user = format!("reg{n:03}").into_bytes();
         let encoded = keys::encode(&keys::default_keyspace(), &user);
         let put = self.rng.gen_bool(0.5);
-        let Some(info) = self.pd.region_by_key(&encoded).cloned() else {
+        let Some(info) = self.route().region_by_key(&encoded).cloned() else {
             return;
         };
         let Some(i) = self.pick_store(&info) else {
@@ -1315,7 +1498,7 @@ impl Sim {
 
     fn try_start_write(&mut self, key: u64) -> bool {
         let encoded = keys::encode(&keys::default_keyspace(), &user_key(key));
-        let Some(info) = self.pd.region_by_key(&encoded) else {
+        let Some(info) = self.route().region_by_key(&encoded) else {
             return false;
         };
         let info = info.clone();
@@ -1447,6 +1630,7 @@ impl Sim {
             if self.now.is_multiple_of(500)
                 && self.unacked.is_empty()
                 && self.bank_settled()
+                && self.pd.serving()
                 && self.placement_settled()
                 && self.settled()
                 && self.data_difference().is_none()
@@ -1459,7 +1643,7 @@ impl Sim {
                         .routed()
                         .iter()
                         .map(|r| {
-                            let leader = self.pd.region_by_id(r.id).and_then(|i| i.leader);
+                            let leader = self.route().region_by_id(r.id).and_then(|i| i.leader);
                             format!(
                                 "{} {:?} leader {:?} peers {:?}",
                                 r.id,
@@ -1474,7 +1658,7 @@ impl Sim {
                         .collect();
                     format!(
                         "placement did not settle: operators {:?}; regions {regions:?}",
-                        self.pd.operator_infos()
+                        self.route().operator_infos()
                     )
                 } else if self.unacked.is_empty() {
                     let difference = self
@@ -1505,7 +1689,7 @@ impl Sim {
         self.check_history();
         self.check_bank();
         self.outcome.acked_writes = self.acked.len();
-        self.outcome.regions = self.pd.region_count();
+        self.outcome.regions = self.route().region_count();
         let added: BTreeSet<u64> = self.stores.iter().skip(3).map(|s| s.id).collect();
         self.outcome.replicas_on_added_stores = self
             .routed()
@@ -1519,7 +1703,7 @@ impl Sim {
     fn placement_settled(&self) -> bool {
         use ringkv_proto::metapb::PeerRole;
         !self.cfg.placement
-            || (self.pd.operators().next().is_none()
+            || (self.route().operators().next().is_none()
                 && self.routed().iter().all(|r| {
                     r.peers.len() == 3 && r.peers.iter().all(|p| p.role == PeerRole::Voter as i32)
                 }))
@@ -1560,7 +1744,7 @@ impl Sim {
     /// Where `key` is routed and what each store knows of that region, for failure reports.
     fn describe_key(&self, key: u64) -> String {
         let encoded = keys::encode(&keys::default_keyspace(), &user_key(key));
-        let Some(info) = self.pd.region_by_key(&encoded) else {
+        let Some(info) = self.route().region_by_key(&encoded) else {
             return "no routed region".into();
         };
         let mut out = format!(
@@ -1598,7 +1782,7 @@ impl Sim {
     /// Each running store's replica of `region_id` as its peer reports it.
     fn describe_region(&mut self, region_id: u64) -> String {
         let mut out = String::new();
-        if let Some(r) = self.pd.region_by_id(region_id) {
+        if let Some(r) = self.route().region_by_id(region_id) {
             out += &format!(
                 "routed {:?} peers {:?}; ",
                 r.region.region_epoch,
@@ -1609,6 +1793,7 @@ impl Sim {
                     .collect::<Vec<_>>()
             );
         }
+        let pd = self.pd.view().unwrap_or(&self.empty_pd);
         for s in &mut self.stores {
             let Some((store, _)) = s.running.as_mut() else {
                 out += &format!("store {} down; ", s.id);
@@ -1619,7 +1804,7 @@ impl Sim {
                 .router()
                 .send(region_id, ringkv_node::router::PeerMsg::Status(tx));
             store.step();
-            let routed = self.pd.region_by_id(region_id).map(|i| i.region.clone());
+            let routed = pd.region_by_id(region_id).map(|i| i.region.clone());
             let initialized = store.router().meta().regions.contains_key(&region_id);
             if let Some(r) = routed.as_ref().filter(|_| !initialized) {
                 let meta = store.router().meta();
@@ -1636,7 +1821,7 @@ impl Sim {
                                 .iter()
                                 .map(|p| (p.id, p.store_id))
                                 .collect::<Vec<_>>(),
-                            self.pd.region_by_id(l.id).map(|i| i.region.region_epoch)
+                            pd.region_by_id(l.id).map(|i| i.region.region_epoch)
                         )
                     })
                     .collect();
@@ -1671,9 +1856,14 @@ impl Sim {
         out
     }
 
+    /// The placement core clients route with (see [`SimPlacement::view`]).
+    fn route(&self) -> &PlacementCore {
+        self.pd.view().unwrap_or(&self.empty_pd)
+    }
+
     /// The placement driver's regions, in key order.
     fn routed(&self) -> Vec<Region> {
-        self.pd
+        self.route()
             .scan_regions(b"", b"", usize::MAX)
             .into_iter()
             .map(|r| r.region.clone())

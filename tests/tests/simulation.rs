@@ -1,7 +1,8 @@
 //! Deterministic simulation of a cluster, by workload, each over 200 seeds in CI (four shards of
 //! 50, which nextest runs in parallel). Faults: messages dropped, duplicated, delayed and
 //! reordered; partitions (both ways and one way), crashes, disk faults that stop a node, pauses,
-//! and clocks that tick at different rates. A failure prints its seed:
+//! and clocks that tick at different rates; placement members crashing and cut off from each
+//! other (the placement group runs inside the simulation, see `sim_placement`). A failure prints its seed:
 //! `RINGKV_SIM_SEED=<seed> cargo nextest run -p ringkv-tests --test simulation` replays it, and
 //! `RINGKV_SIM_SEEDS=<n>` runs `n` seeds per shard instead (the soak run, see docs/testing.md).
 
@@ -161,6 +162,31 @@ fn assert_faults_injected(outcomes: &[(u64, SimOutcome)]) {
     println!("faults over {} seeds: {faults:?}", outcomes.len());
     for (what, n) in faults {
         assert!(n > 0, "no {what} injected over {} seeds", outcomes.len());
+    }
+    // The placement group: members crashed and were cut off, leadership moved, and the TSO
+    // probe's timestamps (checked to rise strictly) went on across the failovers.
+    let group = |f: fn(&SimOutcome) -> u64| outcomes.iter().map(|(_, o)| f(o)).sum::<u64>();
+    let placement = [
+        (
+            "placement member crashes",
+            group(|o| o.placement_group.member_crashes),
+        ),
+        (
+            "placement member isolations",
+            group(|o| o.placement_group.member_isolations),
+        ),
+        (
+            "placement failovers",
+            group(|o| o.placement_group.serving_terms.saturating_sub(1)),
+        ),
+        ("TSO probes", group(|o| o.tso_probes)),
+    ];
+    println!(
+        "placement group over {} seeds: {placement:?}",
+        outcomes.len()
+    );
+    for (what, n) in placement {
+        assert!(n > 0, "no {what} over {} seeds", outcomes.len());
     }
 }
 
