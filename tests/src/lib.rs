@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod cluster_checks;
 pub mod debug;
 pub mod linearizability;
+pub mod list_append;
 pub mod process;
 pub mod regions;
 pub mod sim;
