@@ -85,6 +85,10 @@ pub struct PlacementConfig {
     /// without these labels are placed by load alone. Default `["zone", "rack", "host"]`;
     /// at most 8 distinct names.
     pub location_labels: Vec<String>,
+    /// Lets `PlacementMember/SetMemberNetFilter` make this member drop its Raft traffic to
+    /// and from chosen members: for fault-injection tests only, never in production. Default
+    /// false.
+    pub fault_injection: bool,
 }
 
 impl Default for PlacementConfig {
@@ -115,6 +119,7 @@ impl Default for PlacementConfig {
             hot_region_schedule_limit: 4,
             hot_region_min_bytes_per_sec: 64 * 1024,
             location_labels: vec!["zone".into(), "rack".into(), "host".into()],
+            fault_injection: false,
         }
     }
 }

@@ -49,6 +49,10 @@ pub(crate) struct Shared {
     pub self_id: u64,
     pub meta: Arc<MetaStore>,
     started: Instant,
+    /// Whether `SetMemberNetFilter` is allowed (`fault_injection`).
+    pub fault_injection: bool,
+    /// Members whose Raft traffic to and from this one is dropped (fault injection).
+    pub blocked: Mutex<Vec<u64>>,
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the core's time (TSO, heartbeats).
@@ -215,6 +219,10 @@ async fn send_to(shared: Arc<Shared>, to: MemberSpec, mut rx: mpsc::Receiver<Vec
                 Err(_) => break,
             }
         }
+        if shared.blocked.lock().contains(&to.id) {
+            // Fault injection: lost on the way, as across a partition.
+            continue;
+        }
         let has_snapshot = batch
             .iter()
             .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
@@ -360,6 +368,8 @@ impl PlacementServer {
             self_id: me.id,
             meta,
             started,
+            fault_injection: config.fault_injection,
+            blocked: Mutex::new(Vec::new()),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut outboxes = HashMap::new();

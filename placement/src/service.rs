@@ -107,6 +107,11 @@ impl PlacementMember for MemberService {
                 req.to_member_id, shared.self_id
             )));
         }
+        if shared.blocked.lock().contains(&req.from_member_id) {
+            return Err(Status::unavailable(
+                "dropped by fault injection (SetMemberNetFilter)",
+            ));
+        }
         let messages = member::decode_messages(&req.messages);
         {
             let mut st = shared.state.lock();
@@ -119,6 +124,25 @@ impl PlacementMember for MemberService {
         }
         shared.wake.notify_one();
         Ok(Response::new(MemberRaftResponse {}))
+    }
+
+    async fn set_member_net_filter(
+        &self,
+        request: Request<SetMemberNetFilterRequest>,
+    ) -> Result<Response<SetMemberNetFilterResponse>, Status> {
+        let shared = &self.shared;
+        if !shared.fault_injection {
+            return Err(Status::failed_precondition(
+                "fault injection is off on this placement member; start it with fault_injection = true (tests only)",
+            ));
+        }
+        let blocked = request.into_inner().blocked_member_ids;
+        tracing::warn!(
+            ?blocked,
+            "fault injection: placement raft traffic to and from these members is dropped"
+        );
+        *shared.blocked.lock() = blocked;
+        Ok(Response::new(SetMemberNetFilterResponse {}))
     }
 }
 

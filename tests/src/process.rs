@@ -361,6 +361,72 @@ impl ProcessCluster {
         self.placements[i].spawn();
     }
 
+    /// Cuts placement member `isolated` off from the other members both ways, or heals
+    /// (None), through the members' fault-injection hook (their config needs
+    /// `fault_injection = true`). Nodes and clients still reach every member.
+    pub fn partition_placement(&self, isolated: Option<usize>) {
+        use ringkv_proto::pdpb::placement_member_client::PlacementMemberClient;
+        use ringkv_proto::pdpb::SetMemberNetFilterRequest;
+        let listed: Vec<String> = self
+            .pd_endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("pd-{}={a}", i + 1))
+            .collect();
+        let specs = ringkv_placement::member::member_specs(&listed).expect("member list");
+        let id_of = |i: usize| {
+            let name = format!("pd-{}", i + 1);
+            specs
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.id)
+                .expect("a listed member")
+        };
+        let rt = Self::rt();
+        for i in (0..self.placements.len()).filter(|&i| self.placement_member_running(i)) {
+            let blocked: Vec<u64> = match isolated {
+                None => Vec::new(),
+                Some(j) if j == i => (0..self.placements.len())
+                    .filter(|&k| k != i)
+                    .map(id_of)
+                    .collect(),
+                Some(j) => vec![id_of(j)],
+            };
+            let endpoint = format!("http://{}", self.pd_endpoints[i]);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let set = rt.block_on(async {
+                    let mut c = PlacementMemberClient::connect(endpoint.clone())
+                        .await
+                        .ok()?;
+                    c.set_member_net_filter(SetMemberNetFilterRequest {
+                        blocked_member_ids: blocked.clone(),
+                    })
+                    .await
+                    .ok()
+                });
+                if set.is_some() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "placement member {i} did not take its net filter within 20 s; its log ends:\n{}",
+                    self.placement_log_tail(i)
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// SIGSTOP / SIGCONT placement member `i`.
+    pub fn pause_placement_member(&mut self, i: usize) {
+        self.placements[i].signal(libc::SIGSTOP);
+    }
+
+    pub fn resume_placement_member(&mut self, i: usize) {
+        self.placements[i].signal(libc::SIGCONT);
+    }
+
     pub fn placement_member_running(&self, i: usize) -> bool {
         self.placements[i].child.is_some()
     }

@@ -1,7 +1,8 @@
 //! A deterministic simulation of a whole cluster on one thread: N stores (each a
-//! [`SteppedStore`] over in-memory engines), the placement core, a seeded network that drops,
-//! delays, duplicates and reorders messages and can be partitioned, crashes and restarts of
-//! stores, and clients writing unique keys. Everything random comes from one seed, so a
+//! [`SteppedStore`] over in-memory engines), the placement group (three members, see
+//! [`crate::sim_placement`]), a seeded network that drops, delays, duplicates and reorders
+//! messages and can be partitioned (a store cut off from the others reaches no placement member
+//! either), crashes and restarts of stores, and clients writing unique keys. Everything random comes from one seed, so a
 //! failure replays exactly from the seed it prints.
 //!
 //! With `placement`, the placement core also schedules: stores heartbeat, the balancers and
@@ -921,6 +922,13 @@ impl Sim {
                 events.push(e);
             }
         }
+        if self.cut.contains(&self.stores[i].id) {
+            // A store partitioned from the others cannot reach the placement driver either:
+            // its calls fail (the node asks again later; the driver learns from later reports).
+            let before = events.len();
+            events.retain(|e| matches!(e, StoreEvent::ProposeCommitMerge { .. }));
+            self.note(("placement calls lost", i, before - events.len()));
+        }
         for event in events {
             match event {
                 StoreEvent::RegionHeartbeat(hb) => {
@@ -1092,7 +1100,7 @@ impl Sim {
                 let Some((store, _)) = self.stores[i].running.as_ref() else {
                     continue;
                 };
-                if paused == Some(i) {
+                if paused == Some(i) || self.cut.contains(&self.stores[i].id) {
                     continue;
                 }
                 let (regions, leaders) = {

@@ -1,6 +1,8 @@
 //! Real-process chaos: three `ringkv-node` processes and three placement members, clients
 //! reading and writing registers and unique keys, and a nemesis that, one fault at a time,
-//! `kill -9`s and restarts a node or the placement leader, SIGSTOPs and SIGCONTs a node, or partitions a
+//! `kill -9`s and restarts a node or the placement leader, SIGSTOPs and SIGCONTs a node or the
+//! placement leader, cuts the placement leader off from the other members (the members'
+//! hook, `PlacementMember/SetMemberNetFilter`), or partitions a
 //! node from the others (through the nodes' fault-injection hook, `Debug/SetNetFilter`). The
 //! run is bounded in time. Afterwards every acknowledged unique key must be readable and the
 //! register history linearizable; a summary of operations, faults and anomalies is printed.
@@ -43,6 +45,8 @@ split_check_ticks = 2
 struct Faults {
     node_kills: u32,
     placement_kills: u32,
+    placement_pauses: u32,
+    placement_partitions: u32,
     pauses: u32,
     partitions: u32,
 }
@@ -65,7 +69,8 @@ fn chaos_keeps_histories_linearizable_and_acknowledged_writes_durable() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(7);
     println!("chaos seed {seed} (RINGKV_CHAOS_SEED replays the fault schedule)");
-    let mut cluster = ProcessCluster::start_with_placement_members(3, 3, NODE_TOML, "");
+    let mut cluster =
+        ProcessCluster::start_with_placement_members(3, 3, NODE_TOML, "fault_injection = true\n");
     let (rt, checking_client) = cluster.client();
     // The workload's client gives up on a write that may have been applied rather than retry
     // it, so a put takes effect at most once and the history stays checkable.
@@ -196,6 +201,11 @@ fn chaos_keeps_histories_linearizable_and_acknowledged_writes_durable() {
         ),
         ("node kills", u64::from(faults.node_kills)),
         ("placement kills", u64::from(faults.placement_kills)),
+        ("placement pauses", u64::from(faults.placement_pauses)),
+        (
+            "placement partitions",
+            u64::from(faults.placement_partitions),
+        ),
         ("pauses", u64::from(faults.pauses)),
         ("partitions", u64::from(faults.partitions)),
         ("lost acknowledged writes", lost.len() as u64),
@@ -233,7 +243,7 @@ fn run_nemesis(
         std::thread::sleep(Duration::from_millis(rng.gen_range(1000..2500)));
         let i = rng.gen_range(0..store_ids.len());
         let length = Duration::from_millis(rng.gen_range(1000..3000));
-        match rng.gen_range(0..10) {
+        match rng.gen_range(0..12) {
             0..=3 => {
                 cluster.kill_node(i);
                 faults.node_kills += 1;
@@ -252,12 +262,31 @@ fn run_nemesis(
                 std::thread::sleep(length);
                 cluster.partition(rt, store_ids, None);
             }
-            _ => {
+            9 => {
                 let member = cluster.placement_leader().unwrap_or(0);
                 cluster.kill_placement_member(member);
                 faults.placement_kills += 1;
                 std::thread::sleep(length);
                 cluster.restart_placement_member(member);
+            }
+            10 => {
+                // The placement leader cut off from the other members (nodes and clients
+                // still reach it): it must stop serving once its lease runs out, and a new
+                // leader takes over.
+                let member = cluster.placement_leader().unwrap_or(0);
+                cluster.partition_placement(Some(member));
+                faults.placement_partitions += 1;
+                std::thread::sleep(length);
+                cluster.partition_placement(None);
+            }
+            _ => {
+                // A stopped leader that resumes must not serve on a lease that ran out
+                // while it was stopped.
+                let member = cluster.placement_leader().unwrap_or(0);
+                cluster.pause_placement_member(member);
+                faults.placement_pauses += 1;
+                std::thread::sleep(length);
+                cluster.resume_placement_member(member);
             }
         }
     }
