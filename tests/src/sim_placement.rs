@@ -307,11 +307,6 @@ impl SimPlacement {
         }
     }
 
-    /// The fault in force, for the run's trace.
-    pub fn fault(&self) -> Option<(usize, MemberFault)> {
-        self.fault.map(|(i, _, k)| (i, k))
-    }
-
     /// The members serving now; the lease makes it at most one.
     fn servers(&mut self) -> Vec<usize> {
         let now = self.now_ms();
@@ -404,7 +399,8 @@ impl SimPlacement {
             })
     }
 
-    /// The current step's member holding a loaded core with a lease, for settle checks.
+    /// Each member's state (down, or its term, leader, applied index and core), for failure
+    /// messages.
     pub fn describe(&self) -> String {
         self.members
             .iter()
