@@ -93,6 +93,14 @@ mod tests {
     use super::*;
     use ringkv_proto::metapb::RegionEpoch;
 
+    fn peer(id: u64, store_id: u64) -> Peer {
+        Peer {
+            id,
+            store_id,
+            role: 0,
+        }
+    }
+
     fn region(id: u64, start: &[u8], end: &[u8], version: u64) -> RegionRoute {
         RegionRoute {
             region: Region {
@@ -103,11 +111,7 @@ mod tests {
                     conf_ver: 1,
                     version,
                 }),
-                peers: vec![Peer {
-                    id: id * 10,
-                    store_id: 1,
-                    role: 0,
-                }],
+                peers: vec![peer(id * 10, 1)],
             },
             leader: None,
             health: None,
@@ -118,20 +122,12 @@ mod tests {
     fn a_leader_the_cached_membership_does_not_list_is_added_and_used() {
         let cache = RegionCache::default();
         cache.insert(region(1, b"", b"", 1));
-        let joined = Peer {
-            id: 60,
-            store_id: 52,
-            role: 0,
-        };
+        let joined = peer(60, 52);
         cache.update_leader(1, joined);
         let route = cache.locate(b"k").unwrap();
         assert_eq!(route.leader, Some(joined));
         assert!(route.region.peers.contains(&joined));
-        let newer_on_store_1 = Peer {
-            id: 70,
-            store_id: 1,
-            role: 0,
-        };
+        let newer_on_store_1 = peer(70, 1);
         cache.update_leader(1, newer_on_store_1);
         let route = cache.locate(b"k").unwrap();
         assert_eq!(route.leader, Some(newer_on_store_1));

@@ -1,12 +1,50 @@
 //! Waiting for and checking the region layout of an in-process cluster, shared by the split
-//! and merge tests.
+//! and merge tests; splitting it up front and the restart-and-partition nemesis the
+//! transactional tests run.
 
 use crate::cluster::TestCluster;
 use crate::regions::{node_regions_disjoint, pd_regions, tiling_error};
 use crate::wait_until;
 use ringkv_proto::keys;
 use ringkv_proto::metapb::Region;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Splits the cluster's keyspace at these user keys (default keyspace), so transactions span
+/// several regions.
+pub fn presplit(c: &TestCluster, points: &[&[u8]]) {
+    let raw = c.client();
+    for p in points {
+        c.rt.block_on(raw.split_region(crate::txn_rpc::encoded(p)))
+            .expect("split");
+    }
+}
+
+/// A nemesis for workloads running on `c`'s runtime, bounded in rounds (six) and time (40 s):
+/// every other round a node is stopped for 1.5 s and restarted, in between the leader's node
+/// is cut off for 2 s. Returns what it did.
+pub fn restart_and_partition_nemesis(c: &mut TestCluster) -> Vec<String> {
+    let started = Instant::now();
+    let mut faults = Vec::new();
+    for round in 0..6 {
+        if started.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        if round % 2 == 0 {
+            let victim = round % c.node_count();
+            c.stop_node(victim);
+            std::thread::sleep(Duration::from_millis(1500));
+            c.restart_node(victim);
+            faults.push(format!("node {victim} stopped and restarted"));
+        } else if let Some(leader) = c.leader() {
+            c.isolate(leader);
+            std::thread::sleep(Duration::from_millis(2000));
+            c.heal();
+            faults.push(format!("leader on node {leader} cut off for 2 s"));
+        }
+    }
+    faults
+}
 
 /// The encoded key at ring position `pos` of the default keyspace: a clean boundary.
 pub fn ring_position(pos: u64) -> Vec<u8> {

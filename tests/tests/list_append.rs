@@ -6,29 +6,19 @@
 
 use parking_lot::Mutex;
 use ringkv_client::{ClientError, TxnConfig};
-use ringkv_tests::cluster::{ClusterBuilder, TestCluster};
+use ringkv_tests::cluster::ClusterBuilder;
+use ringkv_tests::cluster_checks::{self, presplit};
 use ringkv_tests::list_append::{self, Op, Outcome, Txn};
-use ringkv_tests::txn_rpc::encoded;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const KEYS: u32 = 8;
 const WORKERS: u64 = 8;
 
 fn key(k: u32) -> Vec<u8> {
     format!("la{k}").into_bytes()
-}
-
-fn presplit(cluster: &TestCluster, points: &[&[u8]]) {
-    let raw = cluster.client();
-    for p in points {
-        cluster
-            .rt
-            .block_on(raw.split_region(encoded(p)))
-            .expect("split");
-    }
 }
 
 /// How a failed commit ended: only a refusal is a sure abort; no answer may have committed.
@@ -128,27 +118,7 @@ fn list_append_histories_show_no_snapshot_isolation_anomaly_under_restarts_and_p
             })
             .collect()
     };
-    // The nemesis: bounded in rounds and time.
-    let started = Instant::now();
-    let mut faults = Vec::new();
-    for round in 0..6 {
-        if started.elapsed() > Duration::from_secs(40) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1500));
-        if round % 2 == 0 {
-            let victim = round % cluster.node_count();
-            cluster.stop_node(victim);
-            std::thread::sleep(Duration::from_millis(1500));
-            cluster.restart_node(victim);
-            faults.push(format!("node {victim} stopped and restarted"));
-        } else if let Some(leader) = cluster.leader() {
-            cluster.isolate(leader);
-            std::thread::sleep(Duration::from_millis(2000));
-            cluster.heal();
-            faults.push(format!("leader on node {leader} cut off for 2 s"));
-        }
-    }
+    let faults = cluster_checks::restart_and_partition_nemesis(&mut cluster);
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     for w in workers {

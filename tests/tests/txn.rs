@@ -6,27 +6,17 @@ use ringkv_client::{ClientError, TxnConfig};
 use ringkv_proto::kvrpcpb::kv_client::KvClient;
 use ringkv_proto::kvrpcpb::*;
 use ringkv_tests::bank;
-use ringkv_tests::cluster::{ClusterBuilder, TestCluster};
+use ringkv_tests::cluster::ClusterBuilder;
+use ringkv_tests::cluster_checks::{self, presplit};
 use ringkv_tests::txn_rpc::{commit_key, encoded, prewrite_and_die};
 use ringkv_tests::wait_until;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn num(v: Option<Vec<u8>>) -> i64 {
     v.map(|v| String::from_utf8(v).unwrap().parse().unwrap())
         .unwrap_or(0)
-}
-
-/// Splits the cluster's keyspace into a few regions so transactions span several.
-fn presplit(cluster: &TestCluster, points: &[&[u8]]) {
-    let raw = cluster.client();
-    for p in points {
-        cluster
-            .rt
-            .block_on(raw.split_region(encoded(p)))
-            .expect("split");
-    }
 }
 
 #[test]
@@ -412,24 +402,7 @@ fn bank_transfers_keep_the_total_under_node_restarts_and_leader_partitions() {
         let _guard = cluster.rt.enter();
         bank::start_workers(&client, 16, &stop, &stats)
     };
-    // The nemesis: bounded in rounds and time.
-    let started = Instant::now();
-    for round in 0..6 {
-        if started.elapsed() > Duration::from_secs(40) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1500));
-        if round % 2 == 0 {
-            let victim = round % cluster.node_count();
-            cluster.stop_node(victim);
-            std::thread::sleep(Duration::from_millis(1500));
-            cluster.restart_node(victim);
-        } else if let Some(leader) = cluster.leader() {
-            cluster.isolate(leader);
-            std::thread::sleep(Duration::from_millis(2000));
-            cluster.heal();
-        }
-    }
+    cluster_checks::restart_and_partition_nemesis(&mut cluster);
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
     for w in workers {

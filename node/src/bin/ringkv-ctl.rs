@@ -176,6 +176,16 @@ const BALANCERS: [&str; 5] = [
     "merge-checker",
 ];
 
+/// What `scheduler add` / `remove` take: a checker or balancer by name, or `evict-leader`.
+const SCHEDULERS: [&str; 6] = [
+    "evict-leader",
+    "balance-leader",
+    "balance-region",
+    "hot-region",
+    "replica-repair",
+    "merge-checker",
+];
+
 /// The `config` setting that turns a checker or scheduler on or off.
 fn balancer_setting(name: &str) -> &'static str {
     match name {
@@ -207,7 +217,7 @@ enum SchedulerAction {
     /// `hot-region`, `replica-repair`, `merge-checker`), or `evict-leader STORE_ID`, which moves every leader off the store and
     /// keeps new ones away (before restarting it); watch `store list` until it leads 0.
     Add {
-        #[arg(value_parser = ["evict-leader", "balance-leader", "balance-region", "hot-region", "replica-repair", "merge-checker"])]
+        #[arg(value_parser = SCHEDULERS)]
         name: String,
         /// The store, for `evict-leader`.
         store_id: Option<u64>,
@@ -215,7 +225,7 @@ enum SchedulerAction {
     /// Remove a scheduler: a balancer by name, or `evict-leader STORE_ID` (the store may lead
     /// again).
     Remove {
-        #[arg(value_parser = ["evict-leader", "balance-leader", "balance-region", "hot-region", "replica-repair", "merge-checker"])]
+        #[arg(value_parser = SCHEDULERS)]
         name: String,
         /// The store, for `evict-leader`.
         store_id: Option<u64>,
