@@ -332,7 +332,7 @@ impl PdClient {
         Ok(r.first_id)
     }
 
-    /// Takes `count` timestamps; returns the last one as `physical << 18 | logical`.
+    /// Takes `count` timestamps; returns the last one (`ringkv_proto::tso`).
     pub async fn tso(&self, count: u32) -> Result<u64> {
         let r = self
             .call("tso", |mut c, h| async move {
@@ -346,7 +346,10 @@ impl PdClient {
             .await?;
         check_header(r.header.as_ref())?;
         let ts = r.timestamp.unwrap_or_default();
-        Ok(((ts.physical as u64) << 18) | ts.logical as u64)
+        Ok(ringkv_proto::tso::compose(
+            ts.physical as u64,
+            ts.logical as u64,
+        ))
     }
 
     /// Registers or updates a store; returns the regions it must create at bootstrap state.

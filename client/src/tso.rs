@@ -5,7 +5,7 @@ use crate::{ClientError, Result};
 use tokio::sync::{mpsc, oneshot};
 
 /// Timestamps requested together at most.
-const TSO_BATCH_MAX: usize = 4096;
+const TSO_BATCH_MAX: usize = ringkv_proto::limits::TSO_COUNT_MAX as usize;
 
 /// Hands out timestamps, taking them from the placement driver in batches: every request
 /// waiting when a call goes out is served by that one call.

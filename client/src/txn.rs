@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use ringkv_proto::keys;
 use ringkv_proto::kvrpcpb::*;
 use ringkv_proto::limits::{check_user_key, check_user_range, check_value};
+use ringkv_proto::tso::{physical_ms, LOGICAL_BITS};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -82,11 +83,13 @@ struct Inner {
     service_id: String,
 }
 
-/// Bits of a timestamp below its physical milliseconds (the TSO's logical counter).
-const LOGICAL_BITS: u32 = 18;
-
-fn physical_ms(ts: u64) -> u64 {
-    ts >> LOGICAL_BITS
+/// A transaction's lock TTL: its age plus the configured TTL, so a live transaction's locks
+/// outlast it, capped at what nodes accept (`LOCK_TTL_MS_MAX`): past that its locks can
+/// expire and readers may roll it back.
+fn lock_ttl_ms(started: Instant, ttl_ms: u64) -> u64 {
+    (started.elapsed().as_millis() as u64)
+        .saturating_add(ttl_ms)
+        .min(ringkv_proto::limits::LOCK_TTL_MS_MAX)
 }
 
 fn rule(check: std::result::Result<(), String>) -> Result<()> {
@@ -908,8 +911,7 @@ impl Transaction {
         let mut pause = Duration::from_millis(5);
         let mut bypass = HashSet::new();
         loop {
-            let lock_ttl =
-                self.started.elapsed().as_millis() as u64 + client.inner.config.lock_ttl_ms;
+            let lock_ttl = lock_ttl_ms(self.started, client.inner.config.lock_ttl_ms);
             let primary_lock = primary.to_vec();
             let responses = client
                 .inner
@@ -1116,7 +1118,7 @@ async fn heartbeat(client: TransactionClient, primary: Vec<u8>, start_ts: u64, s
     let interval = client.inner.config.heartbeat_interval;
     loop {
         tokio::time::sleep(interval).await;
-        let advise = started.elapsed().as_millis() as u64 + client.inner.config.lock_ttl_ms;
+        let advise = lock_ttl_ms(started, client.inner.config.lock_ttl_ms);
         let primary_lock = primary.clone();
         let outcome = client
             .inner

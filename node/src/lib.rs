@@ -20,6 +20,7 @@
 //! - [`flow`]: bytes and keys read and written per region and per store, for heartbeats.
 //! - [`latch`]: per-key latches that serialize transactional commands on the same keys.
 //! - [`memory_lock`]: keys of one-phase commits in flight, which readers wait for.
+//! - [`read_pool`]: scans and other long reads, on blocking threads off the async runtime.
 //! - [`server`]: joining the cluster through the placement driver and running all of the above.
 
 pub mod admin;
@@ -37,6 +38,7 @@ pub mod merge;
 pub mod peer;
 pub mod playground;
 pub mod raftstore;
+pub mod read_pool;
 pub mod region_error;
 pub mod resolved_ts;
 pub mod router;

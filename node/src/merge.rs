@@ -72,6 +72,77 @@ pub fn prepared_commit(cmd: &RaftCmdRequest) -> Option<u64> {
     }
 }
 
+/// Checks, before a CommitMerge `cmd` is proposed to its target, that the local replica of its
+/// source holds the prepare it names ([`crate::peer::Peer::prepared_merge_into`]). Target
+/// replicas apply a CommitMerge only after their source applied that prepare, so one resting
+/// on no prepare would stall the target for good. Every replica of both regions sits on this
+/// store's set of stores, so the local source replica can answer.
+pub async fn check_source_prepared(
+    router: &StoreRouter,
+    cmd: &RaftCmdRequest,
+) -> Result<(), SourceNotPrepared> {
+    let Some(admin_request::Cmd::CommitMerge(commit)) =
+        cmd.admin.as_ref().and_then(|a| a.cmd.as_ref())
+    else {
+        return Err(SourceNotPrepared::Refused("not a CommitMerge".into()));
+    };
+    let source = commit.source.as_ref().map_or(0, |s| s.id);
+    if source == 0 || source == cmd.region_id {
+        return Err(SourceNotPrepared::Refused(format!(
+            "CommitMerge into region {} names source region {source}",
+            cmd.region_id
+        )));
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let asked = crate::router::PeerMsg::CheckPreparedMerge {
+        commit: commit.commit,
+        commit_term: commit.commit_term,
+        target: cmd.region_id,
+        reply,
+    };
+    if router.send(source, asked).is_err() {
+        return Err(SourceNotPrepared::Refused(format!(
+            "this store has no replica of source region {source}"
+        )));
+    }
+    match tokio::time::timeout(MERGE_WAIT, answer).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(crate::peer::NoPrepare::Absent))) => Err(SourceNotPrepared::Refused(format!(
+            "source region {source} holds no PrepareMerge into region {} at index {} term {}",
+            cmd.region_id, commit.commit, commit.commit_term
+        ))),
+        Ok(Ok(Err(crate::peer::NoPrepare::Behind { last_index }))) => {
+            Err(SourceNotPrepared::Behind(format!(
+                "the local replica of source region {source} has its log only up to {last_index}, before the prepare at {}",
+                commit.commit
+            )))
+        }
+        _ => Err(SourceNotPrepared::Behind(format!(
+            "the local replica of source region {source} did not answer"
+        ))),
+    }
+}
+
+/// Why a CommitMerge was not proposed (see [`check_source_prepared`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceNotPrepared {
+    /// Not yet: the local source replica has not got the prepare's log entry. Ask again.
+    Behind(String),
+    /// Never: the command names no prepare this store's source replica holds.
+    Refused(String),
+}
+
+/// Proposes a CommitMerge `cmd` to the local replica of its target once the local source
+/// replica shows the prepare it rests on (see [`check_source_prepared`]); a command that does
+/// not rest on one is answered busy here, and the caller tells a forged one apart.
+pub async fn propose_commit_merge(
+    router: &StoreRouter,
+    cmd: RaftCmdRequest,
+) -> Result<CmdResult, SourceNotPrepared> {
+    check_source_prepared(router, &cmd).await?;
+    Ok(admin::propose_for_result(router, cmd).await)
+}
+
 /// The proposal that prepares merging `source` into `target`.
 pub fn prepare_command(source: &Region, target: &Region) -> RaftCmdRequest {
     admin(
@@ -169,7 +240,14 @@ pub async fn propose_to_target(
     store_id: u64,
     cmd: RaftCmdRequest,
 ) -> CmdResult {
-    let local = admin::propose_for_result(router, cmd.clone()).await;
+    let local = match propose_commit_merge(router, cmd.clone()).await {
+        Ok(result) => result,
+        // The target's leader may be elsewhere: the local source replica answers the same
+        // there, and this store's copy may be the one behind.
+        Err(SourceNotPrepared::Behind(why) | SourceNotPrepared::Refused(why)) => {
+            return Err(region_error::server_is_busy(&why));
+        }
+    };
     let leader_store = match &local {
         Err(RegionError {
             kind: Some(Kind::NotLeader(n)),

@@ -22,6 +22,15 @@ use ringkv_storage::{KvEngine, PeerStorage, RaftLogBatch, StorageError};
 use std::collections::{HashMap, VecDeque};
 use tokio::sync::oneshot;
 
+/// Why a CommitMerge cannot rest on a source replica (see [`Peer::prepared_merge_into`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoPrepare {
+    /// The replica's log does not reach the prepare yet: ask again later.
+    Behind { last_index: u64 },
+    /// No such prepare is there (or it was compacted away without being applied).
+    Absent,
+}
+
 /// Where a command's result goes.
 pub type CmdCallback = oneshot::Sender<CmdResult>;
 /// Where a read's go-ahead goes: the region as it stood when the read became safe.
@@ -525,6 +534,44 @@ impl Peer {
         }
     }
 
+    /// Whether this replica's log holds a PrepareMerge into region `target` at index `commit`
+    /// of term `commit_term` (or has applied it): what a CommitMerge naming this region as its
+    /// source must rest on. A target that took a CommitMerge without one would wait for this
+    /// source forever, so the target's leader asks before proposing it.
+    pub fn prepared_merge_into(
+        &self,
+        commit: u64,
+        commit_term: u64,
+        target: u64,
+    ) -> Result<(), NoPrepare> {
+        if let Some(state) = &self.merge_state {
+            if state.commit == commit && state.target.as_ref().is_some_and(|t| t.id == target) {
+                return Ok(());
+            }
+        }
+        let log = &self.raw.raft.raft_log;
+        if commit > log.last_index() {
+            return Err(NoPrepare::Behind {
+                last_index: log.last_index(),
+            });
+        }
+        let entry = log
+            .entries(commit, 1, raft::GetEntriesContext::empty(false))
+            .ok()
+            .and_then(|mut e| (!e.is_empty()).then(|| e.swap_remove(0)));
+        let prepare = entry.filter(|e| e.term == commit_term).and_then(|e| {
+            let cmd = RaftCmdRequest::decode(e.get_data()).ok()?;
+            match cmd.admin?.cmd? {
+                ringkv_proto::raftpb::admin_request::Cmd::PrepareMerge(p) => p.target,
+                _ => None,
+            }
+        });
+        match prepare {
+            Some(t) if t.id == target => Ok(()),
+            _ => Err(NoPrepare::Absent),
+        }
+    }
+
     /// Feeds a Raft message from peer `from`.
     pub fn step(&mut self, from: Option<PeerMeta>, msg: eraftpb::Message) {
         if self.votes_withheld_ticks > 0
@@ -544,6 +591,16 @@ impl Peer {
             if from.id == msg.from && !self.region().peers.iter().any(|p| p.id == from.id) {
                 self.peer_cache.insert(from.id, from);
             }
+        }
+        let mut msg = msg;
+        let log = ringkv_storage::raft_guard::LogView {
+            term: self.raw.raft.term,
+            last_index: self.raw.raft.raft_log.last_index(),
+            committed: self.raw.raft.raft_log.committed,
+        };
+        if let Err(why) = ringkv_storage::raft_guard::admit(&mut msg, log) {
+            tracing::warn!(region = self.region_id(), from = msg.from, %why, "raft message refused");
+            return;
         }
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(region = self.region_id(), error = %e, "dropped raft message");

@@ -183,6 +183,9 @@ pub struct PeerFsm {
     destroy_pending: Option<bool>,
     /// Ticks in a row this peer knew no leader.
     leader_missing_ticks: u32,
+    /// When a message for a newer peer of the region last made this replica ask the placement
+    /// driver whether it was removed (store clock, ms).
+    newer_peer_checked_ms: Option<u64>,
 }
 
 impl PeerFsm {
@@ -200,6 +203,7 @@ impl PeerFsm {
             merge_asked_at: None,
             destroy_pending: None,
             leader_missing_ticks: 0,
+            newer_peer_checked_ms: None,
         })
     }
 
@@ -562,6 +566,14 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
             fsm.wake();
             fsm.peer.catch_up_merge(commit, commit_term);
         }
+        PeerMsg::CheckPreparedMerge {
+            commit,
+            commit_term,
+            target,
+            reply,
+        } => {
+            let _ = reply.send(fsm.peer.prepared_merge_into(commit, commit_term, target));
+        }
         PeerMsg::Destroy { tombstone } if fsm.peer.apply_in_flight() => {
             // Carried out when the apply delegate is home: the pool must not write the region
             // while it is being destroyed.
@@ -646,6 +658,10 @@ fn drop_uninitialized(ctx: &StoreContext, fsm: &mut PeerFsm) {
     ctx.router.close(region_id);
 }
 
+/// How often a replica asks the placement driver whether messages naming a newer peer mean
+/// it was removed (store clock, ms).
+const NEWER_PEER_CHECK_INTERVAL_MS: u64 = 1_000;
+
 fn on_raft_message(ctx: &StoreContext, fsm: &mut PeerFsm, msg: RaftMessage) {
     let Some(to) = msg.to_peer.filter(|p| p.store_id == ctx.store_id) else {
         return;
@@ -654,18 +670,32 @@ fn on_raft_message(ctx: &StoreContext, fsm: &mut PeerFsm, msg: RaftMessage) {
         if to.id > fsm.peer.peer_id() {
             // Peer ids only grow and a region has one peer per store: a newer peer here
             // means the local one was removed (its removal never reached it, or it never
-            // got its first snapshot). It goes, leaving a tombstone; the leader's next
-            // message creates the new peer over it.
+            // got its first snapshot), if the message is true. Once that is confirmed it
+            // goes, leaving a tombstone; the leader's next message creates the new peer.
             tracing::info!(
                 region = msg.region_id,
                 local = fsm.peer.peer_id(),
                 newer = to.id,
-                "a newer peer of the region is on this store; destroying the removed local one"
+                "a message names a newer peer of the region on this store; the local one may have been removed"
             );
-            if fsm.peer.is_initialized() {
-                handle_peer_msg(ctx, fsm, PeerMsg::Destroy { tombstone: true });
-            } else {
+            if !fsm.peer.is_initialized() {
                 drop_uninitialized(ctx, fsm);
+                return;
+            }
+            // An initialized replica holds data: destroying it on one message's word would let
+            // a single forged message delete a replica (three, a region). The placement driver
+            // decides, as for a replica cut off too long: it is destroyed only if the region's
+            // membership moved on without it.
+            let now = ctx.clock.now_ms();
+            let due = fsm
+                .newer_peer_checked_ms
+                .is_none_or(|at| now.saturating_sub(at) >= NEWER_PEER_CHECK_INTERVAL_MS);
+            if due && fsm.peer.merge_state().is_none() {
+                fsm.newer_peer_checked_ms = Some(now);
+                let _ = ctx.events.send(StoreEvent::CheckStalePeer {
+                    region: fsm.peer.region().clone(),
+                    peer: fsm.peer.meta(),
+                });
             }
             return;
         }

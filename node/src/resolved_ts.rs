@@ -112,11 +112,21 @@ impl Resolver {
             .txn
             .memory_locks
             .oldest_in(&region.start_key, &region.end_key);
-        match claim(self.ctx.kv.as_ref(), &region, tso_ts, memory) {
-            Ok(Some(claim)) => claim.publish(router, region.id),
-            Ok(None) => false,
+        let (kv, region_id) = (self.ctx.kv.clone(), region.id);
+        let scanned = self
+            .ctx
+            .reads
+            .run(move || claim(kv.as_ref(), &region, tso_ts, memory))
+            .await;
+        match scanned {
+            Ok(Ok(Some(claim))) => claim.publish(router, region_id),
+            Ok(Ok(None)) => false,
             Err(e) => {
-                tracing::warn!(region = region.id, error = %e, "resolved ts: cannot scan locks");
+                tracing::warn!(region = region_id, error = %e, "resolved ts: lock scan failed");
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(region = region_id, error = %e, "resolved ts: cannot scan locks");
                 false
             }
         }

@@ -72,6 +72,15 @@ pub enum PeerMsg {
     /// The local target replica of this region's merge is waiting for this replica to apply
     /// the prepare at `commit` (see [`crate::peer::Peer::catch_up_merge`]).
     CatchUpMerge { commit: u64, commit_term: u64 },
+    /// Whether this replica's log holds, at `commit` and of `commit_term`, the PrepareMerge
+    /// into region `target` that a CommitMerge naming this region as its source rests on
+    /// (see [`crate::peer::Peer::prepared_merge_into`]).
+    CheckPreparedMerge {
+        commit: u64,
+        commit_term: u64,
+        target: u64,
+        reply: oneshot::Sender<Result<(), crate::peer::NoPrepare>>,
+    },
     /// This replica is finished: its region was merged into another (whose apply already wrote
     /// this region's tombstone) or, with `tombstone`, a snapshot of the region that absorbed it
     /// needs its range.

@@ -164,6 +164,7 @@ impl NodeServer {
             fault_injection,
             txn: Arc::new(crate::service::TxnContext::default()),
             tso,
+            reads: crate::read_pool::ReadPool::default(),
         };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let incoming = ringkv_placement::server::incoming_nodelay(listener);

@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
 mod txn;
+pub use crate::read_pool::ReadPool;
 pub use txn::{GcProgress, TxnContext, TxnOutcome};
 
 /// How long a request waits for the raftstore before answering "try again".
@@ -46,6 +47,8 @@ pub struct NodeContext {
     pub txn: Arc<TxnContext>,
     /// Timestamps for one-phase commits, batched across concurrent requests.
     pub tso: Arc<ringkv_client::TsoBatcher>,
+    /// Where scans and other long reads run, off the runtime's worker threads.
+    pub reads: crate::read_pool::ReadPool,
 }
 
 #[derive(Clone)]
@@ -61,6 +64,13 @@ impl KvService {
     pub fn context(&self) -> &NodeContext {
         &self.ctx
     }
+}
+
+/// The wall clock (ms since the Unix epoch), which request timestamps are checked against.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn invalid(msg: impl Into<String>) -> Status {
@@ -322,12 +332,22 @@ impl Kv for KvService {
                 pairs: vec![],
             },
             Ok(_) => {
-                let mut pairs = Vec::new();
-                for key in req.keys {
-                    if let Some(value) = self.get_local(&key)? {
-                        pairs.push(KvPair { key, value });
-                    }
-                }
+                let kv = self.ctx.kv.clone();
+                let pairs = self
+                    .ctx
+                    .reads
+                    .run(move || {
+                        let mut pairs = Vec::new();
+                        for key in req.keys {
+                            if let Some(value) = kv.get(&data_key(&key))? {
+                                pairs.push(KvPair { key, value });
+                            }
+                        }
+                        Ok::<_, ringkv_storage::StorageError>(pairs)
+                    })
+                    .await
+                    .map_err(storage_failed)?
+                    .map_err(storage_failed)?;
                 self.record_read(region_id, pairs_bytes(&pairs), pairs.len());
                 RawBatchGetResponse {
                     region_error: None,
@@ -443,16 +463,24 @@ impl Kv for KvService {
             }
             Ok(region) => region,
         };
-        let pairs = scan_region(
-            self.ctx.kv.as_ref(),
-            &region,
-            &keyspace,
-            &req.start_key,
-            &req.end_key,
-            req.limit as usize,
-            req.key_only,
-        )
-        .map_err(storage_failed)?;
+        let kv = self.ctx.kv.clone();
+        let pairs = self
+            .ctx
+            .reads
+            .run(move || {
+                scan_region(
+                    kv.as_ref(),
+                    &region,
+                    &keyspace,
+                    &req.start_key,
+                    &req.end_key,
+                    req.limit as usize,
+                    req.key_only,
+                )
+            })
+            .await
+            .map_err(storage_failed)?
+            .map_err(storage_failed)?;
         self.record_read(region_id, pairs_bytes(&pairs), pairs.len());
         Ok(Response::new(RawScanResponse {
             region_error: None,
@@ -774,7 +802,12 @@ impl Raft for RaftService {
                 "propose merge takes exactly one CommitMerge command",
             ));
         }
-        let result = crate::admin::propose_for_result(&self.ctx.router, cmd).await;
+        use crate::merge::SourceNotPrepared;
+        let result = match crate::merge::propose_commit_merge(&self.ctx.router, cmd).await {
+            Ok(result) => result,
+            Err(SourceNotPrepared::Behind(why)) => Err(crate::region_error::server_is_busy(&why)),
+            Err(SourceNotPrepared::Refused(why)) => return Err(invalid(why)),
+        };
         Ok(Response::new(raftpb::ProposeMergeResponse {
             region_error: result.err(),
         }))

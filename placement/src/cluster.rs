@@ -16,7 +16,8 @@ use ringkv_proto::metapb::{
     ConfChangeKind, Peer, PeerRole, Region, RegionEpoch, Store, StoreState,
 };
 use ringkv_proto::pdpb::{
-    KeyspaceMeta, OperatorInfo, RegionFlow, RegionHealth, ScheduleConfig, StoreStats,
+    KeyspaceMeta, OperatorInfo, RegionFlow, RegionHealth, RegionHeartbeatRequest, ScheduleConfig,
+    StoreStats,
 };
 use std::collections::{BTreeMap, HashMap};
 
@@ -96,6 +97,9 @@ pub struct RegionInfo {
     pub flow: Option<(FlowRate, i64)>,
     /// Since when the region (at this membership) has had more replicas than configured.
     pub extra_replicas_since_ms: Option<i64>,
+    /// Replicas the leader last reported as still catching up (peer ids), whether or not it
+    /// had measured the region: a learner is promoted only once it is not among them.
+    pub pending_peers: Vec<u64>,
 }
 
 impl RegionInfo {
@@ -206,7 +210,10 @@ fn cluster_view<'a>(
         schedulable: stores
             .values()
             .filter(|s| {
+                // Registered is not enough: the store must have reported (see
+                // `StoreView::reported`).
                 s.store.state == StoreState::Up as i32
+                    && s.stats.is_some()
                     && now_ms - s.last_heartbeat_ms < STORE_DISCONNECTED_MS
             })
             .map(|s| s.store.id)
@@ -229,7 +236,7 @@ fn cluster_view<'a>(
         // Every replica a caught-up voter on a schedulable store: a move or a leader transfer
         // never starts from (or lands on) a replica that is still catching up.
         let healthy = info.region.peers.len() == replicas as usize
-            && info.stats.as_ref().is_none_or(|s| s.pending_peers == 0)
+            && info.pending_peers.is_empty()
             && info.region.peers.iter().all(|p| {
                 p.role == PeerRole::Voter as i32 && view.schedulable.contains(&p.store_id)
             });
@@ -266,12 +273,75 @@ fn describe_step(step: &Step) -> String {
     }
 }
 
-fn check_has_epoch(region: &Region) -> Result<(), PlacementError> {
-    if region.region_epoch.is_none() {
+/// The most labels a store may carry.
+const STORE_LABELS_MAX: usize = 32;
+
+/// A label name or value: 1 to 64 letters, digits, '-', '_' or '.'.
+fn valid_label(t: &str) -> bool {
+    (1..=64).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// A store's address: `host:port`, at most 255 bytes, with a port that is a number.
+fn check_store_address(store_id: u64, address: &str) -> Result<(), PlacementError> {
+    let port_ok = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if address.len() > 255 || !port_ok {
         return Err(PlacementError::InvalidArgument(format!(
-            "region {} has no epoch",
-            region.id
+            "store {store_id} address {address:?} is not host:port"
         )));
+    }
+    Ok(())
+}
+
+/// The most peers a region reported to the placement driver may list.
+const REGION_PEERS_MAX: usize = 16;
+
+/// Checks that a region a node reports is well formed before it can reach routing: an id, an
+/// epoch, a range that is not inverted, keys of a sane length, and 1..=[`REGION_PEERS_MAX`]
+/// peers with ids, each on its own store (a store holds at most one peer of a region).
+fn check_region_shape(region: &Region) -> Result<(), PlacementError> {
+    let bad = |what: String| {
+        Err(PlacementError::InvalidArgument(format!(
+            "region {}: {what}",
+            region.id
+        )))
+    };
+    if region.id == 0 {
+        return bad("region id 0 is reserved".into());
+    }
+    if region.region_epoch.is_none() {
+        return bad("no epoch".into());
+    }
+    let key_max = ringkv_proto::limits::KEY_BYTES_MAX + ringkv_proto::keys::HASH_PREFIX_LEN;
+    if region.start_key.len() > key_max || region.end_key.len() > key_max {
+        return bad(format!("a boundary key is longer than {key_max} bytes"));
+    }
+    if !region.end_key.is_empty() && region.start_key >= region.end_key {
+        return bad("its range is empty or inverted".into());
+    }
+    if region.peers.is_empty() || region.peers.len() > REGION_PEERS_MAX {
+        return bad(format!(
+            "{} peers; a region has 1..={REGION_PEERS_MAX}",
+            region.peers.len()
+        ));
+    }
+    let mut stores = std::collections::HashSet::new();
+    for p in &region.peers {
+        if p.id == 0 || p.store_id == 0 {
+            return bad(format!(
+                "peer {} on store {}: ids 0 are reserved",
+                p.id, p.store_id
+            ));
+        }
+        if PeerRole::try_from(p.role).is_err() {
+            return bad(format!("peer {} has unknown role {}", p.id, p.role));
+        }
+        if !stores.insert(p.store_id) {
+            return bad(format!("two peers on store {}", p.store_id));
+        }
     }
     Ok(())
 }
@@ -437,11 +507,21 @@ impl PlacementCore {
                 "store id 0 is reserved".into(),
             ));
         }
-        if store.address.is_empty() {
+        check_store_address(store.id, &store.address)?;
+        if store.labels.len() > STORE_LABELS_MAX {
             return Err(PlacementError::InvalidArgument(format!(
-                "store {} has an empty address",
-                store.id
+                "store {} has {} labels; the limit is {STORE_LABELS_MAX}",
+                store.id,
+                store.labels.len()
             )));
+        }
+        for (k, v) in &store.labels {
+            if !valid_label(k) || !valid_label(v) {
+                return Err(PlacementError::InvalidArgument(format!(
+                    "store {} label {k:?}={v:?}: names and values are 1 to 64 letters, digits, '-', '_' or '.'",
+                    store.id
+                )));
+            }
         }
         let mut store = store;
         if let Some(existing) = self.stores.get(&store.id) {
@@ -578,7 +658,7 @@ impl PlacementCore {
             measured: stats.is_some(),
             approximate_size_bytes: stats.map_or(0, |s| s.size_bytes),
             approximate_keys: stats.map_or(0, |s| s.keys),
-            pending_peers: stats.map_or(0, |s| s.pending_peers as u32),
+            pending_peers: info.pending_peers.len() as u32,
             down_peer_ids,
             read_bytes_per_sec: flow.read_bytes,
             read_keys_per_sec: flow.read_keys,
@@ -612,7 +692,19 @@ impl PlacementCore {
         term: u64,
         writes: &mut MetaWrites,
     ) -> Result<(), PlacementError> {
-        check_has_epoch(&region)?;
+        check_region_shape(&region)?;
+        if let Some(l) = &leader {
+            if !region
+                .peers
+                .iter()
+                .any(|p| p.id == l.id && p.store_id == l.store_id)
+            {
+                return Err(PlacementError::InvalidArgument(format!(
+                    "region {}: leader peer {} on store {} is not one of its peers",
+                    region.id, l.id, l.store_id
+                )));
+            }
+        }
         if let Some(known) = self.regions.get_mut(&region.id) {
             if epoch_of(&region) == epoch_of(&known.region)
                 && known.region.start_key == region.start_key
@@ -693,10 +785,19 @@ impl PlacementCore {
         info.flow = Some((averaged, now_ms));
     }
 
-    /// Takes a leader's measurement of its region (at the epoch it reported just before).
-    pub fn region_stats(&mut self, region_id: u64, stats: Option<RegionStats>, now_ms: i64) {
+    /// Takes the figures of a leader's report of its region (at the epoch it reported just
+    /// before): its size when measured, and the replicas still catching up.
+    pub fn region_stats(&mut self, report: &RegionHeartbeatRequest, now_ms: i64) {
+        let Some(region_id) = report.region.as_ref().map(|r| r.id) else {
+            return;
+        };
         if let Some(info) = self.regions.get_mut(&region_id) {
-            info.stats = stats;
+            info.stats = report.stats_known.then_some(RegionStats {
+                size_bytes: report.approximate_size_bytes,
+                keys: report.approximate_keys,
+                pending_peers: report.pending_peers.len(),
+            });
+            info.pending_peers = report.pending_peers.iter().map(|p| p.id).collect();
             info.range_since_ms.get_or_insert(now_ms);
         }
     }
@@ -803,6 +904,7 @@ impl PlacementCore {
                             .unwrap_or(0),
                         tombstone: s.store.state == StoreState::Tombstone as i32,
                         offline: s.store.state == StoreState::Offline as i32,
+                        reported: s.stats.is_some(),
                         location: if with_locations {
                             self.store_location(s)
                         } else {
@@ -844,7 +946,7 @@ impl PlacementCore {
     ) -> Option<Step> {
         let info = self.regions.get(&region_id)?;
         let (region, leader) = (info.region.clone(), info.leader);
-        let pending = info.stats.as_ref().is_some_and(|s| s.pending_peers > 0);
+        let pending = info.pending_peers.clone();
         if let Some(op) = self.operators.get(&region_id) {
             let timeout = if op.is_leader_transfer() {
                 self.replica_cfg
@@ -859,12 +961,13 @@ impl PlacementCore {
                 return None;
             }
             match op.next_step(&region, leader.as_ref()) {
-                // A learner is promoted once it has caught up (no replica pending), so the
-                // region is never left with a voter that cannot vote yet.
+                // A learner is promoted once it has caught up (the leader's last report does
+                // not list it as pending), so the region never gains a voter that cannot vote
+                // yet, nor one on a store that never answers.
                 Some(Step::ChangePeer {
                     kind: ConfChangeKind::AddVoter,
-                    ..
-                }) if pending => return None,
+                    peer,
+                }) if pending.contains(&peer.id) => return None,
                 Some(step) => return Some(step),
                 None => {
                     tracing::info!(region = region_id, reason = %op.reason, "operator finished");
@@ -901,7 +1004,7 @@ impl PlacementCore {
         // (decided without counting replicas per store, which costs a pass over the regions).
         let spread = !needs_look
             && with_locations
-            && !pending
+            && pending.is_empty()
             && region.peers.len() == cfg.replicas as usize
             && region
                 .peers
@@ -988,7 +1091,7 @@ impl PlacementCore {
                         .is_some_and(|l| self.evict_leader_stores.contains(&l.store_id))
                         && !self.operators.contains_key(id)
                         && !self.merges.involves(**id)
-                        && info.stats.as_ref().is_none_or(|s| s.pending_peers == 0)
+                        && info.pending_peers.is_empty()
                 })
                 .map(|(id, _)| *id)
                 .collect();
@@ -1109,11 +1212,7 @@ impl PlacementCore {
         labels: &std::collections::HashMap<String, String>,
         writes: &mut MetaWrites,
     ) -> Result<Store, PlacementError> {
-        let valid = |t: &str| {
-            (1..=64).contains(&t.len())
-                && t.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        };
+        let valid = valid_label;
         if labels.is_empty() {
             return Err(PlacementError::InvalidArgument(
                 "no label given: pass KEY=VALUE (or KEY= to remove one)".into(),
@@ -1579,7 +1678,7 @@ impl PlacementCore {
         region: &Region,
         writes: &mut MetaWrites,
     ) -> Result<(u64, Vec<u64>), PlacementError> {
-        check_has_epoch(region)?;
+        check_region_shape(region)?;
         if region.peers.is_empty() {
             return Err(PlacementError::InvalidArgument(format!(
                 "region {} has no peers to split",
@@ -1609,8 +1708,8 @@ impl PlacementCore {
         term: u64,
         writes: &mut MetaWrites,
     ) -> Result<(), PlacementError> {
-        check_has_epoch(&left)?;
-        check_has_epoch(&right)?;
+        check_region_shape(&left)?;
+        check_region_shape(&right)?;
         if left.end_key != right.start_key || left.end_key.is_empty() {
             return Err(PlacementError::InvalidArgument(format!(
                 "split report of regions {} and {} is not adjacent",
@@ -1717,6 +1816,7 @@ impl PlacementCore {
                 range_since_ms,
                 flow,
                 extra_replicas_since_ms: None,
+                pending_peers: Vec::new(),
             },
         );
         true
@@ -1857,6 +1957,102 @@ mod tests {
 
     /// A bootstrapped three-store core whose first region is split in two at `m` (ids 100+),
     /// with leaders on store 1: (core, left, right).
+    /// Store `id` registers and reports once (at time 0).
+    fn join(pd: &mut PlacementCore, id: u64, w: &mut MetaWrites) {
+        pd.put_store(store(id), 0, w).unwrap();
+        pd.store_heartbeat(
+            StoreStats {
+                store_id: id,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+    }
+
+    /// A leader's report of `region` led by its first peer, listing `pending` as catching up.
+    fn report(region: &Region, pending: &[Peer]) -> RegionHeartbeatRequest {
+        RegionHeartbeatRequest {
+            region: Some(region.clone()),
+            leader: region.peers.first().copied(),
+            pending_peers: pending.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_store_that_registered_but_never_reported_takes_no_replica() {
+        let (mut pd, left, _) = split_core();
+        let mut w = MetaWrites::default();
+        pd.set_schedule_config("replica_repair", "false", &mut w)
+            .unwrap();
+        // Store 4 registers (at an address nothing may listen on) and stays silent.
+        pd.put_store(store(4), 0, &mut w).unwrap();
+        let mut short = left.clone();
+        short.peers.pop();
+        short.region_epoch = Some(RegionEpoch {
+            conf_ver: 2,
+            version: 2,
+        });
+        pd.region_heartbeat(short.clone(), short.peers.first().copied(), 1, &mut w)
+            .unwrap();
+        pd.set_schedule_config("replica_repair", "true", &mut w)
+            .unwrap();
+        let to_store = |step: Option<Step>| match step {
+            Some(Step::ChangePeer { peer, .. }) => Some(peer.store_id),
+            _ => None,
+        };
+        let step = pd.operator_step(short.id, 1000, &mut w);
+        assert_ne!(to_store(step.clone()), Some(4), "{step:?}");
+        assert!(
+            step.is_none(),
+            "no store without a replica has reported: {step:?}"
+        );
+        // Once it reports, it is a home like any other.
+        pd.store_heartbeat(
+            StoreStats {
+                store_id: 4,
+                ..Default::default()
+            },
+            1000,
+        )
+        .unwrap();
+        pd.cancel_operators(&[short.id]);
+        assert_eq!(to_store(pd.operator_step(short.id, 1000, &mut w)), Some(4));
+    }
+
+    #[test]
+    fn a_learner_is_promoted_only_once_its_leader_no_longer_reports_it_pending() {
+        let (mut pd, left, _) = split_core();
+        let mut w = MetaWrites::default();
+        join(&mut pd, 4, &mut w);
+        pd.set_schedule_config("replicas", "4", &mut w).unwrap();
+        let Some(Step::ChangePeer { kind, peer }) = pd.operator_step(left.id, 1000, &mut w) else {
+            panic!("a fourth replica is added");
+        };
+        assert_eq!((kind, peer.store_id), (ConfChangeKind::AddLearner, 4));
+        let mut with_learner = left.clone();
+        with_learner.peers.push(Peer {
+            role: PeerRole::Learner as i32,
+            ..peer
+        });
+        with_learner.region_epoch = Some(RegionEpoch {
+            conf_ver: 2,
+            version: 2,
+        });
+        let leader = with_learner.peers.first().copied();
+        pd.region_heartbeat(with_learner.clone(), leader, 1, &mut w)
+            .unwrap();
+        // Not measured yet (no size), but the learner is catching up: no promotion.
+        pd.region_stats(&report(&with_learner, &[peer]), 1000);
+        assert_eq!(pd.operator_step(left.id, 1000, &mut w), None);
+        pd.region_stats(&report(&with_learner, &[]), 1100);
+        assert!(matches!(
+            pd.operator_step(left.id, 1100, &mut w),
+            Some(Step::ChangePeer { kind: ConfChangeKind::AddVoter, peer: p }) if p.id == peer.id
+        ));
+    }
+
     fn split_core() -> (PlacementCore, Region, Region) {
         let mut pd = core(3);
         let mut w = MetaWrites::default();
@@ -2142,7 +2338,7 @@ mod tests {
             matches!(&too_many, Err(PlacementError::InvalidArgument(m)) if m.contains("only 3 stores are up")),
             "{too_many:?}"
         );
-        pd.put_store(store(4), 0, &mut w).unwrap();
+        join(&mut pd, 4, &mut w);
         pd.set_schedule_config("replica_repair", "false", &mut w)
             .unwrap();
         let c = pd.set_schedule_config("replicas", "4", &mut w).unwrap();

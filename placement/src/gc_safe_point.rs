@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 
 /// Service safe points registered at most (each client registers one).
 pub const SERVICES_MAX: usize = 100_000;
+/// The longest a service safe point lives without renewal: a client that vanished holds GC
+/// back for at most this long.
+pub const SERVICE_TTL_MS_MAX: i64 = 24 * 60 * 60 * 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ServiceSafePoint {
@@ -123,6 +126,11 @@ impl GcSafePoints {
         if ttl_ms <= 0 {
             self.services.remove(service_id);
             return Ok(self.safe_point);
+        }
+        if ttl_ms > SERVICE_TTL_MS_MAX {
+            return Err(PlacementError::InvalidArgument(format!(
+                "service safe point TTL {ttl_ms} ms is above the limit of {SERVICE_TTL_MS_MAX} ms; renew it instead"
+            )));
         }
         if safe_point < self.safe_point {
             return Err(PlacementError::InvalidArgument(format!(

@@ -527,6 +527,17 @@ impl MemberRaft {
     /// Takes a message from another member.
     pub fn step(&mut self, msg: Message, now_ms: u64) -> Result<(), PlacementError> {
         self.now_ms = self.now_ms.max(now_ms);
+        let mut msg = msg;
+        let log = ringkv_storage::raft_guard::LogView {
+            term: self.raw.raft.term,
+            last_index: self.raw.raft.raft_log.last_index(),
+            committed: self.raw.raft.raft_log.committed,
+        };
+        if let Err(why) = ringkv_storage::raft_guard::admit(&mut msg, log) {
+            return Err(PlacementError::InvalidArgument(format!(
+                "placement raft message refused: {why}"
+            )));
+        }
         match self.raw.step(msg) {
             // Messages of other groups or from unknown members are dropped, as raft-rs says.
             Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),

@@ -18,6 +18,10 @@ pub struct StoreView {
     pub region_count: usize,
     /// A tombstone (decommissioned) store takes no replica.
     pub tombstone: bool,
+    /// The store has reported its state (a store heartbeat) since this placement leader
+    /// loaded: only such a store takes new replicas. A registration alone proves nothing
+    /// (it may name an address nothing listens on).
+    pub reported: bool,
     /// Being decommissioned: its replicas move away, it takes no new one.
     pub offline: bool,
     /// Its location (see [`crate::location`]); empty when no location labels are used.
@@ -150,7 +154,7 @@ fn best_new_home<'a>(
 ) -> Option<(&'a StoreView, usize)> {
     stores
         .values()
-        .filter(|s| is_up(s, now_ms, cfg) && !s.offline)
+        .filter(|s| is_up(s, now_ms, cfg) && !s.offline && s.reported)
         .filter(|s| !region.peers.iter().any(|p| p.store_id == s.id))
         .map(|s| (s, location::isolation(&s.location, others.iter().copied())))
         .min_by_key(|(s, iso)| (std::cmp::Reverse(*iso), s.region_count, s.id))
@@ -343,6 +347,7 @@ mod tests {
                     last_heartbeat_ms: 99_000,
                     region_count,
                     tombstone: false,
+                    reported: true,
                     offline: false,
                     location: Vec::new(),
                 },
@@ -356,6 +361,7 @@ mod tests {
                     last_heartbeat_ms: 50_000,
                     region_count: 0,
                     tombstone: false,
+                    reported: true,
                     offline: false,
                     location: Vec::new(),
                 },

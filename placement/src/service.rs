@@ -5,7 +5,6 @@
 
 use crate::cluster::{AdminOperator, MetaWrites, PlacementCore};
 use crate::member;
-use crate::merge_checker::RegionStats;
 use crate::replica_checker::Step;
 use crate::server::{wall_ms, Shared};
 use crate::PlacementError;
@@ -397,7 +396,7 @@ impl Placement for PlacementService {
         let req = request.into_inner();
         let (header, (merge, change_peer, transfer_leader, split)) = self
             .run(req.header, |core, w, now| {
-                let region = req.region.ok_or_else(|| {
+                let region = req.region.clone().ok_or_else(|| {
                     PlacementError::InvalidArgument("region heartbeat without a region".into())
                 })?;
                 let (region_id, epoch) = (region.id, region.region_epoch);
@@ -409,12 +408,7 @@ impl Placement for PlacementService {
                 if let Some(flow) = &req.flow {
                     core.region_flow(region_id, flow, now);
                 }
-                let stats = req.stats_known.then_some(RegionStats {
-                    size_bytes: req.approximate_size_bytes,
-                    keys: req.approximate_keys,
-                    pending_peers: req.pending_peers.len(),
-                });
-                core.region_stats(region_id, stats, now);
+                core.region_stats(&req, now);
                 // Operators first; no merge while one moves the region.
                 match core.operator_step(region_id, now, w) {
                     Some(Step::ChangePeer { kind, peer }) => {

@@ -4,14 +4,16 @@
 //! edge to persist a new bound `save_window_ms` ahead. After a restart it starts at the persisted
 //! bound, so no timestamp is ever handed out twice or goes back, whatever the clock does.
 
-/// Bits of the logical part of a timestamp.
-pub const LOGICAL_BITS: u32 = 18;
-/// Timestamps one request may take at most.
-pub const TSO_BATCH_MAX: u32 = (1 << LOGICAL_BITS) - 1;
+pub use ringkv_proto::tso::LOGICAL_BITS;
+use ringkv_proto::tso::LOGICAL_MAX;
+
+/// Timestamps one request may take at most (`ringkv_proto::limits::TSO_COUNT_MAX`). Far below
+/// what one millisecond holds, so no request can push the TSO ahead of the clock by itself.
+pub const TSO_BATCH_MAX: u32 = ringkv_proto::limits::TSO_COUNT_MAX;
 
 /// Packs a timestamp into the u64 that transactions use.
 pub fn compose_ts(physical_ms: i64, logical: i64) -> u64 {
-    ((physical_ms as u64) << LOGICAL_BITS) | logical as u64
+    ringkv_proto::tso::compose(physical_ms as u64, logical as u64)
 }
 
 /// A batch of timestamps: `count` of them, ending at `(physical_ms, logical)`.
@@ -68,7 +70,7 @@ impl Tso {
         } else {
             0
         };
-        if logical + i64::from(count) > i64::from(TSO_BATCH_MAX) {
+        if logical + i64::from(count) > LOGICAL_MAX as i64 {
             physical += 1;
             logical = 0;
         }
@@ -120,8 +122,13 @@ mod tests {
     #[test]
     fn logical_overflow_moves_physical() {
         let mut tso = Tso::new(0, 3000);
+        // Fill the millisecond until the next batch no longer fits in it.
+        let fit = LOGICAL_MAX / u64::from(TSO_BATCH_MAX);
+        for _ in 0..fit - 1 {
+            tso.allocate(TSO_BATCH_MAX, 100);
+        }
         let (a, _) = tso.allocate(TSO_BATCH_MAX, 100);
-        let (b, _) = tso.allocate(2, 100);
+        let (b, _) = tso.allocate(TSO_BATCH_MAX, 100);
         assert_eq!(a.physical_ms, 100);
         assert_eq!(b.physical_ms, 101);
         assert!(last(b) > last(a));

@@ -1,10 +1,11 @@
 //! Wire definitions of ringkv and the wire-level facts every component shares: how user keys
 //! are encoded into the ordered keyspace that regions cut up (`keys`), the request size limits
-//! (`limits`), and which regions may merge (`region`).
+//! (`limits`), which regions may merge (`region`), and the layout of a timestamp (`tso`).
 
 pub mod keys;
 pub mod limits;
 pub mod region;
+pub mod tso;
 
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod metapb {

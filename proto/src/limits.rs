@@ -11,6 +11,17 @@ pub const BATCH_KEYS_MAX: usize = 10_240;
 pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// The largest `limit` a scan request may ask for.
 pub const SCAN_LIMIT_MAX: u32 = 10_240;
+/// The most timestamps one TSO request may take (clients batch concurrent requests up to this).
+pub const TSO_COUNT_MAX: u32 = 4096;
+/// How far ahead of the receiver's wall clock a timestamp in a request may be. The TSO follows
+/// the placement leader's clock, so only clock skew between hosts puts a real timestamp ahead;
+/// anything further is not a timestamp the TSO issued.
+pub const TS_AHEAD_MS_MAX: u64 = 60 * 60 * 1000;
+/// The longest lock TTL a transaction may ask for (as TiDB's `max-txn-ttl`): a client that dies
+/// holding locks blocks their keys for at most this long.
+pub const LOCK_TTL_MS_MAX: u64 = 60 * 60 * 1000;
+/// The most transactions a read may name as resolved.
+pub const RESOLVED_LOCKS_MAX: usize = 1024;
 /// gRPC messages up to this size are accepted; it leaves room for a full batch plus framing.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = BATCH_BYTES_MAX + 16 * 1024 * 1024;
 
@@ -90,4 +101,73 @@ pub fn check_merge_ids(source_region_id: u64, target_region_id: u64) -> Result<(
         ));
     }
     Ok(())
+}
+
+/// Checks a timestamp field of a request: set, and not beyond what the TSO can have issued by
+/// `now_wall_ms` (the receiver's wall clock, ms since the Unix epoch) plus [`TS_AHEAD_MS_MAX`].
+/// `field` names the field in the error.
+pub fn check_timestamp(ts: u64, field: &str, now_wall_ms: u64) -> Result<(), String> {
+    if ts == 0 {
+        return Err(format!("{field} is 0; take timestamps from the TSO"));
+    }
+    let latest = now_wall_ms.saturating_add(TS_AHEAD_MS_MAX);
+    if crate::tso::physical_ms(ts) > latest {
+        return Err(format!(
+            "{field} {ts} (physical {} ms) is more than {TS_AHEAD_MS_MAX} ms ahead of this \
+             server's clock ({now_wall_ms} ms); take timestamps from the TSO, and check the hosts' \
+             clocks are synchronised",
+            crate::tso::physical_ms(ts)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a lock TTL (`field` names it in the error).
+pub fn check_lock_ttl(ttl_ms: u64, field: &str) -> Result<(), String> {
+    if ttl_ms > LOCK_TTL_MS_MAX {
+        return Err(format!(
+            "{field} {ttl_ms} ms is above the limit of {LOCK_TTL_MS_MAX} ms"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tso::from_physical_ms;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn a_timestamp_is_refused_when_unset_or_beyond_what_the_tso_can_have_issued() {
+        assert!(check_timestamp(0, "start_version", NOW)
+            .unwrap_err()
+            .contains("start_version is 0"));
+        for ts in [
+            1,
+            from_physical_ms(NOW),
+            from_physical_ms(NOW + TS_AHEAD_MS_MAX),
+        ] {
+            assert_eq!(check_timestamp(ts, "start_version", NOW), Ok(()));
+        }
+        for ts in [
+            from_physical_ms(NOW + TS_AHEAD_MS_MAX + 1),
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let e = check_timestamp(ts, "commit_version", NOW).unwrap_err();
+            assert!(e.contains("commit_version"), "{e}");
+        }
+        // A clock at its end does not wrap around.
+        assert_eq!(check_timestamp(u64::MAX, "ts", u64::MAX), Ok(()));
+    }
+
+    #[test]
+    fn a_lock_ttl_above_the_limit_is_refused() {
+        assert_eq!(check_lock_ttl(LOCK_TTL_MS_MAX, "lock_ttl"), Ok(()));
+        assert!(check_lock_ttl(u64::MAX, "lock_ttl")
+            .unwrap_err()
+            .contains("lock_ttl"));
+    }
 }

@@ -7,7 +7,8 @@
 //!   key-value store ([`SledKv`] on `sled`, [`MemKv`] for tests). A [`KvWriteBatch`] is atomic,
 //!   so a region's data and its applied index always change together.
 //!
-//! [`PeerStorage`] puts the two together as raft-rs's `Storage` for one peer.
+//! [`PeerStorage`] puts the two together as raft-rs's `Storage` for one peer, and
+//! [`raft_guard`] checks Raft messages from the network before raft-rs sees them.
 
 mod error;
 pub mod kv;
@@ -17,6 +18,7 @@ mod mem_kv;
 mod mem_log;
 mod peer_storage;
 mod raft_engine_log;
+pub mod raft_guard;
 pub mod raft_logger;
 mod sled_kv;
 

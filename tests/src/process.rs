@@ -333,6 +333,34 @@ impl ProcessCluster {
         self.nodes[i].1.child.is_some()
     }
 
+    /// Every process of the cluster that exited on its own (a crash), with its exit status and
+    /// the tail of its log; a killed or stopped-by-the-test process is not listed.
+    pub fn crashed(&mut self) -> Vec<String> {
+        let mut crashed = Vec::new();
+        let procs = self
+            .placements
+            .iter_mut()
+            .enumerate()
+            .map(|(i, p)| (format!("placement member {i}"), p))
+            .chain(
+                self.nodes
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, (_, p))| (format!("node {i}"), p)),
+            );
+        for (name, p) in procs {
+            if let Some(Ok(Some(status))) = p.child.as_mut().map(|c| c.try_wait()) {
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                crashed.push(format!(
+                    "{name} exited ({status}); its log ends:\n{}",
+                    lines[lines.len().saturating_sub(20)..].join("\n")
+                ));
+            }
+        }
+        crashed
+    }
+
     /// `kill -9` the (first) placement member.
     pub fn kill_placement(&mut self) {
         self.kill_placement_member(0);

@@ -238,14 +238,7 @@ fn plan_operator_step(
     if core.region_by_id(region.id).map(|r| r.region.region_epoch) != Some(region.region_epoch) {
         return None;
     }
-    let stats = hb
-        .stats_known
-        .then_some(ringkv_placement::merge_checker::RegionStats {
-            size_bytes: hb.approximate_size_bytes,
-            keys: hb.approximate_keys,
-            pending_peers: hb.pending_peers.len(),
-        });
-    core.region_stats(region.id, stats, now_ms);
+    core.region_stats(hb, now_ms);
     core.operator_step(region.id, now_ms, w)
 }
 

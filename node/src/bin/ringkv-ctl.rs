@@ -8,7 +8,12 @@ use serde_json::json;
 
 /// Administers a ringkv cluster through its placement driver.
 #[derive(Parser)]
-#[command(name = "ringkv-ctl", version, about, long_about = None)]
+#[command(
+    name = "ringkv-ctl",
+    version,
+    about = "ringkv-ctl: administers a ringkv cluster through its placement driver (stores, regions, operators, schedulers, members, TSO, GC)",
+    long_about = None
+)]
 struct Cli {
     /// Placement members, comma-separated host:port.
     #[arg(
@@ -278,8 +283,10 @@ enum GcAction {
 
 /// The physical and logical parts of a TSO timestamp, and the physical part as UTC.
 fn describe_ts(ts: u64) -> (u64, u64, String) {
-    let physical = ts >> 18;
-    let logical = ts & ((1 << 18) - 1);
+    let (physical, logical) = (
+        ringkv_proto::tso::physical_ms(ts),
+        ringkv_proto::tso::logical(ts),
+    );
     (physical, logical, utc(physical))
 }
 
@@ -1153,6 +1160,12 @@ fn split_key_of(key: &[u8]) -> Vec<u8> {
 }
 
 fn main() {
+    // Die quietly of a closed pipe (`ringkv-ctl region list | head`) like other command-line
+    // tools, instead of panicking on the failed write: Rust ignores SIGPIPE by default.
+    // SAFETY: restoring the default disposition of a signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

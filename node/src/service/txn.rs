@@ -80,10 +80,18 @@ fn lock_rule(stale: bool, resolved: &[u64]) -> read::Locks<'_> {
     }
 }
 
-fn check_ts(ts: u64, what: &str) -> Result<(), Status> {
-    if ts == 0 {
+/// A timestamp field of a request: set, and one the TSO can have issued by now (give or take
+/// clock skew), so arithmetic on it cannot overflow.
+fn check_ts(ts: u64, field: &str) -> Result<(), Status> {
+    rule(check_timestamp(ts, field, super::wall_ms()))
+}
+
+/// The transactions a read names as resolved.
+fn check_resolved(resolved: &[u64]) -> Result<(), Status> {
+    if resolved.len() > RESOLVED_LOCKS_MAX {
         return Err(invalid(format!(
-            "{what} is 0; take timestamps from the TSO"
+            "resolved_locks names {} transactions; the limit is {RESOLVED_LOCKS_MAX}",
+            resolved.len()
         )));
     }
     Ok(())
@@ -242,7 +250,8 @@ impl KvService {
     pub(super) async fn txn_get(&self, req: KvGetRequest) -> Result<KvGetResponse, Status> {
         let context = check_context(req.context)?;
         check_key(&req.key)?;
-        check_ts(req.version, "read version")?;
+        check_ts(req.version, "version")?;
+        check_resolved(&req.resolved_locks)?;
         if let Some(error) = self.below_safe_point(req.version) {
             return Ok(KvGetResponse {
                 error: Some(error),
@@ -299,7 +308,8 @@ impl KvService {
     ) -> Result<KvBatchGetResponse, Status> {
         let context = check_context(req.context)?;
         check_keys(&req.keys, "batch get")?;
-        check_ts(req.version, "read version")?;
+        check_ts(req.version, "version")?;
+        check_resolved(&req.resolved_locks)?;
         if let Some(error) = self.below_safe_point(req.version) {
             return Ok(KvBatchGetResponse {
                 errors: vec![error],
@@ -349,7 +359,8 @@ impl KvService {
         let keyspace = check_keyspace(req.keyspace)?;
         rule(check_user_range(&req.start_key, &req.end_key))?;
         rule(check_scan_limit(req.limit))?;
-        check_ts(req.version, "read version")?;
+        check_ts(req.version, "version")?;
+        check_resolved(&req.resolved_locks)?;
         if let Some(error) = self.below_safe_point(req.version) {
             return Ok(KvScanResponse {
                 errors: vec![error],
@@ -374,68 +385,13 @@ impl KvService {
             self.wait_memory_locks(|l| l.blocks_range(&lo, &hi, req.version))
                 .await?;
         }
-        let (start, end) = (req.start_key.as_slice(), req.end_key.as_slice());
-        let wanted = |encoded: &[u8]| {
-            keys::user_key_unchecked(encoded).is_some_and(|u| user_in_range(u, start, end))
-        };
         let ordered = keyspace.mode == KeyspaceMode::Range as i32;
-        let limit = req.limit as usize;
-        // (user key, encoded key, the version's start_ts, its inlined value)
-        type Found = (Vec<u8>, Vec<u8>, u64, Option<Vec<u8>>);
-        let mut heap: BinaryHeap<Found> = BinaryHeap::with_capacity(limit + 1);
-        let reader = MvccReader::new(self.ctx.kv.as_ref());
-        let scanned = read::scan(
-            &reader,
-            &lo,
-            &hi,
-            req.version,
-            lock_rule(stale, &req.resolved_locks),
-            &wanted,
-            &mut |encoded, write| {
-                let Some(user) = keys::user_key_unchecked(encoded) else {
-                    return true;
-                };
-                heap.push((
-                    user.to_vec(),
-                    encoded.to_vec(),
-                    write.start_ts,
-                    write.short_value.clone(),
-                ));
-                if heap.len() > limit {
-                    heap.pop();
-                }
-                !(ordered && heap.len() == limit)
-            },
-        );
-        if let Err(e) = scanned {
-            if let Some(status) = node_failure(&e) {
-                return Err(status);
-            }
-            return Ok(KvScanResponse {
-                errors: e.key_errors().unwrap_or_default(),
-                ..Default::default()
-            });
-        }
-        let mut pairs = Vec::with_capacity(heap.len());
-        for (user, encoded, start_ts, short_value) in heap.into_sorted_vec() {
-            let value = if req.key_only {
-                Vec::new()
-            } else {
-                let write = Write {
-                    op: Op::Put as i32,
-                    start_ts,
-                    short_value,
-                };
-                reader
-                    .value_of(&encoded, &write)
-                    .map_err(|e| storage_failed(format!("region {region_id} scan: {e}")))?
-            };
-            pairs.push(KvPair { key: user, value });
-        }
-        Ok(KvScanResponse {
-            pairs,
-            ..Default::default()
-        })
+        let kv = self.ctx.kv.clone();
+        self.ctx
+            .reads
+            .run(move || mvcc_scan(kv.as_ref(), &req, (&lo, &hi), stale, ordered, region_id))
+            .await
+            .map_err(storage_failed)?
     }
 
     pub(super) async fn txn_prewrite(
@@ -443,13 +399,15 @@ impl KvService {
         req: KvPrewriteRequest,
     ) -> Result<KvPrewriteResponse, Status> {
         let context = check_context(req.context)?;
-        check_ts(req.start_version, "start version")?;
+        check_ts(req.start_version, "start_version")?;
+        rule(check_lock_ttl(req.lock_ttl, "lock_ttl"))?;
         if req.mutations.is_empty() {
             return Err(invalid("prewrite with no mutations"));
         }
         if req.primary_lock.is_empty() {
             return Err(invalid("prewrite names no primary key"));
         }
+        check_key(&req.primary_lock)?;
         let mut bytes = 0;
         for m in &req.mutations {
             check_key(&m.key)?;
@@ -539,7 +497,8 @@ impl KvService {
         req: KvCommitRequest,
     ) -> Result<KvCommitResponse, Status> {
         let context = check_context(req.context)?;
-        check_ts(req.start_version, "start version")?;
+        check_ts(req.start_version, "start_version")?;
+        check_ts(req.commit_version, "commit_version")?;
         check_keys(&req.keys, "commit")?;
         if req.commit_version <= req.start_version {
             return Err(invalid(format!(
@@ -566,7 +525,7 @@ impl KvService {
         req: KvBatchRollbackRequest,
     ) -> Result<KvBatchRollbackResponse, Status> {
         let context = check_context(req.context)?;
-        check_ts(req.start_version, "start version")?;
+        check_ts(req.start_version, "start_version")?;
         check_keys(&req.keys, "rollback")?;
         let outcome = self
             .txn_write(context, req.keys.clone(), |reader| {
@@ -587,8 +546,11 @@ impl KvService {
     ) -> Result<KvCheckTxnStatusResponse, Status> {
         let context = check_context(req.context)?;
         check_key(&req.primary_key)?;
-        check_ts(req.lock_ts, "lock ts")?;
-        check_ts(req.current_ts, "current ts")?;
+        check_ts(req.lock_ts, "lock_ts")?;
+        check_ts(req.current_ts, "current_ts")?;
+        if req.caller_start_ts != 0 {
+            check_ts(req.caller_start_ts, "caller_start_ts")?;
+        }
         let outcome = self
             .txn_write(context, vec![req.primary_key.clone()], |reader| {
                 check_txn_status::check_txn_status(
@@ -634,8 +596,11 @@ impl KvService {
         req: KvResolveLockRequest,
     ) -> Result<KvResolveLockResponse, Status> {
         let context = check_context(req.context)?;
-        check_ts(req.start_version, "start version")?;
+        check_ts(req.start_version, "start_version")?;
         check_keys(&req.keys, "resolve lock")?;
+        if req.commit_version != 0 {
+            check_ts(req.commit_version, "commit_version")?;
+        }
         if req.commit_version != 0 && req.commit_version <= req.start_version {
             return Err(invalid(format!(
                 "commit version {} is not after start version {}",
@@ -666,7 +631,8 @@ impl KvService {
     ) -> Result<KvTxnHeartBeatResponse, Status> {
         let context = check_context(req.context)?;
         check_key(&req.primary_lock)?;
-        check_ts(req.start_version, "start version")?;
+        check_ts(req.start_version, "start_version")?;
+        rule(check_lock_ttl(req.advise_lock_ttl, "advise_lock_ttl"))?;
         let outcome = self
             .txn_write(context, vec![req.primary_lock.clone()], |reader| {
                 txn_heart_beat::txn_heart_beat(
@@ -739,6 +705,79 @@ impl KvService {
             TxnOutcome::Txn(e) => TxnOutcome::Txn(e),
         })
     }
+}
+
+/// The MVCC part of a transactional scan, on the read pool: up to `req.limit` user keys of
+/// `[lo, hi)` (encoded bounds) visible at `req.version`, in user-key order.
+fn mvcc_scan(
+    kv: &dyn ringkv_storage::KvEngine,
+    req: &KvScanRequest,
+    (lo, hi): (&[u8], &[u8]),
+    stale: bool,
+    ordered: bool,
+    region_id: u64,
+) -> Result<KvScanResponse, Status> {
+    let (start, end) = (req.start_key.as_slice(), req.end_key.as_slice());
+    let wanted = |encoded: &[u8]| {
+        keys::user_key_unchecked(encoded).is_some_and(|u| user_in_range(u, start, end))
+    };
+    let limit = req.limit as usize;
+    // (user key, encoded key, the version's start_ts, its inlined value)
+    type Found = (Vec<u8>, Vec<u8>, u64, Option<Vec<u8>>);
+    let mut heap: BinaryHeap<Found> = BinaryHeap::with_capacity(limit + 1);
+    let reader = MvccReader::new(kv);
+    let scanned = read::scan(
+        &reader,
+        lo,
+        hi,
+        req.version,
+        lock_rule(stale, &req.resolved_locks),
+        &wanted,
+        &mut |encoded, write| {
+            let Some(user) = keys::user_key_unchecked(encoded) else {
+                return true;
+            };
+            heap.push((
+                user.to_vec(),
+                encoded.to_vec(),
+                write.start_ts,
+                write.short_value.clone(),
+            ));
+            if heap.len() > limit {
+                heap.pop();
+            }
+            !(ordered && heap.len() == limit)
+        },
+    );
+    if let Err(e) = scanned {
+        if let Some(status) = node_failure(&e) {
+            return Err(status);
+        }
+        return Ok(KvScanResponse {
+            errors: e.key_errors().unwrap_or_default(),
+            ..Default::default()
+        });
+    }
+    let mut pairs = Vec::with_capacity(heap.len());
+    for (user, encoded, start_ts, short_value) in heap.into_sorted_vec() {
+        let value = if req.key_only {
+            Vec::new()
+        } else {
+            let write = Write {
+                op: Op::Put as i32,
+                start_ts,
+                short_value,
+            };
+            reader
+                .value_of(&encoded, &write)
+                .map_err(|e| storage_failed(format!("region {region_id} scan: {e}")))?
+        };
+        pairs.push(KvPair { key: user, value });
+    }
+    Ok(KvScanResponse {
+        pairs,
+        ..Default::default()
+    })
 }
 
 /// How far one GC batch got.

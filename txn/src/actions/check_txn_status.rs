@@ -34,7 +34,7 @@ pub fn check_txn_status(
                 && lock.op != Op::Lock as i32
                 && lock.min_commit_ts <= req.caller_start_ts
             {
-                lock.min_commit_ts = req.caller_start_ts + 1;
+                lock.min_commit_ts = req.caller_start_ts.saturating_add(1);
                 txn.put_lock(req.primary, &lock);
                 action = TxnAction::MinCommitTsPushed;
             }

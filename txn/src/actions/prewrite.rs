@@ -103,7 +103,8 @@ pub fn prewrite(reader: &MvccReader<'_>, req: &Prewrite<'_>) -> Result<MvccTxn> 
                     primary: req.primary.to_vec(),
                     start_ts,
                     ttl_ms: req.lock_ttl_ms,
-                    min_commit_ts: start_ts + 1,
+                    // Saturating: the edge refuses timestamps near the end of the range.
+                    min_commit_ts: start_ts.saturating_add(1),
                     txn_size: req.txn_size,
                     short_value,
                 },
