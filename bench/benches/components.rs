@@ -320,7 +320,7 @@ impl ringkv_node::raftstore::RaftTransport for NoTransport {
 type SingleStore = (
     ringkv_node::raftstore::SteppedStore,
     Vec<Region>,
-    tokio::sync::mpsc::UnboundedReceiver<ringkv_node::raftstore::StoreEvent>,
+    tokio::sync::mpsc::Receiver<ringkv_node::raftstore::StoreEvent>,
 );
 
 fn single_store(n: u64) -> SingleStore {
@@ -329,7 +329,8 @@ fn single_store(n: u64) -> SingleStore {
     use std::sync::Arc;
     let (router, receivers) = StoreRouter::new(1 << 16, 1 << 12);
     let kv: Arc<dyn KvEngine> = Arc::new(MemKv::new());
-    let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (events, events_rx) =
+        ringkv_node::raftstore::StoreEvents::channel(ringkv_node::raftstore::STORE_EVENTS_MAX);
     let cfg = RaftStoreConfig {
         tick_interval: std::time::Duration::from_millis(100),
         ..RaftStoreConfig::default()

@@ -142,13 +142,59 @@ impl Default for RaftStoreConfig {
     }
 }
 
+/// Events the raftstore queues for the node's placement task, at most
+/// [`STORE_EVENTS_MAX`]. Every event is periodic or retried (heartbeats, split asks, stale-peer
+/// checks, split reports, merge commits), so a full queue drops the newest and counts it
+/// instead of growing without bound while the placement driver is slow or away.
+#[derive(Clone)]
+pub struct StoreEvents {
+    tx: mpsc::Sender<StoreEvent>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Store events queued at most.
+pub const STORE_EVENTS_MAX: usize = 16_384;
+
+impl StoreEvents {
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<StoreEvent>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        (StoreEvents { tx, dropped }, rx)
+    }
+
+    /// Queues `event`; false if it was dropped (queue full, or the task is gone).
+    pub fn send(&self, event: StoreEvent) -> bool {
+        match self.tx.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let dropped = self
+                    .dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        dropped = dropped + 1,
+                        "store event queue full: events dropped (they are sent again later)"
+                    );
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Events dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// What every poller and the control thread share.
 pub struct StoreContext {
     pub store_id: u64,
     pub log: Arc<dyn RaftLogEngine>,
     pub kv: Arc<dyn KvEngine>,
     pub transport: Arc<dyn RaftTransport>,
-    pub events: mpsc::UnboundedSender<StoreEvent>,
+    pub events: StoreEvents,
     pub cfg: RaftStoreConfig,
     pub split_checker: SplitChecker,
     pub router: StoreRouter,

@@ -121,7 +121,8 @@ impl NodeServer {
             .unwrap_or_else(|| addr.to_string());
 
         let (router, receivers) = StoreRouter::new(config.mailbox_capacity, PEER_MAILBOX_CAPACITY);
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) =
+            crate::raftstore::StoreEvents::channel(crate::raftstore::STORE_EVENTS_MAX);
         let unreachable_router = router.clone();
         let fault_injection = config.fault_injection.then(|| filter.clone());
         let transport = Transport::new(
@@ -523,7 +524,7 @@ pub fn removed_from(local: &Region, peer: &ringkv_proto::metapb::Peer, current: 
 async fn report_to_placement(
     pd: PdClient,
     router: StoreRouter,
-    mut events: mpsc::UnboundedReceiver<StoreEvent>,
+    mut events: mpsc::Receiver<StoreEvent>,
     store_id: u64,
     interval: Duration,
     data_dir: std::path::PathBuf,

@@ -266,7 +266,7 @@ struct SimStore {
     id: u64,
     log: Arc<MemLogEngine>,
     kv: Arc<MemKv>,
-    running: Option<(SteppedStore, mpsc::UnboundedReceiver<StoreEvent>)>,
+    running: Option<(SteppedStore, mpsc::Receiver<StoreEvent>)>,
     outbox: Arc<Mutex<Outbox>>,
     /// The machine's monotonic clock: survives restarts of the store.
     clock: Arc<ManualClock>,
@@ -584,7 +584,8 @@ impl Sim {
         let cfg = self.store_config();
         let s = &mut self.stores[i];
         let (router, receivers) = StoreRouter::new(1 << 16, 1 << 12);
-        let (events, events_rx) = mpsc::unbounded_channel();
+        let (events, events_rx) =
+            ringkv_node::raftstore::StoreEvents::channel(ringkv_node::raftstore::STORE_EVENTS_MAX);
         let kv: Arc<dyn KvEngine> = s.kv.clone();
         let ctx = StoreContext {
             store_id: s.id,
