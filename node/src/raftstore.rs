@@ -493,7 +493,12 @@ pub fn poll(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
                 break;
             }
             match fsm.rx.try_recv() {
-                Ok(msg) => handle_peer_msg(ctx, fsm, msg),
+                Ok(msg) => {
+                    if let Some(mailbox) = &fsm.mailbox {
+                        mailbox.taken(&msg);
+                    }
+                    handle_peer_msg(ctx, fsm, msg)
+                }
                 Err(_) => break,
             }
         }
@@ -1849,6 +1854,46 @@ mod tests {
         let storage =
             PeerStorage::create_at_bootstrap(region, log.clone(), &mut kv_batch, &mut log_batch);
         Peer::new(1, storage, &PeerConfig::default()).expect("peer")
+    }
+
+    #[test]
+    fn the_stores_mailboxes_refuse_payload_past_their_byte_budget_until_it_is_taken() {
+        let (router, receivers) = StoreRouter::with_mailbox_bytes(16, 1 << 10, 10_000);
+        let log: Arc<dyn RaftLogEngine> = Arc::new(MemLogEngine::new());
+        let mut fsms = Vec::new();
+        for id in 1..=2 {
+            let (tx, rx) = router.channel();
+            assert!(router.register(tx, PeerFsm::new(peer_of(id, &log), rx)));
+        }
+        let raft = |region_id: u64, bytes: usize| {
+            PeerMsg::Raft(Box::new(RaftMessage {
+                region_id,
+                message: vec![0; bytes],
+                ..Default::default()
+            }))
+        };
+        assert!(router.send(1, raft(1, 6_000)).is_ok());
+        assert!(router.send(2, raft(2, 3_000)).is_ok());
+        assert_eq!(router.mailbox_bytes(), 9_000);
+        // Past the budget of the store as a whole, whichever region it is for.
+        assert!(router.send(2, raft(2, 2_000)).is_err());
+        assert!(router.send(1, raft(1, 2_000)).is_err());
+        // Messages without payload still pass.
+        assert!(router.send(1, PeerMsg::Wake).is_ok());
+        // Region 1's peer takes its mail: the bytes are free again.
+        let ready = receivers.ready.try_iter().collect::<Vec<_>>();
+        for fsm in ready {
+            while let Ok(msg) = fsm.rx.try_recv() {
+                fsm.mailbox.as_ref().expect("registered").taken(&msg);
+            }
+            fsms.push(fsm);
+        }
+        assert_eq!(router.mailbox_bytes(), 0);
+        assert!(router.send(2, raft(2, 9_000)).is_ok());
+        // A closed mailbox gives back what it still held.
+        router.close(2);
+        drop(fsms);
+        assert_eq!(router.mailbox_bytes(), 0);
     }
 
     /// Many senders and two pollers: every message is taken exactly once, by whichever poller

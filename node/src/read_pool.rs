@@ -8,38 +8,67 @@ use tokio::sync::Semaphore;
 
 /// Reads one node runs at once on blocking threads by default.
 pub const READ_SLOTS_DEFAULT: usize = 8;
+/// How long a read waits for a free slot before it is answered busy.
+pub const READ_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a read did not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadPoolError {
+    /// Every slot stayed taken for the queue wait: the node is overloaded with reads.
+    #[error("this node is busy with other reads; retry")]
+    Busy,
+    /// The read panicked, or the runtime is shutting down.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<ReadPoolError> for tonic::Status {
+    fn from(e: ReadPoolError) -> Self {
+        match e {
+            ReadPoolError::Busy => tonic::Status::unavailable(e.to_string()),
+            ReadPoolError::Failed(why) => {
+                tonic::Status::internal(format!("storage failure on this node: {why}"))
+            }
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct ReadPool {
     slots: Arc<Semaphore>,
+    queue_wait: std::time::Duration,
 }
 
 impl ReadPool {
     pub fn new(slots: usize) -> Self {
+        Self::with_queue_wait(slots, READ_QUEUE_WAIT)
+    }
+
+    /// A pool whose reads wait at most `queue_wait` for a slot.
+    pub fn with_queue_wait(slots: usize, queue_wait: std::time::Duration) -> Self {
         assert!(slots > 0, "a read pool needs at least one slot");
         ReadPool {
             slots: Arc::new(Semaphore::new(slots)),
+            queue_wait,
         }
     }
 
-    /// Runs `read` on a blocking thread once a slot is free. `Err` only if the read panicked
-    /// (its message) or the runtime is shutting down.
+    /// Runs `read` on a blocking thread once a slot is free, waiting at most the pool's queue
+    /// wait ([`READ_QUEUE_WAIT`] by default) for one.
     pub async fn run<T: Send + 'static>(
         &self,
         read: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, String> {
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
+    ) -> Result<T, ReadPoolError> {
+        let permit = tokio::time::timeout(self.queue_wait, self.slots.clone().acquire_owned())
             .await
-            .map_err(|_| "the read pool is closed".to_string())?;
+            .map_err(|_| ReadPoolError::Busy)?
+            .map_err(|_| ReadPoolError::Failed("the read pool is closed".into()))?;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             read()
         })
         .await
-        .map_err(|e| format!("read failed: {e}"))
+        .map_err(|e| ReadPoolError::Failed(format!("read failed: {e}")))
     }
 }
 
@@ -87,5 +116,22 @@ mod tests {
         let failed = pool.run(|| -> u32 { panic!("broken read") }).await;
         assert!(failed.is_err());
         assert_eq!(pool.run(|| 7).await, Ok(7));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_read_that_finds_no_free_slot_in_time_is_answered_busy() {
+        let pool = ReadPool::with_queue_wait(1, Duration::from_millis(50));
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let busy = pool.clone();
+        let holder = tokio::spawn(async move {
+            busy.run(move || {
+                let _ = released.recv();
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(pool.run(|| ()).await, Err(ReadPoolError::Busy));
+        release.send(()).unwrap();
+        assert_eq!(holder.await.unwrap(), Ok(()));
     }
 }

@@ -17,7 +17,7 @@ use ringkv_proto::keys::ranges_overlap;
 use ringkv_proto::metapb::{Region, RegionEpoch};
 use ringkv_proto::raftpb::{RaftCmdRequest, RaftMessage, RegionInfoResponse};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -173,20 +173,71 @@ pub struct Mailbox {
     /// every slot for every region up front), kept within `capacity` by [`Mailbox::push`].
     tx: Sender<PeerMsg>,
     capacity: usize,
+    /// Payload bytes (Raft messages, commands, read keys) queued here, counted in
+    /// `store_bytes` too, which keeps every mailbox of the store within `store_bytes_max`.
+    bytes: AtomicUsize,
+    store_bytes: Arc<AtomicUsize>,
+    store_bytes_max: usize,
     state: AtomicU8,
     parked: Mutex<Option<Box<PeerFsm>>>,
     /// Ticks are delivered only while awake: a quiet region costs nothing until mail arrives.
     awake: AtomicBool,
 }
 
+/// The bytes a queued message holds beyond its fixed size: what the store's mailbox byte
+/// budget counts.
+fn payload_bytes(msg: &PeerMsg) -> usize {
+    use prost::Message as _;
+    match msg {
+        PeerMsg::Raft(m) => m.message.len() + m.start_key.len() + m.end_key.len(),
+        PeerMsg::Command { cmd, .. } => cmd.encoded_len(),
+        PeerMsg::Read { keys, .. } => keys.iter().map(Vec::len).sum(),
+        PeerMsg::StaleRead(r) => r.keys.iter().map(Vec::len).sum(),
+        _ => 0,
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        // What was still queued goes with the channel.
+        self.store_bytes
+            .fetch_sub(*self.bytes.get_mut(), Ordering::Relaxed);
+    }
+}
+
 impl Mailbox {
     /// Queues `msg` unless the mailbox holds `capacity` messages already. The bound is loose
     /// by the number of concurrent senders, which is all a bound on memory needs.
+    /// Queues `msg` unless the mailbox holds `capacity` messages already, or the store's
+    /// mailboxes hold `store_bytes_max` payload bytes (one message always fits an empty
+    /// store). The bounds are loose by the number of concurrent senders, which is all a bound
+    /// on memory needs.
     fn push(&self, msg: PeerMsg) -> Result<(), PeerMsg> {
         if self.tx.len() >= self.capacity {
             return Err(msg);
         }
-        self.tx.send(msg).map_err(|e| e.0)
+        let n = payload_bytes(&msg);
+        if n > 0 {
+            let queued = self.store_bytes.load(Ordering::Relaxed);
+            if queued > 0 && queued + n > self.store_bytes_max {
+                return Err(msg);
+            }
+            self.store_bytes.fetch_add(n, Ordering::Relaxed);
+            self.bytes.fetch_add(n, Ordering::Relaxed);
+        }
+        self.tx.send(msg).map_err(|e| {
+            self.taken(&e.0);
+            e.0
+        })
+    }
+
+    /// Counts `msg` out of the queued bytes: its peer took it from the mailbox.
+    pub(crate) fn taken(&self, msg: &PeerMsg) {
+        let n = payload_bytes(msg);
+        if n > 0 {
+            self.bytes.fetch_sub(n, Ordering::Relaxed);
+            self.store_bytes.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 
     /// Queues `msg` whatever the mailbox holds: for messages that must not be lost and whose
@@ -204,6 +255,10 @@ impl Mailbox {
     }
 }
 
+/// Payload bytes the mailboxes of one store may hold in all: past it, Raft messages are dropped
+/// (Raft sends again) and requests answered busy.
+pub const MAILBOX_BYTES_MAX: usize = 256 << 20;
+
 /// Routes messages to peers and to the store. Cheap to clone.
 #[derive(Clone)]
 pub struct StoreRouter {
@@ -218,6 +273,9 @@ struct RouterInner {
     meta: Mutex<StoreMeta>,
     flow: crate::flow::FlowRecorder,
     mailbox_capacity: usize,
+    /// Payload bytes queued in every mailbox of the store, and their limit.
+    mailbox_bytes: Arc<AtomicUsize>,
+    mailbox_bytes_max: usize,
 }
 
 /// The receiving ends the store's threads drain.
@@ -232,6 +290,16 @@ impl StoreRouter {
     /// A router whose control mailbox holds `control_capacity` messages and each peer mailbox
     /// `mailbox_capacity`.
     pub fn new(control_capacity: usize, mailbox_capacity: usize) -> (Self, RouterReceivers) {
+        Self::with_mailbox_bytes(control_capacity, mailbox_capacity, MAILBOX_BYTES_MAX)
+    }
+
+    /// Like [`StoreRouter::new`], with the store's mailboxes holding at most
+    /// `mailbox_bytes_max` payload bytes in all (see [`MAILBOX_BYTES_MAX`]).
+    pub fn with_mailbox_bytes(
+        control_capacity: usize,
+        mailbox_capacity: usize,
+        mailbox_bytes_max: usize,
+    ) -> (Self, RouterReceivers) {
         let (control_tx, control_rx) = crossbeam::channel::bounded(control_capacity);
         let (ready_tx, ready_rx) = crossbeam::channel::unbounded();
         // Unbounded, yet bounded in fact: a region has one apply delegate.
@@ -246,6 +314,8 @@ impl StoreRouter {
                     meta: Mutex::new(StoreMeta::default()),
                     flow: Default::default(),
                     mailbox_capacity,
+                    mailbox_bytes: Default::default(),
+                    mailbox_bytes_max,
                 }),
             },
             RouterReceivers {
@@ -279,6 +349,9 @@ impl StoreRouter {
             region_id,
             tx,
             capacity: self.inner.mailbox_capacity,
+            bytes: AtomicUsize::new(0),
+            store_bytes: self.inner.mailbox_bytes.clone(),
+            store_bytes_max: self.inner.mailbox_bytes_max,
             state: AtomicU8::new(NOTIFIED),
             parked: Mutex::new(None),
             awake: AtomicBool::new(true),
@@ -324,6 +397,11 @@ impl StoreRouter {
         if let Some(old) = self.inner.mailboxes.write().remove(&region_id) {
             old.parked.lock().take();
         }
+    }
+
+    /// Payload bytes queued in the store's mailboxes now.
+    pub fn mailbox_bytes(&self) -> usize {
+        self.inner.mailbox_bytes.load(Ordering::Relaxed)
     }
 
     /// Those of `region_ids` whose mailbox is quiet.

@@ -166,6 +166,9 @@ impl NodeServer {
             txn: Arc::new(crate::service::TxnContext::default()),
             tso,
             reads: crate::read_pool::ReadPool::default(),
+            snapshot_budget: Arc::new(tokio::sync::Semaphore::new(
+                crate::service::SNAPSHOT_BUDGET_BYTES,
+            )),
         };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let incoming = ringkv_placement::server::incoming_nodelay(listener);
@@ -183,7 +186,7 @@ impl NodeServer {
             DebugService::new(ctx),
         );
         runtime.spawn(async move {
-            let result = tonic::transport::Server::builder()
+            let result = ringkv_placement::server::grpc_server()
                 .add_service(
                     KvServer::new(kv_svc)
                         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)

@@ -49,6 +49,8 @@ pub struct NodeContext {
     pub tso: Arc<ringkv_client::TsoBatcher>,
     /// Where scans and other long reads run, off the runtime's worker threads.
     pub reads: crate::read_pool::ReadPool,
+    /// Bytes of incoming snapshots this node may buffer (permits: [`SNAPSHOT_BUDGET_BYTES`]).
+    pub snapshot_budget: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Clone)]
@@ -345,8 +347,7 @@ impl Kv for KvService {
                         }
                         Ok::<_, ringkv_storage::StorageError>(pairs)
                     })
-                    .await
-                    .map_err(storage_failed)?
+                    .await?
                     .map_err(storage_failed)?;
                 self.record_read(region_id, pairs_bytes(&pairs), pairs.len());
                 RawBatchGetResponse {
@@ -478,8 +479,7 @@ impl Kv for KvService {
                     req.key_only,
                 )
             })
-            .await
-            .map_err(storage_failed)?
+            .await?
             .map_err(storage_failed)?;
         self.record_read(region_id, pairs_bytes(&pairs), pairs.len());
         Ok(Response::new(RawScanResponse {
@@ -836,11 +836,26 @@ impl Raft for RaftService {
     ) -> Result<Response<Done>, Status> {
         let mut stream = request.into_inner();
         let mut bytes = Vec::new();
+        // Every byte buffered is taken from the node's snapshot budget first, and given back
+        // when this stream ends: any number of streams hold at most the budget together.
+        let mut held = Vec::new();
         while let Some(chunk) = stream.message().await? {
             if bytes.len() + chunk.data.len() > SNAPSHOT_BYTES_MAX {
                 return Err(Status::resource_exhausted(format!(
                     "snapshot exceeds {SNAPSHOT_BYTES_MAX} bytes"
                 )));
+            }
+            let n = u32::try_from(chunk.data.len())
+                .map_err(|_| invalid("snapshot chunk larger than 4 GiB"))?;
+            let budget = self.ctx.snapshot_budget.clone().acquire_many_owned(n);
+            match tokio::time::timeout(SNAPSHOT_BUDGET_WAIT, budget).await {
+                Ok(Ok(permit)) => held.push(permit),
+                _ => {
+                    return Err(Status::resource_exhausted(format!(
+                        "this node is receiving {} bytes of snapshots already; sending again later",
+                        SNAPSHOT_BUDGET_BYTES - self.ctx.snapshot_budget.available_permits()
+                    )))
+                }
             }
             bytes.extend_from_slice(&chunk.data);
         }
@@ -856,6 +871,12 @@ impl Raft for RaftService {
 
 /// Largest snapshot a node accepts. Regions split long before (96 MiB by default).
 pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
+/// Snapshot bytes one node buffers at once over all its incoming snapshot streams (at least
+/// one snapshot of the largest size).
+pub const SNAPSHOT_BUDGET_BYTES: usize = SNAPSHOT_BYTES_MAX;
+/// How long an incoming chunk waits for budget before its stream is refused (the sender tries
+/// again later, as after any failed send).
+const SNAPSHOT_BUDGET_WAIT: Duration = Duration::from_secs(10);
 
 /// Local diagnostics of this node.
 pub struct DebugService {

@@ -56,6 +56,24 @@ pub(crate) struct Shared {
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the core's time (TSO, heartbeats).
+/// Requests one client connection may have in flight at once; more wait for a turn.
+pub const GRPC_REQUESTS_PER_CONNECTION_MAX: usize = 1024;
+/// HTTP/2 keepalive: a peer silent for the interval is pinged, and dropped if the ping goes
+/// unanswered for the timeout, so a vanished client's requests and streams are given up.
+const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The gRPC server every ringkv process serves with: bounded concurrent requests per
+/// connection and streams, keepalives on idle connections.
+pub fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(GRPC_REQUESTS_PER_CONNECTION_MAX)
+        .max_concurrent_streams(GRPC_REQUESTS_PER_CONNECTION_MAX as u32)
+        .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(GRPC_KEEPALIVE_INTERVAL))
+}
+
 pub(crate) fn wall_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -393,7 +411,7 @@ impl PlacementServer {
         let incoming = incoming_nodelay(listener);
         let mut stop_rx = shutdown_rx;
         runtime.spawn(async move {
-            let result = tonic::transport::Server::builder()
+            let result = grpc_server()
                 .add_service(
                     PlacementGrpc::new(service)
                         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)

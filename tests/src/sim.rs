@@ -413,7 +413,7 @@ impl Sim {
                 core.put_store(
                     Store {
                         id,
-                        address: format!("sim-{id}"),
+                        address: format!("sim-{id}:20160"),
                         ..Default::default()
                     },
                     now,

@@ -390,8 +390,7 @@ impl KvService {
         self.ctx
             .reads
             .run(move || mvcc_scan(kv.as_ref(), &req, (&lo, &hi), stale, ordered, region_id))
-            .await
-            .map_err(storage_failed)?
+            .await?
     }
 
     pub(super) async fn txn_prewrite(
