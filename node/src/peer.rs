@@ -593,11 +593,7 @@ impl Peer {
             }
         }
         let mut msg = msg;
-        let log = ringkv_storage::raft_guard::LogView {
-            term: self.raw.raft.term,
-            last_index: self.raw.raft.raft_log.last_index(),
-            committed: self.raw.raft.raft_log.committed,
-        };
+        let log = ringkv_storage::raft_guard::LogView::of(&self.raw.raft);
         if let Err(why) = ringkv_storage::raft_guard::admit(&mut msg, log) {
             tracing::warn!(region = self.region_id(), from = msg.from, %why, "raft message refused");
             return;

@@ -528,11 +528,7 @@ impl MemberRaft {
     pub fn step(&mut self, msg: Message, now_ms: u64) -> Result<(), PlacementError> {
         self.now_ms = self.now_ms.max(now_ms);
         let mut msg = msg;
-        let log = ringkv_storage::raft_guard::LogView {
-            term: self.raw.raft.term,
-            last_index: self.raw.raft.raft_log.last_index(),
-            committed: self.raw.raft.raft_log.committed,
-        };
+        let log = ringkv_storage::raft_guard::LogView::of(&self.raw.raft);
         if let Err(why) = ringkv_storage::raft_guard::admit(&mut msg, log) {
             return Err(PlacementError::InvalidArgument(format!(
                 "placement raft message refused: {why}"

@@ -21,6 +21,17 @@ pub struct LogView {
     pub committed: u64,
 }
 
+impl LogView {
+    /// The view of a raft-rs member.
+    pub fn of<S: raft::Storage>(raft: &raft::Raft<S>) -> Self {
+        LogView {
+            term: raft.term,
+            last_index: raft.raft_log.last_index(),
+            committed: raft.raft_log.committed,
+        }
+    }
+}
+
 /// How far a message's term may run ahead of the receiver's. Terms grow by one an election;
 /// no real cluster is four billion elections ahead of one of its members, while a term near
 /// `u64::MAX` would overflow the next election.

@@ -9,7 +9,7 @@
 //! `scripts/ansible-deps.sh` installs them (scripts/test.sh runs it first).
 
 use ringkv_client::{RawClient, RawConfig};
-use ringkv_tests::process::binary;
+use ringkv_tests::process::{binary, runtime};
 use ringkv_tests::wait_until;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -183,14 +183,6 @@ fn changed_counts(output: &str) -> Vec<(String, u32)> {
             Some((host.trim().to_string(), changed))
         })
         .collect()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 fn client(rt: &tokio::runtime::Runtime) -> RawClient {

@@ -30,8 +30,10 @@ use ringkv_proto::raftpb::debug_client::DebugClient;
 use ringkv_proto::raftpb::raft_client::RaftClient;
 use ringkv_proto::raftpb::{self, RaftCmdRequest, RaftMessage, RaftMessageBatch, SnapshotChunk};
 use ringkv_proto::Message as _;
-use ringkv_tests::process::{ProcessCluster, FAST_NODE_TOML};
+use ringkv_tests::process::{runtime, ProcessCluster, FAST_NODE_TOML};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
@@ -45,14 +47,6 @@ const IN_FLIGHT: usize = 24;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const SEED_KEYS: usize = 60;
 const DEFAULT_SEED: u64 = 0x5eed_f0220;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn channel(addr: &str) -> Channel {
     Endpoint::from_shared(format!("http://{addr}"))
@@ -1853,4 +1847,91 @@ fn check_seed_data(
             );
         }
     });
+}
+
+/// Leadership of every region as the nodes report it: region id → (term, leader peer id),
+/// from the replica that leads it.
+fn leaders(rt: &tokio::runtime::Runtime, cluster: &ProcessCluster) -> BTreeMap<u64, (u64, u64)> {
+    let mut led = BTreeMap::new();
+    for i in 0..cluster.node_count() {
+        for r in rt
+            .block_on(ringkv_tests::debug::regions(cluster.node_addr(i)))
+            .unwrap_or_default()
+        {
+            if r.is_leader {
+                let id = r.region.as_ref().map_or(0, |r| r.id);
+                led.insert(id, (r.term, r.leader_id));
+            }
+        }
+    }
+    led
+}
+
+#[test]
+fn heavy_scans_beside_writes_cause_no_leader_change() {
+    // Default timing (100 ms ticks, elections after 1–2 s without a leader's word).
+    let cluster = ProcessCluster::start_with_config(3, "");
+    let (rt, client) = cluster.client();
+    let value = vec![7u8; 512];
+    for chunk in 0..40 {
+        let pairs = (0..500)
+            .map(|i| (format!("scan/{chunk}/{i}").into_bytes(), value.clone()))
+            .collect();
+        rt.block_on(client.batch_put(pairs)).expect("load");
+    }
+    // Let the cluster settle after the load (leases, quiet regions) before taking the terms.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = leaders(&rt, &cluster);
+    assert!(!before.is_empty(), "every region has a leader");
+    let scans = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let until = Instant::now() + Duration::from_secs(10);
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        // Each scan of a hash keyspace reads every key of every region: 20,000 keys.
+        for _ in 0..12 {
+            let (client, scans) = (client.clone(), scans.clone());
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < until {
+                    let found = client
+                        .scan(b"scan/".to_vec(), b"scan0".to_vec(), 10_240)
+                        .await;
+                    assert_eq!(found.expect("scan").len(), 10_240);
+                    scans.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        for w in 0..4 {
+            let (client, writes) = (client.clone(), writes.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while Instant::now() < until {
+                    client
+                        .put(format!("w/{w}/{i}").into_bytes(), b"v".to_vec())
+                        .await
+                        .expect("write beside the scans");
+                    writes.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("load task");
+        }
+    });
+    let after = leaders(&rt, &cluster);
+    let (scans, writes) = (
+        scans.load(Ordering::Relaxed),
+        writes.load(Ordering::Relaxed),
+    );
+    println!("{scans} full scans and {writes} writes in 10 s; leaders before {before:?}, after {after:?}");
+    assert!(scans > 0 && writes > 0);
+    for (region, led) in &before {
+        assert_eq!(
+            after.get(region),
+            Some(led),
+            "region {region} changed leader or term under the scans (before {led:?}, after {:?})",
+            after.get(region)
+        );
+    }
 }
