@@ -26,7 +26,6 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
 mod txn;
-pub use crate::read_pool::ReadPool;
 pub use txn::{GcProgress, TxnContext, TxnOutcome};
 
 /// How long a request waits for the raftstore before answering "try again".

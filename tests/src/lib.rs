@@ -6,6 +6,7 @@
 //! - [`process::ProcessCluster`]: the real `ringkv-placement` and `ringkv-node` binaries as child
 //!   processes, with `kill -9`, SIGSTOP/SIGCONT and restart.
 //! - [`sim`]: a deterministic, seeded simulation of a whole cluster on one thread.
+//! - [`fuzz`]: the RPC fuzzer's request generator and batches (test: `rpc_fuzz.rs`).
 //! - [`linearizability`]: a checker for histories of register operations.
 //! - [`regions`]: checks that regions tile the keyspace and never overlap on a node.
 //! - [`wait_until`]: bounded polling for conditions that become true eventually.
@@ -14,6 +15,7 @@ pub mod bank;
 pub mod cluster;
 pub mod cluster_checks;
 pub mod debug;
+pub mod fuzz;
 pub mod linearizability;
 pub mod list_append;
 pub mod process;
