@@ -723,12 +723,6 @@ fn on_raft_message(ctx: &StoreContext, fsm: &mut PeerFsm, msg: RaftMessage) {
             // means the local one was removed (its removal never reached it, or it never
             // got its first snapshot), if the message is true. Once that is confirmed it
             // goes, leaving a tombstone; the leader's next message creates the new peer.
-            tracing::info!(
-                region = msg.region_id,
-                local = fsm.peer.peer_id(),
-                newer = to.id,
-                "a message names a newer peer of the region on this store; the local one may have been removed"
-            );
             if !fsm.peer.is_initialized() {
                 drop_uninitialized(ctx, fsm);
                 return;
@@ -742,6 +736,13 @@ fn on_raft_message(ctx: &StoreContext, fsm: &mut PeerFsm, msg: RaftMessage) {
                 .newer_peer_checked_ms
                 .is_none_or(|at| now.saturating_sub(at) >= NEWER_PEER_CHECK_INTERVAL_MS);
             if due && fsm.peer.merge_state().is_none() {
+                // Logged once per check, not per message: forged messages must not flood it.
+                tracing::info!(
+                    region = msg.region_id,
+                    local = fsm.peer.peer_id(),
+                    newer = to.id,
+                    "a message names a newer peer of the region on this store; asking the placement driver whether the local one was removed"
+                );
                 fsm.newer_peer_checked_ms = Some(now);
                 let _ = ctx.events.send(StoreEvent::CheckStalePeer {
                     region: fsm.peer.region().clone(),

@@ -1212,14 +1212,13 @@ impl PlacementCore {
         labels: &std::collections::HashMap<String, String>,
         writes: &mut MetaWrites,
     ) -> Result<Store, PlacementError> {
-        let valid = valid_label;
         if labels.is_empty() {
             return Err(PlacementError::InvalidArgument(
                 "no label given: pass KEY=VALUE (or KEY= to remove one)".into(),
             ));
         }
         for (k, v) in labels {
-            if !valid(k) || (!v.is_empty() && !valid(v)) {
+            if !valid_label(k) || (!v.is_empty() && !valid_label(v)) {
                 return Err(PlacementError::InvalidArgument(format!(
                     "label {k:?}={v:?}: names and values are 1 to 64 letters, digits, '-', '_' or '.'"
                 )));
@@ -1678,13 +1677,8 @@ impl PlacementCore {
         region: &Region,
         writes: &mut MetaWrites,
     ) -> Result<(u64, Vec<u64>), PlacementError> {
+        // The shape check also refuses a region without peers.
         check_region_shape(region)?;
-        if region.peers.is_empty() {
-            return Err(PlacementError::InvalidArgument(format!(
-                "region {} has no peers to split",
-                region.id
-            )));
-        }
         if let Some(known) = self.regions.get(&region.id) {
             let (k, r) = (epoch_of(&known.region), epoch_of(region));
             if r.0 < k.0 || r.1 < k.1 {
