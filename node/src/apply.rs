@@ -624,9 +624,7 @@ pub fn exec_command(
             Some(Cmd::Delete(d)) => batch.delete(storage_key(d.cf, &d.key, d.ts)),
             Some(Cmd::DeleteRange(r)) => {
                 let keyspace = r.keyspace.unwrap_or_else(keys::default_keyspace);
-                for key in keys_in_user_range(region, &keyspace, &r.start_key, &r.end_key, kv)? {
-                    batch.delete(key);
-                }
+                delete_user_range(region, &keyspace, &r.start_key, &r.end_key, kv, batch)?;
             }
             None => {}
         }
@@ -715,24 +713,31 @@ pub fn user_in_range(k: &[u8], start: &[u8], end: &[u8]) -> bool {
     k >= start && (end.is_empty() || k < end)
 }
 
-fn keys_in_user_range(
+/// Deletes the keys of user range `[start, end)` of `keyspace` in the region. A large range is
+/// written page by page ([`layout::delete_paged`]), each page its own engine write: concurrent
+/// reads may see the delete partly done (as with
+/// TiKV's raw delete range), and replaying the entry after a crash between pages ends in the
+/// same state, since every write it makes is a delete of a key it finds.
+fn delete_user_range(
     region: &Region,
     keyspace: &Keyspace,
     start: &[u8],
     end: &[u8],
     kv: &dyn KvEngine,
-) -> StorageResult<Vec<Vec<u8>>> {
+    batch: &mut KvWriteBatch,
+) -> StorageResult<()> {
     let Some((lo, hi)) = scan_span(region, keyspace, start, end) else {
-        return Ok(Vec::new());
+        return Ok(());
     };
-    let mut out = Vec::new();
-    kv.scan(&lo, &hi, &mut |k, _| {
-        if keys::user_key_unchecked(origin_key(k)).is_some_and(|u| user_in_range(u, start, end)) {
-            out.push(k.to_vec());
-        }
-        true
-    })?;
-    Ok(out)
+    let in_range = |k: &[u8]| {
+        keys::user_key_unchecked(origin_key(k)).is_some_and(|u| user_in_range(u, start, end))
+    };
+    // Earlier writes of this command go first, so pages never run ahead of them.
+    if !batch.is_empty() {
+        kv.write(std::mem::take(batch))?;
+    }
+    layout::delete_paged(kv, &lo, &hi, &mut |k| in_range(k))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -929,6 +934,33 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, vec![b"a".to_vec(), b"d".to_vec(), b"e".to_vec()]);
+    }
+
+    #[test]
+    fn a_delete_range_of_many_pages_deletes_all_of_it_and_a_put_before_it_in_the_command() {
+        let kv = MemKv::new();
+        let region = whole_region();
+        let n = ringkv_storage::layout::DELETE_PAGE_KEYS * 2 + 7;
+        let users: Vec<Vec<u8>> = (0..n).map(|i| format!("m{i:06}").into_bytes()).collect();
+        run(&kv, &region, users.iter().map(|u| put(u)).collect(), 1).unwrap();
+        run(&kv, &region, vec![put(b"a"), put(b"z")], 1).unwrap();
+        let del = Request {
+            cmd: Some(Cmd::DeleteRange(DeleteRangeRequest {
+                keyspace: Some(keys::default_keyspace()),
+                start_key: b"m".to_vec(),
+                end_key: b"n".to_vec(),
+            })),
+        };
+        // A put inside the range before the delete in one command is deleted too; one after
+        // it stays.
+        run(&kv, &region, vec![put(b"m-first"), del, put(b"m-last")], 1).unwrap();
+        let mut left: Vec<Vec<u8>> = kv
+            .dump()
+            .keys()
+            .map(|k| keys::user_key_unchecked(origin_key(k)).unwrap().to_vec())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![b"a".to_vec(), b"m-last".to_vec(), b"z".to_vec()]);
     }
 
     fn peers(first_id: u64) -> Vec<PeerMeta> {

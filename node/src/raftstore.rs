@@ -276,6 +276,7 @@ impl PeerFsm {
 /// Loads every region stored on this node and registers its peer.
 fn load_peers(ctx: &StoreContext) -> Result<(), crate::NodeError> {
     let logs: std::collections::HashSet<u64> = ctx.log.region_ids().into_iter().collect();
+    let mut live = Vec::new();
     for state in layout::all_region_states(ctx.kv.as_ref())? {
         let Some(region) = state.region.clone() else {
             continue;
@@ -297,7 +298,15 @@ fn load_peers(ctx: &StoreContext) -> Result<(), crate::NodeError> {
             applied = peer.applied_index(),
             "loaded region"
         );
+        if peer.is_initialized() {
+            live.push(region);
+        }
         register_peer(ctx, peer);
+    }
+    // Data of regions destroyed while a crash came (see `destroy_peer`).
+    let leftover = layout::delete_data_outside(ctx.kv.as_ref(), &live)?;
+    if leftover > 0 {
+        tracing::info!(keys = leftover, "deleted data left by destroyed regions");
     }
     Ok(())
 }
@@ -651,18 +660,17 @@ fn destroy_peer(ctx: &StoreContext, fsm: &mut PeerFsm, tombstone: bool) {
         return;
     }
     if tombstone {
+        // The tombstone first: from then on the peer is never loaded again, and its data,
+        // deleted page by page, is nobody's. A crash in between leaves pages of it outside
+        // every live region, which the next start deletes (see `load_peers`).
         let mut batch = KvWriteBatch::default();
-        layout::delete_data(
-            ctx.kv.as_ref(),
-            &region.start_key,
-            &region.end_key,
-            &mut batch,
-        )
-        .unwrap_or_else(|e| panic!("cannot read region {}: {e}", region.id));
         layout::write_tombstone(&mut batch, &region, None);
         ctx.kv
             .write(batch)
             .unwrap_or_else(|e| panic!("cannot write tombstone of region {}: {e}", region.id));
+        let deleted = layout::delete_data(ctx.kv.as_ref(), &region.start_key, &region.end_key)
+            .unwrap_or_else(|e| panic!("cannot delete the data of region {}: {e}", region.id));
+        tracing::debug!(region = region.id, keys = deleted, "region data deleted");
     }
     tracing::info!(region = region.id, tombstone, "peer destroyed");
     fsm.peer

@@ -73,7 +73,12 @@ pub fn install_batch(
 ) -> StorageResult<KvWriteBatch> {
     let region: &Region = data.region.as_ref().expect("decode checked the region");
     let mut batch = KvWriteBatch::default();
-    layout::delete_data(kv, &region.start_key, &region.end_key, &mut batch)?;
+    for (_, lo, hi) in layout::region_data_ranges(&region.start_key, &region.end_key) {
+        kv.scan(&lo, &hi, &mut |k, _| {
+            batch.delete(k.to_vec());
+            true
+        })?;
+    }
     let ranges = layout::region_data_ranges(&region.start_key, &region.end_key);
     for pair in &data.kvs {
         // A key outside the region's data ranges would be another region's data (or meta).

@@ -300,21 +300,87 @@ pub fn write_tombstone(batch: &mut KvWriteBatch, region: &Region, merged_into: O
     );
 }
 
+/// Keys deleted per engine write when a range of data is dropped ([`delete_data`]): a region of
+/// any size is deleted in pages of this many keys, never collected whole.
+pub const DELETE_PAGE_KEYS: usize = 4096;
+
 /// Deletes every data key (of every column family) of the region range `[start, end)` (of
-/// encoded keys) in `batch`.
-pub fn delete_data(
-    engine: &dyn KvEngine,
-    start: &[u8],
-    end: &[u8],
-    batch: &mut KvWriteBatch,
-) -> Result<()> {
+/// encoded keys), in engine writes of at most [`DELETE_PAGE_KEYS`] keys. Not atomic: a crash
+/// between pages leaves the rest, and running it again finishes the job. Returns the number of
+/// keys deleted.
+pub fn delete_data(engine: &dyn KvEngine, start: &[u8], end: &[u8]) -> Result<u64> {
+    let mut deleted = 0;
     for (_, lo, hi) in region_data_ranges(start, end) {
-        engine.scan(&lo, &hi, &mut |k, _| {
-            batch.delete(k.to_vec());
+        deleted += delete_paged(engine, &lo, &hi, &mut |_| true)?;
+    }
+    Ok(deleted)
+}
+
+/// Deletes the keys of storage range `[lo, hi)` that `wanted` picks, in engine writes of at
+/// most [`DELETE_PAGE_KEYS`] keys each. Returns the number of keys deleted.
+pub fn delete_paged(
+    engine: &dyn KvEngine,
+    lo: &[u8],
+    hi: &[u8],
+    wanted: &mut dyn FnMut(&[u8]) -> bool,
+) -> Result<u64> {
+    let mut from = lo.to_vec();
+    let mut deleted = 0;
+    loop {
+        let mut page = KvWriteBatch::default();
+        let mut resume = None;
+        engine.scan(&from, hi, &mut |k, _| {
+            if wanted(k) {
+                page.delete(k.to_vec());
+            }
+            if page.len() == DELETE_PAGE_KEYS {
+                // The next page starts right after this key.
+                let mut next = k.to_vec();
+                next.push(0);
+                resume = Some(next);
+                return false;
+            }
             true
         })?;
+        deleted += page.len() as u64;
+        if !page.is_empty() {
+            engine.write(page)?;
+        }
+        match resume {
+            Some(next) => from = next,
+            None => return Ok(deleted),
+        }
     }
-    Ok(())
+}
+
+/// Deletes every data key outside the ranges of `live` regions (encoded-key ranges): what a
+/// crash left of regions whose data was being dropped. Returns the number of keys deleted.
+pub fn delete_data_outside(engine: &dyn KvEngine, live: &[Region]) -> Result<u64> {
+    let mut ranges: Vec<(&[u8], &[u8])> = live
+        .iter()
+        .map(|r| (r.start_key.as_slice(), r.end_key.as_slice()))
+        .collect();
+    ranges.sort();
+    let mut deleted = 0;
+    // `gap_start` is where the key space not covered so far begins; None once the last region
+    // reaches the end of the key space.
+    let mut gap_start: Option<&[u8]> = Some(&[]);
+    for (start, end) in ranges {
+        if let Some(from) = gap_start {
+            if from < start {
+                deleted += delete_data(engine, from, start)?;
+            }
+        }
+        gap_start = match gap_start {
+            None => None,
+            Some(_) if end.is_empty() => None,
+            Some(from) => Some(from.max(end)),
+        };
+    }
+    if let Some(from) = gap_start {
+        deleted += delete_data(engine, from, &[])?;
+    }
+    Ok(deleted)
 }
 
 pub fn read_apply_state(engine: &dyn KvEngine, region_id: u64) -> Result<Option<ApplyState>> {
@@ -428,5 +494,109 @@ mod tests {
             let (lo, hi) = cf_range(cf, b"b", b"");
             assert!(cf_key(cf, &[0xff; 20], 0) >= lo && cf_key(cf, &[0xff; 20], 0) < hi);
         }
+    }
+
+    /// Counts engine writes and their largest batch.
+    struct Counting {
+        inner: crate::MemKv,
+        writes: std::sync::atomic::AtomicUsize,
+        largest: std::sync::atomic::AtomicUsize,
+    }
+
+    impl KvEngine for Counting {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            self.inner.get(key)
+        }
+        fn scan(
+            &self,
+            start: &[u8],
+            end: &[u8],
+            visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        ) -> Result<()> {
+            self.inner.scan(start, end, visit)
+        }
+        fn write(&self, batch: KvWriteBatch) -> Result<()> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.writes.fetch_add(1, SeqCst);
+            self.largest.fetch_max(batch.len(), SeqCst);
+            self.inner.write(batch)
+        }
+        fn flush(&self) -> Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    fn region(id: u64, start: &[u8], end: &[u8]) -> Region {
+        Region {
+            id,
+            start_key: encode_bytes(start),
+            end_key: if end.is_empty() {
+                Vec::new()
+            } else {
+                encode_bytes(end)
+            },
+            ..Default::default()
+        }
+    }
+
+    /// One raw and one lock key per user key.
+    fn fill(kv: &dyn KvEngine, users: impl Iterator<Item = Vec<u8>>) {
+        let mut batch = KvWriteBatch::default();
+        for u in users {
+            batch.put(cf_key(Cf::Raw, &encode_bytes(&u), 0), b"v".to_vec());
+            batch.put(cf_key(Cf::Lock, &encode_bytes(&u), 0), b"l".to_vec());
+        }
+        kv.write(batch).unwrap();
+    }
+
+    #[test]
+    fn a_large_range_is_deleted_in_pages_and_nothing_outside_it() {
+        let kv = Counting {
+            inner: crate::MemKv::new(),
+            writes: Default::default(),
+            largest: Default::default(),
+        };
+        let n = DELETE_PAGE_KEYS * 2 + 100;
+        fill(&kv, (0..n).map(|i| format!("b{i:08}").into_bytes()));
+        fill(&kv, ["a".into(), "c".into()].into_iter());
+        let before = kv.writes.load(std::sync::atomic::Ordering::SeqCst);
+        kv.largest.store(0, std::sync::atomic::Ordering::SeqCst);
+        let r = region(1, b"b", b"c");
+        assert_eq!(
+            delete_data(&kv, &r.start_key, &r.end_key).unwrap(),
+            2 * n as u64
+        );
+        let writes = kv.writes.load(std::sync::atomic::Ordering::SeqCst) - before;
+        // Per column family: two full pages and a rest.
+        assert_eq!(writes, 2 * 3, "pages written");
+        assert!(kv.largest.load(std::sync::atomic::Ordering::SeqCst) <= DELETE_PAGE_KEYS);
+        let left: Vec<_> = kv.inner.dump().into_keys().collect();
+        assert_eq!(left.len(), 4, "a and c in both families stay: {left:?}");
+    }
+
+    #[test]
+    fn data_outside_live_regions_is_deleted_and_data_inside_kept() {
+        let kv = crate::MemKv::new();
+        fill(
+            &kv,
+            [b"a", b"d", b"f", b"k", b"x"]
+                .into_iter()
+                .map(|k| k.to_vec()),
+        );
+        // Live: [c, e) and [j, ∞); destroyed leftovers: a, f.
+        let live = vec![region(2, b"j", b""), region(1, b"c", b"e")];
+        assert_eq!(delete_data_outside(&kv, &live).unwrap(), 4);
+        let users: Vec<Vec<u8>> = kv
+            .dump()
+            .into_keys()
+            .filter(|k| k[0] == Cf::Raw.prefix())
+            .map(|k| decode_bytes(&k[1..]).unwrap().0)
+            .collect();
+        assert_eq!(users, vec![b"d".to_vec(), b"k".to_vec(), b"x".to_vec()]);
+        // A region over the whole key space keeps everything.
+        assert_eq!(delete_data_outside(&kv, &[region(3, b"", b"")]).unwrap(), 0);
+        // No live region: nothing is anyone's.
+        assert_eq!(delete_data_outside(&kv, &[]).unwrap(), 6);
+        assert!(kv.dump().keys().all(|k| Cf::of_prefix(k[0]).is_none()));
     }
 }
