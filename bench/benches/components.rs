@@ -339,6 +339,11 @@ fn single_store(n: u64) -> SingleStore {
         store_id: 1,
         log: Arc::new(ringkv_storage::MemLogEngine::new()),
         kv: kv.clone(),
+        // One store makes no snapshots; the directory stays empty.
+        snapshots: ringkv_node::snapshot::SnapshotDir::open(
+            &std::env::temp_dir().join("ringkv-bench-snapshots"),
+        )
+        .expect("snapshot directory"),
         transport: Arc::new(NoTransport),
         events,
         split_checker: ringkv_node::split_check::SplitChecker::inline(

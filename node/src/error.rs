@@ -10,6 +10,9 @@ pub enum NodeError {
     Placement(#[from] ringkv_client::ClientError),
     #[error("configuration: {0}")]
     Config(String),
+    /// The stored state cannot be brought back to a consistent one; the node refuses to start.
+    #[error("cannot recover the stored state: {0}")]
+    Unrecoverable(String),
     #[error("data directory {dir} belongs to cluster {found}, but the placement driver serves cluster {expected}; refusing to start (point --data-dir at this cluster's directory, or remove it to join as a new store)")]
     ClusterMismatch {
         dir: String,

@@ -18,7 +18,7 @@ use ringkv_proto::raftpb::{
     RaftMessage, RegionLocalState,
 };
 use ringkv_storage::raft_logger::raft_logger;
-use ringkv_storage::{KvEngine, PeerStorage, RaftLogBatch, StorageError};
+use ringkv_storage::{KvEngine, KvWriteBatch, PeerStorage, RaftLogBatch, StorageError};
 use std::collections::{HashMap, VecDeque};
 use tokio::sync::oneshot;
 
@@ -159,6 +159,12 @@ pub struct Peer {
     /// A snapshot was installed in the current round: raft is told it is applied after the
     /// round's log write.
     snapshot_installed: Option<u64>,
+    /// While the snapshot worker installs a snapshot here: the index applied before it. The
+    /// region's data is only partly there meanwhile, so nothing is read from it.
+    installing: Option<u64>,
+    /// An install recorded in this round, for the raftstore to hand to the snapshot worker
+    /// with the apply delegate.
+    install_task: Option<RegionLocalState>,
     /// Set while this region is the source of a merge (prepared, not yet merged or rolled back).
     merge_state: Option<MergeState>,
     /// Regions merged into this one, most recent last.
@@ -272,6 +278,8 @@ impl Peer {
             applied_writes: (0, 0),
             peer_cache: HashMap::new(),
             snapshot_installed: None,
+            installing: None,
+            install_task: None,
             merge_state: None,
             merged_sources: Vec::new(),
             merge_wait: None,
@@ -406,8 +414,11 @@ impl Peer {
         self.raw.raft.raft_log.committed
     }
 
+    /// The index whose state the region's data holds. While a snapshot is being installed
+    /// that is still the index applied before it (the storage already names the snapshot).
     pub fn applied_index(&self) -> u64 {
-        self.raw.store().applied_index()
+        self.installing
+            .unwrap_or_else(|| self.raw.store().applied_index())
     }
 
     pub fn last_index(&self) -> u64 {
@@ -813,6 +824,10 @@ impl Peer {
 
     /// The safe timestamp in force on this replica (0: none).
     pub fn safe_ts(&mut self) -> u64 {
+        if self.is_installing() {
+            // The data is only partly there: no stale read may see it.
+            return 0;
+        }
         let (version, applied) = (self.version(), self.applied_index());
         self.safe_ts.get(version, applied)
     }
@@ -910,7 +925,7 @@ impl Peer {
     /// an older version of the region (a split or merge applied meanwhile) may be for keys the
     /// region no longer owns: it gets `EpochNotMatch` and the client re-routes it.
     fn release_reads(&mut self) {
-        if self.reads_in_flight.is_empty() {
+        if self.reads_in_flight.is_empty() || self.is_installing() {
             return;
         }
         let applied = self.applied_index();
@@ -968,6 +983,7 @@ impl Peer {
             // timeout), so no lease holds while a transfer is under way.
             || self.raw.raft.lead_transferee.is_some()
             || self.applied_index() < self.region_change_index
+            || self.is_installing()
         {
             return false;
         }
@@ -1140,6 +1156,7 @@ impl Peer {
     pub fn collect_ready(
         &mut self,
         kv: &dyn KvEngine,
+        snapshots: &crate::snapshot::SnapshotDir,
         log_batch: &mut RaftLogBatch,
         early: &mut Outbox,
     ) -> Result<(), StorageError> {
@@ -1154,7 +1171,7 @@ impl Peer {
         let mut ready = self.raw.ready();
         self.wrap_messages(ready.take_messages(), early);
         if !ready.snapshot().is_empty() {
-            self.install_snapshot(ready.snapshot(), kv, log_batch)?;
+            self.install_snapshot(ready.snapshot(), kv, snapshots, log_batch)?;
         }
         self.on_read_states(ready.take_read_states());
         let committed = ready.take_committed_entries();
@@ -1172,34 +1189,41 @@ impl Peer {
         Ok(())
     }
 
-    /// Replaces this replica's data and state with a snapshot from the leader. The data write
-    /// is atomic and happens now; the log reset joins the round's log batch.
+    /// Takes a snapshot from the leader: records the install (the region state says
+    /// `Applying`, the apply state names the snapshot; written and flushed now), restarts the
+    /// log after it in the round's log batch, and leaves the data for the snapshot worker
+    /// ([`Peer::take_install_task`]). Until it is done the peer reads nothing from the region.
     fn install_snapshot(
         &mut self,
         snap: &eraftpb::Snapshot,
         kv: &dyn KvEngine,
+        snapshots: &crate::snapshot::SnapshotDir,
         log_batch: &mut RaftLogBatch,
     ) -> Result<(), StorageError> {
         let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
-        let data = crate::snapshot::decode(snap).ok_or_else(|| StorageError::Corruption {
+        let header = crate::snapshot::header(snap).ok_or_else(|| StorageError::Corruption {
             what: format!("snapshot of region {} at {index}", self.region_id()),
-            detail: "undecodable snapshot data".into(),
+            detail: "undecodable snapshot header".into(),
         })?;
-        let region = data.region.clone().expect("decode checked");
+        let region = header.region.clone().expect("header checks the region");
         assert_eq!(region.id, self.region_id(), "snapshot for another region");
-        self.merge_state = data.merge_state.clone();
-        self.merged_sources = data.merged_sources.clone();
-        self.merge_wait = None;
-        kv.write(crate::snapshot::install_batch(kv, &data, index, term)?)?;
-        // The log reset below is synced with the round; the data it replaces must be durable
-        // first, or a crash would leave neither the old log nor the new data.
+        let before = self.applied_index();
+        let mut batch = KvWriteBatch::default();
+        crate::snapshot::begin_install(snapshots, snap, &header, &mut batch)?;
+        kv.write(batch)?;
+        // The log reset below is synced with the round; the install's record must be durable
+        // first, or a crash would leave neither the old log nor a way to the new data.
         kv.flush()?;
+        self.merge_state = header.merge_state.clone();
+        self.merged_sources = header.merged_sources.clone();
+        self.merge_wait = None;
         tracing::info!(
             region = region.id,
             index,
             term,
-            keys = data.kvs.len(),
-            "snapshot installed"
+            keys = header.kv_count,
+            bytes = header.file_bytes,
+            "snapshot install begins"
         );
         self.raw
             .mut_store()
@@ -1212,7 +1236,55 @@ impl Peer {
             ..Default::default()
         };
         self.snapshot_installed = Some(index);
+        self.installing = Some(before);
+        self.install_task = Some(crate::snapshot::applying_state(&header));
         Ok(())
+    }
+
+    /// The install recorded this round, with the apply delegate the snapshot worker holds
+    /// while it replaces the region's data.
+    pub fn take_install_task(&mut self) -> Option<(RegionLocalState, Box<ApplyDelegate>)> {
+        let state = self.install_task.take()?;
+        let delegate = self
+            .applier
+            .take()
+            .expect("a snapshot is installed only while the apply delegate is home");
+        Some((state, delegate))
+    }
+
+    /// Lends the apply delegate to the snapshot worker for generating a snapshot (None if it
+    /// is away).
+    pub fn lend_applier(&mut self) -> Option<Box<ApplyDelegate>> {
+        self.applier.take()
+    }
+
+    /// The snapshot worker is done with the apply delegate; with `installed`, the install it
+    /// carried out is complete and the region's data is the snapshot's.
+    pub fn on_snapshot_done(&mut self, delegate: Box<ApplyDelegate>, installed: bool) {
+        assert!(
+            self.applier.is_none(),
+            "region {}: two apply delegates",
+            self.region_id()
+        );
+        self.applier = Some(delegate);
+        if installed {
+            let before = self.installing.take();
+            assert!(
+                before.is_some(),
+                "region {}: no install under way",
+                self.region_id()
+            );
+            tracing::info!(
+                region = self.region_id(),
+                index = self.applied_index(),
+                "snapshot installed"
+            );
+        }
+    }
+
+    /// Whether a snapshot is being installed here.
+    pub fn is_installing(&self) -> bool {
+        self.installing.is_some()
     }
 
     /// Second half of a round, after the log write is durable: sends messages that had to wait

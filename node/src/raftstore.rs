@@ -17,7 +17,9 @@
 use crate::apply::AdminResult;
 use crate::apply_pool::{self, ApplyDelegate};
 use crate::peer::{Outbox, Peer, PeerConfig};
-use crate::router::{PeerMsg, RouterReceivers, StoreMsg, StoreRouter};
+use crate::router::{
+    PeerMsg, RouterReceivers, SnapshotDone, SnapshotOutcome, SnapshotTask, StoreMsg, StoreRouter,
+};
 use crate::split_check::{SplitCheckOutcome, SplitCheckTask, SplitChecker, SplitConfig};
 use crate::transport::SnapshotReport;
 use crossbeam::channel::{Receiver, RecvTimeoutError};
@@ -193,6 +195,8 @@ pub struct StoreContext {
     pub store_id: u64,
     pub log: Arc<dyn RaftLogEngine>,
     pub kv: Arc<dyn KvEngine>,
+    /// Where snapshot files are generated, received and installed from.
+    pub snapshots: crate::snapshot::SnapshotDir,
     pub transport: Arc<dyn RaftTransport>,
     pub events: StoreEvents,
     pub cfg: RaftStoreConfig,
@@ -288,6 +292,28 @@ fn load_peers(ctx: &StoreContext) -> Result<(), crate::NodeError> {
             }
             continue;
         }
+        let state = if state.state == PeerState::Applying as i32 {
+            // A crash came while a snapshot was being installed: finish it first.
+            tracing::info!(region = region.id, "finishing a snapshot install cut short");
+            let pairs =
+                crate::snapshot::install(ctx.kv.as_ref(), &ctx.snapshots, &state).map_err(|e| {
+                    crate::NodeError::Unrecoverable(format!(
+                        "region {} was installing a snapshot when the node stopped, and the \
+                         install cannot be finished: {e}. The snapshot file must be in {}",
+                        region.id,
+                        ctx.snapshots.path().display()
+                    ))
+                })?;
+            tracing::info!(
+                region = region.id,
+                keys = pairs,
+                "snapshot install finished"
+            );
+            layout::read_region_state(ctx.kv.as_ref(), region.id)?
+                .expect("the install wrote the region state")
+        } else {
+            state
+        };
         let storage = PeerStorage::load(region.clone(), ctx.kv.as_ref(), ctx.log.clone())?;
         let mut peer = Peer::new(ctx.store_id, storage, &ctx.cfg.peer)?;
         peer.set_local_state(&state);
@@ -303,6 +329,8 @@ fn load_peers(ctx: &StoreContext) -> Result<(), crate::NodeError> {
         }
         register_peer(ctx, peer);
     }
+    // Every install cut short is finished; nothing else uses an `applying` file.
+    ctx.snapshots.remove_applying_files();
     // Data of regions destroyed while a crash came (see `destroy_peer`).
     let leftover = layout::delete_data_outside(ctx.kv.as_ref(), &live)?;
     if leftover > 0 {
@@ -330,6 +358,7 @@ pub struct RaftStore {
     router: StoreRouter,
     ready: Receiver<Box<PeerFsm>>,
     apply: Receiver<apply_pool::ApplyBatch>,
+    snapshot: Receiver<SnapshotTask>,
 }
 
 impl RaftStore {
@@ -363,6 +392,21 @@ impl RaftStore {
                     })?,
             );
         }
+        {
+            let (ctx, queue, stopping) =
+                (ctx.clone(), receivers.snapshot.clone(), stopping.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("raft-snapshot".into())
+                    .spawn(move || {
+                        while !stopping.load(Ordering::SeqCst) {
+                            if let Ok(task) = queue.recv_timeout(Duration::from_millis(100)) {
+                                run_snapshot_task(&ctx, task);
+                            }
+                        }
+                    })?,
+            );
+        }
         let control = StoreFsm::new(ctx.clone());
         let (rx, stop) = (receivers.control.clone(), stopping.clone());
         threads.push(
@@ -376,6 +420,7 @@ impl RaftStore {
             router: ctx.router.clone(),
             ready: receivers.ready,
             apply: receivers.apply,
+            snapshot: receivers.snapshot,
         })
     }
 
@@ -393,6 +438,7 @@ impl RaftStore {
         self.router.clear();
         while self.ready.try_recv().is_ok() {}
         while self.apply.try_recv().is_ok() {}
+        while self.snapshot.try_recv().is_ok() {}
     }
 }
 
@@ -454,6 +500,9 @@ impl SteppedStore {
         while let Ok(delegates) = self.receivers.apply.try_recv() {
             apply_pool::apply_batch(self.ctx.kv.as_ref(), &self.ctx.router, delegates);
         }
+        while let Ok(task) = self.receivers.snapshot.try_recv() {
+            run_snapshot_task(&self.ctx, task);
+        }
         polled
     }
 
@@ -462,6 +511,7 @@ impl SteppedStore {
         self.ctx.router.clear();
         while self.receivers.ready.try_recv().is_ok() {}
         while self.receivers.apply.try_recv().is_ok() {}
+        while self.receivers.snapshot.try_recv().is_ok() {}
     }
 }
 
@@ -641,6 +691,7 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
         }
         PeerMsg::Destroy { tombstone } => destroy_peer(ctx, fsm, tombstone),
         PeerMsg::Applied(delegate) => on_applied(ctx, fsm, delegate),
+        PeerMsg::SnapshotDone(done) => on_snapshot_done(ctx, fsm, done),
         PeerMsg::ReportQuiet => {
             // Without waking: the placement driver hears of the region (and may order a
             // merge), and a region that went quiet before it was measured gets measured.
@@ -672,6 +723,7 @@ fn destroy_peer(ctx: &StoreContext, fsm: &mut PeerFsm, tombstone: bool) {
             .unwrap_or_else(|e| panic!("cannot delete the data of region {}: {e}", region.id));
         tracing::debug!(region = region.id, keys = deleted, "region data deleted");
     }
+    ctx.snapshots.remove_region_files(region.id, None);
     tracing::info!(region = region.id, tombstone, "peer destroyed");
     fsm.peer
         .fail_all(crate::region_error::region_not_found(region.id));
@@ -818,10 +870,19 @@ fn readded_over_tombstone(state: &RegionLocalState, msg: &RaftMessage, to: PeerM
 /// stale must catch up first; the leader retries the snapshot). A local region the snapshot's
 /// region absorbed by a merge is destroyed, so a later try fits.
 fn snapshot_fits(ctx: &StoreContext, region_id: u64, snap: &raft::eraftpb::Snapshot) -> bool {
-    let Some(data) = crate::snapshot::decode(snap) else {
+    let Some(data) = crate::snapshot::header(snap) else {
         tracing::warn!(region = region_id, "undecodable snapshot dropped");
         return false;
     };
+    if !crate::snapshot::received(&ctx.snapshots, region_id, snap) {
+        // The message came without its file (or the file was refused): the leader sends
+        // the snapshot again.
+        tracing::warn!(
+            region = region_id,
+            "snapshot without its received file dropped"
+        );
+        return false;
+    }
     let region = data.region.as_ref().expect("decode checks the region");
     if region.id != region_id {
         tracing::warn!(region = region_id, "snapshot of another region dropped");
@@ -1149,32 +1210,122 @@ fn send_snapshots(ctx: &StoreContext, snapshots: Vec<RaftMessage>) {
     }
 }
 
-/// Builds the snapshot raft asked for during the round. Runs after the round and only while the
-/// apply delegate is home, where the region's data is exactly its applied state.
+/// Starts generating the snapshot raft asked for during the round: the snapshot worker takes
+/// the apply delegate (so the region's data stays at its applied state while it is read) and
+/// writes the region to a file. Waits while the delegate is away.
 fn generate_snapshot(ctx: &StoreContext, fsm: &mut PeerFsm) {
     if fsm.peer.apply_in_flight() {
-        // The pool may be writing the region; generated once the delegate is home.
         return;
     }
     let storage = fsm.peer.storage();
     if !storage.take_snapshot_wanted() {
         return;
     }
-    match crate::snapshot::generate(storage, ctx.kv.as_ref()) {
-        Ok(snap) => {
-            tracing::info!(
-                region = fsm.peer.region_id(),
-                index = snap.get_metadata().index,
-                bytes = snap.get_data().len(),
-                "snapshot generated"
-            );
-            storage.set_generated_snapshot(snap);
-            // Raft retries the send at its next heartbeat; make sure one comes.
-            fsm.wake();
-        }
+    let region = storage.region().clone();
+    let index = storage.applied_index();
+    let term = match raft::Storage::term(storage, index) {
+        Ok(term) => term,
         Err(e) => {
-            tracing::error!(region = fsm.peer.region_id(), error = %e, "snapshot generation failed")
+            // Raft asks again; by then the applied entry's term may be readable.
+            tracing::error!(region = region.id, index, error = %e, "no term for the applied index; no snapshot");
+            return;
         }
+    };
+    // The merge part of the region's state is the applied state too (written by the same
+    // apply batches as the data).
+    let local = match layout::read_region_state(ctx.kv.as_ref(), region.id) {
+        Ok(local) => local.unwrap_or_default(),
+        Err(e) => {
+            tracing::error!(region = region.id, error = %e, "cannot read the region state; no snapshot");
+            return;
+        }
+    };
+    let merge_state = if local.state == PeerState::Merging as i32 {
+        local.merge_state
+    } else {
+        None
+    };
+    let delegate = fsm
+        .peer
+        .lend_applier()
+        .expect("checked: the apply delegate is home");
+    ctx.router.schedule_snapshot(SnapshotTask::Generate {
+        task: crate::snapshot::GenerateTask {
+            region,
+            index,
+            term,
+            merge_state,
+            merged_sources: local.merged_sources,
+        },
+        delegate,
+    });
+}
+
+/// Carries out one snapshot task on the snapshot worker (or the stepped store's thread) and
+/// sends the apply delegate home with the outcome.
+pub(crate) fn run_snapshot_task(ctx: &StoreContext, task: SnapshotTask) {
+    let region_id = task.region_id();
+    let done = match task {
+        SnapshotTask::Generate { task, delegate } => {
+            let outcome = crate::snapshot::generate(ctx.kv.as_ref(), &ctx.snapshots, &task)
+                .map_err(|e| e.to_string());
+            match &outcome {
+                Ok(snap) => {
+                    let path = ctx.snapshots.generated(region_id, task.term, task.index);
+                    ctx.snapshots.remove_region_files(region_id, Some(&path));
+                    let header = crate::snapshot::header(snap).unwrap_or_default();
+                    tracing::info!(
+                        region = region_id,
+                        index = task.index,
+                        keys = header.kv_count,
+                        bytes = header.file_bytes,
+                        "snapshot generated"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(region = region_id, error = %e, "snapshot generation failed")
+                }
+            }
+            SnapshotDone {
+                delegate,
+                outcome: SnapshotOutcome::Generated(outcome),
+            }
+        }
+        SnapshotTask::Install { state, delegate } => {
+            let pairs = crate::snapshot::install(ctx.kv.as_ref(), &ctx.snapshots, &state)
+                .unwrap_or_else(|e| {
+                    panic!("snapshot install of region {region_id} failed; stopping the node: {e}")
+                });
+            tracing::debug!(region = region_id, keys = pairs, "snapshot data written");
+            SnapshotDone {
+                delegate,
+                outcome: SnapshotOutcome::Installed,
+            }
+        }
+    };
+    ctx.router.send_snapshot_done(Box::new(done));
+}
+
+/// The snapshot worker is done with the region's apply delegate.
+fn on_snapshot_done(ctx: &StoreContext, fsm: &mut PeerFsm, done: Box<SnapshotDone>) {
+    let SnapshotDone { delegate, outcome } = *done;
+    match outcome {
+        SnapshotOutcome::Generated(generated) => {
+            fsm.peer.on_snapshot_done(delegate, false);
+            if let Ok(snap) = generated {
+                fsm.peer.storage().set_generated_snapshot(snap);
+                // Raft retries the send at its next heartbeat; make sure one comes.
+                fsm.wake();
+            }
+        }
+        SnapshotOutcome::Installed => {
+            fsm.peer.on_snapshot_done(delegate, true);
+            fsm.wake();
+            report_region(ctx, &fsm.peer);
+        }
+    }
+    if let Some(tombstone) = fsm.destroy_pending.take() {
+        destroy_peer(ctx, fsm, tombstone);
     }
 }
 
@@ -1209,7 +1360,7 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
         }
         if fsm.peer.has_ready() {
             fsm.peer
-                .collect_ready(ctx.kv.as_ref(), &mut log_batch, &mut early)
+                .collect_ready(ctx.kv.as_ref(), &ctx.snapshots, &mut log_batch, &mut early)
                 .unwrap_or_else(|e| panic!("snapshot install failed; stopping the node: {e}"));
             ready.push(i);
         }
@@ -1229,6 +1380,13 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
     }
     ctx.transport.send_all(late.messages);
     send_snapshots(ctx, late.snapshots);
+    // Installs recorded this round go to the snapshot worker (the log reset is durable).
+    for fsm in batch.iter_mut().filter(|f| !f.destroyed) {
+        if let Some((state, delegate)) = fsm.peer.take_install_task() {
+            ctx.router
+                .schedule_snapshot(SnapshotTask::Install { state, delegate });
+        }
+    }
     // Every peer of the batch, not only those with a Ready: entries committed while a
     // delegate was away go when it is back, and a held-back merge goes when retried.
     let apply = batch

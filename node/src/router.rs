@@ -89,6 +89,47 @@ pub enum PeerMsg {
     ReportQuiet,
     /// The region's apply delegate is back from the apply pool.
     Applied(Box<ApplyDelegate>),
+    /// The snapshot worker is done with the region: the delegate it held comes back, with
+    /// the snapshot it generated, or after installing one.
+    SnapshotDone(Box<SnapshotDone>),
+}
+
+/// Work for the snapshot worker. It holds the region's apply delegate meanwhile, so nothing
+/// writes the region's data while it reads or replaces it.
+pub enum SnapshotTask {
+    /// Write the region's data, at the delegate's applied index, to a snapshot file.
+    Generate {
+        task: crate::snapshot::GenerateTask,
+        delegate: Box<ApplyDelegate>,
+    },
+    /// Replace the region's data with the snapshot recorded in `state` (`Applying`).
+    Install {
+        state: ringkv_proto::raftpb::RegionLocalState,
+        delegate: Box<ApplyDelegate>,
+    },
+}
+
+impl SnapshotTask {
+    pub fn region_id(&self) -> u64 {
+        match self {
+            SnapshotTask::Generate { delegate, .. } | SnapshotTask::Install { delegate, .. } => {
+                delegate.region_id()
+            }
+        }
+    }
+}
+
+/// What the snapshot worker sends back to the peer.
+pub struct SnapshotDone {
+    pub delegate: Box<ApplyDelegate>,
+    pub outcome: SnapshotOutcome,
+}
+
+pub enum SnapshotOutcome {
+    /// A generated snapshot, or why none was.
+    Generated(Result<raft::eraftpb::Snapshot, String>),
+    /// The snapshot the peer recorded is installed.
+    Installed,
 }
 
 /// A stale read at `read_ts` of `keys` (see [`crate::safe_ts`]).
@@ -270,6 +311,7 @@ struct RouterInner {
     control: Sender<StoreMsg>,
     ready: Sender<Box<PeerFsm>>,
     apply: Sender<ApplyBatch>,
+    snapshot: Sender<SnapshotTask>,
     meta: Mutex<StoreMeta>,
     flow: crate::flow::FlowRecorder,
     mailbox_capacity: usize,
@@ -284,6 +326,8 @@ pub struct RouterReceivers {
     pub ready: Receiver<Box<PeerFsm>>,
     /// Batches of apply delegates for the apply pool.
     pub apply: Receiver<ApplyBatch>,
+    /// Snapshots to generate or install, for the snapshot worker.
+    pub snapshot: Receiver<SnapshotTask>,
 }
 
 impl StoreRouter {
@@ -304,6 +348,8 @@ impl StoreRouter {
         let (ready_tx, ready_rx) = crossbeam::channel::unbounded();
         // Unbounded, yet bounded in fact: a region has one apply delegate.
         let (apply_tx, apply_rx) = crossbeam::channel::unbounded();
+        // The same: a task holds its region's apply delegate.
+        let (snapshot_tx, snapshot_rx) = crossbeam::channel::unbounded();
         (
             StoreRouter {
                 inner: Arc::new(RouterInner {
@@ -311,6 +357,7 @@ impl StoreRouter {
                     control: control_tx,
                     ready: ready_tx,
                     apply: apply_tx,
+                    snapshot: snapshot_tx,
                     meta: Mutex::new(StoreMeta::default()),
                     flow: Default::default(),
                     mailbox_capacity,
@@ -322,6 +369,7 @@ impl StoreRouter {
                 control: control_rx,
                 ready: ready_rx,
                 apply: apply_rx,
+                snapshot: snapshot_rx,
             },
         )
     }
@@ -456,6 +504,25 @@ impl StoreRouter {
     pub(crate) fn schedule_apply(&self, batch: ApplyBatch) {
         if !batch.is_empty() && self.inner.apply.send(batch).is_err() {
             tracing::debug!("apply pool gone (shutdown); the entries are applied at restart");
+        }
+    }
+
+    /// Hands a snapshot task to the snapshot worker.
+    pub(crate) fn schedule_snapshot(&self, task: SnapshotTask) {
+        if self.inner.snapshot.send(task).is_err() {
+            tracing::debug!("snapshot worker gone (shutdown); an install resumes at restart");
+        }
+    }
+
+    /// Sends the snapshot worker's result home (see [`Self::send_applied`]).
+    pub(crate) fn send_snapshot_done(&self, done: Box<SnapshotDone>) {
+        let region_id = done.delegate.region_id();
+        let Some(mailbox) = self.mailbox(region_id) else {
+            tracing::debug!(region = region_id, "snapshot task's peer is gone");
+            return;
+        };
+        if mailbox.push_always(PeerMsg::SnapshotDone(done)).is_ok() {
+            self.notify(&mailbox);
         }
     }
 

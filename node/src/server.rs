@@ -100,6 +100,7 @@ impl NodeServer {
         let log: Arc<dyn RaftLogEngine> =
             Arc::new(RaftEngineLog::open(&config.data_dir.join("raft"))?);
         let kv = Arc::new(SledKv::open(&config.data_dir.join("kv"))?);
+        let snapshots = crate::snapshot::SnapshotDir::open(&config.data_dir.join("snap"))?;
         // A node started together with its placement group waits for the group's first
         // leader (an election, then the cluster's identity) rather than giving up at once.
         let pd = runtime.block_on(PdClient::connect_within(
@@ -130,6 +131,7 @@ impl NodeServer {
             pd.clone(),
             filter,
             runtime.handle().clone(),
+            snapshots.clone(),
             Box::new(move |store| {
                 let _ = unreachable_router.send_control(StoreMsg::StoreUnreachable(store));
             }),
@@ -143,6 +145,7 @@ impl NodeServer {
                 store_id,
                 log,
                 kv: kv_dyn.clone(),
+                snapshots: snapshots.clone(),
                 transport: Arc::new(transport),
                 events: events_tx,
                 cfg: store_cfg,
@@ -166,8 +169,9 @@ impl NodeServer {
             txn: Arc::new(crate::service::TxnContext::default()),
             tso,
             reads: crate::read_pool::ReadPool::default(),
-            snapshot_budget: Arc::new(tokio::sync::Semaphore::new(
-                crate::service::SNAPSHOT_BUDGET_BYTES,
+            snapshots: snapshots.clone(),
+            snapshot_receives: Arc::new(tokio::sync::Semaphore::new(
+                crate::service::SNAPSHOT_RECEIVES_MAX,
             )),
         };
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();

@@ -48,8 +48,10 @@ pub struct NodeContext {
     pub tso: Arc<ringkv_client::TsoBatcher>,
     /// Where scans and other long reads run, off the runtime's worker threads.
     pub reads: crate::read_pool::ReadPool,
-    /// Bytes of incoming snapshots this node may buffer (permits: [`SNAPSHOT_BUDGET_BYTES`]).
-    pub snapshot_budget: Arc<tokio::sync::Semaphore>,
+    /// Where incoming snapshot files are written.
+    pub snapshots: crate::snapshot::SnapshotDir,
+    /// Receive slots for snapshot streams (permits: [`SNAPSHOT_RECEIVES_MAX`]).
+    pub snapshot_receives: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Clone)]
@@ -834,48 +836,71 @@ impl Raft for RaftService {
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<Done>, Status> {
         let mut stream = request.into_inner();
-        let mut bytes = Vec::new();
-        // Every byte buffered is taken from the node's snapshot budget first, and given back
-        // when this stream ends: any number of streams hold at most the budget together.
-        let mut held = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            if bytes.len() + chunk.data.len() > SNAPSHOT_BYTES_MAX {
-                return Err(Status::resource_exhausted(format!(
-                    "snapshot exceeds {SNAPSHOT_BYTES_MAX} bytes"
-                )));
-            }
-            let n = u32::try_from(chunk.data.len())
-                .map_err(|_| invalid("snapshot chunk larger than 4 GiB"))?;
-            let budget = self.ctx.snapshot_budget.clone().acquire_many_owned(n);
-            match tokio::time::timeout(SNAPSHOT_BUDGET_WAIT, budget).await {
-                Ok(Ok(permit)) => held.push(permit),
-                _ => {
-                    return Err(Status::resource_exhausted(format!(
-                        "this node is receiving {} bytes of snapshots already; sending again later",
-                        SNAPSHOT_BUDGET_BYTES - self.ctx.snapshot_budget.available_permits()
-                    )))
-                }
-            }
-            bytes.extend_from_slice(&chunk.data);
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| invalid("an empty snapshot stream"))?;
+        if first.message.is_empty() {
+            return Err(invalid(
+                "the first chunk of a snapshot stream must carry the raft message",
+            ));
         }
-        let msg = raftpb::RaftMessage::decode(bytes.as_slice())
+        let msg = raftpb::RaftMessage::decode(first.message.as_slice())
             .map_err(|e| invalid(format!("malformed snapshot message: {e}")))?;
         if msg.to_peer.map(|p| p.store_id) != Some(self.ctx.store_id) {
             return Err(invalid("snapshot for another store"));
         }
+        // The file goes to disk a chunk at a time: a stream holds one chunk in memory, and at
+        // most SNAPSHOT_RECEIVES_MAX streams are received at once.
+        let slot = self.ctx.snapshot_receives.clone().acquire_owned();
+        let _slot = match tokio::time::timeout(SNAPSHOT_RECEIVE_WAIT, slot).await {
+            Ok(Ok(slot)) => slot,
+            _ => {
+                return Err(Status::resource_exhausted(format!(
+                    "this node is receiving {SNAPSHOT_RECEIVES_MAX} snapshots already; sending again later"
+                )))
+            }
+        };
+        let dir = self.ctx.snapshots.clone();
+        let header_msg = msg.clone();
+        let mut incoming = blocking(move || crate::snapshot::Incoming::begin(&dir, &header_msg))
+            .await?
+            .map_err(|e| invalid(format!("refused snapshot: {e}")))?;
+        let mut chunks = vec![first.data];
+        loop {
+            for data in chunks.drain(..).filter(|d| !d.is_empty()) {
+                incoming = blocking(move || incoming.write(&data).map(|()| incoming))
+                    .await?
+                    .map_err(|e| invalid(format!("refused snapshot: {e}")))?;
+            }
+            match stream.message().await? {
+                Some(chunk) if chunk.message.is_empty() => chunks.push(chunk.data),
+                Some(_) => return Err(invalid("a snapshot stream carries one raft message")),
+                None => break,
+            }
+        }
+        blocking(move || incoming.finish())
+            .await?
+            .map_err(|e| invalid(format!("refused snapshot: {e}")))?;
         self.ctx.router.send_raft(msg);
         Ok(Response::new(Done {}))
     }
 }
 
-/// Largest snapshot a node accepts. Regions split long before (96 MiB by default).
-pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
-/// Snapshot bytes one node buffers at once over all its incoming snapshot streams (at least
-/// one snapshot of the largest size).
-pub const SNAPSHOT_BUDGET_BYTES: usize = SNAPSHOT_BYTES_MAX;
-/// How long an incoming chunk waits for budget before its stream is refused (the sender tries
+/// Runs file work on the blocking pool, off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Status::internal(format!("snapshot file task failed: {e}")))
+}
+
+/// Snapshot streams one node receives at once.
+pub const SNAPSHOT_RECEIVES_MAX: usize = 8;
+/// How long an incoming stream waits for a receive slot before it is refused (the sender tries
 /// again later, as after any failed send).
-const SNAPSHOT_BUDGET_WAIT: Duration = Duration::from_secs(10);
+const SNAPSHOT_RECEIVE_WAIT: Duration = Duration::from_secs(10);
 
 /// Local diagnostics of this node.
 pub struct DebugService {

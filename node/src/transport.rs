@@ -20,8 +20,12 @@ const LINK_QUEUE_MESSAGES_MAX: usize = 8192;
 const BATCH_MESSAGES_MAX: usize = 512;
 /// Bytes per chunk of a snapshot stream.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
-/// How long sending one snapshot may take.
+/// How long sending one snapshot may take (waiting for a send slot included).
 const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(300);
+/// Snapshots one node sends at once; more wait for a slot. Each holds a few chunks in memory.
+pub const SNAPSHOT_SENDS_MAX: usize = 4;
+/// Chunks read ahead of the network per snapshot being sent.
+const SNAPSHOT_READ_AHEAD_CHUNKS: usize = 2;
 
 /// Told whether a snapshot reached the other node.
 pub type SnapshotReport = Box<dyn FnOnce(bool) + Send>;
@@ -77,6 +81,10 @@ struct Inner {
     on_unreachable: UnreachableHook,
     /// When each store was last reported unreachable, so reports stay rare.
     reported: Mutex<HashMap<u64, std::time::Instant>>,
+    /// Where generated snapshot files are.
+    snapshots: crate::snapshot::SnapshotDir,
+    /// Send slots (see [`SNAPSHOT_SENDS_MAX`]).
+    snapshot_sends: Arc<tokio::sync::Semaphore>,
 }
 
 /// Told the id of a store messages could not be delivered to.
@@ -119,6 +127,7 @@ impl Transport {
         pd: PdClient,
         filter: Arc<NetFilter>,
         runtime: tokio::runtime::Handle,
+        snapshots: crate::snapshot::SnapshotDir,
         on_unreachable: UnreachableHook,
     ) -> Self {
         Transport {
@@ -130,6 +139,8 @@ impl Transport {
                 runtime,
                 on_unreachable,
                 reported: Mutex::new(HashMap::new()),
+                snapshots,
+                snapshot_sends: Arc::new(tokio::sync::Semaphore::new(SNAPSHOT_SENDS_MAX)),
             }),
         }
     }
@@ -141,8 +152,9 @@ impl Transport {
         }
     }
 
-    /// Streams a message carrying a snapshot to its store in chunks, on its own connection so
-    /// it does not hold up other messages; `report` hears whether it arrived.
+    /// Streams a message carrying a snapshot, then the snapshot's generated file, to its store
+    /// in chunks, on its own connection so it does not hold up other messages; `report` hears
+    /// whether it arrived. At most [`SNAPSHOT_SENDS_MAX`] go at once.
     pub fn send_snapshot(&self, msg: RaftMessage, report: SnapshotReport) {
         let Some(to) = msg.to_peer.map(|p| p.store_id) else {
             report(false);
@@ -152,11 +164,24 @@ impl Transport {
             report(false);
             return;
         }
-        let pd = self.inner.pd.clone();
         let region_id = msg.region_id;
+        // Opened now: a newer snapshot of the region may replace (remove) the file later, and
+        // the open file stays readable.
+        let file = match generated_file(&self.inner.snapshots, &msg) {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::info!(region = region_id, to, error = %e, "snapshot not sent");
+                report(false);
+                return;
+            }
+        };
+        let (pd, slots) = (self.inner.pd.clone(), self.inner.snapshot_sends.clone());
         self.inner.runtime.spawn(async move {
-            let outcome =
-                tokio::time::timeout(SNAPSHOT_SEND_TIMEOUT, send_snapshot_to(&pd, to, msg)).await;
+            let send = async {
+                let _slot = slots.acquire_owned().await.map_err(|e| e.to_string())?;
+                send_snapshot_to(&pd, to, msg, file).await
+            };
+            let outcome = tokio::time::timeout(SNAPSHOT_SEND_TIMEOUT, send).await;
             let delivered = matches!(outcome, Ok(Ok(())));
             if !delivered {
                 tracing::info!(region = region_id, to, ?outcome, "snapshot not delivered");
@@ -187,20 +212,68 @@ impl Transport {
     }
 }
 
-async fn send_snapshot_to(pd: &PdClient, to: u64, msg: RaftMessage) -> Result<(), String> {
+/// The generated file of the snapshot `msg` carries.
+fn generated_file(
+    snapshots: &crate::snapshot::SnapshotDir,
+    msg: &RaftMessage,
+) -> Result<std::fs::File, String> {
+    use protobuf::Message as _;
+    let inner = raft::eraftpb::Message::parse_from_bytes(&msg.message)
+        .map_err(|e| format!("undecodable snapshot message: {e}"))?;
+    let meta = inner.get_snapshot().get_metadata();
+    let path = snapshots.generated(msg.region_id, meta.term, meta.index);
+    std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))
+}
+
+async fn send_snapshot_to(
+    pd: &PdClient,
+    to: u64,
+    msg: RaftMessage,
+    file: std::fs::File,
+) -> Result<(), String> {
     let store = pd.get_store(to).await.map_err(|e| e.to_string())?;
     let channel = ringkv_client::pd::channel_to(&store.address).map_err(|e| e.to_string())?;
     let mut client = RaftClient::new(channel);
-    let bytes = msg.encode_to_vec();
-    let chunks: Vec<SnapshotChunk> = bytes
-        .chunks(SNAPSHOT_CHUNK_BYTES)
-        .map(|c| SnapshotChunk { data: c.to_vec() })
-        .collect();
-    client
-        .snapshot(futures::stream::iter(chunks))
+    // The file is read on a blocking thread, a few chunks ahead of the network.
+    let (tx, rx) = mpsc::channel(SNAPSHOT_READ_AHEAD_CHUNKS);
+    let first = SnapshotChunk {
+        message: msg.encode_to_vec(),
+        data: Vec::new(),
+    };
+    tx.send(first).await.map_err(|e| e.to_string())?;
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Read as _;
+        let mut file = file;
+        loop {
+            let mut data = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+            let mut filled = 0;
+            while filled < data.len() {
+                match file.read(&mut data[filled..])? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            if filled == 0 {
+                return Ok(());
+            }
+            data.truncate(filled);
+            let chunk = SnapshotChunk {
+                data,
+                message: Vec::new(),
+            };
+            if tx.blocking_send(chunk).is_err() {
+                // The stream ended early; its error is the one to report.
+                return Ok(());
+            }
+        }
+    });
+    let sent = client
+        .snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+        .map_err(|e| e.to_string());
+    let read = reader.await.map_err(|e| e.to_string())?;
+    sent?;
+    read.map_err(|e| format!("cannot read the snapshot file: {e}"))
 }
 
 /// Keeps one stream to store `to` open and pumps batches into it.

@@ -26,6 +26,7 @@ use ringkv_node::raftstore::{
     RaftStoreConfig, RaftTransport, SteppedStore, StoreContext, StoreEvent,
 };
 use ringkv_node::router::{PeerMsg, StoreMsg, StoreRouter};
+use ringkv_node::snapshot::{Incoming, SnapshotDir};
 use ringkv_node::split_check::{SplitChecker, SplitConfig};
 use ringkv_node::transport::SnapshotReport;
 use ringkv_placement::cluster::{MetaWrites, PersistedState, PlacementCore};
@@ -268,6 +269,8 @@ struct SimStore {
     kv: Arc<MemKv>,
     running: Option<(SteppedStore, mpsc::Receiver<StoreEvent>)>,
     outbox: Arc<Mutex<Outbox>>,
+    /// The store's snapshot files (reopened, as at a restart, when the store starts).
+    snapshots: SnapshotDir,
     /// The machine's monotonic clock: survives restarts of the store.
     clock: Arc<ManualClock>,
     /// Starts so far (the bank's view of the store's service memory is per start).
@@ -340,6 +343,8 @@ pub struct Sim {
     /// The last timestamp the TSO probe got.
     last_tso: u64,
     stores: Vec<SimStore>,
+    /// Holds the stores' snapshot directories.
+    _snapshot_root: tempfile::TempDir,
     now: u64,
     net: BTreeMap<(u64, u64), InFlight>,
     net_seq: u64,
@@ -406,6 +411,7 @@ impl Sim {
             cfg.delay_steps_max,
             cfg.faults,
         );
+        let snapshot_root = tempfile::tempdir().expect("a temporary directory for snapshots");
         let mut stores = Vec::new();
         for _ in 0..cfg.stores {
             let id = call_and_wait(&mut pd, |core, w, now| {
@@ -428,11 +434,14 @@ impl Sim {
                 kv: Arc::new(MemKv::losing_unflushed()),
                 running: None,
                 outbox: Arc::new(Mutex::new(Outbox::default())),
+                snapshots: SnapshotDir::open(&snapshot_root.path().join(id.to_string()))
+                    .expect("snapshot directory"),
                 clock: Arc::new(ManualClock::default()),
                 incarnation: 0,
             });
         }
         let mut sim = Sim {
+            _snapshot_root: snapshot_root,
             seed,
             rng: StdRng::seed_from_u64(seed),
             pd,
@@ -587,10 +596,12 @@ impl Sim {
         let (events, events_rx) =
             ringkv_node::raftstore::StoreEvents::channel(ringkv_node::raftstore::STORE_EVENTS_MAX);
         let kv: Arc<dyn KvEngine> = s.kv.clone();
+        s.snapshots = SnapshotDir::open(s.snapshots.path()).expect("snapshot directory reopens");
         let ctx = StoreContext {
             store_id: s.id,
             log: s.log.clone(),
             kv: kv.clone(),
+            snapshots: s.snapshots.clone(),
             transport: Arc::new(SimTransport {
                 outbox: s.outbox.clone(),
             }),
@@ -867,6 +878,20 @@ impl Sim {
         for (msg, report) in out.snapshots {
             let to = msg.to_peer.map(|p| p.store_id).unwrap_or(0);
             if self.blocked(from, to) || self.rng.gen_range(0..1000) < self.cfg.drop_per_mille {
+                report(false);
+                continue;
+            }
+            // The file travels with the message, as the node's snapshot stream carries it.
+            let Some(to_index) = self.index_of(to) else {
+                report(false);
+                continue;
+            };
+            if let Err(e) = copy_snapshot_file(
+                &self.stores[i].snapshots,
+                &self.stores[to_index].snapshots,
+                &msg,
+            ) {
+                tracing::info!(from, to, error = %e, "sim: snapshot file not sent");
                 report(false);
                 continue;
             }
@@ -1966,4 +1991,24 @@ pub fn shard_seeds(base: u64, shard: u64) -> Vec<u64> {
         .unwrap_or(SHARD_SEEDS);
     let first = base + shard * per_shard;
     (first..first + per_shard).collect()
+}
+
+/// Sends the generated file of snapshot message `msg` from one store's snapshot directory into
+/// another's, through the same receive-and-check path the node's snapshot stream uses.
+fn copy_snapshot_file(
+    from: &SnapshotDir,
+    to: &SnapshotDir,
+    msg: &RaftMessage,
+) -> Result<(), String> {
+    use protobuf::Message as _;
+    let inner =
+        raft::eraftpb::Message::parse_from_bytes(&msg.message).map_err(|e| e.to_string())?;
+    let meta = inner.get_snapshot().get_metadata();
+    let path = from.generated(msg.region_id, meta.term, meta.index);
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut incoming = Incoming::begin(to, msg)?;
+    for chunk in bytes.chunks(1 << 20) {
+        incoming.write(chunk)?;
+    }
+    incoming.finish().map(|_| ())
 }

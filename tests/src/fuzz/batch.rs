@@ -399,16 +399,28 @@ pub fn batch(g: &mut Gen, per_kind: usize) -> Vec<Call> {
         g.begin();
         let chunks: Vec<SnapshotChunk> = if g.chance(50) {
             (0..g.rng.gen_range(0..3))
-                .map(|_| SnapshotChunk { data: g.bytes() })
+                .map(|_| SnapshotChunk {
+                    data: g.bytes(),
+                    message: if g.chance(30) { g.bytes() } else { Vec::new() },
+                })
                 .collect()
         } else {
             let mut m = g.node_raft_message(store_id);
             let mut inner = g.raft_message();
             inner.set_msg_type(eraftpb::MessageType::MsgSnapshot);
             m.message = inner.write_to_bytes().expect("encodes");
-            vec![SnapshotChunk {
-                data: m.encode_to_vec(),
-            }]
+            // The message, then bytes that claim to be its file.
+            let mut chunks = vec![SnapshotChunk {
+                message: m.encode_to_vec(),
+                data: Vec::new(),
+            }];
+            for _ in 0..g.rng.gen_range(0..3) {
+                chunks.push(SnapshotChunk {
+                    data: g.bytes(),
+                    message: Vec::new(),
+                });
+            }
+            chunks
         };
         push!(
             calls,

@@ -504,10 +504,9 @@ impl Gen {
             } else {
                 raftpb::SnapshotData {
                     region: Some(self.forged_region()),
-                    kvs: vec![raftpb::SnapshotKv {
-                        key: self.bytes(),
-                        value: self.bytes(),
-                    }],
+                    file_bytes: self.u64(),
+                    file_xxh3: self.u64(),
+                    kv_count: self.u64(),
                     ..Default::default()
                 }
                 .encode_to_vec()
