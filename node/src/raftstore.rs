@@ -2143,4 +2143,145 @@ mod tests {
         woken.sort();
         assert_eq!(woken, (1..=REGIONS).collect::<Vec<_>>());
     }
+
+    struct NoTransport;
+
+    impl RaftTransport for NoTransport {
+        fn send_all(&self, _: Vec<RaftMessage>) {}
+        fn send_snapshot(&self, _: RaftMessage, report: SnapshotReport) {
+            report(false);
+        }
+    }
+
+    fn stepped_store(
+        kv: &Arc<ringkv_storage::MemKv>,
+        log: &Arc<MemLogEngine>,
+        snapshots: &crate::snapshot::SnapshotDir,
+    ) -> Result<SteppedStore, crate::NodeError> {
+        let (router, receivers) = StoreRouter::new(1 << 10, 1 << 10);
+        let (events, _) = StoreEvents::channel(STORE_EVENTS_MAX);
+        let kv_dyn: Arc<dyn KvEngine> = kv.clone();
+        let cfg = RaftStoreConfig::default();
+        SteppedStore::open(
+            StoreContext {
+                store_id: 1,
+                log: log.clone(),
+                kv: kv_dyn.clone(),
+                snapshots: crate::snapshot::SnapshotDir::open(snapshots.path())?,
+                transport: Arc::new(NoTransport),
+                events,
+                split_checker: SplitChecker::inline(kv_dyn, cfg.split, router.clone()),
+                clock: Arc::new(crate::clock::ManualClock::default()),
+                cfg,
+                router,
+            },
+            receivers,
+        )
+    }
+
+    fn raw_put(kv: &dyn KvEngine, user: &[u8], value: &[u8]) {
+        let mut batch = KvWriteBatch::default();
+        batch.put(
+            layout::cf_key(layout::Cf::Raw, &layout::encode_bytes(user), 0),
+            value.to_vec(),
+        );
+        kv.write(batch).unwrap();
+    }
+
+    fn raw_data(kv: &ringkv_storage::MemKv) -> Vec<(Vec<u8>, Vec<u8>)> {
+        kv.dump()
+            .into_iter()
+            .filter(|(k, _)| k[0] == layout::Cf::Raw.prefix())
+            .map(|(k, v)| (layout::decode_bytes(&k[1..]).unwrap().0, v))
+            .collect()
+    }
+
+    #[test]
+    fn a_store_that_stopped_in_the_middle_of_a_snapshot_install_finishes_it_when_it_starts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (kv, log) = (
+            Arc::new(ringkv_storage::MemKv::new()),
+            Arc::new(MemLogEngine::new()),
+        );
+        let dir = crate::snapshot::SnapshotDir::open(&tmp.path().join("snap")).unwrap();
+        // A store with one region (the whole key space) and some data of its own.
+        let log_dyn: Arc<dyn RaftLogEngine> = log.clone();
+        let peer = peer_of(1, &log_dyn);
+        let region = peer.region().clone();
+        let mut kv_batch = KvWriteBatch::default();
+        let mut log_batch = RaftLogBatch::default();
+        PeerStorage::create_at_bootstrap(
+            region.clone(),
+            log_dyn.clone(),
+            &mut kv_batch,
+            &mut log_batch,
+        );
+        kv.write(kv_batch).unwrap();
+        log.write(log_batch, true).unwrap();
+        drop(stepped_store(&kv, &log, &dir).unwrap());
+        raw_put(kv.as_ref(), b"old-1", b"old");
+        raw_put(kv.as_ref(), b"old-2", b"old");
+        let applied = layout::read_apply_state(kv.as_ref(), 1).unwrap().unwrap();
+
+        // A snapshot of the same region from elsewhere, received and checked here.
+        let source = ringkv_storage::MemKv::new();
+        for i in 0..100 {
+            raw_put(&source, format!("new-{i:03}").as_bytes(), b"new");
+        }
+        let source_dir = crate::snapshot::SnapshotDir::open(&tmp.path().join("source")).unwrap();
+        let task = crate::snapshot::GenerateTask {
+            region: region.clone(),
+            index: applied.applied_index,
+            term: applied.truncated_term,
+            merge_state: None,
+            merged_sources: Vec::new(),
+        };
+        let snap = crate::snapshot::generate(&source, &source_dir, &task).unwrap();
+        let mut inner = raft::eraftpb::Message::default();
+        inner.set_snapshot(snap.clone());
+        let msg = RaftMessage {
+            region_id: 1,
+            message: protobuf::Message::write_to_bytes(&inner).unwrap(),
+            ..Default::default()
+        };
+        let mut incoming = crate::snapshot::Incoming::begin(&dir, &msg).unwrap();
+        incoming
+            .write(&std::fs::read(source_dir.generated(1, task.term, task.index)).unwrap())
+            .unwrap();
+        incoming.finish().unwrap();
+        // The round recorded the install, the worker wrote part of it, then the node stopped.
+        let header = crate::snapshot::header(&snap).unwrap();
+        let mut batch = KvWriteBatch::default();
+        crate::snapshot::begin_install(&dir, &snap, &header, &mut batch).unwrap();
+        kv.write(batch).unwrap();
+        raw_put(kv.as_ref(), b"new-000", b"new");
+
+        let store = stepped_store(&kv, &log, &dir).unwrap();
+        let data = raw_data(&kv);
+        assert_eq!(
+            data.len(),
+            100,
+            "exactly the snapshot's data: {:?}",
+            &data[..3]
+        );
+        assert!(data
+            .iter()
+            .all(|(k, v)| k.starts_with(b"new-") && v == b"new"));
+        let state = layout::read_region_state(kv.as_ref(), 1).unwrap().unwrap();
+        assert_eq!(state.state, PeerState::Normal as i32);
+        assert!(!dir.applying(1).exists(), "the install's file is gone");
+        assert!(
+            store.router().meta().regions.contains_key(&1),
+            "the region is loaded"
+        );
+        drop(store);
+
+        // Without its file the install cannot be finished: the node refuses to start and
+        // says why.
+        let mut batch = KvWriteBatch::default();
+        layout::write_region_state(&mut batch, &crate::snapshot::applying_state(&header));
+        kv.write(batch).unwrap();
+        let err = stepped_store(&kv, &log, &dir).err().expect("refused");
+        assert!(err.to_string().contains("installing a snapshot"), "{err}");
+    }
 }

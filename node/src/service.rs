@@ -873,7 +873,15 @@ impl Raft for RaftService {
                     .await?
                     .map_err(|e| invalid(format!("refused snapshot: {e}")))?;
             }
-            match stream.message().await? {
+            // A sender that stops sending gives its slot back.
+            let next = tokio::time::timeout(SNAPSHOT_CHUNK_WAIT, stream.message())
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "no snapshot chunk for {SNAPSHOT_CHUNK_WAIT:?}; stream dropped"
+                    ))
+                })??;
+            match next {
                 Some(chunk) if chunk.message.is_empty() => chunks.push(chunk.data),
                 Some(_) => return Err(invalid("a snapshot stream carries one raft message")),
                 None => break,
@@ -901,6 +909,8 @@ pub const SNAPSHOT_RECEIVES_MAX: usize = 8;
 /// How long an incoming stream waits for a receive slot before it is refused (the sender tries
 /// again later, as after any failed send).
 const SNAPSHOT_RECEIVE_WAIT: Duration = Duration::from_secs(10);
+/// How long a snapshot stream may go without a chunk before it is dropped.
+const SNAPSHOT_CHUNK_WAIT: Duration = Duration::from_secs(30);
 
 /// Local diagnostics of this node.
 pub struct DebugService {
