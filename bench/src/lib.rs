@@ -2,6 +2,7 @@
 //! ([`LocalCluster`]), pre-splitting ([`presplit`]), a closed-loop write load
 //! ([`write_load`]) and process CPU accounting ([`cpu_seconds`]).
 
+pub mod snapshot_load;
 pub mod target;
 pub mod workload;
 
@@ -20,6 +21,8 @@ pub struct LocalCluster {
     pub pd_addr: String,
     placement: Child,
     pub nodes: Vec<Child>,
+    /// Each node's listen address (its store address).
+    pub node_addrs: Vec<String>,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -39,6 +42,15 @@ pub fn binary_dir() -> Result<PathBuf, String> {
 impl LocalCluster {
     /// Starts placement and `nodes` nodes with `node_toml` as their configuration.
     pub fn start(nodes: usize, node_toml: &str) -> Result<Self, String> {
+        Self::start_with(nodes, node_toml, None)
+    }
+
+    /// Like [`LocalCluster::start`], with `placement_toml` as the placement configuration.
+    pub fn start_with(
+        nodes: usize,
+        node_toml: &str,
+        placement_toml: Option<&str>,
+    ) -> Result<Self, String> {
         let bin = binary_dir()?;
         for name in ["ringkv-placement", "ringkv-node"] {
             if !bin.join(name).exists() {
@@ -63,21 +75,25 @@ impl LocalCluster {
                 .spawn()
                 .map_err(|e| format!("cannot start {name}: {e}"))
         };
-        let placement = spawn(
-            "ringkv-placement",
-            vec![
-                "--data-dir".into(),
-                dir.path().join("placement").display().to_string(),
-                "--listen-addr".into(),
-                pd_addr.clone(),
-                "--replicas".into(),
-                nodes.min(3).to_string(),
-            ],
-            "placement.log",
-        )?;
+        let mut placement_args = vec![
+            "--data-dir".into(),
+            dir.path().join("placement").display().to_string(),
+            "--listen-addr".into(),
+            pd_addr.clone(),
+            "--replicas".into(),
+            nodes.min(3).to_string(),
+        ];
+        if let Some(toml) = placement_toml {
+            let path = dir.path().join("placement.toml");
+            std::fs::write(&path, toml).map_err(|e| format!("write placement config: {e}"))?;
+            placement_args.extend(["--config".into(), path.display().to_string()]);
+        }
+        let placement = spawn("ringkv-placement", placement_args, "placement.log")?;
         let mut children = Vec::new();
+        let mut node_addrs = Vec::new();
         for i in 0..nodes {
             let port = free_port().map_err(|e| e.to_string())?;
+            node_addrs.push(format!("127.0.0.1:{port}"));
             children.push(spawn(
                 "ringkv-node",
                 vec![
@@ -100,6 +116,7 @@ impl LocalCluster {
             pd_addr,
             placement,
             nodes: children,
+            node_addrs,
         })
     }
 

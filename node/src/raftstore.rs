@@ -691,7 +691,7 @@ fn handle_peer_msg(ctx: &StoreContext, fsm: &mut PeerFsm, msg: PeerMsg) {
         }
         PeerMsg::Destroy { tombstone } => destroy_peer(ctx, fsm, tombstone),
         PeerMsg::Applied(delegate) => on_applied(ctx, fsm, delegate),
-        PeerMsg::SnapshotDone(done) => on_snapshot_done(ctx, fsm, done),
+        PeerMsg::SnapshotDone(done) => on_snapshot_done(ctx, fsm, *done),
         PeerMsg::ReportQuiet => {
             // Without waking: the placement driver hears of the region (and may order a
             // merge), and a region that went quiet before it was measured gets measured.
@@ -719,6 +719,7 @@ fn destroy_peer(ctx: &StoreContext, fsm: &mut PeerFsm, tombstone: bool) {
         ctx.kv
             .write(batch)
             .unwrap_or_else(|e| panic!("cannot write tombstone of region {}: {e}", region.id));
+        ctx.router.bump_data_epoch();
         let deleted = layout::delete_data(ctx.kv.as_ref(), &region.start_key, &region.end_key)
             .unwrap_or_else(|e| panic!("cannot delete the data of region {}: {e}", region.id));
         tracing::debug!(region = region.id, keys = deleted, "region data deleted");
@@ -1307,8 +1308,8 @@ pub(crate) fn run_snapshot_task(ctx: &StoreContext, task: SnapshotTask) {
 }
 
 /// The snapshot worker is done with the region's apply delegate.
-fn on_snapshot_done(ctx: &StoreContext, fsm: &mut PeerFsm, done: Box<SnapshotDone>) {
-    let SnapshotDone { delegate, outcome } = *done;
+fn on_snapshot_done(ctx: &StoreContext, fsm: &mut PeerFsm, done: SnapshotDone) {
+    let SnapshotDone { delegate, outcome } = done;
     match outcome {
         SnapshotOutcome::Generated(generated) => {
             fsm.peer.on_snapshot_done(delegate, false);
@@ -1383,6 +1384,7 @@ fn round(ctx: &StoreContext, batch: &mut [Box<PeerFsm>]) {
     // Installs recorded this round go to the snapshot worker (the log reset is durable).
     for fsm in batch.iter_mut().filter(|f| !f.destroyed) {
         if let Some((state, delegate)) = fsm.peer.take_install_task() {
+            ctx.router.bump_data_epoch();
             ctx.router
                 .schedule_snapshot(SnapshotTask::Install { state, delegate });
         }

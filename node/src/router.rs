@@ -318,6 +318,9 @@ struct RouterInner {
     /// Payload bytes queued in every mailbox of the store, and their limit.
     mailbox_bytes: Arc<AtomicUsize>,
     mailbox_bytes_max: usize,
+    /// Bumped before any region's data on this store is replaced or deleted outside its log
+    /// (a snapshot install, a destroyed replica); see [`StoreRouter::data_epoch`].
+    data_epoch: AtomicUsize,
 }
 
 /// The receiving ends the store's threads drain.
@@ -363,6 +366,7 @@ impl StoreRouter {
                     mailbox_capacity,
                     mailbox_bytes: Default::default(),
                     mailbox_bytes_max,
+                    data_epoch: AtomicUsize::new(0),
                 }),
             },
             RouterReceivers {
@@ -372,6 +376,19 @@ impl StoreRouter {
                 snapshot: snapshot_rx,
             },
         )
+    }
+
+    /// A count of the times some region's data here was replaced or deleted outside its log.
+    /// A read taken before a replica cleared it and checked again after reading the engine
+    /// knows the data it read was whole: installs and destroys work in pages, and a reader
+    /// cleared just before one starts could otherwise see part of it.
+    pub fn data_epoch(&self) -> usize {
+        self.inner.data_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Marks the start of a replacement or deletion of a region's data (before its first page).
+    pub(crate) fn bump_data_epoch(&self) {
+        self.inner.data_epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The store-wide region table.

@@ -273,6 +273,23 @@ impl KvService {
             .record_read(region_id, bytes as u64, keys as u64);
     }
 
+    /// Whether some region's data on this node was replaced or deleted outside its log since
+    /// `epoch` ([`crate::router::StoreRouter::data_epoch`]).
+    fn data_epoch_moved(&self, epoch: usize) -> bool {
+        self.ctx.router.data_epoch() != epoch
+    }
+
+    /// The error that makes a client read again, when what a read took from the engine after
+    /// its replica cleared it (at `epoch` or later) may be part of a snapshot install or a
+    /// destroyed replica's deletion.
+    fn replaced_since(&self, epoch: usize) -> Option<RegionError> {
+        self.data_epoch_moved(epoch).then(|| {
+            crate::region_error::server_is_busy(
+                "a replica's data on this node was being replaced while the read ran; read again",
+            )
+        })
+    }
+
     fn get_local(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Status> {
         self.ctx.kv.get(&data_key(key)).map_err(storage_failed)
     }
@@ -293,12 +310,17 @@ impl Kv for KvService {
         let context = check_context(req.context)?;
         check_key(&req.key)?;
         let region_id = context.region_id;
+        let epoch = self.ctx.router.data_epoch();
         let resp = match self.clear_read(context, vec![req.key.clone()]).await? {
             Err(region_error) => RawGetResponse {
                 region_error: Some(region_error),
                 ..Default::default()
             },
             Ok(_) => match self.get_local(&req.key)? {
+                _ if self.data_epoch_moved(epoch) => RawGetResponse {
+                    region_error: self.replaced_since(epoch),
+                    ..Default::default()
+                },
                 Some(value) => {
                     self.record_read(region_id, req.key.len() + value.len(), 1);
                     RawGetResponse {
@@ -329,6 +351,7 @@ impl Kv for KvService {
             check_key(k)?;
         }
         let region_id = context.region_id;
+        let epoch = self.ctx.router.data_epoch();
         let resp = match self.clear_read(context, req.keys.clone()).await? {
             Err(region_error) => RawBatchGetResponse {
                 region_error: Some(region_error),
@@ -350,10 +373,18 @@ impl Kv for KvService {
                     })
                     .await?
                     .map_err(storage_failed)?;
-                self.record_read(region_id, pairs_bytes(&pairs), pairs.len());
-                RawBatchGetResponse {
-                    region_error: None,
-                    pairs,
+                match self.replaced_since(epoch) {
+                    Some(e) => RawBatchGetResponse {
+                        region_error: Some(e),
+                        pairs: vec![],
+                    },
+                    None => {
+                        self.record_read(region_id, pairs_bytes(&pairs), pairs.len());
+                        RawBatchGetResponse {
+                            region_error: None,
+                            pairs,
+                        }
+                    }
                 }
             }
         };
@@ -456,6 +487,7 @@ impl Kv for KvService {
         rule(check_user_range(&req.start_key, &req.end_key))?;
         rule(check_scan_limit(req.limit))?;
         let region_id = context.region_id;
+        let epoch = self.ctx.router.data_epoch();
         let region = match self.clear_read(context, Vec::new()).await? {
             Err(region_error) => {
                 return Ok(Response::new(RawScanResponse {
@@ -482,6 +514,12 @@ impl Kv for KvService {
             })
             .await?
             .map_err(storage_failed)?;
+        if let Some(e) = self.replaced_since(epoch) {
+            return Ok(Response::new(RawScanResponse {
+                region_error: Some(e),
+                pairs: vec![],
+            }));
+        }
         self.record_read(region_id, pairs_bytes(&pairs), pairs.len());
         Ok(Response::new(RawScanResponse {
             region_error: None,
@@ -638,7 +676,14 @@ impl Kv for KvService {
     async fn kv_get(&self, r: Request<KvGetRequest>) -> Result<Response<KvGetResponse>, Status> {
         let req = r.into_inner();
         let (region_id, key_len) = (req.context.map_or(0, |c| c.region_id), req.key.len());
-        let resp = self.txn_get(req).await?;
+        let epoch = self.ctx.router.data_epoch();
+        let mut resp = self.txn_get(req).await?;
+        if let Some(e) = self.replaced_since(epoch) {
+            resp = KvGetResponse {
+                region_error: Some(e),
+                ..Default::default()
+            };
+        }
         if resp.region_error.is_none() && resp.error.is_none() {
             self.record_read(region_id, key_len + resp.value.len(), 1);
         }
@@ -651,7 +696,14 @@ impl Kv for KvService {
     ) -> Result<Response<KvBatchGetResponse>, Status> {
         let req = r.into_inner();
         let region_id = req.context.map_or(0, |c| c.region_id);
-        let resp = self.txn_batch_get(req).await?;
+        let epoch = self.ctx.router.data_epoch();
+        let mut resp = self.txn_batch_get(req).await?;
+        if let Some(e) = self.replaced_since(epoch) {
+            resp = KvBatchGetResponse {
+                region_error: Some(e),
+                ..Default::default()
+            };
+        }
         self.record_read(region_id, pairs_bytes(&resp.pairs), resp.pairs.len());
         Ok(Response::new(resp))
     }
@@ -659,7 +711,14 @@ impl Kv for KvService {
     async fn kv_scan(&self, r: Request<KvScanRequest>) -> Result<Response<KvScanResponse>, Status> {
         let req = r.into_inner();
         let region_id = req.context.map_or(0, |c| c.region_id);
-        let resp = self.txn_scan(req).await?;
+        let epoch = self.ctx.router.data_epoch();
+        let mut resp = self.txn_scan(req).await?;
+        if let Some(e) = self.replaced_since(epoch) {
+            resp = KvScanResponse {
+                region_error: Some(e),
+                ..Default::default()
+            };
+        }
         self.record_read(region_id, pairs_bytes(&resp.pairs), resp.pairs.len());
         Ok(Response::new(resp))
     }

@@ -41,8 +41,9 @@ pub const FRAME_BYTES: usize = 1024 * 1024;
 /// The largest frame a data file may hold: one pair of the largest key and value, and room.
 const FRAME_BYTES_MAX: usize =
     ringkv_proto::limits::VALUE_BYTES_MAX + ringkv_proto::limits::KEY_BYTES_MAX + 1024;
-/// The largest data file a node accepts. Regions split long before (96 MiB by default).
-pub const SNAPSHOT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// The largest data file a node accepts (it bounds disk, not memory: files are streamed).
+/// Regions split long before (96 MiB by default).
+pub const SNAPSHOT_BYTES_MAX: u64 = 8 * 1024 * 1024 * 1024;
 
 /// The directory holding a node's snapshot files:
 /// - `gen-<region>-<term>-<index>`: generated here, for followers (gone at restart);

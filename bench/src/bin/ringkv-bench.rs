@@ -160,6 +160,31 @@ enum Cmd {
         #[arg(required = true)]
         paths: Vec<std::path::PathBuf>,
     },
+    /// Node memory while many large regions are rebuilt from snapshots at once: 4 local nodes
+    /// hold --regions regions of --region-mib MiB and one of --big-region-mib MiB; the node
+    /// with the most replicas is killed, and every region it held is rebuilt on another node
+    /// beside --scanners clients scanning everything. Prints the RSS of every live node before
+    /// and at its peak, and the rebuild time.
+    Snapshots {
+        #[arg(long, default_value_t = 8)]
+        regions: usize,
+        #[arg(long, default_value_t = 64)]
+        region_mib: u64,
+        /// The size of one more region (0: none).
+        #[arg(long, default_value_t = 1024)]
+        big_region_mib: u64,
+        /// Value size of the loaded pairs, in KiB.
+        #[arg(long, default_value_t = 256)]
+        value_kib: usize,
+        #[arg(long, default_value_t = 8)]
+        scanners: usize,
+        /// Minutes the rebuild may take before the run fails.
+        #[arg(long, default_value_t = 20)]
+        limit_minutes: u64,
+        /// Print one JSON document instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// The placement driver's balancers on a simulated cluster (no nodes): `--initial-stores`
     /// of `--stores` hold every replica, the rest join empty; reports the scheduling rounds to
     /// balance, the time per round and the core's CPU per region heartbeat.
@@ -297,6 +322,37 @@ fn main() {
                 plot,
             } => sweep(&workload, &clients, seconds, records, &etcd, &plot).await,
             Cmd::Report { paths } => report(&paths),
+            Cmd::Snapshots {
+                regions,
+                region_mib,
+                big_region_mib,
+                value_kib,
+                scanners,
+                limit_minutes,
+                json,
+            } => {
+                let report = ringkv_bench::snapshot_load::run(&ringkv_bench::snapshot_load::SnapshotLoad {
+                    regions,
+                    region_mib,
+                    big_region_mib,
+                    value_kib,
+                    scanners,
+                    rebuild_limit: Duration::from_secs(limit_minutes * 60),
+                })
+                .await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+                } else {
+                    println!(
+                        "{} MiB, {} regions rebuilt in {:.0} s; {} full scans ({} pairs) meanwhile",
+                        report.data_mib, report.rebuilt_regions, report.rebuild_seconds, report.scans, report.scanned_pairs
+                    );
+                    for (i, (before, peak)) in report.rss_before_mib.iter().zip(&report.rss_peak_mib).enumerate() {
+                        println!("live node {i}: RSS {before} MiB before, {peak} MiB at peak");
+                    }
+                }
+                Ok(())
+            }
             Cmd::PlacementSim {
                 stores,
                 initial_stores,
