@@ -49,11 +49,15 @@ MaxSessions 100
 Subsystem sftp internal-sftp
 CONF
   # The host's own install, data and log directories, seen only inside its mount namespace
-  # (and by everything its sshd starts).
+  # (and by everything its sshd starts). This machine's own ~/.bashrc (a login over ssh runs
+  # it) is hidden too: a host is a plain Debian host, and a heavy rc file (pyenv's rehash
+  # under a lock shared by every host) slows each of Ansible's commands to a crawl.
+  : >"$dir/ssh/empty_rc"
   ip netns exec "$ns" unshare --mount --propagation private sh -c "
     mount --bind '$dir/opt' /opt/ringkv &&
     mount --bind '$dir/lib' /var/lib/ringkv &&
     mount --bind '$dir/log' /var/log/ringkv &&
+    if [ -f \"\$HOME/.bashrc\" ]; then mount --bind '$dir/ssh/empty_rc' \"\$HOME/.bashrc\"; fi &&
     exec /usr/sbin/sshd -f '$dir/ssh/sshd_config' -E '$dir/ssh/sshd.log'"
 }
 
