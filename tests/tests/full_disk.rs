@@ -60,9 +60,19 @@ fn key(i: usize) -> String {
     format!("big{i:05}")
 }
 
+/// `VALUE_BYTES` that no engine can compress (storage engines compress blocks; a value of one
+/// repeated byte would never fill the disk), the same for the same `i`.
 fn value(i: usize) -> Vec<u8> {
     let mut v = format!("{i}:").into_bytes();
-    v.resize(VALUE_BYTES, b'x');
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while v.len() < VALUE_BYTES {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(VALUE_BYTES);
     v
 }
 
