@@ -910,6 +910,28 @@ mod tests {
         assert_eq!(kv.dump().len(), 1);
     }
 
+    /// A raw delete of user range `[start, end)` of the default keyspace.
+    fn delete_range(start: &[u8], end: &[u8]) -> Request {
+        Request {
+            cmd: Some(Cmd::DeleteRange(DeleteRangeRequest {
+                keyspace: Some(keys::default_keyspace()),
+                start_key: start.to_vec(),
+                end_key: end.to_vec(),
+            })),
+        }
+    }
+
+    /// The user keys `kv` holds, in order.
+    fn user_keys_left(kv: &MemKv) -> Vec<Vec<u8>> {
+        let mut left: Vec<Vec<u8>> = kv
+            .dump()
+            .keys()
+            .map(|k| keys::user_key_unchecked(origin_key(k)).unwrap().to_vec())
+            .collect();
+        left.sort();
+        left
+    }
+
     #[test]
     fn delete_range_in_hash_keyspace_uses_user_order() {
         let kv = MemKv::new();
@@ -919,20 +941,9 @@ mod tests {
             .map(|k| put(k))
             .collect();
         run(&kv, &region, puts, 1).unwrap();
-        let del = Request {
-            cmd: Some(Cmd::DeleteRange(DeleteRangeRequest {
-                keyspace: Some(keys::default_keyspace()),
-                start_key: b"b".to_vec(),
-                end_key: b"d".to_vec(),
-            })),
-        };
+        let del = delete_range(b"b", b"d");
         run(&kv, &region, vec![del], 1).unwrap();
-        let mut left: Vec<Vec<u8>> = kv
-            .dump()
-            .keys()
-            .map(|k| keys::user_key_unchecked(origin_key(k)).unwrap().to_vec())
-            .collect();
-        left.sort();
+        let left = user_keys_left(&kv);
         assert_eq!(left, vec![b"a".to_vec(), b"d".to_vec(), b"e".to_vec()]);
     }
 
@@ -944,22 +955,11 @@ mod tests {
         let users: Vec<Vec<u8>> = (0..n).map(|i| format!("m{i:06}").into_bytes()).collect();
         run(&kv, &region, users.iter().map(|u| put(u)).collect(), 1).unwrap();
         run(&kv, &region, vec![put(b"a"), put(b"z")], 1).unwrap();
-        let del = Request {
-            cmd: Some(Cmd::DeleteRange(DeleteRangeRequest {
-                keyspace: Some(keys::default_keyspace()),
-                start_key: b"m".to_vec(),
-                end_key: b"n".to_vec(),
-            })),
-        };
+        let del = delete_range(b"m", b"n");
         // A put inside the range before the delete in one command is deleted too; one after
         // it stays.
         run(&kv, &region, vec![put(b"m-first"), del, put(b"m-last")], 1).unwrap();
-        let mut left: Vec<Vec<u8>> = kv
-            .dump()
-            .keys()
-            .map(|k| keys::user_key_unchecked(origin_key(k)).unwrap().to_vec())
-            .collect();
-        left.sort();
+        let left = user_keys_left(&kv);
         assert_eq!(left, vec![b"a".to_vec(), b"m-last".to_vec(), b"z".to_vec()]);
     }
 
