@@ -3,12 +3,12 @@
 //! `cargo bench -p ringkv-bench --bench components` (results in BENCHMARKS.md).
 //! - `log/append_sync`: one raft-engine write carrying one 128-byte entry for each of 64 regions,
 //!   synced: the group commit of one poll round.
-//! - `kv/apply_batch`: one sled write of 256 puts of 100-byte values (data only).
+//! - `kv/apply_batch`: one state-store write of 256 puts of 100-byte values (data only).
 //! - `apply_pool/64_regions`: 64 regions' apply delegates, 16 put entries each, applied as one
 //!   apply round over the in-memory engine (decode, checks, batch, apply states).
 //! - `keys/encode_hash`: encoding a user key into the hash keyspace (ring position + key).
 //! - `mvcc/prewrite_commit_2_keys`: a two-key transaction's prewrite and commit actions over
-//!   sled (conflict checks, then each action's writes as one sled batch), as a leader runs them.
+//!   the state store (conflict checks, then each action's writes as one batch), as a leader runs them.
 //! - `mvcc/prewrite_check_10_keys`: the prewrite action alone (reads and checks, no write) for
 //!   ten keys that each have one committed version.
 //! - `mvcc/get/{1,10,100}_versions`: a read at a timestamp of a key with that many versions
@@ -30,7 +30,7 @@ use ringkv_proto::keys;
 use ringkv_proto::metapb::{Peer, Region, RegionEpoch};
 use ringkv_proto::raftpb::{request::Cmd, ApplyState, PutRequest, RaftCmdRequest, Request};
 use ringkv_storage::{
-    KvEngine, KvWriteBatch, MemKv, RaftEngineLog, RaftLogBatch, RaftLogEngine, SledKv,
+    FjallKv, KvEngine, KvWriteBatch, MemKv, RaftEngineLog, RaftLogBatch, RaftLogEngine,
 };
 
 fn log_append_sync(c: &mut Criterion) {
@@ -60,7 +60,7 @@ fn log_append_sync(c: &mut Criterion) {
 
 fn kv_apply_batch(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let kv = SledKv::open(dir.path()).unwrap();
+    let kv = FjallKv::open(dir.path()).unwrap();
     let mut n = 0u64;
     let mut group = c.benchmark_group("kv");
     group.throughput(Throughput::Elements(256));
@@ -159,8 +159,8 @@ fn key_encoding(c: &mut Criterion) {
     });
 }
 
-/// Runs `txn`'s writes as one sled batch.
-fn write_txn(kv: &SledKv, txn: ringkv_txn::MvccTxn) {
+/// Runs `txn`'s writes as one state-store batch.
+fn write_txn(kv: &FjallKv, txn: ringkv_txn::MvccTxn) {
     let mut batch = KvWriteBatch::default();
     ringkv_txn::write_modifies(&mut batch, txn.into_modifies());
     kv.write(batch).unwrap();
@@ -175,10 +175,10 @@ fn put_mutation(key: Vec<u8>) -> ringkv_proto::kvrpcpb::Mutation {
 }
 
 /// `keys` records, each committed once (start 1, commit 2).
-fn mvcc_store(keys: u64) -> (tempfile::TempDir, SledKv, Vec<Vec<u8>>) {
+fn mvcc_store(keys: u64) -> (tempfile::TempDir, FjallKv, Vec<Vec<u8>>) {
     use ringkv_txn::actions::prewrite;
     let dir = tempfile::tempdir().unwrap();
-    let kv = SledKv::open(dir.path()).unwrap();
+    let kv = FjallKv::open(dir.path()).unwrap();
     let encoded: Vec<Vec<u8>> = (0..keys)
         .map(|n| keys::encode(&keys::default_keyspace(), format!("user{n:012}").as_bytes()))
         .collect();

@@ -15,7 +15,7 @@ use ringkv_proto::pdpb::StoreStats;
 use ringkv_proto::raftpb::debug_server::DebugServer;
 use ringkv_proto::raftpb::raft_server::RaftServer;
 use ringkv_proto::raftpb::StoreIdent;
-use ringkv_storage::{layout, KvEngine, KvWriteBatch, RaftEngineLog, RaftLogEngine, SledKv};
+use ringkv_storage::{layout, FjallKv, KvEngine, KvWriteBatch, RaftEngineLog, RaftLogEngine};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,13 +33,13 @@ pub struct NodeServer {
     raftstore: Option<RaftStore>,
     runtime: Option<tokio::runtime::Runtime>,
     shutdown: Option<oneshot::Sender<()>>,
-    kv: Arc<SledKv>,
+    kv: Arc<FjallKv>,
 }
 
 /// Checks the store identity in the data directory against the cluster, creating it on first
 /// start. Refuses data of another cluster, and log data without an identity.
 async fn store_ident(
-    kv: &SledKv,
+    kv: &FjallKv,
     log: &dyn RaftLogEngine,
     pd: &PdClient,
     dir: &str,
@@ -99,7 +99,15 @@ impl NodeServer {
         let data_dir = config.data_dir.display().to_string();
         let log: Arc<dyn RaftLogEngine> =
             Arc::new(RaftEngineLog::open(&config.data_dir.join("raft"))?);
-        let kv = Arc::new(SledKv::open(&config.data_dir.join("kv"))?);
+        if config.data_dir.join("kv").exists() && !config.data_dir.join("state").exists() {
+            return Err(crate::NodeError::Config(format!(
+                "{} holds a state store in the old format (sled, before 2026-12-03), which this \
+                 version cannot read: start this store with an empty data directory (the \
+                 placement driver rebuilds its replicas from their peers)",
+                config.data_dir.display()
+            )));
+        }
+        let kv = Arc::new(FjallKv::open(&config.data_dir.join("state"))?);
         let snapshots = crate::snapshot::SnapshotDir::open(&config.data_dir.join("snap"))?;
         // A node started together with its placement group waits for the group's first
         // leader (an election, then the cluster's identity) rather than giving up at once.

@@ -7,8 +7,10 @@ use thiserror::Error;
 pub enum StorageError {
     #[error("raft log engine: {0}")]
     RaftEngine(#[from] raft_engine::Error),
-    #[error("state store (sled): {0}")]
-    Sled(#[from] sled::Error),
+    #[error("state store (fjall): {0}")]
+    Fjall(#[from] fjall::Error),
+    #[error("state store: {0}")]
+    Io(#[from] std::io::Error),
     /// A fault a test asked an in-memory engine to produce.
     #[error("injected fault: {0}")]
     Injected(&'static str),

@@ -1,4 +1,4 @@
-//! The in-memory twin of [`SledKv`](crate::SledKv).
+//! The in-memory twin of [`FjallKv`](crate::FjallKv).
 
 use crate::kv::{KvEngine, KvOp, KvWriteBatch};
 use crate::Result;
@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 /// Applied state in memory, in a `BTreeMap`.
 ///
-/// Like sled, it can be made to lose writes on a crash: with [`MemKv::losing_unflushed`] only
+/// Like the disk engine, it can be made to lose writes on a crash: with [`MemKv::losing_unflushed`] only
 /// what was written before the last [`KvEngine::flush`] survives [`MemKv::crash`].
 #[derive(Default)]
 pub struct MemKv {
@@ -22,8 +22,8 @@ impl MemKv {
         Self::default()
     }
 
-    /// An engine whose writes are durable only once flushed (the pessimistic view of sled,
-    /// which flushes in the background as well).
+    /// An engine whose writes are durable only once flushed (the pessimistic view of the disk
+    /// engine, which may keep recent writes in buffers).
     pub fn losing_unflushed() -> Self {
         MemKv {
             map: RwLock::new(BTreeMap::new()),
