@@ -113,6 +113,7 @@ fn apply_pool_round(c: &mut Criterion) {
                             applied_index: first - 1,
                             truncated_index: 5,
                             truncated_term: 5,
+                            ..Default::default()
                         };
                         let mut d = ApplyDelegate::new(r.clone(), state, None, Vec::new());
                         let entries = (first..first + 16)
@@ -129,7 +130,7 @@ fn apply_pool_round(c: &mut Criterion) {
                                             ..Default::default()
                                         })),
                                     }],
-                                    admin: None,
+                                    ..Default::default()
                                 };
                                 Entry {
                                     index,
@@ -393,7 +394,7 @@ fn poll_round(c: &mut Criterion) {
                                 ..Default::default()
                             })),
                         }],
-                        admin: None,
+                        ..Default::default()
                     };
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     store.router().send_command(cmd, tx);
@@ -402,7 +403,7 @@ fn poll_round(c: &mut Criterion) {
                 store.step();
                 for mut rx in answers {
                     assert!(
-                        matches!(rx.try_recv(), Ok(Ok(()))),
+                        matches!(rx.try_recv(), Ok(Ok(_))),
                         "every put is answered in the round"
                     );
                 }

@@ -24,9 +24,10 @@ pub enum ClientError {
         endpoints: Vec<String>,
         detail: String,
     },
-    /// A write's attempt ended without an answer, so it may or may not have been applied, and
-    /// the client was configured not to retry such writes (`retry_ambiguous_writes = false`).
-    /// Read the data to find out, or write again if applying twice is harmless.
+    /// A raw write may or may not have been applied: a region no longer remembers the client
+    /// session it was numbered in (the session idled past its time there, or the write was
+    /// retried for longer than a session lives), so a retry could not be told apart from a new
+    /// write and was refused. Read the data to find out.
     #[error(
         "{operation} may or may not have been applied (no answer: {detail}); read to find out"
     )]

@@ -22,12 +22,13 @@ mod error;
 pub mod pd;
 mod raw;
 pub mod region_cache;
+mod session;
 mod tso;
 mod txn;
 
 pub use error::{ClientError, Result};
 pub use pd::{PdClient, RegionRoute};
-pub use raw::{RawClient, RawConfig};
+pub use raw::{CasOutcome, RawClient, RawConfig};
 pub use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
 pub use tso::TsoBatcher;
 pub use txn::{Transaction, TransactionClient, TxnConfig};

@@ -3,6 +3,7 @@
 use crate::backoff::Backoff;
 use crate::pd::{channel_to, PdClient, RegionRoute};
 use crate::region_cache::RegionCache;
+use crate::session::{Sessions, Ticket};
 use crate::{ClientError, Result};
 use futures::future::join_all;
 use parking_lot::Mutex;
@@ -27,12 +28,6 @@ pub struct RawConfig {
     pub attempt_timeout: Duration,
     /// The keyspace all keys belong to. Default: keyspace 0, hash-ordered.
     pub keyspace: Keyspace,
-    /// Retry a write whose attempt ended without an answer (the node died, the connection
-    /// broke, no answer within `attempt_timeout`), though it may have been applied. Default
-    /// true: the write is then applied at least once, possibly twice (a put of the same value
-    /// again, perhaps after another client's put to that key). With false such a write fails
-    /// with [`ClientError::Ambiguous`] instead, and the caller decides.
-    pub retry_ambiguous_writes: bool,
     /// Send reads to followers (spreading read load over the replicas) instead of the leader.
     /// Still linearizable: the follower asks the leader for its commit index and answers once
     /// it has applied that far, which costs a round trip a leader's lease read does not pay.
@@ -46,10 +41,18 @@ impl Default for RawConfig {
             timeout: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(3),
             keyspace: keys::default_keyspace(),
-            retry_ambiguous_writes: true,
             replica_read: false,
         }
     }
+}
+
+/// What a [`RawClient::compare_and_swap`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CasOutcome {
+    /// The key held what was expected and now holds the new value (or is deleted).
+    pub swapped: bool,
+    /// When not swapped: what the key holds instead (None: it does not exist).
+    pub current: Option<Vec<u8>>,
 }
 
 /// A client of the raw key-value API. Cheap to clone; clones share connections and caches.
@@ -72,6 +75,8 @@ struct Shared {
     /// Stores that could not be reached, and when: follower reads pass them over for
     /// [`UNREACHABLE_FOR`].
     unreachable: Mutex<HashMap<u64, Instant>>,
+    /// The session raw writes are numbered in, so a retry is applied at most once.
+    sessions: Sessions,
 }
 
 /// How long follower reads pass over a store that could not be reached.
@@ -118,17 +123,19 @@ impl Shared {
 enum Attempt<T> {
     Done(T),
     /// Worth retrying, after the cache was updated; `immediately` skips the backoff.
-    /// `ambiguous`: the request may have been carried out (sent, then no answer).
     Retry {
         reason: String,
         immediately: bool,
-        ambiguous: bool,
     },
 }
 
-/// Whether `operation` writes (so an ambiguous attempt may have changed data).
+/// Whether `operation` is a raw write (numbered in the client's session, so that a retry is
+/// applied at most once).
 fn writes(operation: &str) -> bool {
-    matches!(operation, "put" | "batch_put" | "delete" | "delete_range")
+    matches!(
+        operation,
+        "put" | "batch_put" | "delete" | "delete_range" | "compare_and_swap"
+    )
 }
 
 pub(crate) type BoxFut<'a, T> = std::pin::Pin<
@@ -167,6 +174,67 @@ fn clip_end(a: &[u8], b: &[u8]) -> Vec<u8> {
         (true, _) => b.to_vec(),
         (_, true) => a.to_vec(),
         _ => a.min(b).to_vec(),
+    }
+}
+
+/// One request of a batch: items for one region, numbered by one session ticket (writes).
+struct Group<I> {
+    route: RegionRoute,
+    ticket: Option<Arc<Ticket>>,
+    items: Vec<I>,
+    bytes: usize,
+}
+
+/// Takes out of `groups` (to send next round) each group whose key span reaches a key of
+/// another group of the same session number: a region applying one of them must not record a
+/// span that covers an item it never got. Only a retry whose items moved while they were
+/// being routed can meet this.
+fn defer_overlapping<I>(
+    groups: &mut Vec<Group<I>>,
+    key_of: &impl Fn(&I) -> &Vec<u8>,
+) -> Vec<(Option<Arc<Ticket>>, I)> {
+    let span = |g: &Group<I>| {
+        let min = g
+            .items
+            .iter()
+            .map(key_of)
+            .min()
+            .cloned()
+            .unwrap_or_default();
+        let max = g
+            .items
+            .iter()
+            .map(key_of)
+            .max()
+            .cloned()
+            .unwrap_or_default();
+        (min, max)
+    };
+    let mut deferred = Vec::new();
+    let mut kept: Vec<Group<I>> = Vec::new();
+    for g in groups.drain(..) {
+        let (min, max) = span(&g);
+        let clashes = kept.iter().any(|k| {
+            let (kmin, kmax) = span(k);
+            same_ticket(&k.ticket, &g.ticket) && min <= kmax && kmin <= max
+        });
+        if clashes {
+            let ticket = g.ticket;
+            deferred.extend(g.items.into_iter().map(|i| (ticket.clone(), i)));
+        } else {
+            kept.push(g);
+        }
+    }
+    *groups = kept;
+    deferred
+}
+
+/// Whether two groups carry the same numbered write (or are both unnumbered).
+fn same_ticket(a: &Option<Arc<Ticket>>, b: &Option<Arc<Ticket>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
     }
 }
 
@@ -214,6 +282,7 @@ impl RawClient {
                 stores: Mutex::new(HashMap::new()),
                 stale_unready: Mutex::new(HashMap::new()),
                 unreachable: Mutex::new(HashMap::new()),
+                sessions: Sessions::default(),
             }),
             config,
             stale_reads: false,
@@ -382,6 +451,74 @@ impl RawClient {
         )
         .await?;
         Ok(())
+    }
+
+    /// Atomically: if `key` holds `expected` (None: if it does not exist), writes `new` (None:
+    /// deletes the key) and returns swapped; otherwise changes nothing and returns what the key
+    /// holds. Linearizable, and applied at most once however often the SDK retries it.
+    pub async fn compare_and_swap(
+        &self,
+        key: impl Into<Vec<u8>>,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    ) -> Result<CasOutcome> {
+        let key = key.into();
+        rule(check_user_key(&key))?;
+        for v in expected.iter().chain(new.iter()) {
+            rule(check_value(v))?;
+        }
+        let encoded = self.encode(&key);
+        let mut outcomes = self
+            .run_batch(
+                "compare_and_swap",
+                vec![encoded],
+                |k| k,
+                move |mut client, context, mut keys| {
+                    let (expected, new) = (expected.clone(), new.clone());
+                    Box::pin(async move {
+                        let key = keys.pop().unwrap_or_default();
+                        let r = client
+                            .raw_compare_and_swap(RawCompareAndSwapRequest {
+                                context: Some(context),
+                                key,
+                                expect_exists: expected.is_some(),
+                                expected_value: expected.unwrap_or_default(),
+                                delete: new.is_none(),
+                                value: new.unwrap_or_default(),
+                            })
+                            .await?
+                            .into_inner();
+                        let outcome = CasOutcome {
+                            swapped: r.swapped,
+                            current: (!r.swapped && r.exists).then_some(r.current_value),
+                        };
+                        Ok((r.region_error, outcome))
+                    })
+                },
+            )
+            .await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| ClientError::Server("compare-and-swap got no answer".into()))
+    }
+
+    /// Writes `value` at `key` only if the key does not exist ([`RawClient::compare_and_swap`]).
+    pub async fn put_if_absent(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<CasOutcome> {
+        self.compare_and_swap(key, None, Some(value.into())).await
+    }
+
+    /// Deletes `key` only if it holds `expected` ([`RawClient::compare_and_swap`]).
+    pub async fn delete_if_equal(
+        &self,
+        key: impl Into<Vec<u8>>,
+        expected: impl Into<Vec<u8>>,
+    ) -> Result<CasOutcome> {
+        self.compare_and_swap(key, Some(expected.into()), None)
+            .await
     }
 
     /// Splits the region holding encoded key `split_key` so that a region starts there. An
@@ -749,9 +886,16 @@ impl RawClient {
         let deadline = Instant::now() + self.config.timeout;
         let mut backoff = Backoff::new(deadline);
         let mut last_error;
+        // A write is one numbered write of the session in every region and every round: a
+        // region that applied it (or a part of it, before a split or merge) skips that part.
+        let ticket = match writes(operation) {
+            true => Some(self.ticket(deadline).await?),
+            false => None,
+        };
         // Counts attempts, so a retry of a follower read picks another follower.
         let mut round = 0;
         loop {
+            let session = ticket.as_ref().map(Ticket::write_session);
             let routes = match self.pd.scan_regions(&span_start, &span_end, 0).await {
                 Ok(r) => r,
                 Err(e) if e.is_retryable() => {
@@ -772,23 +916,13 @@ impl RawClient {
                 .map(|r| r.region.start_key.clone().max(span_start.clone()))
                 .collect();
             let attempts = anchors.iter().map(|anchor| {
-                self.attempt_single(anchor, round, self.read_route(operation), &send)
+                self.attempt_single(anchor, round, self.read_route(operation), session, &send)
             });
             let mut results = Vec::new();
             let mut retry = None;
             for outcome in join_all(attempts).await {
                 match outcome? {
                     Attempt::Done(v) => results.push(v),
-                    Attempt::Retry {
-                        reason,
-                        ambiguous: true,
-                        ..
-                    } if self.gives_up_on_ambiguous(operation) => {
-                        return Err(ClientError::Ambiguous {
-                            operation,
-                            detail: reason,
-                        });
-                    }
                     Attempt::Retry { reason, .. } => retry = Some(reason),
                 }
             }
@@ -810,6 +944,7 @@ impl RawClient {
         anchor: &[u8],
         round: usize,
         read: ReadRoute,
+        session: Option<WriteSession>,
         send: &(impl Fn(KvClient<Channel>, Context) -> BoxFut<'static, (Option<RegionError>, T)>
               + Send
               + Sync),
@@ -820,19 +955,14 @@ impl RawClient {
                 return Ok(Attempt::Retry {
                     reason: e.to_string(),
                     immediately: false,
-                    ambiguous: false,
                 })
             }
             Err(e) => return Err(e),
         };
-        self.attempt(&route, round, read, |client, context| send(client, context))
-            .await
-    }
-
-    /// Whether a write of `operation` whose attempt may have been applied ends the call (see
-    /// [`RawConfig::retry_ambiguous_writes`]).
-    fn gives_up_on_ambiguous(&self, operation: &str) -> bool {
-        writes(operation) && !self.config.retry_ambiguous_writes
+        self.attempt_with(&route, round, read, session, |client, context| {
+            send(client, context)
+        })
+        .await
     }
 
     /// Where `operation` goes (see [`RawConfig::replica_read`], [`ReadRoute`]).
@@ -873,6 +1003,12 @@ impl RawClient {
     /// [`RawClient::run_batch`] where each request carries at most [`GROUP_ITEMS_MAX`] items
     /// and [`GROUP_BYTES_MAX`] bytes (by `size_of`): a region's share of a large batch goes in
     /// several requests, each within the nodes' limits.
+    ///
+    /// A write `operation` numbers each request in the client's session when it is first sent,
+    /// and its items keep that number through every retry (regrouped by region, never with
+    /// another number's items), so a region that applied them skips them. A number's request
+    /// never spans a key of the same number sent elsewhere in the same round (the proof in
+    /// docs/design.md "Exactly-once writes" needs it).
     pub(crate) async fn run_batch_weighted<I: Clone + Send + 'static, T: Send + 'static>(
         &self,
         operation: &'static str,
@@ -883,46 +1019,63 @@ impl RawClient {
     ) -> Result<Vec<T>> {
         let deadline = Instant::now() + self.config.timeout;
         let mut backoff = Backoff::new(deadline);
-        let mut pending = items;
+        let numbered = writes(operation);
+        let mut pending: Vec<(Option<Arc<Ticket>>, I)> =
+            items.into_iter().map(|i| (None, i)).collect();
         let mut results = Vec::new();
         let mut round = 0usize;
         let mut last_error = String::from("none");
         while !pending.is_empty() {
-            // Group by region, each group within the request limits.
-            let mut groups: Vec<(RegionRoute, Vec<I>, usize)> = Vec::new();
+            // Group by region (and session number), each group within the request limits.
+            let mut groups: Vec<Group<I>> = Vec::new();
             let mut unrouted = Vec::new();
-            for item in pending.drain(..) {
+            for (ticket, item) in pending.drain(..) {
                 match self.route(key_of(&item)).await {
                     Ok(route) => {
                         let size = size_of(&item);
-                        match groups.iter_mut().rev().find(|(r, g, bytes)| {
-                            r.region.id == route.region.id
-                                && g.len() < GROUP_ITEMS_MAX
-                                && bytes + size <= GROUP_BYTES_MAX
+                        match groups.iter_mut().rev().find(|g| {
+                            g.route.region.id == route.region.id
+                                && same_ticket(&g.ticket, &ticket)
+                                && (ticket.is_some()
+                                    || (g.items.len() < GROUP_ITEMS_MAX
+                                        && g.bytes + size <= GROUP_BYTES_MAX))
                         }) {
-                            Some((_, g, bytes)) => {
-                                g.push(item);
-                                *bytes += size;
+                            Some(g) => {
+                                g.items.push(item);
+                                g.bytes += size;
                             }
-                            None => groups.push((route, vec![item], size)),
+                            None => groups.push(Group {
+                                route,
+                                ticket,
+                                items: vec![item],
+                                bytes: size,
+                            }),
                         }
                     }
                     Err(e) if e.is_retryable() => {
                         last_error = e.to_string();
-                        unrouted.push(item);
+                        unrouted.push((ticket, item));
                     }
                     Err(e) => return Err(e),
                 }
             }
-            let attempts = groups.into_iter().map(|(route, group, _)| {
+            if numbered {
+                for g in groups.iter_mut().filter(|g| g.ticket.is_none()) {
+                    g.ticket = Some(Arc::new(self.ticket(deadline).await?));
+                }
+                unrouted.extend(defer_overlapping(&mut groups, &key_of));
+            }
+            let attempts = groups.into_iter().map(|group| {
                 let send = &send;
                 async move {
-                    let g = group.clone();
+                    let g = group.items.clone();
+                    let session = group.ticket.as_ref().map(|t| t.write_session());
                     let outcome = self
-                        .attempt(
-                            &route,
+                        .attempt_with(
+                            &group.route,
                             round,
                             self.read_route(operation),
+                            session,
                             move |client, context| send(client, context, g.clone()),
                         )
                         .await;
@@ -935,22 +1088,13 @@ impl RawClient {
                     Attempt::Done(v) => results.push(v),
                     Attempt::Retry {
                         reason,
-                        ambiguous: true,
-                        ..
-                    } if self.gives_up_on_ambiguous(operation) => {
-                        return Err(ClientError::Ambiguous {
-                            operation,
-                            detail: reason,
-                        });
-                    }
-                    Attempt::Retry {
-                        reason,
                         immediately: now,
                         ..
                     } => {
                         last_error = reason;
                         immediately &= now;
-                        pending.extend(group);
+                        let ticket = group.ticket;
+                        pending.extend(group.items.into_iter().map(|i| (ticket.clone(), i)));
                     }
                 }
             }
@@ -969,6 +1113,26 @@ impl RawClient {
             }
         }
         Ok(results)
+    }
+
+    /// A number in the client's session for a new write, opening a session (a TSO timestamp
+    /// as its id) when there is none, it is old, or its window is full.
+    async fn ticket(&self, deadline: Instant) -> Result<Ticket> {
+        let mut backoff = Backoff::new(deadline);
+        loop {
+            if let Some(ticket) = self.shared.sessions.ticket() {
+                return Ok(ticket);
+            }
+            match self.pd.tso(1).await {
+                Ok(id) => self.shared.sessions.open(id),
+                Err(e) if e.is_retryable() => {
+                    if !backoff.wait().await {
+                        return Err(self.timeout("open a write session", e.to_string()));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub(crate) async fn route(&self, key: &[u8]) -> Result<RegionRoute> {
@@ -1020,6 +1184,20 @@ impl RawClient {
         read: ReadRoute,
         send: impl FnOnce(KvClient<Channel>, Context) -> BoxFut<'static, (Option<RegionError>, T)>,
     ) -> Result<Attempt<T>> {
+        self.attempt_with(route, round, read, None, send).await
+    }
+
+    /// [`RawClient::attempt`] of a write numbered `session` in the client's session. A region
+    /// that forgot the session ends the call: the write may have been applied by an earlier
+    /// attempt, and only the caller can find out.
+    async fn attempt_with<T>(
+        &self,
+        route: &RegionRoute,
+        round: usize,
+        read: ReadRoute,
+        session: Option<WriteSession>,
+        send: impl FnOnce(KvClient<Channel>, Context) -> BoxFut<'static, (Option<RegionError>, T)>,
+    ) -> Result<Attempt<T>> {
         let region = &route.region;
         // A stale read falls back to an ordinary read at the leader while the region's
         // replicas are not ready for it.
@@ -1035,7 +1213,6 @@ impl RawClient {
                 return Ok(Attempt::Retry {
                     reason: format!("region {} has no peers", region.id),
                     immediately: false,
-                    ambiguous: false,
                 });
             }
             None => region.peers[round % region.peers.len()],
@@ -1046,7 +1223,6 @@ impl RawClient {
                 return Ok(Attempt::Retry {
                     reason: e.to_string(),
                     immediately: false,
-                    ambiguous: false,
                 })
             }
             Err(e) => return Err(e),
@@ -1056,6 +1232,7 @@ impl RawClient {
             region_epoch: region.region_epoch,
             replica_read: read == ReadRoute::Replica,
             stale_read: stale,
+            session,
         };
         let answer = tokio::time::timeout(self.config.attempt_timeout, send(client, context)).await;
         let (region_error, value) = match answer {
@@ -1083,7 +1260,6 @@ impl RawClient {
                                 status.message()
                             ),
                             immediately: false,
-                            ambiguous: true,
                         })
                     }
                 };
@@ -1096,7 +1272,6 @@ impl RawClient {
                         peer.store_id, self.config.attempt_timeout
                     ),
                     immediately: false,
-                    ambiguous: true,
                 });
             }
         };
@@ -1138,6 +1313,12 @@ impl RawClient {
                 true
             }
             Some(region_error::Kind::ServerIsBusy(_)) => false,
+            Some(region_error::Kind::SessionExpired(_)) => {
+                return Err(ClientError::Ambiguous {
+                    operation: "raw write",
+                    detail: reason,
+                });
+            }
             _ => {
                 self.shared.regions.invalidate(region.id);
                 false
@@ -1146,7 +1327,6 @@ impl RawClient {
         Ok(Attempt::Retry {
             reason,
             immediately,
-            ambiguous: false,
         })
     }
 }

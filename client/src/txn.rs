@@ -133,7 +133,6 @@ impl TransactionClient {
                 timeout: config.timeout,
                 attempt_timeout: config.attempt_timeout,
                 keyspace: config.keyspace,
-                retry_ambiguous_writes: true,
                 replica_read: false,
             },
         );

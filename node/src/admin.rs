@@ -80,7 +80,7 @@ pub async fn propose(router: &StoreRouter, cmd: RaftCmdRequest) -> Result<(), Ad
     let (tx, rx) = oneshot::channel();
     router.send_command(cmd, tx);
     match tokio::time::timeout(ADMIN_WAIT, rx).await {
-        Ok(Ok(result)) => result.map_err(AdminFailure::Region),
+        Ok(Ok(result)) => result.map(drop).map_err(AdminFailure::Region),
         Ok(Err(_)) => Err(AdminFailure::Unavailable("node is shutting down".into())),
         Err(_) => Err(AdminFailure::Unavailable(format!(
             "proposal to region {region_id} not applied within {ADMIN_WAIT:?}; its outcome is unknown"
@@ -92,5 +92,6 @@ pub async fn propose(router: &StoreRouter, cmd: RaftCmdRequest) -> Result<(), Ad
 pub async fn propose_for_result(router: &StoreRouter, cmd: RaftCmdRequest) -> CmdResult {
     propose(router, cmd)
         .await
+        .map(|()| crate::apply::CmdOutput::Done)
         .map_err(AdminFailure::into_region_error)
 }

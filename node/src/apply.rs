@@ -2,13 +2,15 @@
 //! writes and the same result, which is what lets results go back to clients.
 
 use crate::region_error;
+use crate::session::{self, Admission, SessionTable};
 use ringkv_proto::errorpb::RegionError;
 use ringkv_proto::keys::{self, in_range};
 use ringkv_proto::kvrpcpb::{Keyspace, KeyspaceMode};
 use ringkv_proto::metapb::{ConfChangeKind, Peer as PeerMeta, PeerRole, Region, RegionEpoch};
 use ringkv_proto::raftpb::{
-    admin_request, request::Cmd, ChangePeerRequest, CommitMergeRequest, DeleteRequest, MergeState,
-    PeerState, PutRequest, RaftCmdRequest, RegionLocalState, Request, SplitRequest,
+    admin_request, request::Cmd, ApplyState, ChangePeerRequest, CommitMergeRequest,
+    CompareAndSwapRequest, DeleteRequest, KeySpan, MergeState, PeerState, PutRequest,
+    RaftCmdRequest, RegionLocalState, Request, SplitRequest,
 };
 use ringkv_proto::region;
 use ringkv_storage::layout::{self, data_range, origin_key, Cf};
@@ -16,7 +18,21 @@ use ringkv_storage::{KvEngine, KvWriteBatch, PeerStorage, Result as StorageResul
 
 /// The outcome of one command. `Err` is a deterministic refusal (wrong epoch, key outside the
 /// region): it is the applied result, the same on every replica.
-pub type CmdResult = Result<(), RegionError>;
+pub type CmdResult = Result<CmdOutput, RegionError>;
+
+/// Whether a command may be applied ([`check_command`]).
+pub type Checked = Result<(), RegionError>;
+
+/// What an applied command answers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum CmdOutput {
+    /// Applied (for a compare-and-swap: it swapped).
+    #[default]
+    Done,
+    /// A compare-and-swap found `current` (None: no value) instead of what it expected, and
+    /// changed nothing.
+    CasMismatch { current: Option<Vec<u8>> },
+}
 
 /// What an applied admin command changed about regions, for the raftstore to act on after the
 /// apply batch is written.
@@ -113,7 +129,7 @@ impl Applied {
 
     fn done(admin: Option<AdminResult>) -> Applied {
         Applied {
-            result: Ok(()),
+            result: Ok(CmdOutput::Done),
             admin,
         }
     }
@@ -210,7 +226,7 @@ pub fn merge_to_wait_for<'c>(
 
 /// Checks that a command still fits the region: same version (splits and merges change which keys
 /// the region owns), every key inside it, and nothing but a rollback while it is merging away.
-pub fn check_command(view: RegionView<'_>, cmd: &RaftCmdRequest) -> CmdResult {
+pub fn check_command(view: RegionView<'_>, cmd: &RaftCmdRequest) -> Checked {
     let region = view.region;
     let admin = cmd.admin.as_ref().and_then(|a| a.cmd.as_ref());
     if let Some(admin_request::Cmd::CommitMerge(c)) = admin {
@@ -311,6 +327,17 @@ pub fn check_command(view: RegionView<'_>, cmd: &RaftCmdRequest) -> CmdResult {
                     &format!("unknown column family {cf}"),
                 ))
             }
+            Some(Cmd::CompareAndSwap(c))
+                if !in_range(&c.key, &region.start_key, &region.end_key) =>
+            {
+                return Err(region_error::key_not_in_region(&c.key, region))
+            }
+            Some(Cmd::CompareAndSwap(_)) if cmd.requests.len() != 1 => {
+                return Err(region_error::invalid_command(
+                    region.id,
+                    "a compare-and-swap must be alone in its command",
+                ))
+            }
             _ => {}
         }
     }
@@ -337,14 +364,25 @@ pub fn written_keys(cmd: &RaftCmdRequest) -> u64 {
         .count() as u64
 }
 
-/// Whether applying `cmd` needs to see earlier writes of the same batch (it scans storage).
+/// Whether applying `cmd` needs to see earlier writes of the same batch (it scans storage, or
+/// compares a stored value).
 pub fn needs_flushed_state(cmd: &RaftCmdRequest) -> bool {
+    cmd.requests.iter().any(|r| {
+        matches!(
+            r.cmd,
+            Some(Cmd::DeleteRange(_)) | Some(Cmd::CompareAndSwap(_))
+        )
+    })
+}
+
+/// Whether `cmd` deletes a range (after which the region's size must be measured again).
+pub fn deletes_range(cmd: &RaftCmdRequest) -> bool {
     cmd.requests
         .iter()
         .any(|r| matches!(r.cmd, Some(Cmd::DeleteRange(_))))
 }
 
-fn check_split(region: &Region, split: &SplitRequest) -> CmdResult {
+fn check_split(region: &Region, split: &SplitRequest) -> Checked {
     let key = &split.split_key;
     let inside = !key.is_empty()
         && key.as_slice() > region.start_key.as_slice()
@@ -477,6 +515,7 @@ pub fn exec_command(
     index: u64,
     cmd: &RaftCmdRequest,
     kv: &dyn KvEngine,
+    sessions: &mut SessionTable,
     batch: &mut KvWriteBatch,
 ) -> StorageResult<Applied> {
     if let Err(e) = check_command(view, cmd) {
@@ -498,7 +537,10 @@ pub fn exec_command(
                 // A peer of the new region can only exist here already if it was created
                 // from a snapshot, which is newer than this split: keep it.
                 if layout::read_region_state(kv, right.id)?.is_none() {
-                    PeerStorage::write_split_state(&right, batch);
+                    let mut parent = ApplyState::default();
+                    sessions.save_into(&mut parent);
+                    PeerStorage::write_split_state(&right, &parent, batch);
+                    sessions.copy_to(kv, right.id, batch)?;
                 }
                 Some(AdminResult::Split { left, right })
             }
@@ -563,6 +605,8 @@ pub fn exec_command(
                     None
                 } else {
                     let merged = merged_region(region, &source);
+                    let source_state = layout::read_apply_state(kv, source.id)?.unwrap_or_default();
+                    sessions.absorb(kv, source.id, &source_state, batch)?;
                     let mut sources = view.merged_sources.to_vec();
                     sources.extend(c.source_merged_sources.iter().copied());
                     sources.push(source.id);
@@ -618,18 +662,119 @@ pub fn exec_command(
         };
         return Ok(Applied::done(admin));
     }
-    for Request { cmd } in &cmd.requests {
-        match cmd {
-            Some(Cmd::Put(p)) => batch.put(storage_key(p.cf, &p.key, p.ts), p.value.clone()),
-            Some(Cmd::Delete(d)) => batch.delete(storage_key(d.cf, &d.key, d.ts)),
-            Some(Cmd::DeleteRange(r)) => {
-                let keyspace = r.keyspace.unwrap_or_else(keys::default_keyspace);
-                delete_user_range(region, &keyspace, &r.start_key, &r.end_key, kv, batch)?;
+    exec_writes(region, cmd, kv, sessions, batch)
+}
+
+/// Applies a command's data writes, at most once per write of a client session.
+fn exec_writes(
+    region: &Region,
+    cmd: &RaftCmdRequest,
+    kv: &dyn KvEngine,
+    sessions: &mut SessionTable,
+    batch: &mut KvWriteBatch,
+) -> StorageResult<Applied> {
+    // Spans of this write an earlier attempt covered here (a session's retry).
+    let mut done = Vec::new();
+    let mut record = None;
+    if let Some(session) = &cmd.session {
+        sessions.advance(cmd.proposed_ms, kv, batch)?;
+        record = sessions.get(kv, session.id)?;
+        match session::admit(
+            record.as_ref(),
+            session,
+            sessions.clock_ms(),
+            sessions.horizon_ms(),
+        ) {
+            Admission::Write { done: spans } => done = spans,
+            Admission::Expired { why, forget } => {
+                if let (true, Some(stale)) = (forget, record.as_ref()) {
+                    sessions.forget(session.id, stale, batch);
+                }
+                return Ok(Applied::refused(region_error::session_expired(
+                    region.id, session, &why,
+                )));
             }
-            None => {}
         }
     }
-    Ok(Applied::done(None))
+    let skipped = |key: &[u8]| done.iter().any(|span| session::in_span(key, span));
+    let mut output = CmdOutput::Done;
+    for Request { cmd } in &cmd.requests {
+        match cmd {
+            Some(Cmd::Put(p)) if !skipped(&p.key) => {
+                batch.put(storage_key(p.cf, &p.key, p.ts), p.value.clone())
+            }
+            Some(Cmd::Delete(d)) if !skipped(&d.key) => {
+                batch.delete(storage_key(d.cf, &d.key, d.ts))
+            }
+            Some(Cmd::DeleteRange(r)) => {
+                let keyspace = r.keyspace.unwrap_or_else(keys::default_keyspace);
+                for (start, end) in session::uncovered(&region.start_key, &region.end_key, &done) {
+                    let part = Region {
+                        start_key: start,
+                        end_key: end,
+                        ..region.clone()
+                    };
+                    delete_user_range(&part, &keyspace, &r.start_key, &r.end_key, kv, batch)?;
+                }
+            }
+            Some(Cmd::CompareAndSwap(c)) if !skipped(&c.key) => {
+                output = compare_and_swap(c, kv, batch)?;
+            }
+            Some(Cmd::Put(_) | Cmd::Delete(_) | Cmd::CompareAndSwap(_)) | None => {}
+        }
+    }
+    if let (Some(session), CmdOutput::Done) = (&cmd.session, &output) {
+        let span = written_span(region, cmd);
+        let updated = session::record_write(record, session, span, sessions.clock_ms());
+        sessions.put(session.id, updated, batch);
+    }
+    Ok(Applied {
+        result: Ok(output),
+        admin: None,
+    })
+}
+
+/// The encoded keys a data command covers in `region`: the region's whole range when it
+/// deletes a range, else its first to its last key.
+fn written_span(region: &Region, cmd: &RaftCmdRequest) -> KeySpan {
+    let whole = KeySpan {
+        start: region.start_key.clone(),
+        end: region.end_key.clone(),
+    };
+    if deletes_range(cmd) {
+        return whole;
+    }
+    let keys = cmd.requests.iter().filter_map(|r| match &r.cmd {
+        Some(Cmd::Put(p)) => Some(p.key.as_slice()),
+        Some(Cmd::Delete(d)) => Some(d.key.as_slice()),
+        Some(Cmd::CompareAndSwap(c)) => Some(c.key.as_slice()),
+        Some(Cmd::DeleteRange(_)) | None => None,
+    });
+    session::point_span(keys).unwrap_or(whole)
+}
+
+/// Compares the raw value of `c.key` with what `c` expects and, on a match, writes. Reads the
+/// engine: the apply batch was written before this command ([`needs_flushed_state`]).
+fn compare_and_swap(
+    c: &CompareAndSwapRequest,
+    kv: &dyn KvEngine,
+    batch: &mut KvWriteBatch,
+) -> StorageResult<CmdOutput> {
+    let key = storage_key(Cf::Raw.to_wire(), &c.key, 0);
+    let current = kv.get(&key)?;
+    let matches = match &current {
+        None => !c.expect_exists,
+        Some(v) => c.expect_exists && *v == c.expected_value,
+    };
+    if !matches {
+        return Ok(CmdOutput::CasMismatch { current });
+    }
+    if c.delete {
+        batch.delete(key);
+    } else {
+        batch.put(key, c.value.clone());
+    }
+    Ok(CmdOutput::Done)
 }
 
 /// The storage key of a write's key in its column family (`check_command` refused unknown
@@ -744,6 +889,11 @@ fn delete_user_range(
 mod tests {
     use super::*;
 
+    /// A region's session table as its apply delegate starts it (nothing remembered).
+    fn sessions(region: &Region) -> SessionTable {
+        SessionTable::new(region.id, &ApplyState::default())
+    }
+
     fn change(kind: ConfChangeKind, id: u64, store_id: u64) -> ChangePeerRequest {
         ChangePeerRequest {
             kind: kind as i32,
@@ -834,6 +984,7 @@ mod tests {
                     4,
                 ))),
             }),
+            ..Default::default()
         };
         let view = RegionView {
             region: &r,
@@ -843,7 +994,7 @@ mod tests {
         assert!(check_command(view, &cmd(2)).is_err(), "stale conf_ver");
         let kv = MemKv::new();
         let mut batch = KvWriteBatch::default();
-        let applied = exec_command(view, 9, &cmd(3), &kv, &mut batch).unwrap();
+        let applied = exec_command(view, 9, &cmd(3), &kv, &mut sessions(&r), &mut batch).unwrap();
         match applied.admin {
             Some(AdminResult::ChangePeer { region, .. }) => {
                 assert_eq!(region.region_epoch.unwrap().conf_ver, 4);
@@ -888,6 +1039,7 @@ mod tests {
             }),
             requests,
             admin: None,
+            ..Default::default()
         };
         let mut batch = KvWriteBatch::default();
         let view = RegionView {
@@ -895,7 +1047,7 @@ mod tests {
             merge_state: None,
             merged_sources: &[],
         };
-        let applied = exec_command(view, 10, &cmd, kv, &mut batch).unwrap();
+        let applied = exec_command(view, 10, &cmd, kv, &mut sessions(region), &mut batch).unwrap();
         kv.write(batch).unwrap();
         applied.result
     }
@@ -979,12 +1131,14 @@ mod tests {
             region_epoch: region.region_epoch,
             requests: Vec::new(),
             admin: Some(ringkv_proto::raftpb::AdminRequest { cmd: Some(cmd) }),
+            ..Default::default()
         }
     }
 
     fn exec(kv: &MemKv, view: RegionView<'_>, index: u64, cmd: &RaftCmdRequest) -> Applied {
         let mut batch = KvWriteBatch::default();
-        let applied = exec_command(view, index, cmd, kv, &mut batch).unwrap();
+        let applied =
+            exec_command(view, index, cmd, kv, &mut sessions(view.region), &mut batch).unwrap();
         kv.write(batch).unwrap();
         applied
     }
@@ -1063,6 +1217,7 @@ mod tests {
             region_epoch: prepared.region_epoch,
             requests: vec![put(b"x")],
             admin: None,
+            ..Default::default()
         };
         assert!(check_command(merging, &put).is_err());
         let rollback = |commit| {
@@ -1122,7 +1277,7 @@ mod tests {
             }),
             ..target.clone()
         };
-        let refused = check_command(plain(&moved), &commit);
+        let refused = check_command(plain(&moved), &commit).map(|()| CmdOutput::Done);
         assert_eq!(
             crate::merge::after_commit_attempt(&refused),
             crate::merge::MergeStep::RollBack

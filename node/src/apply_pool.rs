@@ -13,10 +13,11 @@
 //! region's delegate is away its peer installs no snapshot, generates none and is not destroyed:
 //! those wait for the delegate to come home.
 
-use crate::apply::{self, AdminResult, CmdResult, RegionView, SourceProgress};
+use crate::apply::{self, AdminResult, CmdOutput, CmdResult, RegionView, SourceProgress};
 use crate::peer::CmdCallback;
 use crate::region_error;
 use crate::router::StoreRouter;
+use crate::session::SessionTable;
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 use prost::Message as _;
 use raft::eraftpb::{Entry, EntryType};
@@ -56,6 +57,9 @@ pub struct ApplyDelegate {
     apply_state: ApplyState,
     merge_state: Option<MergeState>,
     merged_sources: Vec<u64>,
+    /// What the region remembers of client sessions (its clock and horizon are saved into
+    /// `apply_state` whenever that is written).
+    sessions: SessionTable,
     /// Committed entries not applied yet, in log order.
     entries: Vec<Entry>,
     /// Proposals for indexes in `entries`, ordered by (index, term). Two may share an index
@@ -72,6 +76,7 @@ impl ApplyDelegate {
         merged_sources: Vec<u64>,
     ) -> Box<Self> {
         Box::new(ApplyDelegate {
+            sessions: SessionTable::new(region.id, &apply_state),
             region,
             apply_state,
             merge_state,
@@ -134,6 +139,7 @@ impl ApplyDelegate {
     ) {
         let index = apply_state.applied_index;
         self.entries.retain(|e| e.index > index);
+        self.sessions = SessionTable::new(region.id, &apply_state);
         self.region = region;
         self.apply_state = apply_state;
         self.merge_state = merge_state;
@@ -200,6 +206,7 @@ impl ApplyDelegate {
                         // applied index it reached, so the engine never holds data ahead of it.
                         if let Some(index) = last_applied {
                             self.apply_state.applied_index = index;
+                            self.sessions.save_into(&mut self.apply_state);
                             layout::write_apply_state(batch, self.region.id, &self.apply_state);
                         }
                         kv.write(std::mem::take(batch))?;
@@ -238,6 +245,7 @@ impl ApplyDelegate {
             return Ok(());
         };
         self.apply_state.applied_index = last_index;
+        self.sessions.save_into(&mut self.apply_state);
         layout::write_apply_state(batch, self.region.id, &self.apply_state);
         Ok(())
     }
@@ -258,12 +266,16 @@ impl ApplyDelegate {
         kv: &dyn KvEngine,
         batch: &mut KvWriteBatch,
     ) -> Result<CmdResult, StorageError> {
-        let flushed_state = apply::needs_flushed_state(cmd);
-        let applied = apply::exec_command(self.view(), index, cmd, kv, batch)?;
+        let view = RegionView {
+            region: &self.region,
+            merge_state: self.merge_state.as_ref(),
+            merged_sources: &self.merged_sources,
+        };
+        let applied = apply::exec_command(view, index, cmd, kv, &mut self.sessions, batch)?;
         if applied.result.is_ok() {
             self.outcome.written_bytes += apply::written_bytes(cmd);
             self.outcome.written_keys += apply::written_keys(cmd);
-            self.outcome.check_wanted |= flushed_state;
+            self.outcome.check_wanted |= apply::deletes_range(cmd);
         }
         match applied.admin {
             Some(AdminResult::CompactLog { index, term })
@@ -317,7 +329,7 @@ impl ApplyDelegate {
             }
             let p = self.proposals.pop_front().expect("checked");
             if p.index == index && p.term == term {
-                results.push((p.callback, result.clone().unwrap_or(Ok(()))));
+                results.push((p.callback, result.clone().unwrap_or(Ok(CmdOutput::Done))));
             } else {
                 results.push((p.callback, Err(region_error::stale_command(self.region.id))));
             }
@@ -449,6 +461,7 @@ mod tests {
             applied_index: applied,
             truncated_index: applied,
             truncated_term: 5,
+            ..Default::default()
         };
         ApplyDelegate::new(region.clone(), state, None, Vec::new())
     }
@@ -473,7 +486,7 @@ mod tests {
                     ..Default::default()
                 })),
             }],
-            admin: None,
+            ..Default::default()
         }
     }
 
@@ -528,7 +541,7 @@ mod tests {
             1,
             "one write for the batch"
         );
-        assert_eq!(ours_rx.try_recv().unwrap(), Ok(()));
+        assert_eq!(ours_rx.try_recv().unwrap(), Ok(CmdOutput::Done));
         let lost = lost_rx.try_recv().unwrap().unwrap_err();
         assert!(
             matches!(
@@ -563,7 +576,7 @@ mod tests {
             [lost, ours],
         );
         applied(&kv, vec![d]);
-        assert_eq!(ours_rx.try_recv().unwrap(), Ok(()));
+        assert_eq!(ours_rx.try_recv().unwrap(), Ok(CmdOutput::Done));
         assert!(matches!(
             lost_rx.try_recv().unwrap().unwrap_err().kind,
             Some(ringkv_proto::errorpb::region_error::Kind::StaleCommand(_))
@@ -593,6 +606,7 @@ mod tests {
                     source_merged_sources: Vec::new(),
                 })),
             }),
+            ..Default::default()
         };
         let mut d = delegate(&target, 5);
         let (merge, mut merge_rx) = proposal(6, 5);
@@ -630,6 +644,7 @@ mod tests {
                 applied_index: 9,
                 truncated_index: 5,
                 truncated_term: 5,
+                ..Default::default()
             },
         );
         kv.write(batch).unwrap();
@@ -644,7 +659,7 @@ mod tests {
             (d.applied_index(), d.region().end_key.as_slice()),
             (7, &b""[..])
         );
-        assert_eq!(merge_rx.try_recv().unwrap(), Ok(()));
+        assert_eq!(merge_rx.try_recv().unwrap(), Ok(CmdOutput::Done));
         let source_state = layout::read_region_state(&kv, 2).unwrap().unwrap();
         assert_eq!(source_state.state, PeerState::Tombstone as i32);
         assert!(

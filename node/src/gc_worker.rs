@@ -125,6 +125,7 @@ impl GcWorker {
                 region_epoch: region.region_epoch,
                 replica_read: false,
                 stale_read: false,
+                ..Default::default()
             };
             let mut start = progress
                 .next

@@ -45,6 +45,7 @@ pub mod router;
 pub mod safe_ts;
 pub mod server;
 pub mod service;
+pub mod session;
 pub mod snapshot;
 pub mod split;
 pub mod split_check;

@@ -46,7 +46,7 @@ pub enum MergeStep {
 /// Classifies the result of proposing a CommitMerge to the target.
 pub fn after_commit_attempt(result: &CmdResult) -> MergeStep {
     match result {
-        Ok(()) => MergeStep::Done,
+        Ok(_) => MergeStep::Done,
         Err(RegionError {
             kind: Some(Kind::EpochNotMatch(_)),
             ..
@@ -61,6 +61,7 @@ fn admin(region_id: u64, epoch: Option<RegionEpoch>, cmd: admin_request::Cmd) ->
         region_epoch: epoch,
         requests: Vec::new(),
         admin: Some(AdminRequest { cmd: Some(cmd) }),
+        ..Default::default()
     }
 }
 
@@ -270,7 +271,7 @@ pub async fn propose_to_target(
     let call = client.propose_merge(ProposeMergeRequest { cmd: Some(cmd) });
     match tokio::time::timeout(MERGE_WAIT, call).await {
         Ok(Ok(response)) => match response.into_inner().region_error {
-            None => Ok(()),
+            None => Ok(crate::apply::CmdOutput::Done),
             Some(e) => Err(e),
         },
         Ok(Err(status)) => Err(unreachable(status.message().to_string())),

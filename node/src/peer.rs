@@ -360,6 +360,7 @@ impl Peer {
                     source_merged_sources: self.merged_sources.clone(),
                 })),
             }),
+            ..Default::default()
         })
     }
 
@@ -1225,9 +1226,10 @@ impl Peer {
             bytes = header.file_bytes,
             "snapshot install begins"
         );
+        let sessions = (header.session_clock_ms, header.session_horizon_ms);
         self.raw
             .mut_store()
-            .apply_snapshot(region, index, term, log_batch);
+            .apply_snapshot(region, index, term, sessions, log_batch);
         // Anything committed below the snapshot is in it; nothing of ours waits on it.
         self.to_apply.retain(|e| e.index > index);
         self.reset_applier();

@@ -332,7 +332,8 @@ fn load_peers(ctx: &StoreContext) -> Result<(), crate::NodeError> {
     // Every install cut short is finished; nothing else uses an `applying` file.
     ctx.snapshots.remove_applying_files();
     // Data of regions destroyed while a crash came (see `destroy_peer`).
-    let leftover = layout::delete_data_outside(ctx.kv.as_ref(), &live)?;
+    let leftover = layout::delete_data_outside(ctx.kv.as_ref(), &live)?
+        + layout::delete_sessions_outside(ctx.kv.as_ref(), &live)?;
     if leftover > 0 {
         tracing::info!(keys = leftover, "deleted data left by destroyed regions");
     }
@@ -720,8 +721,14 @@ fn destroy_peer(ctx: &StoreContext, fsm: &mut PeerFsm, tombstone: bool) {
             .write(batch)
             .unwrap_or_else(|e| panic!("cannot write tombstone of region {}: {e}", region.id));
         ctx.router.bump_data_epoch();
-        let deleted = layout::delete_data(ctx.kv.as_ref(), &region.start_key, &region.end_key)
-            .unwrap_or_else(|e| panic!("cannot delete the data of region {}: {e}", region.id));
+        let (sessions_lo, sessions_hi) = layout::session_range(region.id);
+        let deleted =
+            layout::delete_paged(ctx.kv.as_ref(), &sessions_lo, &sessions_hi, &mut |_| true)
+                .and_then(|sessions| {
+                    layout::delete_data(ctx.kv.as_ref(), &region.start_key, &region.end_key)
+                        .map(|data| data + sessions)
+                })
+                .unwrap_or_else(|e| panic!("cannot delete the data of region {}: {e}", region.id));
         tracing::debug!(region = region.id, keys = deleted, "region data deleted");
     }
     ctx.snapshots.remove_region_files(region.id, None);
@@ -1186,6 +1193,7 @@ fn maybe_compact_log(ctx: &StoreContext, fsm: &mut PeerFsm) {
                 compact_term: term,
             })),
         }),
+        ..Default::default()
     };
     let (tx, _rx) = oneshot::channel();
     fsm.peer.propose(cmd, tx);

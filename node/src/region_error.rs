@@ -109,3 +109,23 @@ pub fn data_is_not_ready(region_id: u64, peer_id: u64, read_ts: u64, safe_ts: u6
         })),
     }
 }
+
+/// A raw write whose session the region no longer remembers ([`crate::session::admit`]): not
+/// applied now; an earlier attempt may have been.
+pub fn session_expired(
+    region_id: u64,
+    session: &ringkv_proto::kvrpcpb::WriteSession,
+    why: &str,
+) -> RegionError {
+    RegionError {
+        message: format!(
+            "region {region_id} refused write {} of session {}: {why}; the write was not applied now, but an earlier attempt of it may have been (a client that never sent it before may send it in a new session)",
+            session.seq, session.id
+        ),
+        kind: Some(Kind::SessionExpired(errorpb::SessionExpired {
+            region_id,
+            session_id: session.id,
+            seq: session.seq,
+        })),
+    }
+}

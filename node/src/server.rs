@@ -433,6 +433,7 @@ async fn on_store_event(task: &PlacementTask, event: StoreEvent) {
                                         ),
                                     ),
                                 }),
+                                ..Default::default()
                             };
                             if let Err(e) = crate::admin::propose(&router, cmd).await {
                                 tracing::info!(region = source.id, store = store_id, reason = %e, "membership change not made");

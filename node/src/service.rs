@@ -1,7 +1,7 @@
 //! The node's gRPC services: raw KV (validated at the edge, then proposed or read through the
 //! raftstore), Raft (incoming message streams) and Debug (local diagnostics).
 
-use crate::apply::{scan_span, user_in_range};
+use crate::apply::{scan_span, user_in_range, CmdOutput};
 use crate::router::StoreRouter;
 use prost::Message as _;
 use ringkv_proto::errorpb::{region_error, RegionError};
@@ -13,9 +13,10 @@ use ringkv_proto::metapb::Region;
 use ringkv_proto::raftpb::debug_server::Debug;
 use ringkv_proto::raftpb::raft_server::Raft;
 use ringkv_proto::raftpb::{
-    self, request::Cmd, DeleteRangeRequest, DeleteRequest, Done, LocalGetRequest, LocalGetResponse,
-    PutRequest, RaftCmdRequest, RaftMessageBatch, RegionInfoRequest, RegionInfoResponse,
-    SetNetFilterRequest, SetNetFilterResponse, SnapshotChunk, StoreInfoRequest, StoreInfoResponse,
+    self, request::Cmd, CompareAndSwapRequest, DeleteRangeRequest, DeleteRequest, Done,
+    LocalGetRequest, LocalGetResponse, PutRequest, RaftCmdRequest, RaftMessageBatch,
+    RegionInfoRequest, RegionInfoResponse, SetNetFilterRequest, SetNetFilterResponse,
+    SnapshotChunk, StoreInfoRequest, StoreInfoResponse,
 };
 use ringkv_storage::layout::{data_key, origin_key};
 use ringkv_storage::KvEngine;
@@ -110,6 +111,24 @@ async fn detached<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("transactional command failed on this node: {e}")))?
 }
 
+/// The command of `requests` for the region `context` names.
+fn command(context: &Context, requests: Vec<raftpb::Request>) -> RaftCmdRequest {
+    RaftCmdRequest {
+        region_id: context.region_id,
+        region_epoch: context.region_epoch,
+        requests,
+        ..Default::default()
+    }
+}
+
+/// This node's wall clock, in ms since the Unix epoch.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
 /// The shared request rules (`ringkv_proto::limits`), as a gRPC status.
 fn rule(check: Result<(), String>) -> Result<(), Status> {
     check.map_err(invalid)
@@ -144,12 +163,28 @@ fn check_keyspace(keyspace: Option<Keyspace>) -> Result<Keyspace, Status> {
 }
 
 impl KvService {
+    /// Proposes a raw write: with the client's session when it names one, stamped with this
+    /// node's wall clock (the region's session clock, see `crate::session`).
     async fn propose(
         &self,
         context: Context,
         requests: Vec<raftpb::Request>,
     ) -> Result<Option<RegionError>, Status> {
-        self.propose_holding(context, requests, ()).await
+        Ok(self.propose_raw(context, requests).await?.err())
+    }
+
+    async fn propose_raw(
+        &self,
+        context: Context,
+        requests: Vec<raftpb::Request>,
+    ) -> Result<Result<CmdOutput, RegionError>, Status> {
+        let mut cmd = command(&context, requests);
+        if let Some(session) = context.session {
+            rule(crate::session::check_session(&session))?;
+            cmd.session = Some(session);
+            cmd.proposed_ms = wall_clock_ms();
+        }
+        self.propose_cmd(cmd, ()).await
     }
 
     /// Proposes `requests` and waits for them to be applied, keeping `hold` (latches, locks)
@@ -161,25 +196,31 @@ impl KvService {
         requests: Vec<raftpb::Request>,
         hold: H,
     ) -> Result<Option<RegionError>, Status> {
-        let keys: Vec<Vec<u8>> = requests
+        let cmd = command(&context, requests);
+        Ok(self.propose_cmd(cmd, hold).await?.err())
+    }
+
+    async fn propose_cmd<H: Send + 'static>(
+        &self,
+        cmd: RaftCmdRequest,
+        hold: H,
+    ) -> Result<Result<CmdOutput, RegionError>, Status> {
+        let keys: Vec<Vec<u8>> = cmd
+            .requests
             .iter()
             .filter_map(|r| match &r.cmd {
                 Some(Cmd::Put(p)) => Some(p.key.clone()),
                 Some(Cmd::Delete(d)) => Some(d.key.clone()),
+                Some(Cmd::CompareAndSwap(c)) => Some(c.key.clone()),
                 _ => None,
             })
             .collect();
-        let cmd = RaftCmdRequest {
-            region_id: context.region_id,
-            region_epoch: context.region_epoch,
-            requests,
-            admin: None,
-        };
+        let region_id = cmd.region_id;
         let (tx, mut rx) = oneshot::channel();
         self.ctx.router.send_command(cmd, tx);
         match tokio::time::timeout(REQUEST_WAIT, &mut rx).await {
-            Ok(Ok(Ok(()))) => Ok(None),
-            Ok(Ok(Err(region_error))) => Ok(Some(self.with_current_regions(region_error, &keys))),
+            Ok(Ok(Ok(output))) => Ok(Ok(output)),
+            Ok(Ok(Err(region_error))) => Ok(Err(self.with_current_regions(region_error, &keys))),
             Ok(Err(_)) => Err(Status::unavailable("node is shutting down")),
             Err(_) => {
                 // The proposal is answered once its log index is applied (or found stale),
@@ -189,8 +230,7 @@ impl KvService {
                     drop(hold);
                 });
                 Err(Status::deadline_exceeded(format!(
-                    "write to region {} not applied within {REQUEST_WAIT:?}; its outcome is unknown",
-                    context.region_id
+                    "write to region {region_id} not applied within {REQUEST_WAIT:?}; its outcome is unknown"
                 )))
             }
         }
@@ -477,6 +517,51 @@ impl Kv for KvService {
         Ok(Response::new(RawDeleteRangeResponse { region_error }))
     }
 
+    async fn raw_compare_and_swap(
+        &self,
+        request: Request<RawCompareAndSwapRequest>,
+    ) -> Result<Response<RawCompareAndSwapResponse>, Status> {
+        let req = request.into_inner();
+        let context = check_context(req.context)?;
+        check_key(&req.key)?;
+        rule(check_value(&req.expected_value))?;
+        rule(check_value(&req.value))?;
+        if !req.expect_exists && !req.expected_value.is_empty() {
+            return Err(invalid(
+                "expected_value is set but expect_exists is false (put-if-absent expects no value)",
+            ));
+        }
+        if req.delete && !req.value.is_empty() {
+            return Err(invalid("value is set but delete is true"));
+        }
+        let cas = raftpb::Request {
+            cmd: Some(Cmd::CompareAndSwap(CompareAndSwapRequest {
+                key: req.key,
+                expect_exists: req.expect_exists,
+                expected_value: req.expected_value,
+                value: req.value,
+                delete: req.delete,
+            })),
+        };
+        let resp = match self.propose_raw(context, vec![cas]).await? {
+            Ok(CmdOutput::Done) => RawCompareAndSwapResponse {
+                swapped: true,
+                ..Default::default()
+            },
+            Ok(CmdOutput::CasMismatch { current }) => RawCompareAndSwapResponse {
+                swapped: false,
+                exists: current.is_some(),
+                current_value: current.unwrap_or_default(),
+                ..Default::default()
+            },
+            Err(region_error) => RawCompareAndSwapResponse {
+                region_error: Some(region_error),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
     async fn raw_scan(
         &self,
         request: Request<RawScanRequest>,
@@ -621,6 +706,7 @@ impl Kv for KvService {
                     },
                 )),
             }),
+            ..Default::default()
         };
         let (region_error, done) = admin_outcome(crate::admin::propose(router, cmd).await)?;
         let region = match done {

@@ -161,7 +161,15 @@ pub fn generate(
     let mut frame = SnapshotKvBatch::default();
     let mut frame_bytes = 0;
     let mut failed = None;
-    for (_, lo, hi) in layout::region_data_ranges(&region.start_key, &region.end_key) {
+    // The region's session records (they sort before its data), then its data.
+    let mut ranges = vec![layout::session_range(region.id)];
+    ranges.extend(
+        layout::region_data_ranges(&region.start_key, &region.end_key)
+            .into_iter()
+            .map(|(_, lo, hi)| (lo, hi)),
+    );
+    let sessions = layout::read_apply_state(kv, region.id)?.unwrap_or_default();
+    for (lo, hi) in ranges {
         kv.scan(&lo, &hi, &mut |k, v| {
             frame_bytes += k.len() + v.len();
             frame.kvs.push(SnapshotKv {
@@ -195,6 +203,8 @@ pub fn generate(
         file_bytes,
         file_xxh3,
         kv_count,
+        session_clock_ms: sessions.session_clock_ms,
+        session_horizon_ms: sessions.session_horizon_ms,
     };
     let mut snap = Snapshot::default();
     snap.set_data(data.encode_to_vec().into());
@@ -291,7 +301,8 @@ impl<R: Read> Read for Hashing<R> {
 }
 
 /// Checks a data file against its header: its length and hash, that every frame decodes, and
-/// that every key is inside the region's data ranges, in order. Reads a frame at a time.
+/// that every key is one of the region's session records or inside its data ranges, in order.
+/// Reads a frame at a time.
 pub fn verify(path: &Path, header: &SnapshotData) -> Result<(), String> {
     let region = header.region.as_ref().ok_or("a header without a region")?;
     let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
@@ -302,7 +313,12 @@ pub fn verify(path: &Path, header: &SnapshotData) -> Result<(), String> {
             bytes: 0,
         },
     };
-    let ranges = layout::region_data_ranges(&region.start_key, &region.end_key);
+    let mut ranges = vec![layout::session_range(region.id)];
+    ranges.extend(
+        layout::region_data_ranges(&region.start_key, &region.end_key)
+            .into_iter()
+            .map(|(_, lo, hi)| (lo, hi)),
+    );
     let mut kvs = 0u64;
     let mut last: Option<Vec<u8>> = None;
     while let Some(frame) = frames.next_frame()? {
@@ -310,7 +326,7 @@ pub fn verify(path: &Path, header: &SnapshotData) -> Result<(), String> {
             // A key outside the region's data ranges would be another region's data (or meta).
             if !ranges
                 .iter()
-                .any(|(_, lo, hi)| pair.key >= *lo && pair.key < *hi)
+                .any(|(lo, hi)| pair.key >= *lo && pair.key < *hi)
             {
                 return Err(format!(
                     "key {:?} is outside region {}",
@@ -474,6 +490,8 @@ pub fn begin_install(
             applied_index: meta.index,
             truncated_index: meta.index,
             truncated_term: meta.term,
+            session_clock_ms: header.session_clock_ms,
+            session_horizon_ms: header.session_horizon_ms,
         },
     );
     Ok(())
@@ -501,6 +519,8 @@ pub fn install(
     let path = dir.applying(region.id);
     let what = || format!("region {} snapshot file {}", region.id, path.display());
     let file = File::open(&path).map_err(|e| StorageError::corruption(what(), e))?;
+    let (sessions_lo, sessions_hi) = layout::session_range(region.id);
+    layout::delete_paged(kv, &sessions_lo, &sessions_hi, &mut |_| true)?;
     layout::delete_data(kv, &region.start_key, &region.end_key)?;
     let mut frames = FrameReader {
         input: BufReader::with_capacity(256 * 1024, file),

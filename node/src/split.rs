@@ -33,6 +33,7 @@ pub async fn split_region(
         admin: Some(AdminRequest {
             cmd: Some(admin_request::Cmd::Split(split.clone())),
         }),
+        ..Default::default()
     };
     admin::propose(router, cmd).await?;
     Ok(split_regions(region, &split))

@@ -22,6 +22,16 @@ pub const TS_AHEAD_MS_MAX: u64 = 60 * 60 * 1000;
 pub const LOCK_TTL_MS_MAX: u64 = 60 * 60 * 1000;
 /// The most transactions a read may name as resolved.
 pub const RESOLVED_LOCKS_MAX: usize = 1024;
+/// A client session idle this long in a region (by the region's session clock) is forgotten
+/// there; its writes are refused from then on, never applied as new (docs/design.md
+/// "Exactly-once writes").
+pub const SESSION_IDLE_MS: u64 = 10 * 60 * 1000;
+/// How long a client uses one session for new writes before it opens another: half the idle
+/// time, so no region forgets a session whose new writes still arrive.
+pub const SESSION_ROTATE_MS: u64 = SESSION_IDLE_MS / 2;
+/// How far a write's number may run ahead of the lowest number its client still waits for: the
+/// bound on the writes a region remembers per session.
+pub const SESSION_WINDOW: u64 = 1024;
 /// gRPC messages up to this size are accepted; it leaves room for a full batch plus framing.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = BATCH_BYTES_MAX + 16 * 1024 * 1024;
 

@@ -4,6 +4,7 @@
 //! 0x01 "ident"                    StoreIdent      who this store is
 //! 0x01 "r" region_id: u64 BE      RegionLocalState a region's metadata and peer state
 //! 0x01 "a" region_id: u64 BE      ApplyState      how far the region has applied its log
+//! 0x01 "s" region_id session_id   SessionRecord   what a region remembers of a client session
 //! 'l' encoded_key                 Lock            a transaction's lock on a key
 //! 'w' mc(encoded_key) !commit_ts  Write           a committed (or rolled back) version
 //! 'd' mc(encoded_key) !start_ts   value           a version's value when not inlined in Write
@@ -40,6 +41,37 @@ pub fn region_state_key(region_id: u64) -> Vec<u8> {
 
 pub fn apply_state_key(region_id: u64) -> Vec<u8> {
     region_meta_key(b'a', region_id)
+}
+
+/// Where a region keeps what it remembers of client session `session_id` (both u64 BE).
+pub fn session_key(region_id: u64, session_id: u64) -> Vec<u8> {
+    let mut key = region_meta_key(b's', region_id);
+    key.extend_from_slice(&session_id.to_be_bytes());
+    key
+}
+
+/// The storage range `[start, end)` of every session record of `region_id`.
+pub fn session_range(region_id: u64) -> (Vec<u8>, Vec<u8>) {
+    let start = region_meta_key(b's', region_id);
+    let mut end = start.clone();
+    end.push(0xff);
+    end.extend_from_slice(&[0xff; 8]);
+    (start, end)
+}
+
+/// The session id of a key from [`session_range`] (None: not a session key).
+pub fn session_id_of(key: &[u8]) -> Option<u64> {
+    let id = key.get(10..18)?;
+    (key.len() == 18 && key[..2] == [META_PREFIX, b's'])
+        .then(|| u64::from_be_bytes(id.try_into().expect("eight bytes")))
+}
+
+/// The region a key from [`session_range`] belongs to (None: not a session key).
+pub fn session_region_of(key: &[u8]) -> Option<u64> {
+    session_id_of(key)?;
+    Some(u64::from_be_bytes(
+        key[2..10].try_into().expect("eight bytes"),
+    ))
 }
 
 /// A column family: one part of a region's data, under its own first byte.
@@ -381,6 +413,17 @@ pub fn delete_data_outside(engine: &dyn KvEngine, live: &[Region]) -> Result<u64
         deleted += delete_data(engine, from, &[])?;
     }
     Ok(deleted)
+}
+
+/// Deletes the session records of every region but the `live` ones: what a crash left of
+/// regions destroyed. Returns the number of records deleted.
+pub fn delete_sessions_outside(engine: &dyn KvEngine, live: &[Region]) -> Result<u64> {
+    let live: std::collections::HashSet<u64> = live.iter().map(|r| r.id).collect();
+    let start = vec![META_PREFIX, b's'];
+    let end = vec![META_PREFIX, b's' + 1];
+    delete_paged(engine, &start, &end, &mut |k| {
+        session_region_of(k).is_some_and(|region| !live.contains(&region))
+    })
 }
 
 pub fn read_apply_state(engine: &dyn KvEngine, region_id: u64) -> Result<Option<ApplyState>> {

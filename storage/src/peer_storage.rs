@@ -73,8 +73,34 @@ impl PeerStorage {
     /// parent's apply batch, so the split and the new region's existence are one atomic write.
     /// No hard state is written: until raft first persists one, [`PeerStorage::load`] rebuilds
     /// the initial one (see there). The new peer's storage is then loaded like any other.
-    pub fn write_split_state(region: &Region, kv_batch: &mut KvWriteBatch) {
+    /// `parent` is the splitting region's apply state: the new region inherits its session
+    /// clock and horizon (node/src/session.rs).
+    pub fn write_split_state(region: &Region, parent: &ApplyState, kv_batch: &mut KvWriteBatch) {
         Self::write_initial_kv_state(region, kv_batch);
+        layout::write_apply_state(
+            kv_batch,
+            region.id,
+            &ApplyState {
+                session_clock_ms: parent.session_clock_ms,
+                session_horizon_ms: parent.session_horizon_ms,
+                ..Self::initial_apply_state()
+            },
+        );
+    }
+
+    /// Whether `state` is where a region created by a split starts (whatever session clock it
+    /// inherited).
+    fn is_initial(state: &ApplyState) -> bool {
+        let initial = Self::initial_apply_state();
+        (
+            state.applied_index,
+            state.truncated_index,
+            state.truncated_term,
+        ) == (
+            initial.applied_index,
+            initial.truncated_index,
+            initial.truncated_term,
+        )
     }
 
     fn initial_apply_state() -> ApplyState {
@@ -82,6 +108,7 @@ impl PeerStorage {
             applied_index: RAFT_INIT_LOG_INDEX,
             truncated_index: RAFT_INIT_LOG_INDEX,
             truncated_term: RAFT_INIT_LOG_TERM,
+            ..Default::default()
         }
     }
 
@@ -164,7 +191,7 @@ impl PeerStorage {
             Some(hs) => hs,
             // A peer created by a split that crashed before raft persisted anything for it: it
             // never voted nor accepted an entry, so the initial state is exactly its state.
-            None if apply_state == Self::initial_apply_state()
+            None if Self::is_initial(&apply_state)
                 && log.last_index(region_id).is_none() =>
             {
                 Self::initial_hard_state()
@@ -340,11 +367,13 @@ impl PeerStorage {
     /// Takes the state of an applied snapshot of `region` at `index`/`term`: the log restarts
     /// after it. The log reset (clean + hard state) goes into `log_batch`; the caller has
     /// written the data and the region and apply states.
+    /// `sessions` is the snapshot's session clock and horizon (node/src/session.rs).
     pub fn apply_snapshot(
         &mut self,
         region: Region,
         index: u64,
         term: u64,
+        sessions: (u64, u64),
         log_batch: &mut RaftLogBatch,
     ) {
         assert!(
@@ -358,6 +387,8 @@ impl PeerStorage {
             applied_index: index,
             truncated_index: index,
             truncated_term: term,
+            session_clock_ms: sessions.0,
+            session_horizon_ms: sessions.1,
         };
         self.last_index = index;
         self.last_term = term;

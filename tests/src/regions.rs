@@ -118,6 +118,7 @@ pub async fn count_keys(leader_addr: &str, region: &Region, keyspace: Keyspace) 
                 region_epoch: region.region_epoch,
                 replica_read: false,
                 stale_read: false,
+                ..Default::default()
             }),
             keyspace: Some(keyspace),
             start_key: Vec::new(),

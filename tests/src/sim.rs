@@ -33,6 +33,7 @@ use ringkv_placement::cluster::{MetaWrites, PersistedState, PlacementCore};
 use ringkv_placement::replica_checker::Step;
 use ringkv_placement::PlacementConfig;
 use ringkv_proto::keys::{self, ranges_overlap};
+use ringkv_proto::kvrpcpb::WriteSession;
 use ringkv_proto::metapb::{Region, Store};
 use ringkv_proto::pdpb::StoreStats;
 use ringkv_proto::raftpb::{
@@ -107,6 +108,13 @@ pub struct SimConfig {
     /// and every region to have three voters.
     pub placement: bool,
     pub max_store_down_time_ms: i64,
+    /// A register put that fails or gets no answer is sent again (re-routed) until it is
+    /// answered, as the SDK does, for up to 500 steps (10 s, its default call timeout); the
+    /// history then records when it was answered.
+    pub register_retries: bool,
+    /// Register puts are numbered in a client session (node/src/session.rs), so a retry is
+    /// applied at most once. Off, with retries, a put can apply twice: the checker's own test.
+    pub sessions: bool,
 }
 
 impl Default for SimConfig {
@@ -135,6 +143,8 @@ impl Default for SimConfig {
             unsafe_safe_ts_ignores_locks: false,
             placement: false,
             max_store_down_time_ms: 4000,
+            register_retries: true,
+            sessions: true,
         }
     }
 }
@@ -316,7 +326,26 @@ struct PendingRegisterOp {
     key: Vec<u8>,
     answer: RegisterAnswer,
     deadline: u64,
+    /// For a put: what to send again on a retry.
+    put: Option<RegisterPut>,
 }
+
+/// A register put, as its retries send it.
+#[derive(Clone)]
+struct RegisterPut {
+    /// The last attempt's command and store: a retry may find it delivered late, as a request
+    /// stuck in a connection to a stopped node is ([`Sim::retry_register_puts`]).
+    sent: Option<(usize, RaftCmdRequest)>,
+    value: Vec<u8>,
+    /// Its number in the clients' session (0 without sessions).
+    seq: u64,
+    /// No retry is sent from this step on; the put stays open in the history.
+    give_up_at: u64,
+}
+
+/// The wall clock of the simulated machines at step 0 (ms since the Unix epoch); a step is
+/// 20 ms, as placement time.
+const SIM_EPOCH_MS: u64 = 1_800_000_000_000;
 
 enum RegisterAnswer {
     Put(oneshot::Receiver<ringkv_node::apply::CmdResult>),
@@ -369,6 +398,13 @@ pub struct Sim {
     history: History,
     register_ops: Vec<PendingRegisterOp>,
     next_register_value: u64,
+    /// Register puts to send again: (step, invocation, key, put).
+    register_retries: Vec<(u64, Invocation, Vec<u8>, RegisterPut)>,
+    /// Numbers of register puts in the session not answered yet.
+    register_unanswered: BTreeSet<u64>,
+    /// Earlier attempts of register puts to deliver late: (step, store, command).
+    register_late: Vec<(u64, usize, RaftCmdRequest)>,
+    next_register_seq: u64,
     trace: std::collections::hash_map::DefaultHasher,
     outcome: SimOutcome,
     bank: Option<crate::sim_bank::Bank>,
@@ -377,6 +413,9 @@ pub struct Sim {
     /// Operators already counted in the outcome: (region, created_ms).
     operators_seen: BTreeSet<(u64, i64)>,
 }
+
+/// Register operations in flight per key at most.
+const REGISTER_CLIENTS_PER_KEY: usize = 6;
 
 /// Search states the linearizability check may visit per key before it gives up.
 const HISTORY_CHECK_BUDGET: u64 = 2_000_000;
@@ -467,6 +506,10 @@ impl Sim {
             history: History::default(),
             register_ops: Vec::new(),
             next_register_value: 0,
+            register_retries: Vec::new(),
+            register_unanswered: BTreeSet::new(),
+            register_late: Vec::new(),
+            next_register_seq: 0,
             trace: Default::default(),
             outcome: SimOutcome {
                 acked_writes: 0,
@@ -993,6 +1036,7 @@ impl Sim {
                                 new_peer_ids,
                             })),
                         }),
+                        ..Default::default()
                     };
                     self.reply(ticket, PdReply::Split { store: i, cmd });
                 }
@@ -1214,6 +1258,7 @@ impl Sim {
                             },
                         )),
                     }),
+                    ..Default::default()
                 };
                 let (tx, _rx) = oneshot::channel();
                 self.router(i).send_command(cmd, tx);
@@ -1383,6 +1428,21 @@ impl Sim {
         let user = format!("reg{n:03}").into_bytes();
         let encoded = keys::encode(&keys::default_keyspace(), &user);
         let put = self.rng.gen_bool(0.5);
+        // At most a few operations per key at once (each a client of its own): retried puts
+        // last long, and the history check's search grows fast with concurrency.
+        let in_flight = self
+            .register_ops
+            .iter()
+            .filter(|op| op.key == encoded)
+            .count()
+            + self
+                .register_retries
+                .iter()
+                .filter(|r| r.2 == encoded)
+                .count();
+        if in_flight >= REGISTER_CLIENTS_PER_KEY {
+            return;
+        }
         let Some(info) = self.route().region_by_key(&encoded).cloned() else {
             return;
         };
@@ -1395,27 +1455,20 @@ impl Sim {
             let value = format!("r{}", self.next_register_value).into_bytes();
             let at = self.history.invoke_put(&user, &value);
             self.note(("register_put", n, i));
-            let cmd = RaftCmdRequest {
-                region_id: info.region.id,
-                region_epoch: info.region.region_epoch,
-                requests: vec![Request {
-                    cmd: Some(Cmd::Put(PutRequest {
-                        key: encoded.clone(),
-                        value,
-                        ..Default::default()
-                    })),
-                }],
-                admin: None,
+            let seq = if self.cfg.sessions {
+                self.next_register_seq += 1;
+                self.register_unanswered.insert(self.next_register_seq);
+                self.next_register_seq
+            } else {
+                0
             };
-            let (tx, rx) = oneshot::channel();
-            self.router(i).send_command(cmd, tx);
-            self.register_ops.push(PendingRegisterOp {
-                at,
-                store: i,
-                key: encoded,
-                answer: RegisterAnswer::Put(rx),
-                deadline,
-            });
+            let put = RegisterPut {
+                sent: None,
+                value,
+                seq,
+                give_up_at: self.now + 500,
+            };
+            self.send_register_put(at, i, info.region, encoded, put);
         } else {
             // A third of the gets are follower reads, sent to any replica.
             let replica = self.rng.gen_range(0..3) == 0;
@@ -1445,26 +1498,154 @@ impl Sim {
                 key: encoded,
                 answer: RegisterAnswer::Get(rx),
                 deadline,
+                put: None,
             });
+        }
+    }
+
+    /// Sends a register put to store `i` for `region`: numbered in the clients' session when
+    /// sessions are on, stamped with the simulated wall clock as a node's service stamps it.
+    fn send_register_put(
+        &mut self,
+        at: Invocation,
+        i: usize,
+        region: Region,
+        key: Vec<u8>,
+        put: RegisterPut,
+    ) {
+        let session = (put.seq > 0).then(|| WriteSession {
+            id: ringkv_proto::tso::compose(SIM_EPOCH_MS, 1),
+            seq: put.seq,
+            lowest_unanswered: self
+                .register_unanswered
+                .first()
+                .copied()
+                .unwrap_or(put.seq)
+                .min(put.seq),
+        });
+        let cmd = RaftCmdRequest {
+            region_id: region.id,
+            region_epoch: region.region_epoch,
+            requests: vec![Request {
+                cmd: Some(Cmd::Put(PutRequest {
+                    key: key.clone(),
+                    value: put.value.clone(),
+                    ..Default::default()
+                })),
+            }],
+            session,
+            proposed_ms: SIM_EPOCH_MS + self.now * 20,
+            ..Default::default()
+        };
+        let (tx, rx) = oneshot::channel();
+        self.router(i).send_command(cmd.clone(), tx);
+        let put = RegisterPut {
+            sent: Some((i, cmd)),
+            ..put
+        };
+        self.register_ops.push(PendingRegisterOp {
+            at,
+            store: i,
+            key,
+            answer: RegisterAnswer::Put(rx),
+            // An attempt gets 3 s (the SDK's attempt timeout) when puts are retried.
+            deadline: self.now + if self.cfg.register_retries { 150 } else { 400 },
+            put: Some(put),
+        });
+    }
+
+    /// Sends the register puts whose retry is due, routed afresh (a put that finds no route or
+    /// store now waits again). With faults on, half the retries also have their previous
+    /// attempt delivered again to its store 50 to 300 steps later: a request that sat in a
+    /// connection to a stopped or cut-off node and arrived after the client had moved on.
+    fn retry_register_puts(&mut self) {
+        let now = self.now;
+        let (late, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.register_late)
+            .into_iter()
+            .partition(|(step, ..)| *step <= now);
+        self.register_late = waiting;
+        for (_, i, cmd) in late {
+            if self.stores[i].running.is_some() {
+                self.note(("register_late", i, cmd.region_id));
+                let (tx, _) = oneshot::channel();
+                self.router(i).send_command(cmd, tx);
+            }
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.register_retries)
+            .into_iter()
+            .partition(|(step, ..)| *step <= now);
+        self.register_retries = later;
+        for (_, at, key, put) in due {
+            let routed = self.route().region_by_key(&key).cloned();
+            let store = match routed {
+                Some(info) => self.pick_store(&info).map(|i| (i, info.region)),
+                None => None,
+            };
+            self.note(("register_retry", put.seq, store.as_ref().map(|(i, _)| *i)));
+            match store {
+                Some((i, region)) => self.send_register_put(at, i, region, key, put),
+                None => self.register_retries.push((now + 20, at, key, put)),
+            }
+        }
+    }
+
+    /// A register put that got no answer, or an error: sent again later while retries are on
+    /// and its time is not up; otherwise it stays open in the history (it may still apply).
+    fn register_put_unanswered(&mut self, at: Invocation, key: Vec<u8>, put: RegisterPut) {
+        if self.cfg.register_retries && self.now < put.give_up_at {
+            if let Some(sent) = put.sent.clone() {
+                if self.cfg.faults && self.rng.gen_bool(0.5) {
+                    let at_step = self.now + self.rng.gen_range(50..300);
+                    self.register_late.push((at_step, sent.0, sent.1));
+                }
+            }
+            self.register_retries.push((self.now + 20, at, key, put));
+        } else {
+            self.register_unanswered.remove(&put.seq);
         }
     }
 
     /// Completes register operations that have an answer. A get's go-ahead is followed by the
     /// read of the store's engine, as the node's service does. A put that fails or times out
-    /// stays open in the history (it may still take effect); a get that fails is forgotten.
+    /// is retried ([`SimConfig::register_retries`]) or stays open in the history (it may still
+    /// take effect), as does one its session's region refused as expired; a get that fails is
+    /// forgotten.
     fn check_register_ops(&mut self) {
+        self.retry_register_puts();
         let now = self.now;
         let mut ops = std::mem::take(&mut self.register_ops);
+        let mut unanswered = Vec::new();
         ops.retain_mut(|op| {
             let timed_out = now >= op.deadline;
             match &mut op.answer {
                 RegisterAnswer::Put(rx) => match rx.try_recv() {
-                    Ok(Ok(())) => {
+                    Ok(Ok(_)) => {
                         self.history.complete_put(op.at);
+                        if let Some(put) = &op.put {
+                            self.register_unanswered.remove(&put.seq);
+                        }
                         false
                     }
-                    Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => false,
-                    Err(oneshot::error::TryRecvError::Empty) => !timed_out,
+                    Ok(Err(e))
+                        if matches!(
+                            e.kind,
+                            Some(ringkv_proto::errorpb::region_error::Kind::SessionExpired(_))
+                        ) =>
+                    {
+                        if let Some(put) = &op.put {
+                            self.register_unanswered.remove(&put.seq);
+                        }
+                        false
+                    }
+                    Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {
+                        unanswered.extend(op.put.take().map(|p| (op.at, op.key.clone(), p)));
+                        false
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) if timed_out => {
+                        unanswered.extend(op.put.take().map(|p| (op.at, op.key.clone(), p)));
+                        false
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => true,
                 },
                 RegisterAnswer::Get(rx) => match rx.try_recv() {
                     Ok(Ok(_region)) if self.stores[op.store].running.is_none() => {
@@ -1492,6 +1673,9 @@ impl Sim {
             }
         });
         self.register_ops = ops;
+        for (at, key, put) in unanswered {
+            self.register_put_unanswered(at, key, put);
+        }
     }
 
     /// Checks the register history for linearizability (after the run: open operations may
@@ -1543,7 +1727,7 @@ impl Sim {
                     ..Default::default()
                 })),
             }],
-            admin: None,
+            ..Default::default()
         };
         let (tx, rx) = oneshot::channel();
         self.router(i).send_command(cmd, tx);
@@ -1562,7 +1746,7 @@ impl Sim {
         let mut acked = Vec::new();
         let mut errors = Vec::new();
         self.pending.retain_mut(|p| match p.rx.try_recv() {
-            Ok(Ok(())) => {
+            Ok(Ok(_)) => {
                 acked.push(p.key);
                 false
             }

@@ -17,7 +17,6 @@ use ringkv_node::resolved_ts;
 use ringkv_node::router::StoreRouter;
 use ringkv_placement::cluster::RegionInfo;
 use ringkv_placement::tso::{compose_ts, Tso, LOGICAL_BITS};
-use ringkv_proto::errorpb::RegionError;
 use ringkv_proto::keys;
 use ringkv_proto::kvrpcpb::{LockInfo, Mutation, Op};
 use ringkv_proto::metapb::Region;
@@ -111,7 +110,7 @@ pub struct BankOutcome {
 }
 
 /// The answer to a proposal, as the raftstore sends it.
-type ProposalAnswer = oneshot::Receiver<Result<(), RegionError>>;
+type ProposalAnswer = oneshot::Receiver<ringkv_node::apply::CmdResult>;
 
 /// A spawned task of the bank's executor.
 type Task = Pin<Box<dyn Future<Output = ()>>>;
@@ -527,11 +526,12 @@ async fn node_write<T: 'static>(
             .map(ringkv_txn::raft_request)
             .collect(),
         admin: None,
+        ..Default::default()
     };
     let (tx, mut rx) = oneshot::channel();
     node.router.send_command(cmd, tx);
     match within(world, NODE_WAIT_STEPS, &mut rx).await {
-        Some(Ok(Ok(()))) => Ok((value, one_pc_ts)),
+        Some(Ok(Ok(_))) => Ok((value, one_pc_ts)),
         Some(Ok(Err(_))) => Err(NodeError::Region),
         Some(Err(_)) => Err(NodeError::Unknown),
         None => {

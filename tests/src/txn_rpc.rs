@@ -81,6 +81,7 @@ where
                 region_epoch: route.region.region_epoch,
                 replica_read: false,
                 stale_read: false,
+                ..Default::default()
             };
             if let Ok(true) = f(client, context).await {
                 return;

@@ -4,8 +4,11 @@
 //! placement leader, cuts the placement leader off from the other members (the members'
 //! hook, `PlacementMember/SetMemberNetFilter`), or partitions a
 //! node from the others (through the nodes' fault-injection hook, `Debug/SetNetFilter`). The
-//! run is bounded in time. Afterwards every acknowledged unique key must be readable and the
-//! register history linearizable; a summary of operations, faults and anomalies is printed.
+//! run is bounded in time. Clients use the SDK's default configuration: every write is retried
+//! until it is answered, and the client session makes each apply at most once. Afterwards
+//! every acknowledged unique key must be readable, the register history linearizable, and a
+//! counter incremented with compare-and-swap must hold its count of swaps (no two swaps from
+//! the same value); a summary of operations, faults and anomalies is printed.
 //!
 //! The fault schedule comes from a seed (printed; `RINGKV_CHAOS_SEED` sets it), though timing
 //! makes a process run unrepeatable in detail: the simulation is where failures replay.
@@ -13,7 +16,7 @@
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use ringkv_client::{ClientError, RawClient, RawConfig};
+use ringkv_client::{ClientError, RawClient};
 use ringkv_tests::debug;
 use ringkv_tests::linearizability::History;
 use ringkv_tests::process::ProcessCluster;
@@ -25,7 +28,10 @@ use std::time::{Duration, Instant};
 /// How long the nemesis runs.
 const CHAOS: Duration = Duration::from_secs(40);
 const CLIENTS: usize = 6;
+/// Clients that increment the counter with compare-and-swap.
+const CAS_CLIENTS: usize = 3;
 const REGISTER_KEYS: u64 = 5;
+const COUNTER: &[u8] = b"cas-counter";
 
 const NODE_TOML: &str = r#"
 store_heartbeat_ms = 500
@@ -60,6 +66,9 @@ struct Ops {
     register_gets_failed: AtomicU64,
     unique_puts_acked: AtomicU64,
     unique_puts_failed: AtomicU64,
+    cas_swapped: AtomicU64,
+    cas_mismatched: AtomicU64,
+    cas_unknown: AtomicU64,
 }
 
 #[test]
@@ -72,18 +81,9 @@ fn chaos_keeps_histories_linearizable_and_acknowledged_writes_durable() {
     let mut cluster =
         ProcessCluster::start_with_placement_members(3, 3, NODE_TOML, "fault_injection = true\n");
     let (rt, checking_client) = cluster.client();
-    // The workload's client gives up on a write that may have been applied rather than retry
-    // it, so a put takes effect at most once and the history stays checkable.
+    // The defaults: writes are retried until answered, at most once each.
     let client = rt
-        .block_on(RawClient::connect_with_config(
-            &cluster.pd_endpoints,
-            RawConfig {
-                timeout: Duration::from_secs(5),
-                attempt_timeout: Duration::from_secs(1),
-                retry_ambiguous_writes: false,
-                ..RawConfig::default()
-            },
-        ))
+        .block_on(RawClient::connect(&cluster.pd_endpoints))
         .expect("client connects");
     let store_ids: Vec<u64> = (0..3)
         .map(|i| {
@@ -157,10 +157,56 @@ fn chaos_keeps_histories_linearizable_and_acknowledged_writes_durable() {
             })
         })
         .collect();
+    // Each swap's old value, by client: no value may be swapped from twice.
+    let swapped_from = Arc::new(Mutex::new(Vec::new()));
+    let cas_workers: Vec<_> = (0..CAS_CLIENTS)
+        .map(|_| {
+            let (client, ops, stop, swapped_from) = (
+                client.clone(),
+                ops.clone(),
+                stop.clone(),
+                swapped_from.clone(),
+            );
+            rt.spawn(async move {
+                let mut seen: Option<u64> = None;
+                while !stop.load(Ordering::SeqCst) {
+                    let next = seen.map_or(1, |n| n + 1).to_string().into_bytes();
+                    let expected = seen.map(|n| n.to_string().into_bytes());
+                    match client.compare_and_swap(COUNTER, expected, Some(next)).await {
+                        Ok(outcome) if outcome.swapped => {
+                            swapped_from.lock().push(seen.unwrap_or(0));
+                            ops.cas_swapped.fetch_add(1, Ordering::SeqCst);
+                            seen = Some(seen.map_or(1, |n| n + 1));
+                        }
+                        Ok(outcome) => {
+                            ops.cas_mismatched.fetch_add(1, Ordering::SeqCst);
+                            seen = outcome.current.map(|v| {
+                                String::from_utf8(v)
+                                    .ok()
+                                    .and_then(|v| v.parse().ok())
+                                    .expect("the counter holds a number")
+                            });
+                        }
+                        Err(e) => {
+                            assert!(
+                                !matches!(e, ClientError::InvalidArgument(_)),
+                                "the workload sent a bad request: {e}"
+                            );
+                            // It may or may not have swapped: read the counter again.
+                            ops.cas_unknown.fetch_add(1, Ordering::SeqCst);
+                            seen = client.get(COUNTER).await.ok().and_then(|v| {
+                                v.map(|v| String::from_utf8_lossy(&v).parse().unwrap_or(0))
+                            });
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
 
     let faults = run_nemesis(&mut cluster, &rt, &store_ids, seed);
     stop.store(true, Ordering::SeqCst);
-    for w in workers {
+    for w in workers.into_iter().chain(cas_workers) {
         rt.block_on(w).expect("client task");
     }
 
@@ -174,6 +220,22 @@ fn chaos_keeps_histories_linearizable_and_acknowledged_writes_durable() {
             Err(e) => panic!("cannot read back {}: {e}", String::from_utf8_lossy(key)),
         }
     }
+    // The counter holds exactly the swaps made, give or take the ones whose outcome the
+    // clients never learnt; and no two swaps started from the same value.
+    let counter: u64 = rt
+        .block_on(checking_client.get(COUNTER.to_vec()))
+        .expect("the counter reads")
+        .map(|v| String::from_utf8_lossy(&v).parse().expect("a number"))
+        .unwrap_or(0);
+    let swaps = ops.cas_swapped.load(Ordering::SeqCst);
+    let unknown = ops.cas_unknown.load(Ordering::SeqCst);
+    let mut from = swapped_from.lock().clone();
+    from.sort_unstable();
+    let twice: Vec<u64> = from
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
     let history = history.lock();
     let check = history.check(5_000_000);
     let anomalies = usize::from(check.is_err());
@@ -208,6 +270,10 @@ fn chaos_keeps_histories_linearizable_and_acknowledged_writes_durable() {
         ),
         ("pauses", u64::from(faults.pauses)),
         ("partitions", u64::from(faults.partitions)),
+        ("cas swapped", swaps),
+        ("cas mismatched", ops.cas_mismatched.load(Ordering::SeqCst)),
+        ("cas unknown", unknown),
+        ("counter", counter),
         ("lost acknowledged writes", lost.len() as u64),
         ("anomalies", anomalies as u64),
     ]
@@ -221,6 +287,15 @@ fn chaos_keeps_histories_linearizable_and_acknowledged_writes_durable() {
     if let Err(violation) = check {
         panic!("seed {seed}: {violation}");
     }
+    assert!(
+        twice.is_empty(),
+        "two compare-and-swaps succeeded from the same value: {twice:?} (seed {seed})"
+    );
+    assert!(
+        swaps <= counter && counter <= swaps + unknown,
+        "the counter holds {counter} after {swaps} swaps and {unknown} of unknown outcome (seed {seed})"
+    );
+    assert!(swaps > 10, "too few swaps to check anything: {summary:?}");
     assert!(
         ops.register_gets_ok.load(Ordering::SeqCst) > 100
             && ops.register_puts_acked.load(Ordering::SeqCst) > 100,

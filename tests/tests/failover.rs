@@ -59,8 +59,7 @@ fn partitioned_leader_is_replaced_and_stops_serving() {
             context: Some(ringkv_proto::kvrpcpb::Context {
                 region_id: route.region.id,
                 region_epoch: route.region.region_epoch,
-                replica_read: false,
-                stale_read: false,
+                ..Default::default()
             }),
             key: ringkv_proto::keys::encode(&ringkv_proto::keys::default_keyspace(), b"during0001"),
         };

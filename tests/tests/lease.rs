@@ -33,6 +33,7 @@ fn a_leader_stopped_past_its_lease_serves_no_stale_read_when_it_resumes() {
         region_epoch: route.region.region_epoch,
         replica_read: false,
         stale_read: false,
+        ..Default::default()
     };
 
     cluster.pause_node(old_leader);

@@ -39,6 +39,7 @@ fn change(
                             region_epoch: route.region.region_epoch,
                             replica_read: false,
                             stale_read: false,
+                            ..Default::default()
                         }),
                         kind: kind as i32,
                         peer: Some(peer),

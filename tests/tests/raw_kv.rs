@@ -184,6 +184,7 @@ fn node_rejects_bad_requests_with_clear_status() {
             region_epoch: route.region.region_epoch,
             replica_read: false,
             stale_read: false,
+            ..Default::default()
         });
         let mut kv = ringkv_tests::debug::kv_client(&c.node_addr(leader)).await;
         let ks = Some(default_keyspace());
@@ -332,6 +333,7 @@ fn node_rejects_bad_requests_with_clear_status() {
             region_epoch: route.region.region_epoch,
             replica_read: false,
             stale_read: false,
+            ..Default::default()
         });
         let r = kv
             .raw_put(RawPutRequest {
@@ -359,6 +361,7 @@ fn node_rejects_bad_requests_with_clear_status() {
             }),
             replica_read: false,
             stale_read: false,
+            ..Default::default()
         });
         let r = kv
             .raw_get(RawGetRequest {

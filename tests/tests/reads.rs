@@ -25,6 +25,7 @@ fn followers_serve_replica_reads_that_see_every_acknowledged_write() {
                 region_epoch: route.region.region_epoch,
                 replica_read,
                 stale_read: false,
+                ..Default::default()
             }),
             key: encoded.clone(),
         };
@@ -106,6 +107,7 @@ fn a_leader_handing_over_serves_no_lease_read_once_the_transfer_starts() {
         region_epoch: route.region.region_epoch,
         replica_read: false,
         stale_read: false,
+        ..Default::default()
     };
     let read_at_old = || {
         c.rt.block_on(async {

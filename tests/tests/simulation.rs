@@ -328,6 +328,24 @@ fn the_checker_catches_reads_served_on_an_expired_lease() {
     );
 }
 
+/// The exactly-once check's own test: without client sessions, register puts that are sent
+/// again after no answer (as the SDK does) are applied twice now and then (one after another
+/// client's put), and the history check sees the old value come back.
+#[test]
+fn the_checker_catches_retried_writes_applied_twice_without_sessions() {
+    let cfg = SimConfig {
+        sessions: false,
+        // Fewer keys, so a put applied twice more often lands after another client's put.
+        register_keys: 2,
+        ..raw_workload()
+    };
+    let caught = first_seed_caught(&cfg, RAW_SEEDS..RAW_SEEDS + 30, "not linearizable");
+    assert!(
+        caught.is_some(),
+        "writes applied twice went unnoticed in thirty seeds"
+    );
+}
+
 /// The first of `seeds` whose run fails with a message containing `caught_by` (the check
 /// under test); a failure of any other kind fails the test.
 fn first_seed_caught(cfg: &SimConfig, seeds: std::ops::Range<u64>, caught_by: &str) -> Option<u64> {

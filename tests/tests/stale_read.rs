@@ -179,6 +179,7 @@ fn a_transaction_in_flight_holds_the_safe_timestamp_below_its_start_and_readers_
                     region_epoch: region.region.region_epoch,
                     replica_read: false,
                     stale_read: true,
+                    ..Default::default()
                 }),
                 key: encoded(b"k"),
                 version: now,

@@ -294,6 +294,7 @@ fn a_reader_pushes_a_live_transaction_instead_of_waiting_for_it() {
                     region_epoch: route.region.region_epoch,
                     replica_read: false,
                     stale_read: false,
+                    ..Default::default()
                 }),
                 start_version: start,
                 keys: vec![encoded(b"k")],
@@ -370,6 +371,7 @@ fn gc_drops_versions_below_the_safe_point_and_reads_above_it_are_unaffected() {
                     region_epoch: route.region.region_epoch,
                     replica_read: false,
                     stale_read: false,
+                    ..Default::default()
                 }),
                 ..raw
             })

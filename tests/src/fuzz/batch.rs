@@ -465,6 +465,7 @@ pub fn batch(g: &mut Gen, per_kind: usize) -> Vec<Call> {
                         region_epoch: g.epoch(),
                         requests: vec![],
                         admin: Some(admin),
+                        ..Default::default()
                     })
                 },
             }

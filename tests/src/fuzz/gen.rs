@@ -361,6 +361,7 @@ impl Gen {
             region_epoch,
             replica_read: self.chance(30),
             stale_read: self.chance(30),
+            ..Default::default()
         })
     }
 
