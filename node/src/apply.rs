@@ -1287,4 +1287,484 @@ mod tests {
             crate::merge::MergeStep::Retry
         );
     }
+
+    /// Session tests: a session that began at `start_ms` (minutes in these tests) writes.
+    const MIN: u64 = 60_000;
+
+    fn session_of(start_ms: u64, seq: u64) -> ringkv_proto::kvrpcpb::WriteSession {
+        ringkv_proto::kvrpcpb::WriteSession {
+            id: ringkv_proto::tso::compose(start_ms, 1),
+            seq,
+            lowest_unanswered: 1,
+        }
+    }
+
+    fn enc(user: &[u8]) -> Vec<u8> {
+        keys::encode(&keys::default_keyspace(), user)
+    }
+
+    fn put_value(user: &[u8], value: &[u8]) -> Request {
+        Request {
+            cmd: Some(Cmd::Put(PutRequest {
+                key: enc(user),
+                value: value.to_vec(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn cas(user: &[u8], expected: Option<&[u8]>, new: &[u8]) -> Request {
+        Request {
+            cmd: Some(Cmd::CompareAndSwap(CompareAndSwapRequest {
+                key: enc(user),
+                expect_exists: expected.is_some(),
+                expected_value: expected.unwrap_or_default().to_vec(),
+                value: new.to_vec(),
+                delete: false,
+            })),
+        }
+    }
+
+    /// Applies `requests` to `region` as one command, of `session` if any, proposed at `ms`.
+    fn run_in(
+        kv: &MemKv,
+        region: &Region,
+        table: &mut SessionTable,
+        requests: Vec<Request>,
+        session: Option<ringkv_proto::kvrpcpb::WriteSession>,
+        ms: u64,
+    ) -> CmdResult {
+        let cmd = RaftCmdRequest {
+            region_id: region.id,
+            region_epoch: region.region_epoch,
+            requests,
+            session,
+            proposed_ms: ms,
+            ..Default::default()
+        };
+        let view = RegionView {
+            region,
+            merge_state: None,
+            merged_sources: &[],
+        };
+        let mut batch = KvWriteBatch::default();
+        let applied = exec_command(view, 10, &cmd, kv, table, &mut batch).unwrap();
+        let mut state = ApplyState::default();
+        table.save_into(&mut state);
+        layout::write_apply_state(&mut batch, region.id, &state);
+        kv.write(batch).unwrap();
+        applied.result
+    }
+
+    fn raw_value(kv: &MemKv, user: &[u8]) -> Option<Vec<u8>> {
+        kv.get(&layout::data_key(&enc(user))).unwrap()
+    }
+
+    /// The table a region's delegate starts with after a restart: only what is stored.
+    fn reloaded(kv: &MemKv, region_id: u64) -> SessionTable {
+        let state = layout::read_apply_state(kv, region_id)
+            .unwrap()
+            .unwrap_or_default();
+        SessionTable::new(region_id, &state)
+    }
+
+    #[test]
+    fn a_retried_write_of_a_session_is_applied_once_even_after_another_clients_write() {
+        let kv = MemKv::new();
+        let region = whole_region();
+        let mut table = sessions(&region);
+        let first = Some(session_of(100 * MIN, 1));
+        let put = || vec![put_value(b"k", b"first")];
+        assert_eq!(
+            run_in(&kv, &region, &mut table, put(), first, 100 * MIN),
+            Ok(CmdOutput::Done)
+        );
+        assert!(run_in(
+            &kv,
+            &region,
+            &mut table,
+            vec![put_value(b"k", b"other")],
+            None,
+            0
+        )
+        .is_ok());
+        // The first put arrives again (a retry, or the original late): answered, not applied.
+        assert_eq!(
+            run_in(&kv, &region, &mut table, put(), first, 100 * MIN + 1),
+            Ok(CmdOutput::Done)
+        );
+        assert_eq!(raw_value(&kv, b"k"), Some(b"other".to_vec()));
+        // The same after a restart, from what is stored.
+        let mut table = reloaded(&kv, region.id);
+        assert_eq!(
+            run_in(&kv, &region, &mut table, put(), first, 100 * MIN + 2),
+            Ok(CmdOutput::Done)
+        );
+        assert_eq!(raw_value(&kv, b"k"), Some(b"other".to_vec()));
+        // Without a session, the same put applies again.
+        assert!(run_in(&kv, &region, &mut table, put(), None, 0).is_ok());
+        assert_eq!(raw_value(&kv, b"k"), Some(b"first".to_vec()));
+    }
+
+    #[test]
+    fn a_split_copies_sessions_to_both_sides_and_a_merge_keeps_what_either_applied() {
+        let kv = MemKv::new();
+        let whole = whole_region();
+        let mut table = sessions(&whole);
+        let t = 100 * MIN;
+        // Session write 1 puts a and z (one region then).
+        let one = Some(session_of(t, 1));
+        let write_one = || vec![put_value(b"a", b"one"), put_value(b"z", b"one")];
+        assert!(run_in(&kv, &whole, &mut table, write_one(), one, t).is_ok());
+        // Split between them.
+        let split_key = enc(b"a").max(enc(b"z"));
+        let split = admin_cmd(
+            &whole,
+            admin_request::Cmd::Split(SplitRequest {
+                split_key: split_key.clone(),
+                new_region_id: 2,
+                new_peer_ids: vec![],
+            }),
+        );
+        let mut batch = KvWriteBatch::default();
+        let view = RegionView {
+            region: &whole,
+            merge_state: None,
+            merged_sources: &[],
+        };
+        let Some(AdminResult::Split { left, right }) =
+            exec_command(view, 11, &split, &kv, &mut table, &mut batch)
+                .unwrap()
+                .admin
+        else {
+            panic!("the split applies");
+        };
+        kv.write(batch).unwrap();
+        // Others overwrite both keys; the retry of write 1 reaches each side: skipped on both.
+        let mut right_table = reloaded(&kv, right.id);
+        assert_eq!(
+            right_table.clock_ms(),
+            t,
+            "the new region inherits the session clock"
+        );
+        for (region, table) in [(&left, &mut table), (&right, &mut right_table)] {
+            let others = vec![put_value(b"a", b"other"), put_value(b"z", b"other")];
+            let mine: Vec<Request> = others
+                .into_iter()
+                .filter(|r| match &r.cmd {
+                    Some(Cmd::Put(p)) => in_range(&p.key, &region.start_key, &region.end_key),
+                    _ => false,
+                })
+                .collect();
+            let retry: Vec<Request> = write_one()
+                .into_iter()
+                .filter(|r| match &r.cmd {
+                    Some(Cmd::Put(p)) => in_range(&p.key, &region.start_key, &region.end_key),
+                    _ => false,
+                })
+                .collect();
+            assert_eq!(mine.len(), 1);
+            assert!(run_in(&kv, region, table, mine, None, 0).is_ok());
+            assert!(run_in(&kv, region, table, retry, one, t + 1).is_ok());
+        }
+        assert_eq!(raw_value(&kv, b"a"), Some(b"other".to_vec()));
+        assert_eq!(raw_value(&kv, b"z"), Some(b"other".to_vec()));
+
+        // Write 2 is applied on the left only (c, on whichever side: sent where it belongs);
+        // the right never got its part. The right merges into the left.
+        let two = Some(session_of(t, 2));
+        let side_of = |user: &[u8]| in_range(&enc(user), &left.start_key, &left.end_key);
+        let (on_left, on_right): (Vec<&[u8]>, Vec<&[u8]>) =
+            [b"c".as_slice(), b"x", b"q", b"g", b"r"]
+                .into_iter()
+                .partition(|u| side_of(u));
+        assert!(
+            !on_left.is_empty() && !on_right.is_empty(),
+            "keys on both sides"
+        );
+        let left_part: Vec<Request> = on_left.iter().map(|u| put_value(u, b"two")).collect();
+        assert!(run_in(&kv, &left, &mut table, left_part, two, t + 2).is_ok());
+        for u in &on_left {
+            assert!(run_in(
+                &kv,
+                &left,
+                &mut table,
+                vec![put_value(u, b"later")],
+                None,
+                0
+            )
+            .is_ok());
+        }
+        let right_state = layout::read_apply_state(&kv, right.id).unwrap().unwrap();
+        let mut batch = KvWriteBatch::default();
+        table
+            .absorb(&kv, right.id, &right_state, &mut batch)
+            .unwrap();
+        kv.write(batch).unwrap();
+        assert!(
+            session::read_all(&kv, right.id).unwrap().is_empty(),
+            "the source's records go"
+        );
+        // The retry of all of write 2 at the merged region: the left's keys are skipped (they
+        // were applied, then overwritten), the right's are applied.
+        let all: Vec<Request> = on_left
+            .iter()
+            .chain(on_right.iter())
+            .map(|u| put_value(u, b"two"))
+            .collect();
+        assert!(run_in(&kv, &whole, &mut table, all, two, t + 3).is_ok());
+        for u in &on_left {
+            assert_eq!(raw_value(&kv, u), Some(b"later".to_vec()));
+        }
+        for u in &on_right {
+            assert_eq!(raw_value(&kv, u), Some(b"two".to_vec()));
+        }
+    }
+
+    #[test]
+    fn a_session_the_region_forgot_is_refused_not_applied_as_new() {
+        let kv = MemKv::new();
+        let region = whole_region();
+        let mut table = sessions(&region);
+        let t = 100 * MIN;
+        let old = Some(session_of(t, 1));
+        assert!(run_in(
+            &kv,
+            &region,
+            &mut table,
+            vec![put_value(b"k", b"old")],
+            old,
+            t
+        )
+        .is_ok());
+        assert!(run_in(
+            &kv,
+            &region,
+            &mut table,
+            vec![put_value(b"k", b"other")],
+            None,
+            0
+        )
+        .is_ok());
+        // Much later (by the log's clock) another session writes: the old one is forgotten.
+        let late = t + session::SESSION_IDLE_MS + MIN;
+        let newer = Some(session_of(late, 1));
+        assert!(run_in(
+            &kv,
+            &region,
+            &mut table,
+            vec![put_value(b"n", b"v")],
+            newer,
+            late
+        )
+        .is_ok());
+        assert!(
+            session::read_all(&kv, region.id).unwrap().len() == 1,
+            "swept"
+        );
+        let refused = run_in(
+            &kv,
+            &region,
+            &mut table,
+            vec![put_value(b"k", b"old")],
+            old,
+            late,
+        );
+        assert!(
+            matches!(
+                refused.as_ref().unwrap_err().kind,
+                Some(ringkv_proto::errorpb::region_error::Kind::SessionExpired(_))
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(raw_value(&kv, b"k"), Some(b"other".to_vec()));
+        // Its next number too: the session began before the horizon.
+        let next = Some(session_of(t, 2));
+        assert!(run_in(
+            &kv,
+            &region,
+            &mut table,
+            vec![put_value(b"k", b"old")],
+            next,
+            late
+        )
+        .is_err());
+        // A session that began after the horizon is new here.
+        let fresh = Some(session_of(t + 1, 1));
+        assert!(run_in(
+            &kv,
+            &region,
+            &mut table,
+            vec![put_value(b"f", b"v")],
+            fresh,
+            late
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn a_compare_and_swap_compares_at_apply_and_a_retry_of_a_swap_does_not_compare_again() {
+        let kv = MemKv::new();
+        let region = whole_region();
+        let mut table = sessions(&region);
+        let t = 100 * MIN;
+        let s = |seq| Some(session_of(t, seq));
+        // Put-if-absent, twice: the second finds the first's value.
+        assert_eq!(
+            run_in(
+                &kv,
+                &region,
+                &mut table,
+                vec![cas(b"k", None, b"1")],
+                s(1),
+                t
+            ),
+            Ok(CmdOutput::Done)
+        );
+        assert_eq!(
+            run_in(
+                &kv,
+                &region,
+                &mut table,
+                vec![cas(b"k", None, b"x")],
+                s(2),
+                t
+            ),
+            Ok(CmdOutput::CasMismatch {
+                current: Some(b"1".to_vec())
+            })
+        );
+        // A mismatch records nothing: its retry compares again, and now swaps.
+        assert!(run_in(
+            &kv,
+            &region,
+            &mut table,
+            vec![put_value(b"k", b"0")],
+            None,
+            0
+        )
+        .is_ok());
+        assert_eq!(
+            run_in(
+                &kv,
+                &region,
+                &mut table,
+                vec![cas(b"k", Some(b"0"), b"2")],
+                s(3),
+                t
+            ),
+            Ok(CmdOutput::Done)
+        );
+        // Others move the value on; the swap's retry answers "swapped" and changes nothing.
+        assert!(run_in(
+            &kv,
+            &region,
+            &mut table,
+            vec![put_value(b"k", b"3")],
+            None,
+            0
+        )
+        .is_ok());
+        assert_eq!(
+            run_in(
+                &kv,
+                &region,
+                &mut table,
+                vec![cas(b"k", Some(b"0"), b"2")],
+                s(3),
+                t + 1
+            ),
+            Ok(CmdOutput::Done)
+        );
+        assert_eq!(raw_value(&kv, b"k"), Some(b"3".to_vec()));
+        // Delete-if-equal.
+        let delete = Request {
+            cmd: Some(Cmd::CompareAndSwap(CompareAndSwapRequest {
+                key: enc(b"k"),
+                expect_exists: true,
+                expected_value: b"3".to_vec(),
+                delete: true,
+                ..Default::default()
+            })),
+        };
+        assert_eq!(
+            run_in(&kv, &region, &mut table, vec![delete], s(4), t),
+            Ok(CmdOutput::Done)
+        );
+        assert_eq!(raw_value(&kv, b"k"), None);
+        // A CAS with other writes in its command is refused.
+        let mixed = vec![cas(b"k", None, b"1"), put_value(b"j", b"v")];
+        assert!(run_in(&kv, &region, &mut table, mixed, None, 0).is_err());
+    }
+
+    #[test]
+    fn a_retried_range_delete_after_a_merge_deletes_only_the_part_not_deleted_before() {
+        let kv = MemKv::new();
+        let whole = whole_region();
+        let users: Vec<Vec<u8>> = (0..40).map(|i| format!("u{i:02}").into_bytes()).collect();
+        let mut encoded: Vec<Vec<u8>> = users.iter().map(|u| enc(u)).collect();
+        encoded.sort();
+        let mid = encoded[20].clone();
+        let left = Region {
+            end_key: mid.clone(),
+            ..whole.clone()
+        };
+        let right = Region {
+            id: 2,
+            start_key: mid,
+            ..whole.clone()
+        };
+        let mut left_table = sessions(&left);
+        let mut right_table = sessions(&right);
+        let puts = |value: &[u8]| {
+            users
+                .iter()
+                .map(|u| put_value(u, value))
+                .collect::<Vec<_>>()
+        };
+        assert!(run_in(&kv, &whole, &mut sessions(&whole), puts(b"old"), None, 0).is_ok());
+        // Delete-range write 1 of the whole user range reaches the right only.
+        let t = 100 * MIN;
+        let one = Some(session_of(t, 1));
+        assert!(run_in(
+            &kv,
+            &right,
+            &mut right_table,
+            vec![delete_range(b"", b"")],
+            one,
+            t
+        )
+        .is_ok());
+        // Then the right's keys are written again by others.
+        let right_users: Vec<&Vec<u8>> = users
+            .iter()
+            .filter(|u| in_range(&enc(u), &right.start_key, &right.end_key))
+            .collect();
+        let again: Vec<Request> = right_users.iter().map(|u| put_value(u, b"new")).collect();
+        assert!(run_in(&kv, &right, &mut right_table, again, None, 0).is_ok());
+        // Merged, the retry deletes the left's part only.
+        let state = layout::read_apply_state(&kv, 2).unwrap().unwrap();
+        let mut batch = KvWriteBatch::default();
+        left_table.absorb(&kv, 2, &state, &mut batch).unwrap();
+        kv.write(batch).unwrap();
+        assert!(run_in(
+            &kv,
+            &whole,
+            &mut left_table,
+            vec![delete_range(b"", b"")],
+            one,
+            t
+        )
+        .is_ok());
+        let mut left_now: Vec<Vec<u8>> = kv
+            .dump()
+            .keys()
+            .filter(|k| k[0] == layout::DATA_PREFIX)
+            .map(|k| keys::user_key_unchecked(origin_key(k)).unwrap().to_vec())
+            .collect();
+        left_now.sort();
+        let mut want: Vec<Vec<u8>> = right_users.into_iter().cloned().collect();
+        want.sort();
+        assert_eq!(left_now, want);
+    }
 }

@@ -181,8 +181,16 @@ impl KvService {
         let mut cmd = command(&context, requests);
         if let Some(session) = context.session {
             rule(crate::session::check_session(&session))?;
+            let now = wall_clock_ms();
+            let start = crate::session::session_start_ms(session.id);
+            if start > now.saturating_add(SESSION_AHEAD_MS) {
+                return Err(invalid(format!(
+                    "session.id {} began at {start} ms, more than {SESSION_AHEAD_MS} ms ahead of this node's clock ({now} ms); a session id is a TSO timestamp",
+                    session.id
+                )));
+            }
             cmd.session = Some(session);
-            cmd.proposed_ms = wall_clock_ms();
+            cmd.proposed_ms = now;
         }
         self.propose_cmd(cmd, ()).await
     }

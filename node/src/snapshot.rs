@@ -785,4 +785,69 @@ mod tests {
             .collect();
         assert_eq!(left, vec!["applying-3".to_string()]);
     }
+
+    #[test]
+    fn a_snapshot_carries_the_regions_session_records_and_clock_and_replaces_the_old_ones() {
+        use ringkv_proto::raftpb::SessionRecord;
+        let kv = MemKv::new();
+        put_users(&kv, &[b"k1".to_vec()], b"v");
+        let mut batch = KvWriteBatch::default();
+        let record = SessionRecord {
+            last_ms: 77,
+            lowest_unanswered: 3,
+            ..Default::default()
+        };
+        batch.put(layout::session_key(5, 42), record.encode_to_vec());
+        // Another region's session is not part of region 5's snapshot.
+        batch.put(layout::session_key(6, 43), record.encode_to_vec());
+        layout::write_apply_state(
+            &mut batch,
+            5,
+            &ApplyState {
+                applied_index: 40,
+                session_clock_ms: 900,
+                session_horizon_ms: 300,
+                ..Default::default()
+            },
+        );
+        kv.write(batch).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let send_dir = SnapshotDir::open(&tmp.path().join("send")).unwrap();
+        let task = GenerateTask {
+            region: region(5, b"k", b"l"),
+            index: 40,
+            term: 3,
+            merge_state: None,
+            merged_sources: vec![],
+        };
+        let snap = generate(&kv, &send_dir, &task).unwrap();
+        let head = header(&snap).unwrap();
+        assert_eq!((head.session_clock_ms, head.session_horizon_ms), (900, 300));
+        assert_eq!(head.kv_count, 2, "one session record, one key");
+        let recv_dir = SnapshotDir::open(&tmp.path().join("recv")).unwrap();
+        receive(&recv_dir, &send_dir.generated(5, 3, 40), &snap, 1 << 20).unwrap();
+
+        // The receiver remembers a session the snapshot does not: it goes.
+        let target = MemKv::new();
+        let mut batch = KvWriteBatch::default();
+        batch.put(layout::session_key(5, 1), record.encode_to_vec());
+        target.write(batch).unwrap();
+        let mut batch = KvWriteBatch::default();
+        begin_install(&recv_dir, &snap, &head, &mut batch).unwrap();
+        target.write(batch).unwrap();
+        let state = layout::read_region_state(&target, 5).unwrap().unwrap();
+        install(&target, &recv_dir, &state).unwrap();
+        let ids: Vec<u64> = crate::session::read_all(&target, 5)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(ids, vec![42]);
+        assert!(crate::session::read_all(&target, 6).unwrap().is_empty());
+        let applied = layout::read_apply_state(&target, 5).unwrap().unwrap();
+        assert_eq!(
+            (applied.session_clock_ms, applied.session_horizon_ms),
+            (900, 300)
+        );
+    }
 }

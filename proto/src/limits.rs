@@ -32,6 +32,10 @@ pub const SESSION_ROTATE_MS: u64 = SESSION_IDLE_MS / 2;
 /// How far a write's number may run ahead of the lowest number its client still waits for: the
 /// bound on the writes a region remembers per session.
 pub const SESSION_WINDOW: u64 = 1024;
+/// How far a session's start (its id's physical time) may be ahead of the receiving node's
+/// clock: a region remembers a session at least until its start, so a session "from the future"
+/// would hold back its region's expiry horizon.
+pub const SESSION_AHEAD_MS: u64 = 60 * 1000;
 /// gRPC messages up to this size are accepted; it leaves room for a full batch plus framing.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = BATCH_BYTES_MAX + 16 * 1024 * 1024;
 

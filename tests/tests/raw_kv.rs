@@ -179,13 +179,14 @@ fn node_rejects_bad_requests_with_clear_status() {
             .get_region(&keys::encode(&default_keyspace(), b"x"))
             .await
             .unwrap();
-        let ctx = Some(Context {
+        let plain_ctx = Context {
             region_id: route.region.id,
             region_epoch: route.region.region_epoch,
             replica_read: false,
             stale_read: false,
             ..Default::default()
-        });
+        };
+        let ctx = Some(plain_ctx);
         let mut kv = ringkv_tests::debug::kv_client(&c.node_addr(leader)).await;
         let ks = Some(default_keyspace());
         let enc = |k: &[u8]| keys::encode(&default_keyspace(), k);
@@ -259,6 +260,63 @@ fn node_rejects_bad_requests_with_clear_status() {
             ),
             "malformed key",
         );
+        // Write sessions: numbered from 1, within the window, an id no later than the clock.
+        let now_ts = ringkv_proto::tso::from_physical_ms(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+        );
+        for (session, needle) in [
+            ((0, 1, 1), "session.id"),
+            ((now_ts, 0, 0), "session.seq"),
+            ((now_ts, 5, 6), "lowest_unanswered"),
+            ((now_ts, 5000, 1), "ahead of session.lowest_unanswered"),
+            (
+                (
+                    now_ts + ringkv_proto::tso::from_physical_ms(3_600_000),
+                    1,
+                    1,
+                ),
+                "ahead of this node's clock",
+            ),
+        ] {
+            let mut with_session = plain_ctx;
+            with_session.session = Some(WriteSession {
+                id: session.0,
+                seq: session.1,
+                lowest_unanswered: session.2,
+            });
+            status(
+                unit(
+                    kv.raw_put(RawPutRequest {
+                        context: Some(with_session),
+                        key: enc(b"k"),
+                        value: vec![],
+                    })
+                    .await,
+                ),
+                needle,
+            );
+        }
+        let cas = |expect_exists, expected: &[u8], value: &[u8], delete| RawCompareAndSwapRequest {
+            context: ctx,
+            key: enc(b"k"),
+            expect_exists,
+            expected_value: expected.to_vec(),
+            value: value.to_vec(),
+            delete,
+        };
+        let s = kv
+            .raw_compare_and_swap(cas(false, b"x", b"v", false))
+            .await
+            .expect_err("expected value without expect_exists");
+        assert!(s.message().contains("expect_exists is false"), "{s:?}");
+        let s = kv
+            .raw_compare_and_swap(cas(true, b"x", b"v", true))
+            .await
+            .expect_err("a value to delete");
+        assert!(s.message().contains("delete is true"), "{s:?}");
         let mut bad_hash = enc(b"k");
         bad_hash[6] ^= 0xff;
         status(
@@ -398,4 +456,84 @@ fn node_rejects_bad_requests_with_clear_status() {
     });
     // The node is still healthy after all of that.
     c.rt.block_on(async { client.put(b"after".to_vec(), b"ok".to_vec()).await.unwrap() });
+}
+
+/// Compare-and-swap through the SDK: put-if-absent, a swap, a mismatch that names what the key
+/// holds, delete-if-equal; and concurrent increments of one counter that lose nothing and never
+/// swap twice from one value.
+#[test]
+fn compare_and_swap_put_if_absent_and_delete_if_equal() {
+    let c = cluster();
+    let client = c.client();
+    c.rt.block_on(async {
+        let first = client.put_if_absent(b"cas", b"1".to_vec()).await.unwrap();
+        assert!(first.swapped);
+        let again = client.put_if_absent(b"cas", b"x".to_vec()).await.unwrap();
+        assert_eq!((again.swapped, again.current), (false, Some(b"1".to_vec())));
+        let swap = client
+            .compare_and_swap(b"cas".to_vec(), Some(b"1".to_vec()), Some(b"2".to_vec()))
+            .await
+            .unwrap();
+        assert!(swap.swapped && swap.current.is_none());
+        let stale = client
+            .compare_and_swap(b"cas".to_vec(), Some(b"1".to_vec()), Some(b"3".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!((stale.swapped, stale.current), (false, Some(b"2".to_vec())));
+        let wrong = client.delete_if_equal(b"cas", b"1".to_vec()).await.unwrap();
+        assert!(!wrong.swapped);
+        let gone = client.delete_if_equal(b"cas", b"2".to_vec()).await.unwrap();
+        assert!(gone.swapped);
+        assert_eq!(client.get(b"cas".to_vec()).await.unwrap(), None);
+        let absent = client
+            .compare_and_swap(b"cas".to_vec(), Some(b"2".to_vec()), None)
+            .await
+            .unwrap();
+        assert_eq!((absent.swapped, absent.current), (false, None));
+
+        // Eight clients, 25 increments each, by read-compare-swap.
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let mut from = Vec::new();
+                    let mut seen: Option<u64> = None;
+                    while from.len() < 25 {
+                        let next = seen.map_or(1, |n| n + 1);
+                        let outcome = client
+                            .compare_and_swap(
+                                b"counter".to_vec(),
+                                seen.map(|n| n.to_string().into_bytes()),
+                                Some(next.to_string().into_bytes()),
+                            )
+                            .await
+                            .unwrap();
+                        if outcome.swapped {
+                            from.push(seen.unwrap_or(0));
+                            seen = Some(next);
+                        } else {
+                            seen = outcome
+                                .current
+                                .map(|v| String::from_utf8(v).unwrap().parse().unwrap());
+                        }
+                    }
+                    from
+                })
+            })
+            .collect();
+        let mut from = Vec::new();
+        for t in tasks {
+            from.extend(t.await.unwrap());
+        }
+        from.sort_unstable();
+        assert_eq!(
+            from,
+            (0..200).collect::<Vec<u64>>(),
+            "each value swapped from once"
+        );
+        assert_eq!(
+            client.get(b"counter".to_vec()).await.unwrap(),
+            Some(b"200".to_vec())
+        );
+    });
 }

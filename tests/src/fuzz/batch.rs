@@ -163,6 +163,27 @@ pub fn batch(g: &mut Gen, per_kind: usize) -> Vec<Call> {
             }
         );
         g.begin();
+        let expect_exists = g.chance(50);
+        push!(
+            calls,
+            "Kv/RawCompareAndSwap",
+            KvClient,
+            g.kv_node(&node_channels),
+            raw_compare_and_swap,
+            RawCompareAndSwapRequest {
+                context: g.context(true),
+                key: g.write_key(),
+                expect_exists,
+                expected_value: if expect_exists || g.wild() {
+                    g.bytes()
+                } else {
+                    Vec::new()
+                },
+                value: g.bytes(),
+                delete: g.chance(20),
+            }
+        );
+        g.begin();
         push!(
             calls,
             "Kv/RawScan",

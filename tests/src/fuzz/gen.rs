@@ -325,14 +325,16 @@ impl Gen {
     /// A request context; with `current` it may name a real region at its current epoch.
     pub fn context(&mut self, current: bool) -> Option<Context> {
         if !self.wild() {
-            if let Some(r) = &self.target {
+            if let Some(r) = self.target.clone() {
                 let mut epoch = r.region_epoch.unwrap_or_default();
                 if !current {
                     epoch.version = epoch.version.saturating_sub(1);
                 }
+                let session = self.session();
                 return Some(Context {
                     region_id: r.id,
                     region_epoch: Some(epoch),
+                    session,
                     ..Default::default()
                 });
             }
@@ -361,7 +363,28 @@ impl Gen {
             region_epoch,
             replica_read: self.chance(30),
             stale_read: self.chance(30),
-            ..Default::default()
+            session: self.session(),
+        })
+    }
+
+    /// A write session for a request's context (half the time none): mostly well numbered,
+    /// with an id from the TSO's range; in a wild request any numbers at all.
+    pub fn session(&mut self) -> Option<WriteSession> {
+        if self.chance(50) {
+            return None;
+        }
+        if !self.wild() {
+            let seq = self.rng.gen_range(1..2_000);
+            return Some(WriteSession {
+                id: self.ts(),
+                seq,
+                lowest_unanswered: self.rng.gen_range(seq.saturating_sub(1_000).max(1)..=seq),
+            });
+        }
+        Some(WriteSession {
+            id: self.u64(),
+            seq: self.u64(),
+            lowest_unanswered: self.u64(),
         })
     }
 
