@@ -1279,11 +1279,26 @@ mod tests {
         };
         let refused = check_command(plain(&moved), &commit).map(|()| CmdOutput::Done);
         assert_eq!(
-            crate::merge::after_commit_attempt(&refused),
+            crate::merge::after_commit_attempt(&refused, &commit),
             crate::merge::MergeStep::RollBack
         );
         assert_eq!(
-            crate::merge::after_commit_attempt(&Err(region_error::server_is_busy("x"))),
+            crate::merge::after_commit_attempt(&Err(region_error::server_is_busy("x")), &commit),
+            crate::merge::MergeStep::Retry
+        );
+        // A target leader behind the prepared epoch refuses too, but its log may still hold a
+        // CommitMerge of this prepare: that is no reason to roll back.
+        let behind = Region {
+            region_epoch: Some(RegionEpoch {
+                conf_ver: 1,
+                version: 1,
+            }),
+            ..target.clone()
+        };
+        let refused = check_command(plain(&behind), &commit).map(|()| CmdOutput::Done);
+        assert!(refused.is_err());
+        assert_eq!(
+            crate::merge::after_commit_attempt(&refused, &commit),
             crate::merge::MergeStep::Retry
         );
     }

@@ -13,7 +13,7 @@
 //! region's delegate is away its peer installs no snapshot, generates none and is not destroyed:
 //! those wait for the delegate to come home.
 
-use crate::apply::{self, AdminResult, CmdOutput, CmdResult, RegionView, SourceProgress};
+use crate::apply::{self, AdminResult, CmdResult, RegionView, SourceProgress};
 use crate::peer::CmdCallback;
 use crate::region_error;
 use crate::router::StoreRouter;
@@ -329,7 +329,12 @@ impl ApplyDelegate {
             }
             let p = self.proposals.pop_front().expect("checked");
             if p.index == index && p.term == term {
-                results.push((p.callback, result.clone().unwrap_or(Ok(CmdOutput::Done))));
+                // Every proposal carries a command; an empty entry in its place is raft's: a
+                // membership change it refused (another one pending) becomes an empty entry.
+                let answer = result
+                    .clone()
+                    .unwrap_or_else(|| Err(region_error::dropped_by_raft(self.region.id)));
+                results.push((p.callback, answer));
             } else {
                 results.push((p.callback, Err(region_error::stale_command(self.region.id))));
             }
@@ -401,6 +406,7 @@ pub fn run_apply_thread(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apply::CmdOutput;
     use ringkv_proto::metapb::{Peer as PeerMeta, RegionEpoch};
     use ringkv_proto::raftpb::{
         admin_request, request::Cmd, AdminRequest, PeerState, PutRequest, Request,
@@ -581,6 +587,36 @@ mod tests {
             lost_rx.try_recv().unwrap().unwrap_err().kind,
             Some(ringkv_proto::errorpb::region_error::Kind::StaleCommand(_))
         ));
+    }
+
+    #[test]
+    fn a_proposal_raft_replaced_with_an_empty_entry_is_answered_not_applied() {
+        // raft-rs turns a membership change proposed while another is unapplied into an empty
+        // entry at the proposal's index: the change was not made.
+        let kv = CountingKv::default();
+        let left = region(1, b"", b"m");
+        let mut d = delegate(&left, 8);
+        let (refused, mut refused_rx) = proposal(9, 6);
+        let (ours, mut ours_rx) = proposal(10, 6);
+        let empty = Entry {
+            index: 9,
+            term: 6,
+            ..Default::default()
+        };
+        d.push(
+            vec![empty, entry(10, 6, &put(&left, b"b"))],
+            [refused, ours],
+        );
+        applied(&kv, vec![d]);
+        let answer = refused_rx.try_recv().unwrap();
+        assert!(
+            matches!(
+                answer.as_ref().unwrap_err().kind,
+                Some(ringkv_proto::errorpb::region_error::Kind::StaleCommand(_))
+            ),
+            "{answer:?}"
+        );
+        assert_eq!(ours_rx.try_recv().unwrap(), Ok(CmdOutput::Done));
     }
 
     #[test]

@@ -43,14 +43,30 @@ pub enum MergeStep {
     RollBack,
 }
 
-/// Classifies the result of proposing a CommitMerge to the target.
-pub fn after_commit_attempt(result: &CmdResult) -> MergeStep {
+/// Classifies the result of proposing the CommitMerge `cmd` to the target. Only a refusal that
+/// no later attempt can change rolls back: the target's epoch (as the refusal reports it) is
+/// past the one the merge was prepared for, in version or conf_ver. A target leader that is
+/// merely behind (it has not applied up to the prepared epoch yet) refuses at its proposal
+/// check too, but a CommitMerge may still be in its log: that is retried.
+pub fn after_commit_attempt(result: &CmdResult, cmd: &RaftCmdRequest) -> MergeStep {
     match result {
         Ok(_) => MergeStep::Done,
         Err(RegionError {
-            kind: Some(Kind::EpochNotMatch(_)),
+            kind: Some(Kind::EpochNotMatch(e)),
             ..
-        }) => MergeStep::RollBack,
+        }) => {
+            let asked = cmd.region_epoch.unwrap_or_default();
+            let moved_past = e.current_regions.iter().any(|r| {
+                let now = r.region_epoch.unwrap_or_default();
+                r.id == cmd.region_id
+                    && (now.version > asked.version || now.conf_ver > asked.conf_ver)
+            });
+            if moved_past {
+                MergeStep::RollBack
+            } else {
+                MergeStep::Retry
+            }
+        }
         Err(_) => MergeStep::Retry,
     }
 }
@@ -292,8 +308,8 @@ pub async fn commit_merge(
         return;
     };
     let target = cmd.region_id;
-    let result = propose_to_target(pd, router, store_id, cmd).await;
-    match after_commit_attempt(&result) {
+    let result = propose_to_target(pd, router, store_id, cmd.clone()).await;
+    match after_commit_attempt(&result, &cmd) {
         MergeStep::Done => tracing::info!(region = source.id, target, "merge committed"),
         MergeStep::Retry => tracing::debug!(
             region = source.id,

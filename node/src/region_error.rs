@@ -129,3 +129,14 @@ pub fn session_expired(
         })),
     }
 }
+
+/// A proposal raft replaced with an empty entry (a membership change while another is still
+/// being applied): not applied; propose again once the other change is done.
+pub fn dropped_by_raft(region_id: u64) -> RegionError {
+    RegionError {
+        message: format!(
+            "region {region_id}: raft refused the proposal (a membership change while another is not yet applied) and it was not applied; retry once the other change is done"
+        ),
+        kind: Some(Kind::StaleCommand(errorpb::StaleCommand {})),
+    }
+}

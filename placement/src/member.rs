@@ -11,7 +11,8 @@
 //! t + [`LEASE_MS`] on its monotonic clock. A member that acknowledged that round refuses to
 //! vote for [`ELECTION_TICKS`] ticks after it (raft-rs `check_quorum`), which is longer than
 //! the lease plus a tick of slack, and every quorum that could elect a new leader includes such
-//! a member. So no two members serve at the same time, and the timestamp oracle never hands
+//! a member (a member that restarts also waits that long before voting: raft-rs forgets with the
+//! process that it heard from a leader). So no two members serve at the same time, and the timestamp oracle never hands
 //! out a timestamp below one a newer leader handed out. A leader handing over leadership gives
 //! its lease up at once (the successor campaigns without waiting).
 //!
@@ -23,7 +24,9 @@ use crate::meta_store::MetaStore;
 use crate::PlacementError;
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{
+    ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
+};
 use raft::{GetEntriesContext, RaftState, RawNode, StateRole, Storage};
 use ringkv_proto::pdpb::{MetaCommand, MetaKeyValue, MetaSnapshot};
 use ringkv_storage::{RaftLogBatch, RaftLogEngine};
@@ -361,6 +364,11 @@ pub struct MemberRaft {
     next_round_id: u64,
     /// The last entry applied to the metadata store: (index, term).
     applied: (u64, u64),
+    /// Ticks left during which vote requests are ignored: a member that restarts may have
+    /// acknowledged a leader's lease round just before, and raft-rs forgets that with the
+    /// process (its check-quorum refusal lives in memory), so it waits an election timeout
+    /// before voting, as it would have.
+    votes_withheld_ticks: usize,
 }
 
 impl MemberRaft {
@@ -434,6 +442,7 @@ impl MemberRaft {
             lease_rounds: VecDeque::new(),
             next_round_id: 1,
             applied,
+            votes_withheld_ticks: ELECTION_TICKS,
         })
     }
 
@@ -505,6 +514,7 @@ impl MemberRaft {
     /// Advances the clock by one tick and, as leader, sends a lease round.
     pub fn tick(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
+        self.votes_withheld_ticks = self.votes_withheld_ticks.saturating_sub(1);
         self.raw.tick();
         if self.is_leader() && self.raw.raft.lead_transferee.is_none() {
             let id = self.next_round_id;
@@ -533,6 +543,19 @@ impl MemberRaft {
             return Err(PlacementError::InvalidArgument(format!(
                 "placement raft message refused: {why}"
             )));
+        }
+        if self.votes_withheld_ticks > 0
+            && matches!(
+                msg.get_msg_type(),
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            )
+        {
+            tracing::debug!(
+                member = self.id(),
+                from = msg.from,
+                "vote request ignored: this member started less than an election timeout ago"
+            );
+            return Ok(());
         }
         match self.raw.step(msg) {
             // Messages of other groups or from unknown members are dropped, as raft-rs says.
@@ -873,6 +896,35 @@ mod tests {
                 Some(b"v2".to_vec())
             );
         }
+    }
+
+    #[test]
+    fn a_restarted_member_does_not_vote_while_the_leader_it_acknowledged_may_still_serve() {
+        let (mut g, dirs) = Group::new(3);
+        g.tick(40);
+        let leader = g.leader().expect("a leader serves");
+        let (restarted, other) = ((leader + 1) % 3, (leader + 2) % 3);
+        // A follower restarts right after acknowledging the leader's lease round...
+        let log = g.members[restarted].log.clone();
+        drop(g.members.remove(restarted));
+        let meta = Arc::new(MetaStore::open(dirs[restarted].path()).expect("meta"));
+        g.members.insert(
+            restarted,
+            MemberRaft::open(restarted as u64 + 1, vec![1, 2, 3], log, meta, g.now_ms)
+                .expect("reopens"),
+        );
+        // ...and the leader is cut off while the other follower campaigns at once. The
+        // restarted member must not help elect it while the old leader's lease may run:
+        // leader() asserts at every tick that at most one member serves.
+        g.cut.push(leader as u64 + 1);
+        g.members[other].campaign().expect("campaign");
+        g.settle();
+        let mut took_over = false;
+        for _ in 0..60 {
+            g.tick(1);
+            took_over |= g.leader().is_some_and(|l| l != leader);
+        }
+        assert!(took_over, "a new leader serves once the old lease is over");
     }
 
     #[test]

@@ -298,6 +298,8 @@ struct PendingMerge {
     source_store: usize,
     source: Region,
     commit: u64,
+    /// The CommitMerge proposed (what its answer is judged against).
+    cmd: RaftCmdRequest,
     rx: oneshot::Receiver<ringkv_node::apply::CmdResult>,
     deadline: u64,
 }
@@ -1363,11 +1365,12 @@ impl Sim {
         };
         self.note(("commit_merge", source.id, target, j));
         let (tx, rx) = oneshot::channel();
-        self.router(j).send_command(cmd, tx);
+        self.router(j).send_command(cmd.clone(), tx);
         self.merges.push(PendingMerge {
             source_store,
             source,
             commit,
+            cmd,
             rx,
             deadline: self.now + 400,
         });
@@ -1379,14 +1382,20 @@ impl Sim {
         let mut done = Vec::new();
         self.merges.retain_mut(|m| match m.rx.try_recv() {
             Ok(result) => {
-                done.push((m.source_store, m.source.clone(), m.commit, result));
+                done.push((
+                    m.source_store,
+                    m.source.clone(),
+                    m.commit,
+                    result,
+                    m.cmd.clone(),
+                ));
                 false
             }
             Err(oneshot::error::TryRecvError::Empty) => now < m.deadline,
             Err(oneshot::error::TryRecvError::Closed) => false,
         });
-        for (i, source, commit, result) in done {
-            match ringkv_node::merge::after_commit_attempt(&result) {
+        for (i, source, commit, result, cmd) in done {
+            match ringkv_node::merge::after_commit_attempt(&result, &cmd) {
                 ringkv_node::merge::MergeStep::Done => {
                     // Retries of a merge that happened answer "done" again: count it once.
                     if self.merged.insert(source.id) {
