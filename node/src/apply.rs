@@ -679,8 +679,10 @@ fn exec_writes(
     if let Some(session) = &cmd.session {
         sessions.advance(cmd.proposed_ms, kv, batch)?;
         record = sessions.get(kv, session.id)?;
+        let write = sessions.get_write(kv, session.id, session.seq)?;
         match session::admit(
             record.as_ref(),
+            write.as_ref(),
             session,
             sessions.clock_ms(),
             sessions.horizon_ms(),
@@ -688,7 +690,7 @@ fn exec_writes(
             Admission::Write { done: spans } => done = spans,
             Admission::Expired { why, forget } => {
                 if let (true, Some(stale)) = (forget, record.as_ref()) {
-                    sessions.forget(session.id, stale, batch);
+                    sessions.forget(kv, session.id, stale, batch)?;
                 }
                 return Ok(Applied::refused(region_error::session_expired(
                     region.id, session, &why,
@@ -725,8 +727,9 @@ fn exec_writes(
     }
     if let (Some(session), CmdOutput::Done) = (&cmd.session, &output) {
         let span = written_span(region, cmd);
-        let updated = session::record_write(record, session, span, sessions.clock_ms());
-        sessions.put(session.id, updated, batch);
+        let (updated, write) =
+            session::record_write(record, done, session, span, sessions.clock_ms());
+        sessions.put(kv, session.id, updated, session.seq, write, batch)?;
     }
     Ok(Applied {
         result: Ok(output),

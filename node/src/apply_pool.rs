@@ -169,6 +169,7 @@ impl ApplyDelegate {
         results: &mut Vec<(CmdCallback, CmdResult)>,
     ) -> Result<(), StorageError> {
         let entries = std::mem::take(&mut self.entries);
+        self.sessions.begin_batch();
         let applied_before = self.apply_state.applied_index;
         let mut last_applied = None;
         let mut stop_at = None;

@@ -65,10 +65,12 @@ pub enum Admission {
     Expired { why: String, forget: bool },
 }
 
-/// Decides about a write of `session` given the region's record of it, its session clock and
-/// horizon.
+/// Decides about a write of `session` given the region's record of it, what it keeps of this
+/// write's number (`write`; an entry below the record's `lowest_unanswered` is stale and
+/// ignored), its session clock and horizon.
 pub fn admit(
     record: Option<&SessionRecord>,
+    write: Option<&SessionWrite>,
     session: &WriteSession,
     clock_ms: u64,
     horizon_ms: u64,
@@ -114,12 +116,12 @@ pub fn admit(
             forget: false,
         };
     }
-    let done = record
-        .writes
-        .iter()
-        .find(|w| w.seq == session.seq)
-        .map(|w| w.spans.clone())
-        .unwrap_or_default();
+    // An entry at or above the record's lowest number is this write's (entries below it are
+    // deleted as the number passes them).
+    let done = match write {
+        Some(w) if session.seq >= record.lowest_unanswered => w.spans.clone(),
+        _ => Vec::new(),
+    };
     if done.len() >= SPANS_PER_WRITE_MAX {
         return Admission::Expired {
             why: format!(
@@ -137,33 +139,36 @@ pub fn expired(record: &SessionRecord, clock_ms: u64) -> bool {
     record.last_ms.saturating_add(SESSION_IDLE_MS) < clock_ms
 }
 
-/// The record after `session`'s write covered `span` here.
+/// The record and the write's entry after `session`'s write covered `span` here (`done`: the
+/// spans earlier attempts covered).
 pub fn record_write(
     record: Option<SessionRecord>,
+    done: Vec<KeySpan>,
     session: &WriteSession,
     span: KeySpan,
     clock_ms: u64,
-) -> SessionRecord {
+) -> (SessionRecord, SessionWrite) {
     let mut record = record.unwrap_or_default();
     record.last_ms = record
         .last_ms
         .max(clock_ms)
         .max(session_start_ms(session.id));
     record.lowest_unanswered = record.lowest_unanswered.max(session.lowest_unanswered);
-    let lowest = record.lowest_unanswered;
-    record.writes.retain(|w| w.seq >= lowest);
-    match record.writes.iter_mut().find(|w| w.seq == session.seq) {
-        Some(w) => {
-            if !w.spans.contains(&span) {
-                w.spans.push(span);
-            }
-        }
-        None => record.writes.push(SessionWrite {
-            seq: session.seq,
-            spans: vec![span],
-        }),
+    let mut spans = done;
+    if !spans.contains(&span) {
+        spans.push(span);
     }
-    record
+    (record, SessionWrite { spans })
+}
+
+/// The write numbers whose entries go when a record's lowest number moves from `from` to
+/// `to`: entries exist only within [`SESSION_WINDOW`] of the lowest number they were written
+/// at, so at most that many.
+pub fn answered(from: u64, to: u64) -> std::ops::Range<u64> {
+    if from == 0 || to <= from {
+        return 0..0;
+    }
+    from..to.min(from.saturating_add(SESSION_WINDOW))
 }
 
 /// Whether encoded key `key` lies in `span`.
@@ -216,15 +221,26 @@ pub fn uncovered(start: &[u8], end: &[u8], done: &[KeySpan]) -> Vec<(Vec<u8>, Ve
     parts
 }
 
-/// One region's session records, for its apply delegate: read from the engine on first use and
-/// written into the apply batch, so a record changed earlier in the same batch is seen.
+/// What a region remembers of one session: its record and its writes' entries, by number.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionState {
+    pub record: SessionRecord,
+    pub writes: Vec<(u64, SessionWrite)>,
+}
+
+/// One region's session records, for its apply delegate: read from the engine and written into
+/// the apply batch. Records are cached (bounded by the sessions the region remembers; the cache
+/// is emptied at each sweep); write entries are looked up in the engine, with an overlay of
+/// those changed in the batch not yet written ([`SessionTable::begin_batch`]).
 #[derive(Debug)]
 pub struct SessionTable {
     region_id: u64,
     clock_ms: u64,
     horizon_ms: u64,
-    /// Records read or written since the table was built; None: none stored.
-    cache: HashMap<u64, Option<SessionRecord>>,
+    /// Records read or written; None: none stored.
+    records: HashMap<u64, Option<SessionRecord>>,
+    /// Write entries changed since the last written batch; None: deleted.
+    writes: HashMap<(u64, u64), Option<SessionWrite>>,
 }
 
 impl SessionTable {
@@ -233,8 +249,14 @@ impl SessionTable {
             region_id,
             clock_ms: state.session_clock_ms,
             horizon_ms: state.session_horizon_ms,
-            cache: HashMap::new(),
+            records: HashMap::new(),
+            writes: HashMap::new(),
         }
+    }
+
+    /// A new apply batch starts: the previous one is in the engine.
+    pub fn begin_batch(&mut self) {
+        self.writes.clear();
     }
 
     /// The session clock and horizon, into the region's apply state.
@@ -262,63 +284,148 @@ impl SessionTable {
         let before = self.clock_ms;
         self.clock_ms = self.clock_ms.max(proposed_ms);
         if self.clock_ms / SWEEP_EVERY_MS > before / SWEEP_EVERY_MS {
-            for (id, record) in self.all(kv)? {
-                if expired(&record, self.clock_ms) {
-                    self.forget(id, &record, batch);
+            for (id, state) in self.all(kv)? {
+                if expired(&state.record, self.clock_ms) {
+                    self.forget(kv, id, &state.record, batch)?;
                 }
             }
+            self.records.retain(|_, r| r.is_some());
         }
         Ok(())
     }
 
     /// The record of session `id`.
     pub fn get(&mut self, kv: &dyn KvEngine, id: u64) -> StorageResult<Option<SessionRecord>> {
-        if let Some(cached) = self.cache.get(&id) {
-            return Ok(cached.clone());
+        if let Some(cached) = self.records.get(&id) {
+            return Ok(*cached);
         }
         let key = layout::session_key(self.region_id, id);
-        let record = match kv.get(&key)? {
-            None => None,
-            Some(bytes) => Some(SessionRecord::decode(bytes.as_slice()).map_err(|e| {
-                StorageError::corruption(format!("session {id} of region {}", self.region_id), e)
-            })?),
-        };
-        self.cache.insert(id, record.clone());
+        let record = decode(kv.get(&key)?, || self.what(id))?;
+        self.records.insert(id, record);
         Ok(record)
     }
 
-    pub fn put(&mut self, id: u64, record: SessionRecord, batch: &mut KvWriteBatch) {
+    /// The entry of write `seq` of session `id`.
+    pub fn get_write(
+        &self,
+        kv: &dyn KvEngine,
+        id: u64,
+        seq: u64,
+    ) -> StorageResult<Option<SessionWrite>> {
+        if let Some(changed) = self.writes.get(&(id, seq)) {
+            return Ok(changed.clone());
+        }
+        kv.get(&layout::session_write_key(self.region_id, id, seq))?
+            .map(|b| decode_write(&b, || self.what(id)))
+            .transpose()
+    }
+
+    fn what(&self, id: u64) -> String {
+        format!("session {id} of region {}", self.region_id)
+    }
+
+    /// Records that write `seq` of session `id` covered `write` here, and drops the entries of
+    /// the numbers the new `record` says are answered.
+    pub fn put(
+        &mut self,
+        kv: &dyn KvEngine,
+        id: u64,
+        record: SessionRecord,
+        seq: u64,
+        write: SessionWrite,
+        batch: &mut KvWriteBatch,
+    ) -> StorageResult<()> {
+        let before = self.get(kv, id)?.map_or(0, |r| r.lowest_unanswered);
+        for gone in answered(before, record.lowest_unanswered) {
+            batch.delete(layout::session_write_key(self.region_id, id, gone));
+            self.writes.insert((id, gone), None);
+        }
+        batch.put(
+            layout::session_write_key(self.region_id, id, seq),
+            write.encode_to_vec(),
+        );
+        self.writes.insert((id, seq), Some(write));
+        self.put_record(id, record, batch);
+        Ok(())
+    }
+
+    fn put_record(&mut self, id: u64, record: SessionRecord, batch: &mut KvWriteBatch) {
         batch.put(
             layout::session_key(self.region_id, id),
             record.encode_to_vec(),
         );
-        self.cache.insert(id, Some(record));
+        self.records.insert(id, Some(record));
     }
 
-    /// Forgets session `id` (its `record`): sessions that began no later than its last write
-    /// and are not remembered are refused from now on.
-    pub fn forget(&mut self, id: u64, record: &SessionRecord, batch: &mut KvWriteBatch) {
+    /// Forgets session `id` (its `record`) and its writes: sessions that began no later than
+    /// its last write and are not remembered are refused from now on.
+    pub fn forget(
+        &mut self,
+        kv: &dyn KvEngine,
+        id: u64,
+        record: &SessionRecord,
+        batch: &mut KvWriteBatch,
+    ) -> StorageResult<()> {
+        for (seq, _) in self.writes_of(kv, id)? {
+            batch.delete(layout::session_write_key(self.region_id, id, seq));
+            self.writes.insert((id, seq), None);
+        }
         batch.delete(layout::session_key(self.region_id, id));
-        self.cache.insert(id, None);
+        self.records.insert(id, None);
         self.horizon_ms = self.horizon_ms.max(record.last_ms);
+        Ok(())
     }
 
-    /// Every record of the region, by session id: the engine's, as changed in this batch.
-    pub fn all(&self, kv: &dyn KvEngine) -> StorageResult<Vec<(u64, SessionRecord)>> {
-        let mut records = read_all(kv, self.region_id)?;
-        records.retain(|(id, _)| !self.cache.contains_key(id));
-        records.extend(
-            self.cache
-                .iter()
-                .filter_map(|(id, r)| r.clone().map(|r| (*id, r))),
-        );
-        records.sort_by_key(|(id, _)| *id);
-        Ok(records)
+    /// The stored write entries of session `id`, as changed in this batch.
+    fn writes_of(&self, kv: &dyn KvEngine, id: u64) -> StorageResult<Vec<(u64, SessionWrite)>> {
+        let (start, end) = layout::session_writes_range(self.region_id, id);
+        let mut found: std::collections::BTreeMap<u64, SessionWrite> = Default::default();
+        for (key, value) in scan(kv, &start, &end)? {
+            if let Some((_, _, Some(seq))) = layout::parse_session_key(&key) {
+                found.insert(seq, decode_write(&value, || self.what(id))?);
+            }
+        }
+        for ((sid, seq), w) in &self.writes {
+            if *sid == id {
+                match w {
+                    Some(w) => found.insert(*seq, w.clone()),
+                    None => found.remove(seq),
+                };
+            }
+        }
+        Ok(found.into_iter().collect())
     }
 
-    /// Takes in what a region merged into this one remembered: the union of the records, the
-    /// later of each clock and horizon. A session both remember keeps every write either
-    /// applied (each with its spans, so a retry skips only keys really written).
+    /// Every session the region remembers, by id: the engine's, as changed in this batch.
+    /// Entries of answered writes are left out.
+    pub fn all(&self, kv: &dyn KvEngine) -> StorageResult<Vec<(u64, SessionState)>> {
+        let mut ids: std::collections::BTreeSet<u64> = read_all(kv, self.region_id)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        ids.extend(self.records.keys().copied());
+        let mut all = Vec::new();
+        for id in ids {
+            let record = match self.records.get(&id) {
+                Some(cached) => *cached,
+                None => decode(kv.get(&layout::session_key(self.region_id, id))?, || {
+                    self.what(id)
+                })?,
+            };
+            let Some(record) = record else { continue };
+            let writes = self
+                .writes_of(kv, id)?
+                .into_iter()
+                .filter(|(seq, _)| *seq >= record.lowest_unanswered)
+                .collect();
+            all.push((id, SessionState { record, writes }));
+        }
+        Ok(all)
+    }
+
+    /// Takes in what a region merged into this one remembered: the union of the sessions (the
+    /// later clock, the higher lowest number; per number, the spans of both), the later clock
+    /// and horizon. The source's records are deleted.
     pub fn absorb(
         &mut self,
         kv: &dyn KvEngine,
@@ -328,37 +435,53 @@ impl SessionTable {
     ) -> StorageResult<()> {
         self.clock_ms = self.clock_ms.max(source.session_clock_ms);
         self.horizon_ms = self.horizon_ms.max(source.session_horizon_ms);
-        for (id, theirs) in read_all(kv, source_id)? {
-            batch.delete(layout::session_key(source_id, id));
-            let merged = match self.get(kv, id)? {
-                None => theirs,
-                Some(mut ours) => {
-                    ours.last_ms = ours.last_ms.max(theirs.last_ms);
-                    ours.lowest_unanswered = ours.lowest_unanswered.max(theirs.lowest_unanswered);
-                    for write in theirs.writes {
-                        match ours.writes.iter_mut().find(|w| w.seq == write.seq) {
-                            Some(w) => {
-                                for span in write.spans {
-                                    if !w.spans.contains(&span) {
-                                        w.spans.push(span);
-                                    }
-                                }
-                            }
-                            None => ours.writes.push(write),
-                        }
-                    }
-                    let lowest = ours.lowest_unanswered;
-                    ours.writes.retain(|w| w.seq >= lowest);
-                    ours.writes.sort_by_key(|w| w.seq);
-                    ours
+        let theirs = SessionTable::new(source_id, source);
+        let (start, end) = layout::session_range(source_id);
+        for (key, _) in scan(kv, &start, &end)? {
+            batch.delete(key);
+        }
+        for (id, state) in theirs.all(kv)? {
+            let ours = self.get(kv, id)?;
+            let mut record = ours.unwrap_or_default();
+            record.last_ms = record.last_ms.max(state.record.last_ms);
+            let before = record.lowest_unanswered;
+            record.lowest_unanswered = before.max(state.record.lowest_unanswered);
+            for (seq, write) in state.writes {
+                if seq < record.lowest_unanswered {
+                    continue;
                 }
-            };
-            self.put(id, merged, batch);
+                let mut spans = match ours {
+                    Some(_) => self
+                        .get_write(kv, id, seq)?
+                        .filter(|_| seq >= before)
+                        .map(|w| w.spans)
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                for span in write.spans {
+                    if !spans.contains(&span) {
+                        spans.push(span);
+                    }
+                }
+                let entry = SessionWrite { spans };
+                batch.put(
+                    layout::session_write_key(self.region_id, id, seq),
+                    entry.encode_to_vec(),
+                );
+                self.writes.insert((id, seq), Some(entry));
+            }
+            if ours.is_some() {
+                for gone in answered(before, record.lowest_unanswered) {
+                    batch.delete(layout::session_write_key(self.region_id, id, gone));
+                    self.writes.insert((id, gone), None);
+                }
+            }
+            self.put_record(id, record, batch);
         }
         Ok(())
     }
 
-    /// Copies every record to a new region `right` (a split): a retry of a write applied
+    /// Copies every session to a new region `right` (a split): a retry of a write applied
     /// before the split is recognised on both sides.
     pub fn copy_to(
         &self,
@@ -366,42 +489,60 @@ impl SessionTable {
         right_id: u64,
         batch: &mut KvWriteBatch,
     ) -> StorageResult<()> {
-        for (id, record) in self.all(kv)? {
-            if !expired(&record, self.clock_ms) {
-                batch.put(layout::session_key(right_id, id), record.encode_to_vec());
+        for (id, state) in self.all(kv)? {
+            if expired(&state.record, self.clock_ms) {
+                continue;
+            }
+            batch.put(
+                layout::session_key(right_id, id),
+                state.record.encode_to_vec(),
+            );
+            for (seq, write) in state.writes {
+                batch.put(
+                    layout::session_write_key(right_id, id, seq),
+                    write.encode_to_vec(),
+                );
             }
         }
         Ok(())
     }
 }
 
-/// Every stored session record of `region_id`, by session id.
+fn decode(
+    bytes: Option<Vec<u8>>,
+    what: impl FnOnce() -> String,
+) -> StorageResult<Option<SessionRecord>> {
+    bytes
+        .map(|b| {
+            SessionRecord::decode(b.as_slice()).map_err(|e| StorageError::corruption(what(), e))
+        })
+        .transpose()
+}
+
+fn decode_write(bytes: &[u8], what: impl FnOnce() -> String) -> StorageResult<SessionWrite> {
+    SessionWrite::decode(bytes).map_err(|e| StorageError::corruption(what(), e))
+}
+
+fn scan(kv: &dyn KvEngine, start: &[u8], end: &[u8]) -> StorageResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    kv.scan(start, end, &mut |k, v| {
+        out.push((k.to_vec(), v.to_vec()));
+        true
+    })?;
+    Ok(out)
+}
+
+/// Every stored session record of `region_id` (not the writes' entries), by session id.
 pub fn read_all(kv: &dyn KvEngine, region_id: u64) -> StorageResult<Vec<(u64, SessionRecord)>> {
     let (start, end) = layout::session_range(region_id);
     let mut records = Vec::new();
-    let mut failed = None;
-    kv.scan(&start, &end, &mut |k, v| {
-        let Some(id) = layout::session_id_of(k) else {
-            return true;
-        };
-        match SessionRecord::decode(v) {
-            Ok(r) => {
-                records.push((id, r));
-                true
-            }
-            Err(e) => {
-                failed = Some(StorageError::corruption(
-                    format!("session {id} of region {region_id}"),
-                    e,
-                ));
-                false
-            }
+    for (key, value) in scan(kv, &start, &end)? {
+        if let Some((_, id, None)) = layout::parse_session_key(&key) {
+            let what = || format!("session {id} of region {region_id}");
+            records.push((id, decode(Some(value), what)?.expect("decoded")));
         }
-    })?;
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(records),
     }
+    Ok(records)
 }
 
 #[cfg(test)]
@@ -429,12 +570,12 @@ mod tests {
     fn a_new_session_writes_and_a_retry_sees_what_its_first_attempt_covered() {
         let s = session(100 * MIN, 1, 1);
         assert_eq!(
-            admit(None, &s, 100 * MIN, 0),
+            admit(None, None, &s, 100 * MIN, 0),
             Admission::Write { done: vec![] }
         );
-        let record = record_write(None, &s, span(b"a", b"c"), 100 * MIN);
+        let (record, write) = record_write(None, vec![], &s, span(b"a", b"c"), 100 * MIN);
         assert_eq!(
-            admit(Some(&record), &s, 101 * MIN, 0),
+            admit(Some(&record), Some(&write), &s, 101 * MIN, 0),
             Admission::Write {
                 done: vec![span(b"a", b"c")]
             }
@@ -442,73 +583,98 @@ mod tests {
         // Another number of the same session is new.
         let s2 = session(100 * MIN, 2, 1);
         assert_eq!(
-            admit(Some(&record), &s2, 101 * MIN, 0),
+            admit(Some(&record), None, &s2, 101 * MIN, 0),
             Admission::Write { done: vec![] }
         );
+        // A retry in another region layout adds its span.
+        let (_, write) = record_write(
+            Some(record),
+            vec![span(b"a", b"c")],
+            &s,
+            span(b"x", b"y"),
+            101 * MIN,
+        );
+        assert_eq!(write.spans, vec![span(b"a", b"c"), span(b"x", b"y")]);
     }
 
     #[test]
     fn a_session_idle_past_its_time_or_older_than_the_horizon_is_refused_never_new() {
         let s = session(100 * MIN, 1, 1);
-        let record = record_write(None, &s, span(b"a", b"b"), 100 * MIN);
+        let (record, write) = record_write(None, vec![], &s, span(b"a", b"b"), 100 * MIN);
         let late = 100 * MIN + SESSION_IDLE_MS + 1;
         assert!(matches!(
-            admit(Some(&record), &s, late, 0),
+            admit(Some(&record), Some(&write), &s, late, 0),
             Admission::Expired { forget: true, .. }
         ));
         // Once forgotten (the horizon moved to its last write), the same session is refused
         // though its record is gone, and so is any session that began before.
         let horizon = record.last_ms;
         assert!(matches!(
-            admit(None, &s, late, horizon),
+            admit(None, None, &s, late, horizon),
             Admission::Expired { forget: false, .. }
         ));
         assert!(matches!(
-            admit(None, &session(99 * MIN, 1, 1), late, horizon),
+            admit(None, None, &session(99 * MIN, 1, 1), late, horizon),
             Admission::Expired { .. }
         ));
         // A session that began after the horizon is new.
         assert_eq!(
-            admit(None, &session(100 * MIN + 1, 1, 1), late, horizon),
+            admit(None, None, &session(100 * MIN + 1, 1, 1), late, horizon),
             Admission::Write { done: vec![] }
         );
     }
 
     #[test]
-    fn answered_numbers_are_dropped_and_refused() {
-        let mut record = None;
-        for seq in 1..=3 {
-            record = Some(record_write(
-                record,
-                &session(100 * MIN, seq, 1),
-                span(b"k", b"k\0"),
-                100 * MIN,
-            ));
-        }
-        assert_eq!(record.as_ref().unwrap().writes.len(), 3);
-        // The client now waits for 3 and up: 1 and 2 are dropped, and a late copy of 2 is
-        // refused rather than applied.
-        let record = record_write(
-            record,
+    fn answered_numbers_are_refused_and_their_entries_dropped() {
+        let (record, _) = record_write(
+            None,
+            vec![],
             &session(100 * MIN, 4, 3),
             span(b"k", b"k\0"),
             100 * MIN,
         );
-        let seqs: Vec<u64> = record.writes.iter().map(|w| w.seq).collect();
-        assert_eq!(seqs, vec![3, 4]);
+        assert_eq!(record.lowest_unanswered, 3);
+        // A late copy of 2 is refused rather than applied; so is a number too far ahead.
         assert!(matches!(
-            admit(Some(&record), &session(100 * MIN, 2, 1), 100 * MIN, 0),
+            admit(Some(&record), None, &session(100 * MIN, 2, 1), 100 * MIN, 0),
             Admission::Expired { forget: false, .. }
         ));
         assert!(matches!(
             admit(
                 Some(&record),
+                None,
                 &session(100 * MIN, 3 + SESSION_WINDOW, 3),
                 100 * MIN,
                 0
             ),
             Admission::Expired { .. }
         ));
+        // An entry left below the lowest number is not taken for this write's.
+        let stale = SessionWrite {
+            spans: vec![span(b"k", b"k\0")],
+        };
+        let low = SessionRecord {
+            lowest_unanswered: 5,
+            last_ms: 100 * MIN,
+        };
+        assert_eq!(
+            admit(
+                Some(&low),
+                Some(&stale),
+                &session(100 * MIN, 6, 5),
+                100 * MIN,
+                0
+            ),
+            Admission::Write {
+                done: vec![span(b"k", b"k\0")]
+            }
+        );
+        // The entries that go as the lowest number moves: from the old one up, at most a
+        // window's worth, none for a new record.
+        assert_eq!(answered(3, 7), 3..7);
+        assert_eq!(answered(0, 7), 0..0);
+        assert!(answered(7, 7).is_empty());
+        assert_eq!(answered(1, 5000), 1..1 + SESSION_WINDOW);
     }
 
     #[test]

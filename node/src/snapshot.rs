@@ -795,7 +795,6 @@ mod tests {
         let record = SessionRecord {
             last_ms: 77,
             lowest_unanswered: 3,
-            ..Default::default()
         };
         batch.put(layout::session_key(5, 42), record.encode_to_vec());
         // Another region's session is not part of region 5's snapshot.

@@ -5,6 +5,7 @@
 //! 0x01 "r" region_id: u64 BE      RegionLocalState a region's metadata and peer state
 //! 0x01 "a" region_id: u64 BE      ApplyState      how far the region has applied its log
 //! 0x01 "s" region_id session_id   SessionRecord   what a region remembers of a client session
+//! 0x01 "s" region_id session_id seq  SessionWrite  the key spans one numbered write covered
 //! 'l' encoded_key                 Lock            a transaction's lock on a key
 //! 'w' mc(encoded_key) !commit_ts  Write           a committed (or rolled back) version
 //! 'd' mc(encoded_key) !start_ts   value           a version's value when not inlined in Write
@@ -59,19 +60,35 @@ pub fn session_range(region_id: u64) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
-/// The session id of a key from [`session_range`] (None: not a session key).
-pub fn session_id_of(key: &[u8]) -> Option<u64> {
-    let id = key.get(10..18)?;
-    (key.len() == 18 && key[..2] == [META_PREFIX, b's'])
-        .then(|| u64::from_be_bytes(id.try_into().expect("eight bytes")))
+/// Where a region keeps the key spans that write `seq` of session `session_id` covered.
+pub fn session_write_key(region_id: u64, session_id: u64, seq: u64) -> Vec<u8> {
+    let mut key = session_key(region_id, session_id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The storage range `[start, end)` of session `session_id`'s record and writes in `region_id`.
+pub fn session_writes_range(region_id: u64, session_id: u64) -> (Vec<u8>, Vec<u8>) {
+    let start = session_key(region_id, session_id);
+    let mut end = start.clone();
+    end.push(0xff);
+    end.extend_from_slice(&[0xff; 8]);
+    (start, end)
+}
+
+/// A key from [`session_range`]: (region, session id, write number for a write's key).
+pub fn parse_session_key(key: &[u8]) -> Option<(u64, u64, Option<u64>)> {
+    if !(key.len() == 18 || key.len() == 26) || key[..2] != [META_PREFIX, b's'] {
+        return None;
+    }
+    let word = |at: usize| u64::from_be_bytes(key[at..at + 8].try_into().expect("eight bytes"));
+    let seq = (key.len() == 26).then(|| word(18));
+    Some((word(2), word(10), seq))
 }
 
 /// The region a key from [`session_range`] belongs to (None: not a session key).
 pub fn session_region_of(key: &[u8]) -> Option<u64> {
-    session_id_of(key)?;
-    Some(u64::from_be_bytes(
-        key[2..10].try_into().expect("eight bytes"),
-    ))
+    parse_session_key(key).map(|(region, _, _)| region)
 }
 
 /// A column family: one part of a region's data, under its own first byte.
