@@ -1626,72 +1626,32 @@ mod tests {
         let region = whole_region();
         let mut table = sessions(&region);
         let t = 100 * MIN;
-        let s = |seq| Some(session_of(t, seq));
+        // One command: `seq` 0 is a write without a session.
+        let mut apply = |requests: Vec<Request>, seq: u64, ms: u64| {
+            let session = (seq > 0).then(|| session_of(t, seq));
+            run_in(&kv, &region, &mut table, requests, session, ms)
+        };
         // Put-if-absent, twice: the second finds the first's value.
         assert_eq!(
-            run_in(
-                &kv,
-                &region,
-                &mut table,
-                vec![cas(b"k", None, b"1")],
-                s(1),
-                t
-            ),
+            apply(vec![cas(b"k", None, b"1")], 1, t),
             Ok(CmdOutput::Done)
         );
         assert_eq!(
-            run_in(
-                &kv,
-                &region,
-                &mut table,
-                vec![cas(b"k", None, b"x")],
-                s(2),
-                t
-            ),
+            apply(vec![cas(b"k", None, b"x")], 2, t),
             Ok(CmdOutput::CasMismatch {
                 current: Some(b"1".to_vec())
             })
         );
         // A mismatch records nothing: its retry compares again, and now swaps.
-        assert!(run_in(
-            &kv,
-            &region,
-            &mut table,
-            vec![put_value(b"k", b"0")],
-            None,
-            0
-        )
-        .is_ok());
+        assert!(apply(vec![put_value(b"k", b"0")], 0, 0).is_ok());
         assert_eq!(
-            run_in(
-                &kv,
-                &region,
-                &mut table,
-                vec![cas(b"k", Some(b"0"), b"2")],
-                s(3),
-                t
-            ),
+            apply(vec![cas(b"k", Some(b"0"), b"2")], 3, t),
             Ok(CmdOutput::Done)
         );
         // Others move the value on; the swap's retry answers "swapped" and changes nothing.
-        assert!(run_in(
-            &kv,
-            &region,
-            &mut table,
-            vec![put_value(b"k", b"3")],
-            None,
-            0
-        )
-        .is_ok());
+        assert!(apply(vec![put_value(b"k", b"3")], 0, 0).is_ok());
         assert_eq!(
-            run_in(
-                &kv,
-                &region,
-                &mut table,
-                vec![cas(b"k", Some(b"0"), b"2")],
-                s(3),
-                t + 1
-            ),
+            apply(vec![cas(b"k", Some(b"0"), b"2")], 3, t + 1),
             Ok(CmdOutput::Done)
         );
         assert_eq!(raw_value(&kv, b"k"), Some(b"3".to_vec()));
@@ -1705,14 +1665,12 @@ mod tests {
                 ..Default::default()
             })),
         };
-        assert_eq!(
-            run_in(&kv, &region, &mut table, vec![delete], s(4), t),
-            Ok(CmdOutput::Done)
-        );
-        assert_eq!(raw_value(&kv, b"k"), None);
+        assert_eq!(apply(vec![delete], 4, t), Ok(CmdOutput::Done));
         // A CAS with other writes in its command is refused.
         let mixed = vec![cas(b"k", None, b"1"), put_value(b"j", b"v")];
-        assert!(run_in(&kv, &region, &mut table, mixed, None, 0).is_err());
+        assert!(apply(mixed, 0, 0).is_err());
+        assert_eq!(raw_value(&kv, b"k"), None);
+        assert_eq!(raw_value(&kv, b"j"), None);
     }
 
     #[test]
