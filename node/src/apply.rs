@@ -1273,13 +1273,14 @@ mod tests {
         assert!(retried.result.is_ok() && retried.admin.is_none());
         // ...while a target whose epoch moved without merging refuses with EpochNotMatch, the
         // one answer that rolls the source back.
-        let moved = Region {
+        let at_version = |version| Region {
             region_epoch: Some(RegionEpoch {
                 conf_ver: 1,
-                version: 3,
+                version,
             }),
             ..target.clone()
         };
+        let moved = at_version(3);
         let refused = check_command(plain(&moved), &commit).map(|()| CmdOutput::Done);
         assert_eq!(
             crate::merge::after_commit_attempt(&refused, &commit),
@@ -1291,13 +1292,7 @@ mod tests {
         );
         // A target leader behind the prepared epoch refuses too, but its log may still hold a
         // CommitMerge of this prepare: that is no reason to roll back.
-        let behind = Region {
-            region_epoch: Some(RegionEpoch {
-                conf_ver: 1,
-                version: 1,
-            }),
-            ..target.clone()
-        };
+        let behind = at_version(1);
         let refused = check_command(plain(&behind), &commit).map(|()| CmdOutput::Done);
         assert!(refused.is_err());
         assert_eq!(
