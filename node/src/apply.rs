@@ -1539,50 +1539,28 @@ mod tests {
         let kv = MemKv::new();
         let region = whole_region();
         let mut table = sessions(&region);
+        let mut put = |user: &[u8], value: &[u8], session, ms| {
+            run_in(
+                &kv,
+                &region,
+                &mut table,
+                vec![put_value(user, value)],
+                session,
+                ms,
+            )
+        };
         let t = 100 * MIN;
         let old = Some(session_of(t, 1));
-        assert!(run_in(
-            &kv,
-            &region,
-            &mut table,
-            vec![put_value(b"k", b"old")],
-            old,
-            t
-        )
-        .is_ok());
-        assert!(run_in(
-            &kv,
-            &region,
-            &mut table,
-            vec![put_value(b"k", b"other")],
-            None,
-            0
-        )
-        .is_ok());
+        assert!(put(b"k", b"old", old, t).is_ok());
+        assert!(put(b"k", b"other", None, 0).is_ok());
         // Much later (by the log's clock) another session writes: the old one is forgotten.
         let late = t + session::SESSION_IDLE_MS + MIN;
-        let newer = Some(session_of(late, 1));
-        assert!(run_in(
-            &kv,
-            &region,
-            &mut table,
-            vec![put_value(b"n", b"v")],
-            newer,
-            late
-        )
-        .is_ok());
+        assert!(put(b"n", b"v", Some(session_of(late, 1)), late).is_ok());
         assert!(
             session::read_all(&kv, region.id).unwrap().len() == 1,
             "swept"
         );
-        let refused = run_in(
-            &kv,
-            &region,
-            &mut table,
-            vec![put_value(b"k", b"old")],
-            old,
-            late,
-        );
+        let refused = put(b"k", b"old", old, late);
         assert!(
             matches!(
                 refused.as_ref().unwrap_err().kind,
@@ -1592,27 +1570,9 @@ mod tests {
         );
         assert_eq!(raw_value(&kv, b"k"), Some(b"other".to_vec()));
         // Its next number too: the session began before the horizon.
-        let next = Some(session_of(t, 2));
-        assert!(run_in(
-            &kv,
-            &region,
-            &mut table,
-            vec![put_value(b"k", b"old")],
-            next,
-            late
-        )
-        .is_err());
+        assert!(put(b"k", b"old", Some(session_of(t, 2)), late).is_err());
         // A session that began after the horizon is new here.
-        let fresh = Some(session_of(t + 1, 1));
-        assert!(run_in(
-            &kv,
-            &region,
-            &mut table,
-            vec![put_value(b"f", b"v")],
-            fresh,
-            late
-        )
-        .is_ok());
+        assert!(put(b"f", b"v", Some(session_of(t + 1, 1)), late).is_ok());
     }
 
     #[test]

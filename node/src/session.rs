@@ -396,31 +396,53 @@ impl SessionTable {
         Ok(found.into_iter().collect())
     }
 
-    /// Every session the region remembers, by id: the engine's, as changed in this batch.
-    /// Entries of answered writes are left out.
+    /// Every session the region remembers, by id: the engine's (one scan of the region's
+    /// session range), as changed in this batch. Entries of answered writes are left out.
     pub fn all(&self, kv: &dyn KvEngine) -> StorageResult<Vec<(u64, SessionState)>> {
-        let mut ids: std::collections::BTreeSet<u64> = read_all(kv, self.region_id)?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        ids.extend(self.records.keys().copied());
-        let mut all = Vec::new();
-        for id in ids {
-            let record = match self.records.get(&id) {
-                Some(cached) => *cached,
-                None => decode(kv.get(&layout::session_key(self.region_id, id))?, || {
-                    self.what(id)
-                })?,
-            };
-            let Some(record) = record else { continue };
-            let writes = self
-                .writes_of(kv, id)?
-                .into_iter()
-                .filter(|(seq, _)| *seq >= record.lowest_unanswered)
-                .collect();
-            all.push((id, SessionState { record, writes }));
+        use std::collections::BTreeMap;
+        let mut records: BTreeMap<u64, Option<SessionRecord>> = BTreeMap::new();
+        let mut writes: BTreeMap<(u64, u64), SessionWrite> = BTreeMap::new();
+        let (start, end) = layout::session_range(self.region_id);
+        for (key, value) in scan(kv, &start, &end)? {
+            match layout::parse_session_key(&key) {
+                Some((_, id, None)) => {
+                    records.insert(id, decode(Some(value), || self.what(id))?);
+                }
+                Some((_, id, Some(seq))) => {
+                    writes.insert((id, seq), decode_write(&value, || self.what(id))?);
+                }
+                None => {}
+            }
         }
-        Ok(all)
+        records.extend(self.records.iter().map(|(id, r)| (*id, *r)));
+        for (key, w) in &self.writes {
+            match w {
+                Some(w) => writes.insert(*key, w.clone()),
+                None => writes.remove(key),
+            };
+        }
+        let mut all: BTreeMap<u64, SessionState> = records
+            .into_iter()
+            .filter_map(|(id, r)| {
+                r.map(|record| {
+                    (
+                        id,
+                        SessionState {
+                            record,
+                            writes: vec![],
+                        },
+                    )
+                })
+            })
+            .collect();
+        for ((id, seq), write) in writes {
+            if let Some(state) = all.get_mut(&id) {
+                if seq >= state.record.lowest_unanswered {
+                    state.writes.push((seq, write));
+                }
+            }
+        }
+        Ok(all.into_iter().collect())
     }
 
     /// Takes in what a region merged into this one remembered: the union of the sessions (the
@@ -533,6 +555,7 @@ fn scan(kv: &dyn KvEngine, start: &[u8], end: &[u8]) -> StorageResult<Vec<(Vec<u
 }
 
 /// Every stored session record of `region_id` (not the writes' entries), by session id.
+#[cfg(test)]
 pub fn read_all(kv: &dyn KvEngine, region_id: u64) -> StorageResult<Vec<(u64, SessionRecord)>> {
     let (start, end) = layout::session_range(region_id);
     let mut records = Vec::new();
